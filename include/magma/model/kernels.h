@@ -1,0 +1,22 @@
+// Dense kernels the decoder needs beyond stock libtorch 1.13.
+#ifndef MAGMA_MODEL_KERNELS_H_
+#define MAGMA_MODEL_KERNELS_H_
+
+#include <ATen/core/Tensor.h>
+
+namespace magma::model {
+
+// y = x @ w^T (+ bias) with bfloat16 weights and float32 activations and
+// result: x [..., K] float32, w [N, K] bfloat16 (contiguous), bias [N]
+// float32 or undefined -> [..., N] float32. Products are formed from x
+// rounded to bfloat16 and accumulated in float32 (AVX512-BF16 dot products
+// where the CPU has them). Weight rows are streamed once for all rows of x,
+// which makes small-batch decode bandwidth-bound rather than latency-bound.
+at::Tensor LinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+
+// True when the AVX512-BF16 path is in use on this CPU.
+bool HasAvx512Bf16();
+
+}  // namespace magma::model
+
+#endif  // MAGMA_MODEL_KERNELS_H_

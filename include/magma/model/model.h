@@ -1,0 +1,158 @@
+// The Magma model in libtorch: ConvNeXt vision tower -> mlp2x_gelu projector
+// with row separators -> Llama decoder with a slot-based KV cache.
+//
+// Threads: a MagmaModel and its KvCache belong to one thread (the engine's
+// decode loop). Const methods that do not touch a cache (EncodeImage,
+// EmbedPrompt) are safe to call concurrently.
+#ifndef MAGMA_MODEL_MODEL_H_
+#define MAGMA_MODEL_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "magma/model/model_config.h"
+
+namespace magma::model {
+
+class Checkpoint;
+
+struct LoadOptions {
+  // Runtime dtype of weights and activations: "float32" or "bfloat16".
+  std::string dtype = "bfloat16";
+  // Dtype of the vision tower's and projector's weight matrices; empty means
+  // the same as `dtype`. float32 here with a bfloat16 decoder keeps image
+  // features exact at 4-8x the tower's compute time.
+  std::string vision_dtype;
+  // Log progress (tensors and bytes) while loading. Default true.
+  bool log_progress = true;
+};
+
+// Key/value cache for up to `slots` sequences of up to `capacity` positions
+// each, one pair of [slots, kv_heads, capacity, head_dim] tensors per layer.
+// A slot is taken on admission and released when the sequence ends.
+class KvCache {
+ public:
+  KvCache(const TextConfig& text, int slots, int capacity, at::ScalarType dtype);
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  // A free slot with length 0, or -1 when all are taken.
+  int Allocate();
+  // Returns `slot` to the pool. REQUIRES: slot was allocated.
+  void Release(int slot);
+  // Number of cached positions of `slot`.
+  int length(int slot) const { return lengths_[slot]; }
+  int capacity() const { return capacity_; }
+  int num_slots() const { return static_cast<int>(lengths_.size()); }
+  int num_free() const;
+  // Bytes held by the cache tensors.
+  int64_t bytes() const;
+
+ private:
+  friend class MagmaModel;
+  int capacity_;
+  std::vector<at::Tensor> k_, v_;  // per layer [slots, kv_heads, capacity, head_dim]
+  std::vector<int> lengths_;
+  std::vector<bool> used_;
+};
+
+class MagmaModel {
+ public:
+  // Loads dir/config.json, preprocessor_config.json and the safetensors
+  // weights (memory-mapped; converted only when the stored dtype differs from
+  // the runtime one). Every parameter must be present with the expected shape:
+  // the error lists what is missing or mismatched.
+  static absl::StatusOr<std::unique_ptr<MagmaModel>> Load(const std::string& dir,
+                                                          const LoadOptions& options);
+  ~MagmaModel();
+  MagmaModel(const MagmaModel&) = delete;
+  MagmaModel& operator=(const MagmaModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  std::string name() const { return name_; }
+  std::string architecture() const { return config_.architecture; }
+  at::ScalarType dtype() const { return dtype_; }
+  int64_t vocab_size() const { return vocab_size_; }
+  int64_t hidden_size() const { return config_.text.hidden_size; }
+  int64_t max_context_tokens() const { return config_.text.max_position_embeddings; }
+  int64_t num_parameters() const { return num_parameters_; }
+  int32_t crop_size() const { return static_cast<int32_t>(config_.preprocess.base_img_size); }
+  int32_t max_crops() const { return static_cast<int32_t>(config_.preprocess.num_crops); }
+  int64_t image_token_id() const { return config_.image_token_index; }
+  // Names of the ConvNeXt stage depths and widths found in the checkpoint.
+  const std::vector<int64_t>& vision_depths() const { return vision_depths_; }
+  const std::vector<int64_t>& vision_dims() const { return vision_dims_; }
+
+  // Number of embedding positions one image with this grid occupies.
+  int64_t ImageTokenCount(int grid_rows, int grid_cols) const;
+
+  // Tower output ("clip_vis_dense") for crops [N, 3, S, S] float32:
+  // [N, C, S/32, S/32] float32. (Activations are float32 in every mode;
+  // the runtime dtype applies to weight matrices.)
+  absl::StatusOr<at::Tensor> VisionFeatures(const at::Tensor& crops) const;
+
+  // One image's embeddings, [ImageTokenCount(rows, cols), hidden]: tower,
+  // projector, stitching of the crop grid and a row separator after every
+  // feature row, per the config's any-res strategy ("crop" or "global").
+  // `crops` is [rows*cols, 3, S, S] float32, row-major over the grid.
+  absl::StatusOr<at::Tensor> EncodeImage(const at::Tensor& crops, int grid_rows, int grid_cols) const;
+
+  // Token embeddings with each image token replaced by the next entry of
+  // `images` (outputs of EncodeImage, in order): [L_expanded, hidden].
+  // INVALID_ARGUMENT when the number of image tokens differs from images.size()
+  // or an id is outside the vocabulary.
+  absl::StatusOr<at::Tensor> EmbedPrompt(const std::vector<int64_t>& ids,
+                                         const std::vector<at::Tensor>& images) const;
+
+  // Runs `embeds` [L, hidden] through the decoder after the positions already
+  // cached in `slot`, appending their keys and values. Returns float32 logits:
+  // [L, vocab] when all_logits, else [vocab] for the last position.
+  // OUT_OF_RANGE when the slot would exceed the cache capacity.
+  absl::StatusOr<at::Tensor> Prefill(const at::Tensor& embeds, KvCache* cache, int slot,
+                                     bool all_logits = false) const;
+
+  // One decode step for a batch: token tokens[b] is appended to slots[b] (each
+  // at its own position) in ONE batched forward. Returns float32 logits
+  // [B, vocab]. Slots must be distinct.
+  absl::StatusOr<at::Tensor> Decode(const std::vector<int64_t>& tokens, const std::vector<int>& slots,
+                                    KvCache* cache) const;
+
+  // Full forward without a persistent cache: logits [L, vocab] for embeds [L, hidden].
+  absl::StatusOr<at::Tensor> Forward(const at::Tensor& embeds) const;
+
+  // Final hidden states (after the last RMSNorm) for embeds: [L, hidden] float32.
+  absl::StatusOr<at::Tensor> LastHiddenState(const at::Tensor& embeds) const;
+
+ private:
+  struct Weights;
+  MagmaModel();
+  absl::Status Init(const std::string& dir, const LoadOptions& options);
+  // Shared decoder body. x: [B, T, hidden]; positions [B, T] (int64).
+  at::Tensor RunDecoder(at::Tensor x, const at::Tensor& positions, KvCache* cache,
+                        const std::vector<int>& slots, bool prefill) const;
+  at::Tensor Tower(const at::Tensor& x) const;
+  at::Tensor Project(const at::Tensor& features_nhwc) const;
+  at::Tensor LmHead(const at::Tensor& hidden) const;
+
+  std::string name_;
+  ModelConfig config_;
+  at::ScalarType dtype_;
+  at::ScalarType vision_dtype_;
+  int64_t vocab_size_ = 0;
+  int64_t num_parameters_ = 0;
+  std::vector<int64_t> vision_depths_, vision_dims_;
+  std::unique_ptr<Checkpoint> checkpoint_;  // backs zero-copy weights
+  std::unique_ptr<Weights> w_;
+};
+
+// Parses "float32" / "bfloat16".
+absl::StatusOr<at::ScalarType> ParseDType(const std::string& name);
+
+}  // namespace magma::model
+
+#endif  // MAGMA_MODEL_MODEL_H_

@@ -1,0 +1,44 @@
+// Random Magma-layout checkpoints for tests, benchmarks and scale tests:
+// config.json, preprocessor_config.json, safetensors shards with an index,
+// exactly as a Hugging Face Magma directory is laid out.
+#ifndef MAGMA_MODEL_RANDOM_INIT_H_
+#define MAGMA_MODEL_RANDOM_INIT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace magma::model {
+
+struct Preset {
+  std::string name;
+  // Vision tower (ConvNeXt).
+  std::vector<int64_t> vision_depths;
+  std::vector<int64_t> vision_dims;
+  int64_t img_size = 512;   // crop side
+  int64_t max_crops = 4;
+  // Llama decoder.
+  int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, intermediate = 0, vocab = 0;
+  int64_t max_positions = 4096;
+  double rope_theta = 500000.0;
+  int64_t image_token_index = 0;
+  // Storage dtype of the weights: "F32" or "BF16".
+  std::string storage_dtype = "BF16";
+  // Shard size limit in bytes.
+  int64_t max_shard_bytes = int64_t{2} << 30;
+};
+
+// "tiny", "small", "1b" or "8b"; INVALID_ARGUMENT listing them otherwise.
+absl::StatusOr<Preset> GetPreset(const std::string& name);
+
+// Writes a random model of `preset` into `dir` (created if needed). Weights
+// are N(0, 1/sqrt(fan_in)) for matrices, norms and layer scales near 1,
+// generated tensor by tensor so that memory stays small for any size.
+absl::Status WriteRandomModel(const Preset& preset, uint64_t seed, const std::string& dir);
+
+}  // namespace magma::model
+
+#endif  // MAGMA_MODEL_RANDOM_INIT_H_

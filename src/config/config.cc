@@ -1,0 +1,131 @@
+#include "magma/config/config.h"
+
+#include <fstream>
+#include <iterator>
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "magma/util/logging.h"
+
+namespace magma::config {
+namespace {
+
+// The field name at the start of a textproto line ("  threads: 2" ->
+// "threads"), so that value errors name their field too.
+std::string FieldOnLine(absl::string_view text, int line) {
+  std::vector<absl::string_view> lines = absl::StrSplit(text, '\n');
+  if (line < 0 || line >= static_cast<int>(lines.size())) return "";
+  absl::string_view l = absl::StripLeadingAsciiWhitespace(lines[line]);
+  size_t end = 0;
+  while (end < l.size() && (absl::ascii_isalnum(l[end]) || l[end] == '_')) ++end;
+  return std::string(l.substr(0, end));
+}
+
+class CollectErrors : public google::protobuf::io::ErrorCollector {
+ public:
+  CollectErrors(absl::string_view source, absl::string_view text)
+      : source_(std::string(source)), text_(text) {}
+  void AddError(int line, int column, const std::string& message) override {
+    // The parser counts from 0; editors count from 1.
+    std::string field = FieldOnLine(text_, line);
+    errors_.push_back(absl::StrCat(source_, ":", line + 1, ":", column + 1, ": ",
+                                   field.empty() ? "" : absl::StrCat("field '", field, "': "), message));
+  }
+  void AddWarning(int line, int column, const std::string& message) override {
+    AddError(line, column, message);
+  }
+  std::string Joined() const { return absl::StrJoin(errors_, "; "); }
+
+ private:
+  std::string source_;
+  absl::string_view text_;
+  std::vector<std::string> errors_;
+};
+
+}  // namespace
+
+ServerConfig DefaultConfig() {
+  ServerConfig c;
+  c.set_listen("127.0.0.1:50051");
+  c.set_threads(0);
+  c.set_log_level("info");
+  c.set_drain_deadline_ms(10000);
+  auto* g = c.mutable_grpc();
+  g->set_max_receive_message_bytes(32 << 20);
+  g->set_max_send_message_bytes(32 << 20);
+  g->set_keepalive_min_ping_interval_ms(10000);
+  g->set_keepalive_time_ms(60000);
+  g->set_keepalive_timeout_ms(20000);
+  g->set_keepalive_permit_without_calls(true);
+  auto* m = c.mutable_model();
+  m->set_dir("models/magma-tiny");
+  m->set_dtype("bfloat16");
+  return c;
+}
+
+absl::StatusOr<ServerConfig> ParseText(absl::string_view text, absl::string_view source) {
+  ServerConfig config = DefaultConfig();
+  google::protobuf::TextFormat::Parser parser;
+  CollectErrors errors(source, text);
+  parser.RecordErrorsTo(&errors);
+  if (!parser.MergeFromString(std::string(text), &config)) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid config: ", errors.Joined()));
+  }
+  return config;
+}
+
+absl::StatusOr<ServerConfig> LoadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file '", path, "'"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return ParseText(text, path);
+}
+
+absl::Status Validate(const ServerConfig& c) {
+  auto bad = [](absl::string_view field, absl::string_view rule, auto value) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid config: ", field, " ", rule, " (got ", value, ")"));
+  };
+  if (c.listen().empty() || c.listen().find(':') == std::string::npos) {
+    return bad("listen", "must be host:port", absl::StrCat("'", c.listen(), "'"));
+  }
+  if (c.threads() < 0 || c.threads() > 1024) return bad("threads", "must be in 0..1024", c.threads());
+  if (!log::IsValidLevel(c.log_level())) {
+    return bad("log_level", "must be trace, debug, info, warn, error, critical or off",
+               absl::StrCat("'", c.log_level(), "'"));
+  }
+  if (c.drain_deadline_ms() < 0) return bad("drain_deadline_ms", "must be >= 0", c.drain_deadline_ms());
+  const auto& g = c.grpc();
+  if (g.max_receive_message_bytes() <= 0 || g.max_receive_message_bytes() > (int64_t{1} << 31) - 1) {
+    return bad("grpc.max_receive_message_bytes", "must be in 1..2147483647",
+               g.max_receive_message_bytes());
+  }
+  if (g.max_send_message_bytes() <= 0 || g.max_send_message_bytes() > (int64_t{1} << 31) - 1) {
+    return bad("grpc.max_send_message_bytes", "must be in 1..2147483647", g.max_send_message_bytes());
+  }
+  if (g.keepalive_min_ping_interval_ms() < 0) {
+    return bad("grpc.keepalive_min_ping_interval_ms", "must be >= 0",
+               g.keepalive_min_ping_interval_ms());
+  }
+  if (g.keepalive_time_ms() <= 0) return bad("grpc.keepalive_time_ms", "must be > 0", g.keepalive_time_ms());
+  if (g.keepalive_timeout_ms() <= 0) {
+    return bad("grpc.keepalive_timeout_ms", "must be > 0", g.keepalive_timeout_ms());
+  }
+  const auto& m = c.model();
+  if (m.dir().empty()) return bad("model.dir", "must not be empty", "''");
+  if (m.dtype() != "float32" && m.dtype() != "bfloat16") {
+    return bad("model.dtype", "must be float32 or bfloat16", absl::StrCat("'", m.dtype(), "'"));
+  }
+  if (!m.vision_dtype().empty() && m.vision_dtype() != "float32" && m.vision_dtype() != "bfloat16") {
+    return bad("model.vision_dtype", "must be empty, float32 or bfloat16", absl::StrCat("'", m.vision_dtype(), "'"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace magma::config

@@ -1,0 +1,656 @@
+#include "magma/model/model.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "magma/model/kernels.h"
+#include "magma/model/safetensors.h"
+#include "magma/util/logging.h"
+
+namespace magma::model {
+namespace {
+
+const char kTrunk[] = "vision_tower.clip_vision_model.trunk.";
+const char kLm[] = "language_model.model.";
+
+at::ScalarType ToAten(StDType t) {
+  switch (t) {
+    case StDType::kF64: return at::kDouble;
+    case StDType::kF32: return at::kFloat;
+    case StDType::kF16: return at::kHalf;
+    case StDType::kBF16: return at::kBFloat16;
+    case StDType::kI64: return at::kLong;
+    case StDType::kI32: return at::kInt;
+    case StDType::kI16: return at::kShort;
+    case StDType::kI8: return at::kChar;
+    case StDType::kU8: return at::kByte;
+    case StDType::kBool: return at::kBool;
+  }
+  return at::kFloat;
+}
+
+// Runs `fn`, turning libtorch exceptions into INTERNAL.
+template <typename Fn>
+auto Guarded(const char* what, Fn&& fn) -> absl::StatusOr<decltype(fn())> {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+  }
+}
+
+// Activations are float32 throughout; only large weight matrices take the
+// runtime dtype. In bfloat16 mode the matrix products round their inputs to
+// bfloat16 and accumulate in float32, everything else stays float32.
+
+// Rows up to which LinearBf16 (weights streamed once per batch) beats oneDNN.
+constexpr int64_t kStreamedRows = 16;
+
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
+  if (w.scalar_type() == at::kFloat) return at::linear(x, w, b);
+  if (x.numel() / x.size(-1) <= kStreamedRows) return LinearBf16(x, w, b);
+  at::Tensor y = at::linear(x.to(w.scalar_type()), w).to(at::kFloat);
+  return b.defined() ? y.add_(b) : y;
+}
+
+at::Tensor Conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride, int64_t padding,
+                  int64_t groups) {
+  if (w.scalar_type() == at::kFloat) return at::conv2d(x, w, b, {stride, stride}, {padding, padding}, {1, 1}, groups);
+  at::Tensor y = at::conv2d(x.to(w.scalar_type()), w, {}, {stride, stride}, {padding, padding}, {1, 1}, groups);
+  return y.to(at::kFloat).add_(b.view({1, -1, 1, 1}));
+}
+
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor var = x.pow(2).mean(-1, /*keepdim=*/true);
+  return w * (x * at::rsqrt(var + eps));
+}
+
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// LayerNorm over channels of an NCHW tensor (timm LayerNorm2d).
+at::Tensor LayerNorm2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
+  at::Tensor y = x.permute({0, 2, 3, 1});
+  y = at::layer_norm(y, {x.size(1)}, w, b, eps);
+  return y.permute({0, 3, 1, 2});
+}
+
+constexpr double kVisionEps = 1e-5;
+
+}  // namespace
+
+struct MagmaModel::Weights {
+  struct Block {
+    at::Tensor dw_w, dw_b, norm_w, norm_b, fc1_w, fc1_b, fc2_w, fc2_b, gamma;
+  };
+  struct Stage {
+    bool downsample = false;
+    at::Tensor ds_norm_w, ds_norm_b, ds_conv_w, ds_conv_b;
+    std::vector<Block> blocks;
+  };
+  struct Layer {
+    at::Tensor q, k, v, o, gate, up, down, in_norm, post_norm;
+  };
+  at::Tensor stem_w, stem_b, stem_norm_w, stem_norm_b;
+  std::vector<Stage> stages;
+  at::Tensor proj0_w, proj0_b, proj2_w, proj2_b, row_sep;
+  at::Tensor embed, final_norm, lm_head;
+  std::vector<Layer> layers;
+  at::Tensor rope_cos, rope_sin;  // [max_pos, head_dim] float32
+};
+
+absl::StatusOr<at::ScalarType> ParseDType(const std::string& name) {
+  if (name == "float32") return at::kFloat;
+  if (name == "bfloat16") return at::kBFloat16;
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", name, "': expected float32 or bfloat16"));
+}
+
+// ---------------------------------------------------------------- KvCache
+
+KvCache::KvCache(const TextConfig& text, int slots, int capacity, at::ScalarType dtype)
+    : capacity_(capacity), lengths_(slots, 0), used_(slots, false) {
+  const auto opts = at::TensorOptions().dtype(dtype);
+  for (int64_t i = 0; i < text.num_layers; ++i) {
+    k_.push_back(at::zeros({slots, text.num_kv_heads, capacity, text.head_dim}, opts));
+    v_.push_back(at::zeros({slots, text.num_kv_heads, capacity, text.head_dim}, opts));
+  }
+}
+
+int KvCache::Allocate() {
+  for (size_t i = 0; i < used_.size(); ++i) {
+    if (!used_[i]) {
+      used_[i] = true;
+      lengths_[i] = 0;
+      return static_cast<int>(i);
+    }
+  }
+  return -1;
+}
+
+void KvCache::Release(int slot) {
+  used_[slot] = false;
+  lengths_[slot] = 0;
+}
+
+int KvCache::num_free() const { return static_cast<int>(std::count(used_.begin(), used_.end(), false)); }
+
+int64_t KvCache::bytes() const {
+  int64_t total = 0;
+  for (const auto& t : k_) total += t.numel() * t.element_size();
+  for (const auto& t : v_) total += t.numel() * t.element_size();
+  return total;
+}
+
+// ---------------------------------------------------------------- loading
+
+MagmaModel::MagmaModel() : w_(std::make_unique<Weights>()) {}
+MagmaModel::~MagmaModel() = default;
+
+absl::StatusOr<std::unique_ptr<MagmaModel>> MagmaModel::Load(const std::string& dir,
+                                                             const LoadOptions& options) {
+  std::unique_ptr<MagmaModel> model(new MagmaModel());
+  absl::Status status;
+  try {
+    status = model->Init(dir, options);
+  } catch (const std::exception& e) {
+    status = absl::InternalError(absl::StrCat("loading ", dir, ": ", e.what()));
+  }
+  if (!status.ok()) return status;
+  return model;
+}
+
+absl::Status MagmaModel::Init(const std::string& dir, const LoadOptions& options) {
+  c10::InferenceMode guard;
+  const absl::Time start = absl::Now();
+  auto dtype = ParseDType(options.dtype);
+  if (!dtype.ok()) return dtype.status();
+  dtype_ = *dtype;
+  vision_dtype_ = dtype_;
+  if (!options.vision_dtype.empty()) {
+    auto vd = ParseDType(options.vision_dtype);
+    if (!vd.ok()) return vd.status();
+    vision_dtype_ = *vd;
+  }
+  auto config = LoadModelConfig(dir);
+  if (!config.ok()) return config.status();
+  config_ = *std::move(config);
+  name_ = std::filesystem::path(dir).lexically_normal().filename().string();
+  if (name_.empty()) name_ = std::filesystem::path(dir).lexically_normal().parent_path().filename().string();
+  auto ckpt = Checkpoint::Open(dir);
+  if (!ckpt.ok()) return ckpt.status();
+  checkpoint_ = *std::move(ckpt);
+
+  // Infer the tower's shape from the tensors present.
+  for (int s = 0;; ++s) {
+    int64_t depth = 0;
+    while (checkpoint_->Find(absl::StrCat(kTrunk, "stages.", s, ".blocks.", depth, ".conv_dw.weight"))) ++depth;
+    if (depth == 0) break;
+    const TensorView* dw = checkpoint_->Find(absl::StrCat(kTrunk, "stages.", s, ".blocks.0.conv_dw.weight"));
+    vision_depths_.push_back(depth);
+    vision_dims_.push_back(dw->shape.empty() ? 0 : dw->shape[0]);
+  }
+  if (vision_depths_.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": no ConvNeXt stages found (expected tensors named ",
+                                                   kTrunk, "stages.0.blocks.0.*)"));
+  }
+  const TextConfig& t = config_.text;
+  const TensorView* embed_view = checkpoint_->Find(absl::StrCat(kLm, "embed_tokens.weight"));
+  vocab_size_ = (embed_view != nullptr && embed_view->shape.size() == 2) ? embed_view->shape[0] : t.vocab_size;
+  if (config_.vision.mm_hidden_size != vision_dims_.back()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json: vision_config.mm_hidden_size is ", config_.vision.mm_hidden_size,
+        " but the tower's last stage has ", vision_dims_.back(), " channels"));
+  }
+
+  // The full list of expected parameters with shapes.
+  std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
+  auto want = [&](std::string name, std::vector<int64_t> shape) { expected.emplace_back(std::move(name), std::move(shape)); };
+  const int64_t d0 = vision_dims_[0];
+  want(absl::StrCat(kTrunk, "stem.0.weight"), {d0, 3, 4, 4});
+  want(absl::StrCat(kTrunk, "stem.0.bias"), {d0});
+  want(absl::StrCat(kTrunk, "stem.1.weight"), {d0});
+  want(absl::StrCat(kTrunk, "stem.1.bias"), {d0});
+  for (size_t s = 0; s < vision_depths_.size(); ++s) {
+    const int64_t d = vision_dims_[s];
+    const std::string p = absl::StrCat(kTrunk, "stages.", s, ".");
+    if (s > 0) {
+      const int64_t prev = vision_dims_[s - 1];
+      want(p + "downsample.0.weight", {prev});
+      want(p + "downsample.0.bias", {prev});
+      want(p + "downsample.1.weight", {d, prev, 2, 2});
+      want(p + "downsample.1.bias", {d});
+    }
+    for (int64_t j = 0; j < vision_depths_[s]; ++j) {
+      const std::string b = absl::StrCat(p, "blocks.", j, ".");
+      want(b + "conv_dw.weight", {d, 1, 7, 7});
+      want(b + "conv_dw.bias", {d});
+      want(b + "norm.weight", {d});
+      want(b + "norm.bias", {d});
+      want(b + "mlp.fc1.weight", {4 * d, d});
+      want(b + "mlp.fc1.bias", {4 * d});
+      want(b + "mlp.fc2.weight", {d, 4 * d});
+      want(b + "mlp.fc2.bias", {d});
+      want(b + "gamma", {d});
+    }
+  }
+  const int64_t h = t.hidden_size, mm = config_.vision.mm_hidden_size;
+  want("multi_modal_projector.proj.0.weight", {h, mm});
+  want("multi_modal_projector.proj.0.bias", {h});
+  want("multi_modal_projector.proj.2.weight", {h, h});
+  want("multi_modal_projector.proj.2.bias", {h});
+  want("multi_modal_projector.row_seperator", {1, 1, h});
+  want(absl::StrCat(kLm, "embed_tokens.weight"), {vocab_size_, h});
+  want(absl::StrCat(kLm, "norm.weight"), {h});
+  want("language_model.lm_head.weight", {vocab_size_, h});
+  const int64_t qd = t.num_heads * t.head_dim, kvd = t.num_kv_heads * t.head_dim;
+  for (int64_t i = 0; i < t.num_layers; ++i) {
+    const std::string p = absl::StrCat(kLm, "layers.", i, ".");
+    want(p + "self_attn.q_proj.weight", {qd, h});
+    want(p + "self_attn.k_proj.weight", {kvd, h});
+    want(p + "self_attn.v_proj.weight", {kvd, h});
+    want(p + "self_attn.o_proj.weight", {h, qd});
+    want(p + "mlp.gate_proj.weight", {t.intermediate_size, h});
+    want(p + "mlp.up_proj.weight", {t.intermediate_size, h});
+    want(p + "mlp.down_proj.weight", {h, t.intermediate_size});
+    want(p + "input_layernorm.weight", {h});
+    want(p + "post_attention_layernorm.weight", {h});
+  }
+
+  std::vector<std::string> problems;
+  for (const auto& [name, shape] : expected) {
+    const TensorView* v = checkpoint_->Find(name);
+    if (v == nullptr) {
+      problems.push_back(absl::StrCat("missing ", name));
+    } else if (v->shape != shape) {
+      problems.push_back(absl::StrCat(name, " has shape [", absl::StrJoin(v->shape, ", "), "], expected [",
+                                      absl::StrJoin(shape, ", "), "]"));
+    } else if (v->dtype != StDType::kF32 && v->dtype != StDType::kF16 && v->dtype != StDType::kBF16) {
+      problems.push_back(absl::StrCat(name, " is stored as ", StDTypeName(v->dtype), " (need F32, F16 or BF16)"));
+    }
+  }
+  if (!problems.empty()) {
+    const size_t shown = std::min<size_t>(problems.size(), 20);
+    std::string more = problems.size() > shown ? absl::StrCat("; and ", problems.size() - shown, " more") : "";
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir, ": checkpoint does not match config.json (", problems.size(), " problems): ",
+        absl::StrJoin(problems.begin(), problems.begin() + shown, "; "), more));
+  }
+  std::set<std::string> used;
+  for (const auto& e : expected) used.insert(e.first);
+  for (const auto& [name, view] : checkpoint_->tensors()) {
+    if (used.count(name) == 0) MAGMA_LOG_DEBUG("unused checkpoint tensor {}", name);
+  }
+
+  // Materialise: zero-copy views of the mapping when the stored dtype is the
+  // runtime dtype, else a converted copy (the mapping's pages are then dropped).
+  int64_t total_bytes = 0, loaded_bytes = 0, next_report = int64_t{1} << 30;
+  for (const auto& e : expected) total_bytes += checkpoint_->Find(e.first)->nbytes;
+  size_t loaded_tensors = 0;
+  auto get = [&](const std::string& name) {
+    const TensorView* v = checkpoint_->Find(name);
+    const at::ScalarType stored = ToAten(v->dtype);
+    at::Tensor view = at::from_blob(const_cast<void*>(v->data), v->shape, at::TensorOptions().dtype(stored));
+    at::Tensor out;
+    const bool aligned = reinterpret_cast<uintptr_t>(v->data) % StDTypeSize(v->dtype) == 0;
+    // Vectors (norms, biases, layer scales, the row separator) are tiny and
+    // used in float32 arithmetic; matrices and convolutions take the runtime dtype.
+    const bool vision = name.rfind("vision_tower.", 0) == 0 || name.rfind("multi_modal_projector.", 0) == 0;
+    const at::ScalarType matrix_dtype = vision ? vision_dtype_ : dtype_;
+    const at::ScalarType target =
+        v->shape.size() >= 2 && v->NumElements() != v->shape.back() ? matrix_dtype : at::kFloat;
+    if (stored == target && aligned) {
+      out = view;
+    } else {
+      out = aligned ? view.to(target) : view.clone().to(target);
+      // The converted copy is what we keep; release the file pages.
+      const uintptr_t page = 4096;
+      uintptr_t begin = (reinterpret_cast<uintptr_t>(v->data) + page - 1) & ~(page - 1);
+      uintptr_t end = (reinterpret_cast<uintptr_t>(v->data) + v->nbytes) & ~(page - 1);
+      if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+    }
+    num_parameters_ += v->NumElements();
+    loaded_bytes += v->nbytes;
+    ++loaded_tensors;
+    if (options.log_progress && loaded_bytes >= next_report) {
+      MAGMA_LOG_INFO("loading {}: {}/{} tensors, {:.1f}/{:.1f} GB", name_, loaded_tensors, expected.size(),
+                     loaded_bytes / 1e9, total_bytes / 1e9);
+      next_report += int64_t{1} << 30;
+    }
+    return out;
+  };
+
+  Weights& w = *w_;
+  w.stem_w = get(absl::StrCat(kTrunk, "stem.0.weight"));
+  w.stem_b = get(absl::StrCat(kTrunk, "stem.0.bias"));
+  w.stem_norm_w = get(absl::StrCat(kTrunk, "stem.1.weight"));
+  w.stem_norm_b = get(absl::StrCat(kTrunk, "stem.1.bias"));
+  for (size_t s = 0; s < vision_depths_.size(); ++s) {
+    Weights::Stage stage;
+    const std::string p = absl::StrCat(kTrunk, "stages.", s, ".");
+    if (s > 0) {
+      stage.downsample = true;
+      stage.ds_norm_w = get(p + "downsample.0.weight");
+      stage.ds_norm_b = get(p + "downsample.0.bias");
+      stage.ds_conv_w = get(p + "downsample.1.weight");
+      stage.ds_conv_b = get(p + "downsample.1.bias");
+    }
+    for (int64_t j = 0; j < vision_depths_[s]; ++j) {
+      const std::string b = absl::StrCat(p, "blocks.", j, ".");
+      stage.blocks.push_back({get(b + "conv_dw.weight"), get(b + "conv_dw.bias"), get(b + "norm.weight"),
+                              get(b + "norm.bias"), get(b + "mlp.fc1.weight"), get(b + "mlp.fc1.bias"),
+                              get(b + "mlp.fc2.weight"), get(b + "mlp.fc2.bias"), get(b + "gamma")});
+    }
+    w.stages.push_back(std::move(stage));
+  }
+  w.proj0_w = get("multi_modal_projector.proj.0.weight");
+  w.proj0_b = get("multi_modal_projector.proj.0.bias");
+  w.proj2_w = get("multi_modal_projector.proj.2.weight");
+  w.proj2_b = get("multi_modal_projector.proj.2.bias");
+  w.row_sep = get("multi_modal_projector.row_seperator").reshape({h});
+  w.embed = get(absl::StrCat(kLm, "embed_tokens.weight"));
+  w.final_norm = get(absl::StrCat(kLm, "norm.weight"));
+  w.lm_head = get("language_model.lm_head.weight");
+  for (int64_t i = 0; i < t.num_layers; ++i) {
+    const std::string p = absl::StrCat(kLm, "layers.", i, ".");
+    w.layers.push_back({get(p + "self_attn.q_proj.weight"), get(p + "self_attn.k_proj.weight"),
+                        get(p + "self_attn.v_proj.weight"), get(p + "self_attn.o_proj.weight"),
+                        get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight"),
+                        get(p + "mlp.down_proj.weight"), get(p + "input_layernorm.weight"),
+                        get(p + "post_attention_layernorm.weight")});
+  }
+
+  // RoPE tables as the reference computes them: float32 inv_freq, angle =
+  // position * inv_freq, duplicated halves.
+  const int64_t hd = t.head_dim;
+  at::Tensor inv_freq =
+      1.0 / at::pow(t.rope_theta, at::arange(0, hd, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / hd);
+  inv_freq = inv_freq.to(at::kFloat);
+  at::Tensor pos = at::arange(t.max_position_embeddings, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor freqs = at::outer(pos, inv_freq);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  w.rope_cos = emb.cos();
+  w.rope_sin = emb.sin();
+
+  MAGMA_LOG_INFO("loaded {} ({} parameters, {:.2f} GB stored, decoder {}, vision {}) in {:.2f} s", name_,
+                 num_parameters_, total_bytes / 1e9, dtype_ == at::kFloat ? "float32" : "bfloat16",
+                 vision_dtype_ == at::kFloat ? "float32" : "bfloat16",
+                 absl::ToDoubleSeconds(absl::Now() - start));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------- vision
+
+int64_t MagmaModel::ImageTokenCount(int grid_rows, int grid_cols) const {
+  const int64_t side = config_.preprocess.base_img_size / 32;
+  return grid_rows * side * (grid_cols * side + 1);
+}
+
+at::Tensor MagmaModel::Tower(const at::Tensor& input) const {
+  const Weights& w = *w_;
+  at::Tensor x = Conv2d(input, w.stem_w, w.stem_b, /*stride=*/4, /*padding=*/0, /*groups=*/1);
+  x = LayerNorm2d(x, w.stem_norm_w, w.stem_norm_b, kVisionEps);
+  for (const auto& stage : w.stages) {
+    if (stage.downsample) {
+      x = LayerNorm2d(x, stage.ds_norm_w, stage.ds_norm_b, kVisionEps);
+      x = Conv2d(x, stage.ds_conv_w, stage.ds_conv_b, /*stride=*/2, /*padding=*/0, /*groups=*/1);
+    }
+    for (const auto& b : stage.blocks) {
+      const int64_t c = x.size(1);
+      at::Tensor y = Conv2d(x, b.dw_w, b.dw_b, /*stride=*/1, /*padding=*/3, /*groups=*/c);
+      y = y.permute({0, 2, 3, 1});
+      y = at::layer_norm(y, {c}, b.norm_w, b.norm_b, kVisionEps);
+      y = Linear(y, b.fc1_w, b.fc1_b);
+      y = at::gelu(y);
+      y = Linear(y, b.fc2_w, b.fc2_b);
+      y = y.permute({0, 3, 1, 2});
+      x = y.mul(b.gamma.reshape({1, -1, 1, 1})) + x;
+    }
+  }
+  return x;
+}
+
+at::Tensor MagmaModel::Project(const at::Tensor& nhwc) const {
+  const Weights& w = *w_;
+  return Linear(at::gelu(Linear(nhwc, w.proj0_w, w.proj0_b)), w.proj2_w, w.proj2_b);
+}
+
+absl::StatusOr<at::Tensor> MagmaModel::VisionFeatures(const at::Tensor& crops) const {
+  return Guarded("vision tower", [&] {
+    c10::InferenceMode guard;
+    return Tower(crops.to(at::kFloat)).contiguous();
+  });
+}
+
+absl::StatusOr<at::Tensor> MagmaModel::EncodeImage(const at::Tensor& crops, int rows, int cols) const {
+  const int64_t s = config_.preprocess.base_img_size;
+  if (crops.dim() != 4 || crops.size(0) != int64_t{rows} * cols || crops.size(1) != 3 || crops.size(2) != s ||
+      crops.size(3) != s) {
+    return absl::InvalidArgumentError(absl::StrCat("EncodeImage: crops must be [", rows * cols, ", 3, ", s, ", ",
+                                                   s, "] for a ", rows, "x", cols, " grid"));
+  }
+  return Guarded("encode image", [&] {
+    c10::InferenceMode guard;
+    const int64_t hsz = hidden_size();
+    at::Tensor grid;  // [rows*h, cols*w, hidden]
+    if (config_.vision.anyres_strategy == "global") {
+      // Stitch the crops back into one image and run the tower once.
+      at::Tensor image = crops.view({rows, cols, 3, s, s}).permute({2, 0, 3, 1, 4}).reshape({1, 3, rows * s, cols * s});
+      at::Tensor f = Tower(image.to(at::kFloat));  // [1, C, rows*h, cols*w]
+      grid = Project(f.permute({0, 2, 3, 1}))[0];
+    } else {
+      at::Tensor f = Tower(crops.to(at::kFloat));  // [N, C, h, w]
+      const int64_t fh = f.size(2), fw = f.size(3);
+      at::Tensor p = Project(f.permute({0, 2, 3, 1}));  // [N, h, w, hidden]
+      grid = p.view({rows, cols, fh, fw, hsz}).permute({0, 2, 1, 3, 4}).reshape({rows * fh, cols * fw, hsz});
+    }
+    at::Tensor sep = w_->row_sep.view({1, 1, hsz}).expand({grid.size(0), 1, hsz});
+    return at::cat({grid, sep}, 1).reshape({-1, hsz}).contiguous();
+  });
+}
+
+absl::StatusOr<at::Tensor> MagmaModel::EmbedPrompt(const std::vector<int64_t>& ids,
+                                                   const std::vector<at::Tensor>& images) const {
+  size_t n_image_tokens = 0;
+  for (int64_t id : ids) {
+    if (id == config_.image_token_index) {
+      ++n_image_tokens;
+    } else if (id < 0 || id >= vocab_size_) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ",
+                                                     vocab_size_, ")"));
+    }
+  }
+  if (n_image_tokens != images.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", n_image_tokens, " image tokens but ",
+                                                   images.size(), " images were given"));
+  }
+  for (const auto& img : images) {
+    if (img.dim() != 2 || img.size(1) != hidden_size()) {
+      return absl::InvalidArgumentError("image features must be [tokens, hidden]");
+    }
+  }
+  return Guarded("embed prompt", [&] {
+    c10::InferenceMode guard;
+    std::vector<at::Tensor> parts;
+    std::vector<int64_t> run;
+    size_t next_image = 0;
+    auto flush = [&] {
+      if (run.empty()) return;
+      at::Tensor idx = at::tensor(run, at::TensorOptions().dtype(at::kLong));
+      parts.push_back(w_->embed.index_select(0, idx).to(at::kFloat));
+      run.clear();
+    };
+    for (int64_t id : ids) {
+      if (id == config_.image_token_index) {
+        flush();
+        parts.push_back(images[next_image++].to(at::kFloat));
+      } else {
+        run.push_back(id);
+      }
+    }
+    flush();
+    return at::cat(parts, 0);
+  });
+}
+
+// ---------------------------------------------------------------- decoder
+
+at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvCache* cache,
+                                  const std::vector<int>& slots, bool prefill) const {
+  const TextConfig& t = config_.text;
+  const Weights& w = *w_;
+  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t nh = t.num_heads, nkv = t.num_kv_heads, hd = t.head_dim, g = nh / nkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+
+  at::Tensor flat_pos = positions.reshape({-1});
+  at::Tensor cos = w.rope_cos.index_select(0, flat_pos).view({B, T, 1, hd});
+  at::Tensor sin = w.rope_sin.index_select(0, flat_pos).view({B, T, 1, hd});
+  const int64_t kv_len = positions.max().item<int64_t>() + 1;  // keys to attend over
+  at::Tensor slot_idx = at::tensor(std::vector<int64_t>(slots.begin(), slots.end()), at::kLong);
+  // mask[b, i, j] = key j is visible to query i of sequence b.
+  at::Tensor key_pos = at::arange(kv_len, at::kLong).view({1, 1, kv_len});
+  at::Tensor visible = key_pos <= positions.view({B, T, 1});
+  at::Tensor bias = at::zeros({B, 1, 1, T, kv_len}, at::kFloat)
+                        .masked_fill_(visible.logical_not().view({B, 1, 1, T, kv_len}),
+                                      -std::numeric_limits<float>::infinity());
+
+  for (size_t li = 0; li < w.layers.size(); ++li) {
+    const auto& L = w.layers[li];
+    at::Tensor hs = RmsNorm(x, L.in_norm, t.rms_norm_eps);
+    at::Tensor q = Linear(hs, L.q).view({B, T, nh, hd});
+    at::Tensor k = Linear(hs, L.k).view({B, T, nkv, hd});
+    at::Tensor v = Linear(hs, L.v).view({B, T, nkv, hd});
+    q = q * cos + RotateHalf(q) * sin;
+    k = k * cos + RotateHalf(k) * sin;
+
+    at::Tensor& ck = cache->k_[li];
+    at::Tensor& cv = cache->v_[li];
+    at::Tensor keys, values;  // [B, nkv, kv_len, hd]
+    if (prefill) {
+      const int slot = slots[0];
+      const int64_t p0 = cache->lengths_[slot];
+      ck[slot].narrow(1, p0, T).copy_(k[0].transpose(0, 1));  // copy_ converts to the cache dtype
+      cv[slot].narrow(1, p0, T).copy_(v[0].transpose(0, 1));
+      keys = ck[slot].narrow(1, 0, kv_len).unsqueeze(0);
+      values = cv[slot].narrow(1, 0, kv_len).unsqueeze(0);
+    } else {
+      at::Tensor pos_idx = positions.view({B});
+      ck.index_put_({slot_idx, at::indexing::Slice(), pos_idx}, k.view({B, nkv, hd}).to(ck.scalar_type()));
+      cv.index_put_({slot_idx, at::indexing::Slice(), pos_idx}, v.view({B, nkv, hd}).to(cv.scalar_type()));
+      keys = ck.narrow(2, 0, kv_len).index_select(0, slot_idx);
+      values = cv.narrow(2, 0, kv_len).index_select(0, slot_idx);
+    }
+    keys = keys.to(at::kFloat);
+    values = values.to(at::kFloat);
+    // Grouped-query attention without repeating keys: query head h reads KV
+    // head h / g.
+    at::Tensor qg = q.permute({0, 2, 1, 3}).reshape({B, nkv, g, T, hd});
+    at::Tensor scores = at::matmul(qg, keys.unsqueeze(2).transpose(-1, -2)) * scale;  // [B, nkv, g, T, kv]
+    at::Tensor probs = at::softmax(scores + bias, -1);
+    at::Tensor attn = at::matmul(probs, values.unsqueeze(2));  // [B, nkv, g, T, hd]
+    attn = attn.reshape({B, nh, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, nh * hd});
+    x = x + Linear(attn, L.o);
+
+    hs = RmsNorm(x, L.post_norm, t.rms_norm_eps);
+    at::Tensor mlp = at::silu(Linear(hs, L.gate)) * Linear(hs, L.up);
+    x = x + Linear(mlp, L.down);
+  }
+  if (prefill) {
+    cache->lengths_[slots[0]] += static_cast<int>(T);
+  } else {
+    for (int s : slots) cache->lengths_[s] += 1;
+  }
+  return RmsNorm(x, w.final_norm, t.rms_norm_eps);
+}
+
+at::Tensor MagmaModel::LmHead(const at::Tensor& hidden) const {
+  // Logits always come out of a float32 accumulation: near-ties between the
+  // top candidates must not be decided by bfloat16 output rounding.
+  if (w_->lm_head.scalar_type() == at::kBFloat16) return LinearBf16(hidden, w_->lm_head, {});
+  return at::linear(hidden, w_->lm_head);
+}
+
+absl::StatusOr<at::Tensor> MagmaModel::Prefill(const at::Tensor& embeds, KvCache* cache, int slot,
+                                               bool all_logits) const {
+  if (embeds.dim() != 2 || embeds.size(1) != hidden_size() || embeds.size(0) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Prefill: embeds must be [L>0, ", hidden_size(), "]"));
+  }
+  if (slot < 0 || slot >= cache->num_slots()) return absl::InvalidArgumentError("Prefill: bad slot");
+  const int64_t p0 = cache->length(slot), L = embeds.size(0);
+  if (p0 + L > cache->capacity() || p0 + L > max_context_tokens()) {
+    return absl::OutOfRangeError(absl::StrCat("sequence of ", p0 + L, " positions exceeds the context of ",
+                                              std::min<int64_t>(cache->capacity(), max_context_tokens())));
+  }
+  return Guarded("prefill", [&] {
+    c10::InferenceMode guard;
+    at::Tensor positions = at::arange(p0, p0 + L, at::kLong).view({1, L});
+    at::Tensor hidden = RunDecoder(embeds.to(at::kFloat).unsqueeze(0), positions, cache, {slot}, /*prefill=*/true)[0];
+    if (!all_logits) hidden = hidden.narrow(0, L - 1, 1);
+    at::Tensor logits = LmHead(hidden);
+    return all_logits ? logits : logits[0];
+  });
+}
+
+absl::StatusOr<at::Tensor> MagmaModel::Decode(const std::vector<int64_t>& tokens, const std::vector<int>& slots,
+                                              KvCache* cache) const {
+  if (tokens.size() != slots.size() || tokens.empty()) {
+    return absl::InvalidArgumentError("Decode: need one token per slot");
+  }
+  std::vector<int64_t> pos;
+  std::set<int> seen;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const int s = slots[i];
+    if (s < 0 || s >= cache->num_slots() || !seen.insert(s).second) {
+      return absl::InvalidArgumentError("Decode: slots must be distinct valid slots");
+    }
+    if (tokens[i] < 0 || tokens[i] >= vocab_size_) {
+      return absl::InvalidArgumentError(absl::StrCat("Decode: token id ", tokens[i], " outside the vocabulary"));
+    }
+    if (cache->length(s) + 1 > cache->capacity() || cache->length(s) + 1 > max_context_tokens()) {
+      return absl::OutOfRangeError(absl::StrCat("Decode: slot ", s, " is full"));
+    }
+    pos.push_back(cache->length(s));
+  }
+  return Guarded("decode", [&] {
+    c10::InferenceMode guard;
+    const int64_t B = static_cast<int64_t>(tokens.size());
+    at::Tensor ids = at::tensor(tokens, at::kLong);
+    at::Tensor x = w_->embed.index_select(0, ids).to(at::kFloat).view({B, 1, hidden_size()});
+    at::Tensor positions = at::tensor(pos, at::kLong).view({B, 1});
+    at::Tensor hidden = RunDecoder(x, positions, cache, slots, /*prefill=*/false);
+    return LmHead(hidden.view({B, hidden_size()}));
+  });
+}
+
+absl::StatusOr<at::Tensor> MagmaModel::Forward(const at::Tensor& embeds) const {
+  KvCache cache(config_.text, 1, static_cast<int>(embeds.size(0)), dtype_);
+  return Prefill(embeds, &cache, cache.Allocate(), /*all_logits=*/true);
+}
+
+absl::StatusOr<at::Tensor> MagmaModel::LastHiddenState(const at::Tensor& embeds) const {
+  if (embeds.dim() != 2 || embeds.size(1) != hidden_size()) {
+    return absl::InvalidArgumentError("LastHiddenState: embeds must be [L, hidden]");
+  }
+  return Guarded("forward", [&] {
+    c10::InferenceMode guard;
+    KvCache cache(config_.text, 1, static_cast<int>(embeds.size(0)), dtype_);
+    const int64_t L = embeds.size(0);
+    at::Tensor positions = at::arange(0, L, at::kLong).view({1, L});
+    return RunDecoder(embeds.to(at::kFloat).unsqueeze(0), positions, &cache, {cache.Allocate()}, true)[0];
+  });
+}
+
+}  // namespace magma::model

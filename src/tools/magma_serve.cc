@@ -1,0 +1,128 @@
+// magma-serve: the server process. Loads the config, starts the gRPC front
+// (health NOT_SERVING), loads the model, turns SERVING, and on SIGINT/SIGTERM
+// drains within the configured deadline and exits 0.
+#include <atomic>
+#include <csignal>
+#include <future>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "magma/api/server.h"
+#include "magma/config/config.h"
+#include "magma/model/runtime.h"
+#include "magma/model/model.h"
+#include "magma/util/logging.h"
+
+ABSL_FLAG(std::string, config, "", "Config file (textproto, schema magma.config.ServerConfig)");
+ABSL_FLAG(std::string, listen, "", "Listen address host:port; overrides the config");
+ABSL_FLAG(std::string, model_dir, "", "Checkpoint directory; overrides model.dir");
+ABSL_FLAG(int, threads, -1, "libtorch intra-op threads (0 = one per core); overrides the config");
+ABSL_FLAG(std::string, log_level, "", "trace|debug|info|warn|error|critical|off; overrides the config");
+
+namespace {
+
+int Fail(const absl::Status& status) {
+  MAGMA_LOG_ERROR("{}", status.ToString());
+  return 2;
+}
+
+// Blocks SIGINT and SIGTERM in this and every later thread; WaitForSignal
+// receives them synchronously.
+sigset_t BlockStopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves a Magma-style vision-language-action model over gRPC.\n"
+      "  magma-serve --config configs/default.textproto [--listen 127.0.0.1:50051]");
+  absl::ParseCommandLine(argc, argv);
+  const sigset_t stop_signals = BlockStopSignals();
+
+  // Config: file (or defaults), then flags, then validation.
+  magma::config::ServerConfig config = magma::config::DefaultConfig();
+  if (!absl::GetFlag(FLAGS_config).empty()) {
+    auto loaded = magma::config::LoadFile(absl::GetFlag(FLAGS_config));
+    if (!loaded.ok()) return Fail(loaded.status());
+    config = *std::move(loaded);
+  }
+  if (!absl::GetFlag(FLAGS_listen).empty()) config.set_listen(absl::GetFlag(FLAGS_listen));
+  if (!absl::GetFlag(FLAGS_model_dir).empty()) {
+    config.mutable_model()->set_dir(absl::GetFlag(FLAGS_model_dir));
+  }
+  if (absl::GetFlag(FLAGS_threads) != -1) config.set_threads(absl::GetFlag(FLAGS_threads));
+  if (!absl::GetFlag(FLAGS_log_level).empty()) config.set_log_level(absl::GetFlag(FLAGS_log_level));
+  if (auto status = magma::config::Validate(config); !status.ok()) return Fail(status);
+  (void)magma::log::SetLevel(config.log_level());
+
+  const int threads = magma::model::ConfigureRuntime(config.threads());
+  MAGMA_LOG_INFO("magma-serve {} | threads {} | BLAS {} | model {} ({}) | listen {}",
+                 magma::api::ServerVersion(), threads, magma::model::BlasBackend(),
+                 config.model().dir(), config.model().dtype(), config.listen());
+
+  magma::api::ServerOptions options;
+  options.listen = config.listen();
+  options.max_receive_message_bytes = config.grpc().max_receive_message_bytes();
+  options.max_send_message_bytes = config.grpc().max_send_message_bytes();
+  options.keepalive_min_ping_interval_ms = config.grpc().keepalive_min_ping_interval_ms();
+  options.keepalive_time_ms = config.grpc().keepalive_time_ms();
+  options.keepalive_timeout_ms = config.grpc().keepalive_timeout_ms();
+  options.keepalive_permit_without_calls = config.grpc().keepalive_permit_without_calls();
+  auto server = magma::api::Server::Start(options);
+  if (!server.ok()) return Fail(server.status());
+  MAGMA_LOG_INFO("listening on port {} (health NOT_SERVING while the model loads)",
+                 (*server)->port());
+
+  // The first SIGINT/SIGTERM drains (or, while the model is still loading and
+  // nothing can be in flight, exits at once); a second one exits immediately.
+  std::atomic<bool> loaded{false};
+  std::promise<void> stop_requested;
+  std::thread([&stop_signals, &loaded, &stop_requested] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (!loaded.load()) {
+      MAGMA_LOG_INFO("signal {} while loading the model: exiting", sig);
+      std::_Exit(0);
+    }
+    MAGMA_LOG_INFO("signal {} received", sig);
+    stop_requested.set_value();
+    sigwait(&stop_signals, &sig);
+    MAGMA_LOG_WARN("second signal {}: exiting without waiting for in-flight calls", sig);
+    std::_Exit(1);
+  }).detach();
+
+  magma::model::LoadOptions load_options;
+  load_options.dtype = config.model().dtype();
+  load_options.vision_dtype = config.model().vision_dtype();
+  auto model = magma::model::MagmaModel::Load(config.model().dir(), load_options);
+  if (!model.ok()) {
+    (*server)->Shutdown(absl::ZeroDuration());
+    return Fail(model.status());
+  }
+  (*server)->SetReady(magma::api::ServingInfo{
+      (*model)->name(), (*model)->architecture(), config.model().dtype(), (*model)->vocab_size(),
+      (*model)->max_context_tokens(), (*model)->num_parameters(), (*model)->crop_size(),
+      (*model)->max_crops()});
+  loaded.store(true);
+  MAGMA_LOG_INFO("model loaded; SERVING");
+
+  stop_requested.get_future().wait();
+  const absl::Duration drain = absl::Milliseconds(config.drain_deadline_ms());
+  MAGMA_LOG_INFO("draining: in-flight calls have {} ms", config.drain_deadline_ms());
+  (*server)->Shutdown(drain);
+  MAGMA_LOG_INFO("stopped");
+  return 0;
+}

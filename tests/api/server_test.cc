@@ -1,0 +1,184 @@
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/dynamic_message.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "testing/server_fixture.h"
+
+namespace magma {
+namespace {
+
+using ::testing::Contains;
+
+api::ServingInfo TinyInfo() {
+  api::ServingInfo info;
+  info.model_name = "magma-tiny-a";
+  info.architecture = "MagmaForCausalLM";
+  info.dtype = "float32";
+  info.vocab_size = 512;
+  info.max_context_tokens = 2048;
+  info.num_parameters = 425168;
+  info.image_crop_size = 64;
+  info.max_crops_per_image = 4;
+  return info;
+}
+
+grpc::Status CallGetModelInfo(testing::ServerFixture& f, v1::ModelInfo* out) {
+  auto stub = v1::AgentService::NewStub(f.channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), out);
+}
+
+TEST(ServerTest, HealthFollowsLoadingServingDraining) {
+  testing::ServerFixture f;
+  EXPECT_EQ(f.HealthStatus(), "NOT_SERVING");
+  EXPECT_EQ(f.HealthStatus("magma.v1.AgentService"), "NOT_SERVING");
+  v1::ModelInfo info;
+  grpc::Status st = CallGetModelInfo(f, &info);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(st.error_message().find("loading"), std::string::npos) << st.error_message();
+
+  f.server().SetReady(TinyInfo());
+  EXPECT_EQ(f.HealthStatus(), "SERVING");
+  EXPECT_EQ(f.HealthStatus("magma.v1.AgentService"), "SERVING");
+  ASSERT_TRUE(CallGetModelInfo(f, &info).ok());
+  EXPECT_EQ(info.model_name(), "magma-tiny-a");
+  EXPECT_EQ(info.vocab_size(), 512);
+  EXPECT_EQ(info.image_crop_size(), 64);
+  EXPECT_FALSE(info.server_version().empty());
+
+  f.server().BeginDrain();
+  EXPECT_EQ(f.HealthStatus(), "NOT_SERVING");
+  st = CallGetModelInfo(f, &info);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(st.error_message().find("shutting down"), std::string::npos) << st.error_message();
+}
+
+TEST(ServerTest, UnknownHealthServiceIsNotFound) {
+  testing::ServerFixture f;
+  EXPECT_EQ(f.HealthStatus("no.such.Service"), "ERROR " + std::to_string(grpc::StatusCode::NOT_FOUND));
+}
+
+TEST(ServerTest, ReflectionListsServices) {
+  testing::ServerFixture f;
+  auto names = f.ReflectionListServices();
+  EXPECT_THAT(names, Contains("magma.v1.AgentService"));
+  EXPECT_THAT(names, Contains("grpc.health.v1.Health"));
+  EXPECT_THAT(names, Contains("grpc.reflection.v1alpha.ServerReflection"));
+}
+
+// Builds and sends a request from descriptors fetched over reflection alone,
+// the way grpcurl does without .proto files.
+TEST(ServerTest, ReflectionDescribesEnoughToCallWithoutProtoFiles) {
+  testing::ServerFixture f;
+  f.server().SetReady(TinyInfo());
+  google::protobuf::DescriptorPool pool;
+  auto files = f.ReflectionFileContainingSymbol("magma.v1.AgentService");
+  ASSERT_FALSE(files.empty());
+  for (const std::string& bytes : files) {
+    google::protobuf::FileDescriptorProto proto;
+    ASSERT_TRUE(proto.ParseFromString(bytes));
+    pool.BuildFile(proto);
+  }
+  const auto* service = pool.FindServiceByName("magma.v1.AgentService");
+  ASSERT_NE(service, nullptr);
+  const auto* method = service->FindMethodByName("GetModelInfo");
+  ASSERT_NE(method, nullptr);
+
+  google::protobuf::DynamicMessageFactory factory(&pool);
+  std::unique_ptr<google::protobuf::Message> request(factory.GetPrototype(method->input_type())->New());
+  std::string wire;
+  ASSERT_TRUE(request->SerializeToString(&wire));
+
+  grpc::GenericStub stub(f.channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::ByteBuffer send, recv;
+  grpc::Slice slice(wire);
+  send = grpc::ByteBuffer(&slice, 1);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, "/magma.v1.AgentService/GetModelInfo", grpc::StubOptions(), &send, &recv,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   status = s;
+                   done = true;
+                   cv.notify_one();
+                 });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(recv.Dump(&slices).ok());
+  std::string reply;
+  for (const auto& s : slices) reply.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  std::unique_ptr<google::protobuf::Message> response(factory.GetPrototype(method->output_type())->New());
+  ASSERT_TRUE(response->ParseFromString(reply));
+  const auto* field = method->output_type()->FindFieldByName("model_name");
+  ASSERT_NE(field, nullptr);
+  EXPECT_EQ(response->GetReflection()->GetString(*response, field), "magma-tiny-a");
+}
+
+TEST(ServerTest, RequestOverReceiveLimitIsResourceExhausted) {
+  api::ServerOptions options;
+  options.max_receive_message_bytes = 1024;
+  testing::ServerFixture f(options);
+  f.server().SetReady(TinyInfo());
+  // An unknown field of 4 KiB: the transport must refuse it by size.
+  std::string wire;
+  wire.push_back(static_cast<char>(((1000 << 3 | 2) & 0x7f) | 0x80));
+  wire.push_back(static_cast<char>((1000 << 3 | 2) >> 7));
+  wire.push_back(static_cast<char>(0x80));  // length 4096 as varint
+  wire.push_back(static_cast<char>(0x20));
+  wire.append(4096, 'x');
+  grpc::GenericStub stub(f.channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  grpc::Slice slice(wire);
+  grpc::ByteBuffer send(&slice, 1), recv;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, "/magma.v1.AgentService/GetModelInfo", grpc::StubOptions(), &send, &recv,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   status = s;
+                   done = true;
+                   cv.notify_one();
+                 });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+}
+
+TEST(ServerTest, ShutdownStopsAcceptingCalls) {
+  testing::ServerFixture f;
+  f.server().SetReady(TinyInfo());
+  EXPECT_EQ(f.HealthStatus(), "SERVING");
+  f.Stop(500);
+  const std::string after = f.HealthStatus();
+  EXPECT_EQ(after, "ERROR " + std::to_string(grpc::StatusCode::UNAVAILABLE));
+}
+
+TEST(ServerTest, BindingAnAddressInUseFails) {
+  testing::ServerFixture f;
+  api::ServerOptions options;
+  options.listen = f.address();
+  auto second = api::Server::Start(options);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(second.status().message().find(f.address()), std::string::npos);
+}
+
+}  // namespace
+}  // namespace magma
