@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -37,22 +38,26 @@ void GemvRowsPortable(const uint16_t* w, const uint16_t* xb, int64_t B, int64_t 
 #if defined(__x86_64__)
 #define MAGMA_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
+// How far ahead of the loads weight rows are prefetched.
+constexpr int kPrefetchBytes = 1024;
+
 // kRows weight rows against kCols activation rows: kRows*kCols accumulators.
 template <int kRows, int kCols>
 MAGMA_BF16_TARGET inline void Tile(const uint16_t* w, int64_t K, const uint16_t* const* xs, float* out[kCols],
                                    int64_t n) {
   __m512 acc[kRows][kCols];
-  for (int r = 0; r < kRows; ++r)
-    for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < kRows; ++r)
+    _Pragma("GCC unroll 8") for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     __m512i wv[kRows];
-    for (int r = 0; r < kRows; ++r) {
+    _Pragma("GCC unroll 8") for (int r = 0; r < kRows; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + (n + r) * K + k) + kPrefetchBytes, _MM_HINT_T0);
       wv[r] = _mm512_loadu_si512(w + (n + r) * K + k);
     }
-    for (int c = 0; c < kCols; ++c) {
+    _Pragma("GCC unroll 8") for (int c = 0; c < kCols; ++c) {
       const __m512i xv = _mm512_loadu_si512(xs[c] + k);
-      for (int r = 0; r < kRows; ++r) {
+      _Pragma("GCC unroll 8") for (int r = 0; r < kRows; ++r) {
         acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], (__m512bh)xv);
       }
     }
@@ -60,14 +65,14 @@ MAGMA_BF16_TARGET inline void Tile(const uint16_t* w, int64_t K, const uint16_t*
   if (k < K) {
     const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1);
     __m512i wv[kRows];
-    for (int r = 0; r < kRows; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, w + (n + r) * K + k);
-    for (int c = 0; c < kCols; ++c) {
+    _Pragma("GCC unroll 8") for (int r = 0; r < kRows; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, w + (n + r) * K + k);
+    _Pragma("GCC unroll 8") for (int c = 0; c < kCols; ++c) {
       const __m512i xv = _mm512_maskz_loadu_epi16(mask, xs[c] + k);
-      for (int r = 0; r < kRows; ++r) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], (__m512bh)xv);
+      _Pragma("GCC unroll 8") for (int r = 0; r < kRows; ++r) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)wv[r], (__m512bh)xv);
     }
   }
-  for (int r = 0; r < kRows; ++r)
-    for (int c = 0; c < kCols; ++c) out[c][n + r] = _mm512_reduce_add_ps(acc[r][c]);
+  _Pragma("GCC unroll 8") for (int r = 0; r < kRows; ++r)
+    _Pragma("GCC unroll 8") for (int c = 0; c < kCols; ++c) out[c][n + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 
 template <int kCols>
@@ -81,10 +86,10 @@ MAGMA_BF16_TARGET void RowsForCols(const uint16_t* w, int64_t K, const uint16_t*
 
 MAGMA_BF16_TARGET void GemvRowsAvx512(const uint16_t* w, const uint16_t* xb, int64_t B, int64_t K, int64_t N,
                                       int64_t n0, int64_t n1, float* y) {
-  for (int64_t b0 = 0; b0 < B; b0 += 4) {
-    const int cols = static_cast<int>(std::min<int64_t>(4, B - b0));
-    const uint16_t* xs[4];
-    float* out[4];
+  for (int64_t b0 = 0; b0 < B; b0 += 8) {
+    const int cols = static_cast<int>(std::min<int64_t>(8, B - b0));
+    const uint16_t* xs[8];
+    float* out[8];
     for (int c = 0; c < cols; ++c) {
       xs[c] = xb + (b0 + c) * K;
       out[c] = y + (b0 + c) * N;
@@ -93,7 +98,11 @@ MAGMA_BF16_TARGET void GemvRowsAvx512(const uint16_t* w, const uint16_t* xb, int
       case 1: RowsForCols<1>(w, K, xs, out, n0, n1); break;
       case 2: RowsForCols<2>(w, K, xs, out, n0, n1); break;
       case 3: RowsForCols<3>(w, K, xs, out, n0, n1); break;
-      default: RowsForCols<4>(w, K, xs, out, n0, n1); break;
+      case 4: RowsForCols<4>(w, K, xs, out, n0, n1); break;
+      case 5: RowsForCols<5>(w, K, xs, out, n0, n1); break;
+      case 6: RowsForCols<6>(w, K, xs, out, n0, n1); break;
+      case 7: RowsForCols<7>(w, K, xs, out, n0, n1); break;
+      default: RowsForCols<8>(w, K, xs, out, n0, n1); break;
     }
   }
 }
@@ -136,6 +145,100 @@ at::Tensor LinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   });
   if (bias.defined()) y.add_(bias.to(at::kFloat));
   return y.view(out_shape);
+}
+
+namespace {
+
+// Row of a cache tensor as float32 values, 16 lanes at a time (the fixed
+// lane count lets the compiler vectorise without fast-math).
+template <typename T>
+inline float LoadAsFloat(const T* p, int64_t i);
+template <>
+inline float LoadAsFloat<float>(const float* p, int64_t i) {
+  return p[i];
+}
+template <>
+inline float LoadAsFloat<uint16_t>(const uint16_t* p, int64_t i) {
+  return Bf16ToFloat(p[i]);
+}
+
+template <typename T>
+inline float Dot(const float* q, const T* k, int64_t d) {
+  float lanes[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    for (int l = 0; l < 16; ++l) lanes[l] += q[i + l] * LoadAsFloat(k, i + l);
+  }
+  float acc = 0;
+  for (; i < d; ++i) acc += q[i] * LoadAsFloat(k, i);
+  for (int l = 0; l < 16; ++l) acc += lanes[l];
+  return acc;
+}
+
+template <typename T>
+void DecodeAttentionImpl(const float* q, const T* k, const T* v, const std::vector<int64_t>& slots,
+                         const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads, int64_t capacity,
+                         int64_t d, float scale, float* out) {
+  const int64_t B = static_cast<int64_t>(slots.size());
+  const int64_t g = heads / kv_heads;
+  at::parallel_for(0, B * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / kv_heads, kh = task % kv_heads;
+      const int64_t len = lengths[b];
+      const T* kb = k + (slots[b] * kv_heads + kh) * capacity * d;
+      const T* vb = v + (slots[b] * kv_heads + kh) * capacity * d;
+      scores.resize(static_cast<size_t>(g * len));
+      for (int64_t t = 0; t < len; ++t) {
+        for (int64_t j = 0; j < g; ++j) {
+          scores[j * len + t] = Dot(q + (b * heads + kh * g + j) * d, kb + t * d, d) * scale;
+        }
+      }
+      for (int64_t j = 0; j < g; ++j) {
+        float* s = scores.data() + j * len;
+        float mx = s[0];
+        for (int64_t t = 1; t < len; ++t) mx = std::max(mx, s[t]);
+        float sum = 0;
+        for (int64_t t = 0; t < len; ++t) {
+          s[t] = std::exp(s[t] - mx);
+          sum += s[t];
+        }
+        const float inv = 1.0f / sum;
+        float* o = out + (b * heads + kh * g + j) * d;
+        for (int64_t i = 0; i < d; ++i) o[i] = 0;
+        for (int64_t t = 0; t < len; ++t) {
+          const float p = s[t] * inv;
+          const T* vr = vb + t * d;
+          for (int64_t i = 0; i < d; ++i) o[i] += p * LoadAsFloat(vr, i);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const std::vector<int64_t>& slots, const std::vector<int64_t>& lengths, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && k.sizes() == v.sizes() && k.scalar_type() == v.scalar_type(),
+              "DecodeAttention: bad shapes");
+  TORCH_CHECK(k.is_contiguous() && v.is_contiguous(), "DecodeAttention: cache must be contiguous");
+  const int64_t heads = q.size(1), d = q.size(2), kv_heads = k.size(1), capacity = k.size(2);
+  TORCH_CHECK(k.size(3) == d && heads % kv_heads == 0 && static_cast<int64_t>(slots.size()) == q.size(0) &&
+                  slots.size() == lengths.size(),
+              "DecodeAttention: inconsistent sizes");
+  at::Tensor qc = q.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty(q.sizes(), at::TensorOptions().dtype(at::kFloat));
+  if (k.scalar_type() == at::kBFloat16) {
+    DecodeAttentionImpl(qc.data_ptr<float>(), reinterpret_cast<const uint16_t*>(k.data_ptr()),
+                        reinterpret_cast<const uint16_t*>(v.data_ptr()), slots, lengths, heads, kv_heads, capacity, d,
+                        static_cast<float>(scale), out.data_ptr<float>());
+  } else {
+    TORCH_CHECK(k.scalar_type() == at::kFloat, "DecodeAttention: cache must be float32 or bfloat16");
+    DecodeAttentionImpl(qc.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), slots, lengths, heads,
+                        kv_heads, capacity, d, static_cast<float>(scale), out.data_ptr<float>());
+  }
+  return out;
 }
 
 }  // namespace magma::model

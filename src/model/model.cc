@@ -519,13 +519,20 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
   at::Tensor cos = w.rope_cos.index_select(0, flat_pos).view({B, T, 1, hd});
   at::Tensor sin = w.rope_sin.index_select(0, flat_pos).view({B, T, 1, hd});
   const int64_t kv_len = positions.max().item<int64_t>() + 1;  // keys to attend over
-  at::Tensor slot_idx = at::tensor(std::vector<int64_t>(slots.begin(), slots.end()), at::kLong);
-  // mask[b, i, j] = key j is visible to query i of sequence b.
-  at::Tensor key_pos = at::arange(kv_len, at::kLong).view({1, 1, kv_len});
-  at::Tensor visible = key_pos <= positions.view({B, T, 1});
-  at::Tensor bias = at::zeros({B, 1, 1, T, kv_len}, at::kFloat)
-                        .masked_fill_(visible.logical_not().view({B, 1, 1, T, kv_len}),
-                                      -std::numeric_limits<float>::infinity());
+  const std::vector<int64_t> slot_list(slots.begin(), slots.end());
+  at::Tensor slot_idx = at::tensor(slot_list, at::kLong);
+  std::vector<int64_t> lengths;  // decode: positions each sequence attends to
+  at::Tensor bias;               // prefill: causal mask as an additive bias
+  if (prefill) {
+    // mask[b, i, j] = key j is visible to query i of sequence b.
+    at::Tensor key_pos = at::arange(kv_len, at::kLong).view({1, 1, kv_len});
+    at::Tensor visible = key_pos <= positions.view({B, T, 1});
+    bias = at::zeros({B, 1, 1, T, kv_len}, at::kFloat)
+               .masked_fill_(visible.logical_not().view({B, 1, 1, T, kv_len}),
+                             -std::numeric_limits<float>::infinity());
+  } else {
+    for (int64_t b = 0; b < B; ++b) lengths.push_back(cache->lengths_[slots[b]] + 1);
+  }
 
   for (size_t li = 0; li < w.layers.size(); ++li) {
     const auto& L = w.layers[li];
@@ -538,30 +545,27 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
 
     at::Tensor& ck = cache->k_[li];
     at::Tensor& cv = cache->v_[li];
-    at::Tensor keys, values;  // [B, nkv, kv_len, hd]
+    at::Tensor attn;  // [B, T, nh * hd]
     if (prefill) {
       const int slot = slots[0];
       const int64_t p0 = cache->lengths_[slot];
       ck[slot].narrow(1, p0, T).copy_(k[0].transpose(0, 1));  // copy_ converts to the cache dtype
       cv[slot].narrow(1, p0, T).copy_(v[0].transpose(0, 1));
-      keys = ck[slot].narrow(1, 0, kv_len).unsqueeze(0);
-      values = cv[slot].narrow(1, 0, kv_len).unsqueeze(0);
+      at::Tensor keys = ck[slot].narrow(1, 0, kv_len).unsqueeze(0).to(at::kFloat);  // [1, nkv, kv_len, hd]
+      at::Tensor values = cv[slot].narrow(1, 0, kv_len).unsqueeze(0).to(at::kFloat);
+      // Grouped-query attention without repeating keys: query head h reads KV
+      // head h / g.
+      at::Tensor qg = q.permute({0, 2, 1, 3}).reshape({B, nkv, g, T, hd});
+      at::Tensor scores = at::matmul(qg, keys.unsqueeze(2).transpose(-1, -2)) * scale;  // [B, nkv, g, T, kv]
+      at::Tensor probs = at::softmax(scores + bias, -1);
+      attn = at::matmul(probs, values.unsqueeze(2));  // [B, nkv, g, T, hd]
+      attn = attn.reshape({B, nh, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, nh * hd});
     } else {
       at::Tensor pos_idx = positions.view({B});
       ck.index_put_({slot_idx, at::indexing::Slice(), pos_idx}, k.view({B, nkv, hd}).to(ck.scalar_type()));
       cv.index_put_({slot_idx, at::indexing::Slice(), pos_idx}, v.view({B, nkv, hd}).to(cv.scalar_type()));
-      keys = ck.narrow(2, 0, kv_len).index_select(0, slot_idx);
-      values = cv.narrow(2, 0, kv_len).index_select(0, slot_idx);
+      attn = DecodeAttention(q.view({B, nh, hd}), ck, cv, slot_list, lengths, scale).view({B, 1, nh * hd});
     }
-    keys = keys.to(at::kFloat);
-    values = values.to(at::kFloat);
-    // Grouped-query attention without repeating keys: query head h reads KV
-    // head h / g.
-    at::Tensor qg = q.permute({0, 2, 1, 3}).reshape({B, nkv, g, T, hd});
-    at::Tensor scores = at::matmul(qg, keys.unsqueeze(2).transpose(-1, -2)) * scale;  // [B, nkv, g, T, kv]
-    at::Tensor probs = at::softmax(scores + bias, -1);
-    at::Tensor attn = at::matmul(probs, values.unsqueeze(2));  // [B, nkv, g, T, hd]
-    attn = attn.reshape({B, nh, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, nh * hd});
     x = x + Linear(attn, L.o);
 
     hs = RmsNorm(x, L.post_norm, t.rms_norm_eps);

@@ -5,6 +5,8 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include <ATen/Parallel.h>
 
 namespace magma::model {
@@ -28,6 +30,11 @@ std::string BlasBackend() {
   dl_iterate_phdr(
       [](struct dl_phdr_info* info, size_t, void* data) {
         std::string name = info->dlpi_name ? info->dlpi_name : "";
+        // Debian reaches the BLAS through alternatives symlinks.
+        if (char* real = name.empty() ? nullptr : realpath(name.c_str(), nullptr)) {
+          name = real;
+          free(real);
+        }
         auto* out = static_cast<std::string*>(data);
         if (name.find("openblas") != std::string::npos) {
           *out = name.find("openmp") != std::string::npos ? "openblas-openmp"

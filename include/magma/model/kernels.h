@@ -2,6 +2,8 @@
 #ifndef MAGMA_MODEL_KERNELS_H_
 #define MAGMA_MODEL_KERNELS_H_
 
+#include <vector>
+
 #include <ATen/core/Tensor.h>
 
 namespace magma::model {
@@ -13,6 +15,17 @@ namespace magma::model {
 // where the CPU has them). Weight rows are streamed once for all rows of x,
 // which makes small-batch decode bandwidth-bound rather than latency-bound.
 at::Tensor LinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+
+// Single-query attention for a decode step, reading the KV cache in place
+// (no gather, no dtype copies). For each sequence b and query head h:
+//   out[b, h] = softmax_t(q[b, h] . K[slot_b, h / g, t] * scale) V[slot_b, h / g, t]
+// over t < lengths[b], where g = heads / kv_heads.
+//   q:      [B, heads, head_dim] float32
+//   k, v:   [slots, kv_heads, capacity, head_dim] float32 or bfloat16
+//   slots:  [B] int64, lengths: [B] int64 (positions to attend, >= 1)
+// Returns [B, heads, head_dim] float32.
+at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const std::vector<int64_t>& slots, const std::vector<int64_t>& lengths, double scale);
 
 // True when the AVX512-BF16 path is in use on this CPU.
 bool HasAvx512Bf16();

@@ -1,0 +1,213 @@
+// magma-bench: throughput of the model library on random checkpoints.
+//
+//   magma-bench --mode vision --model_dir D [--vision_dtype bfloat16] [--crops 4]
+//   magma-bench --mode llm    --model_dir D [--dtype bfloat16] [--prompt 512] [--decode 128] [--batch 1,8]
+//   magma-bench --mode load   --model_dir D [--dtype bfloat16]
+//
+// Prints one line per figure: "<name>: <value> <unit>".
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <c10/core/InferenceMode.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "magma/model/kernels.h"
+#include "magma/model/model.h"
+#include "magma/model/runtime.h"
+#include "magma/util/logging.h"
+
+ABSL_FLAG(std::string, mode, "llm", "vision | llm | load | gemv");
+ABSL_FLAG(std::string, model_dir, "", "Checkpoint directory");
+ABSL_FLAG(std::string, dtype, "bfloat16", "Decoder dtype");
+ABSL_FLAG(std::string, vision_dtype, "", "Vision dtype (default: --dtype)");
+ABSL_FLAG(int, threads, 2, "libtorch threads");
+ABSL_FLAG(int, crops, 2, "vision: crops per timed run");
+ABSL_FLAG(int, repeats, 3, "timed repetitions (the best is reported)");
+ABSL_FLAG(int, prompt, 512, "llm: prompt tokens");
+ABSL_FLAG(int, decode, 128, "llm: decoded tokens");
+ABSL_FLAG(std::vector<std::string>, batch, std::vector<std::string>({"1", "8"}), "llm: batch sizes");
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+std::unique_ptr<magma::model::MagmaModel> LoadOrDie() {
+  magma::model::LoadOptions options;
+  options.dtype = absl::GetFlag(FLAGS_dtype);
+  options.vision_dtype = absl::GetFlag(FLAGS_vision_dtype);
+  auto m = magma::model::MagmaModel::Load(absl::GetFlag(FLAGS_model_dir), options);
+  if (!m.ok()) {
+    std::cerr << m.status() << "\n";
+    std::exit(1);
+  }
+  return *std::move(m);
+}
+
+int64_t PeakRssBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+int Vision() {
+  auto m = LoadOrDie();
+  const int64_t s = m->crop_size();
+  const int n = absl::GetFlag(FLAGS_crops);
+  at::Tensor crops = at::randn({n, 3, s, s});
+  (void)m->VisionFeatures(crops.narrow(0, 0, 1));  // warm-up: page in weights
+  double best = 1e30;
+  for (int r = 0; r < absl::GetFlag(FLAGS_repeats); ++r) {
+    auto t0 = Clock::now();
+    auto f = m->VisionFeatures(crops);
+    auto t1 = Clock::now();
+    if (!f.ok()) {
+      std::cerr << f.status() << "\n";
+      return 1;
+    }
+    best = std::min(best, Seconds(t0, t1));
+  }
+  const std::string vd = absl::GetFlag(FLAGS_vision_dtype).empty() ? absl::GetFlag(FLAGS_dtype)
+                                                                    : absl::GetFlag(FLAGS_vision_dtype);
+  std::cout << "vision_ms_per_crop[" << s << "px," << vd << "]: " << 1000.0 * best / n << " ms\n";
+  return 0;
+}
+
+int Llm() {
+  auto m = LoadOrDie();
+  const int prompt = absl::GetFlag(FLAGS_prompt), steps = absl::GetFlag(FLAGS_decode);
+  const std::string tag = absl::StrCat(std::filesystem::path(absl::GetFlag(FLAGS_model_dir)).filename().string(), ",",
+                                       absl::GetFlag(FLAGS_dtype), ",", absl::GetFlag(FLAGS_threads), "t");
+  for (const std::string& bs : absl::GetFlag(FLAGS_batch)) {
+    const int batch = std::stoi(bs);
+    magma::model::KvCache cache(m->config().text, batch, prompt + steps + 1, m->dtype());
+    std::vector<int> slots;
+    std::vector<at::Tensor> prompts;
+    for (int b = 0; b < batch; ++b) {
+      slots.push_back(cache.Allocate());
+      std::vector<int64_t> ids(prompt);
+      for (int i = 0; i < prompt; ++i) ids[i] = 1 + (i * 7919 + b * 104729) % (m->vocab_size() - 2);
+      prompts.push_back(*m->EmbedPrompt(ids, {}));
+    }
+    // Warm-up on a short prompt (pages in the weights).
+    {
+      magma::model::KvCache warm(m->config().text, 1, 64, m->dtype());
+      (void)m->Prefill(prompts[0].narrow(0, 0, 32), &warm, warm.Allocate());
+    }
+    auto t0 = Clock::now();
+    std::vector<int64_t> next(batch);
+    for (int b = 0; b < batch; ++b) {
+      auto logits = m->Prefill(prompts[b], &cache, slots[b]);
+      if (!logits.ok()) {
+        std::cerr << logits.status() << "\n";
+        return 1;
+      }
+      next[b] = logits->argmax().item<int64_t>();
+    }
+    auto t1 = Clock::now();
+    for (int i = 0; i < steps; ++i) {
+      auto logits = m->Decode(next, slots, &cache);
+      if (!logits.ok()) {
+        std::cerr << logits.status() << "\n";
+        return 1;
+      }
+      at::Tensor am = logits->argmax(-1);
+      for (int b = 0; b < batch; ++b) next[b] = am[b].item<int64_t>();
+    }
+    auto t2 = Clock::now();
+    std::cout << "prefill_tokens_per_s[" << tag << ",batch " << batch << "," << prompt
+              << " tok]: " << batch * prompt / Seconds(t0, t1) << " tok/s\n";
+    std::cout << "decode_tokens_per_s[" << tag << ",batch " << batch << "," << steps
+              << " tok]: " << batch * steps / Seconds(t1, t2) << " tok/s\n";
+  }
+  return 0;
+}
+
+int Load() {
+  int64_t file_bytes = 0;
+  for (const auto& e : std::filesystem::directory_iterator(absl::GetFlag(FLAGS_model_dir))) {
+    if (e.path().extension() == ".safetensors") file_bytes += static_cast<int64_t>(e.file_size());
+  }
+  auto t0 = Clock::now();
+  auto m = LoadOrDie();
+  auto t1 = Clock::now();
+  std::cout << "load_seconds: " << Seconds(t0, t1) << " s\n";
+  std::cout << "checkpoint_bytes: " << file_bytes / 1e9 << " GB\n";
+  std::cout << "peak_rss_after_load: " << PeakRssBytes() / 1e9 << " GB\n";
+  // First forward pages the mapped weights in.
+  auto t2 = Clock::now();
+  magma::model::KvCache cache(m->config().text, 1, 16, m->dtype());
+  auto e = m->EmbedPrompt({1, 2, 3, 4}, {});
+  (void)m->Prefill(*e, &cache, cache.Allocate());
+  auto t3 = Clock::now();
+  std::cout << "first_forward_seconds: " << Seconds(t2, t3) << " s\n";
+  std::cout << "peak_rss_after_first_forward: " << PeakRssBytes() / 1e9 << " GB\n";
+  return 0;
+}
+
+// Raw weight-streaming rate of the bf16 matrix-vector kernel vs libtorch.
+int Gemv() {
+  c10::InferenceMode guard;
+  const int64_t n = 14336, k = 4096;
+  {
+    std::mutex mu;
+    std::set<std::thread::id> ids;
+    at::parallel_for(0, 1000, 1, [&](int64_t, int64_t) {
+      std::lock_guard<std::mutex> lock(mu);
+      ids.insert(std::this_thread::get_id());
+    });
+    std::cout << "parallel_for threads: " << ids.size() << " of " << at::get_num_threads() << "\n";
+  }
+  std::cout << "avx512_bf16 kernel: " << (magma::model::HasAvx512Bf16() ? "yes" : "no") << "\n";
+  at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
+  for (int b : {1, 8}) {
+    at::Tensor x = at::randn({b, k});
+    magma::model::LinearBf16(x, w, {});
+    double best_ours = 1e30, best_torch = 1e30;
+    for (int r = 0; r < 10; ++r) {
+      auto t0 = Clock::now();
+      magma::model::LinearBf16(x, w, {});
+      auto t1 = Clock::now();
+      at::linear(x.to(at::kBFloat16), w);
+      auto t2 = Clock::now();
+      best_ours = std::min(best_ours, Seconds(t0, t1));
+      best_torch = std::min(best_torch, Seconds(t1, t2));
+    }
+    const double gb = n * k * 2 / 1e9;
+    std::cout << "gemv_weight_gb_per_s[ours,batch " << b << "]: " << gb / best_ours << " GB/s\n";
+    std::cout << "gemv_weight_gb_per_s[libtorch,batch " << b << "]: " << gb / best_torch << " GB/s\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  (void)magma::log::SetLevel("warn");
+  magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode == "vision") return Vision();
+  if (mode == "llm") return Llm();
+  if (mode == "load") return Load();
+  if (mode == "gemv") return Gemv();
+  std::cerr << "unknown --mode " << mode << "\n";
+  return 2;
+}
