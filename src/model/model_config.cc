@@ -131,8 +131,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& config_json,
                                                  c.vision.feature_layer,
                                                  "\" is not supported (clip_vis_dense)"));
   }
-  if (c.vision.use_im_start_end) {
-    return absl::UnimplementedError("config.json: vision_config.mm_use_im_start_end=true is not supported");
+  // Top-level switch of the reference prompt builder: "<image>" becomes
+  // "<image_start><image><image_end>" in the prompt text.
+  if (auto it = root.find("mm_use_image_start_end"); it != root.end() && it->is_boolean()) {
+    c.use_image_start_end = it->get<bool>();
   }
   // Defaults for the preprocessor from the vision config's training keys.
   PreprocessConfig& p = c.preprocess;

@@ -10,6 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "magma/tokenizer/bpe_trainer.h"
+#include "magma/tokenizer/chat.h"
 
 namespace magma::model {
 namespace {
@@ -98,6 +100,30 @@ json TextConfigJson(const Preset& p) {
           {"eos_token_id", 2},
           {"pad_token_id", 0},
           {"torch_dtype", p.storage_dtype == "F32" ? "float32" : "bfloat16"}};
+}
+
+// A byte-level BPE learned on the task prompts and a little English, with
+// the Llama-3 chat tokens and <image> at the top of the model's id space.
+absl::Status WriteSmallTokenizer(const Preset& p, const std::string& dir) {
+  namespace tk = magma::tokenizer;
+  std::vector<std::string> corpus = {
+      tk::kMagmaSystemPrompt,
+      "In this view I need to click a button to \"open the settings\"? Provide the coordinates and the mark index "
+      "of the containing bounding box if applicable.",
+      "What action should the robot take to put the red block on the blue plate?",
+      "The image is split into 256x256 grids and is labeled with numeric marks [1, 2, ...].",
+      "The robot is doing: pick up the cup. To finish the task, how to move the numerical marks in the image with "
+      "speed 8 for the next 16 steps?",
+      "Answer the question briefly. What color is the circle? The circle is red. How many buttons are there? Three.",
+      "Mark: 3. Mark 3 at [120,45], Mark 7 at [20,200] should be moved, and their future positions are:",
+      "the quick brown fox jumps over the lazy dog while the robot arm moves the green cube to the left of the bowl",
+      "<ans>[(0.25, 0.32), (0.32, 0.17), <action>Close Gripper</action>, (0.74, 0.21)]</ans>",
+      "Yes. No. Open Settings. Click the OK button. Search for files. Submit the form. Cancel."};
+  const int32_t merges = static_cast<int32_t>(std::min<int64_t>(600, p.vocab - 256 - 16));
+  tk::BpeTrainOptions options;
+  options.num_merges = std::max(0, merges);
+  options.added_tokens = tk::Llama3StyleAddedTokens(static_cast<int32_t>(p.vocab), static_cast<int32_t>(p.image_token_index));
+  return tk::TrainByteLevelBpe(corpus, options, dir);
 }
 
 }  // namespace
@@ -230,7 +256,7 @@ absl::Status WriteRandomModel(const Preset& p, uint64_t seed, const std::string&
   }
   json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
   std::ofstream(fs::path(dir) / "model.safetensors.index.json") << index.dump(2) << "\n";
-  return absl::OkStatus();
+  return WriteSmallTokenizer(p, dir);
 }
 
 }  // namespace magma::model

@@ -5,7 +5,11 @@
 //   magma-cli generate   --model_dir D --image I.png --input_ids ids.npy --max_new_tokens N
 //   magma-cli init       --preset tiny|small|1b|8b --seed S --out D
 //   magma-cli inspect    --model_dir D
+//   magma-cli tokenize   --model_dir D --input texts.jsonl [--parse_special]
+#include <fstream>
 #include <iostream>
+
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -20,6 +24,7 @@
 #include "magma/model/random_init.h"
 #include "magma/model/runtime.h"
 #include "magma/model/safetensors.h"
+#include "magma/tokenizer/tokenizer.h"
 #include "magma/util/logging.h"
 #include "magma/util/npy.h"
 #include "magma/vision/image.h"
@@ -36,6 +41,8 @@ ABSL_FLAG(std::string, preset, "tiny", "init: tiny, small, 1b or 8b");
 ABSL_FLAG(uint64_t, seed, 0, "init: random seed");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
 ABSL_FLAG(std::string, log_level, "warn", "Log level");
+ABSL_FLAG(std::string, input, "", "tokenize: JSON Lines file, one JSON string per line");
+ABSL_FLAG(bool, parse_special, false, "tokenize: recognise special-token strings in the text");
 
 namespace {
 
@@ -177,12 +184,36 @@ int CmdInspect() {
   return 0;
 }
 
+int CmdTokenize() {
+  if (auto s = Require("model_dir", absl::GetFlag(FLAGS_model_dir)); !s.ok()) return Fail(s);
+  if (auto s = Require("input", absl::GetFlag(FLAGS_input)); !s.ok()) return Fail(s);
+  auto tok = magma::tokenizer::LoadTokenizer(absl::GetFlag(FLAGS_model_dir));
+  if (!tok.ok()) return Fail(tok.status());
+  std::ifstream in(absl::GetFlag(FLAGS_input));
+  if (!in) return Fail(absl::NotFoundError("cannot read " + absl::GetFlag(FLAGS_input)));
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.empty()) continue;
+    auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_string()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(absl::GetFlag(FLAGS_input), ":", line_no,
+                                                          ": not a JSON string")));
+    }
+    auto ids = (*tok)->Encode(j.get<std::string>(), absl::GetFlag(FLAGS_parse_special));
+    if (!ids.ok()) return Fail(ids.status());
+    std::cout << "[" << absl::StrJoin(*ids, ",") << "]\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "magma-cli <command> [flags]\n"
-      "commands: preprocess, forward, generate, init, inspect (see --helpfull)");
+      "commands: preprocess, forward, generate, init, inspect, tokenize (see --helpfull)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   (void)magma::log::SetLevel(absl::GetFlag(FLAGS_log_level));
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
@@ -196,6 +227,7 @@ int main(int argc, char** argv) {
   if (cmd == "generate") return CmdGenerate();
   if (cmd == "init") return CmdInit();
   if (cmd == "inspect") return CmdInspect();
+  if (cmd == "tokenize") return CmdTokenize();
   std::cerr << "unknown command '" << cmd << "'\n" << absl::ProgramUsageMessage() << "\n";
   return 2;
 }

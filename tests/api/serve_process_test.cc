@@ -137,6 +137,8 @@ struct BadStart {
   std::string expected;              // substring of the log
 };
 
+void PrintTo(const BadStart& b, std::ostream* os) { *os << b.name; }
+
 class ServeStartErrorTest : public ::testing::TestWithParam<BadStart> {};
 
 TEST_P(ServeStartErrorTest, ExitsWithMessageNamingTheProblem) {

@@ -57,6 +57,8 @@ struct BadValue {
   const char* field;
 };
 
+void PrintTo(const BadValue& b, std::ostream* os) { *os << b.text; }
+
 class ConfigValidateTest : public ::testing::TestWithParam<BadValue> {};
 
 TEST_P(ConfigValidateTest, NamesTheField) {

@@ -26,6 +26,8 @@ struct Malformed {
   const char* expected;  // substring of the error
 };
 
+void PrintTo(const Malformed& m, std::ostream* os) { *os << m.name; }
+
 class MalformedSafetensorsTest : public ::testing::TestWithParam<Malformed> {};
 
 TEST_P(MalformedSafetensorsTest, RejectedWithClearError) {

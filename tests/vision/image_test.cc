@@ -18,6 +18,8 @@ struct GridCase {
   int width, height, rows, cols;
 };
 
+void PrintTo(const GridCase& c, std::ostream* os) { *os << c.width << "x" << c.height; }
+
 class SelectGridTest : public ::testing::TestWithParam<GridCase> {};
 
 TEST_P(SelectGridTest, MatchesReferenceRule) {
@@ -36,6 +38,8 @@ struct PreprocessCase {
   const char* pixels;
   const char* grid;
 };
+
+void PrintTo(const PreprocessCase& c, std::ostream* os) { *os << c.image; }
 
 class GoldenPreprocessTest : public ::testing::TestWithParam<PreprocessCase> {};
 

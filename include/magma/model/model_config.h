@@ -36,7 +36,7 @@ struct VisionConfig {
   std::string feature_layer;      // vision_feature_layer: "clip_vis_dense"
   std::string projector_type;     // mm_projector_type: "mlp2x_gelu"
   int64_t mm_hidden_size = 0;     // vision feature channels
-  bool use_im_start_end = false;  // mm_use_im_start_end
+  bool use_im_start_end = false;  // mm_use_im_start_end (creates unused separators in the reference)
 };
 
 // Image preprocessing (preprocessor_config.json).
@@ -50,6 +50,9 @@ struct PreprocessConfig {
 struct ModelConfig {
   std::string architecture;       // architectures[0]
   int64_t image_token_index = -1;
+  // mm_use_image_start_end: the prompt wraps each image token in
+  // <image_start> ... <image_end>. Default false.
+  bool use_image_start_end = false;
   TextConfig text;
   VisionConfig vision;
   PreprocessConfig preprocess;

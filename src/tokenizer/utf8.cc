@@ -1,0 +1,118 @@
+#include <string>
+
+#include "magma/tokenizer/tokenizer.h"
+
+namespace magma::tokenizer {
+namespace {
+
+constexpr char kReplacement[] = "\xEF\xBF\xBD";  // U+FFFD
+
+// Examines the UTF-8 sequence starting at s[0]. Returns its length when
+// valid. Otherwise returns 0 and sets *bad to the length of the maximal
+// invalid subpart (the lead byte plus the continuation bytes that could still
+// have formed a character; WHATWG/Python replace it by ONE U+FFFD), and
+// *incomplete when that subpart is cut off by the end of the input.
+size_t SequenceLength(const unsigned char* s, size_t n, size_t* bad, bool* incomplete) {
+  *incomplete = false;
+  *bad = 1;
+  const unsigned char c = s[0];
+  if (c < 0x80) return 1;
+  size_t len;
+  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;  // no overlongs
+    if (c == 0xED) hi = 0x9F;  // no surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;  // <= U+10FFFF
+  } else {
+    return 0;
+  }
+  for (size_t i = 1; i < len; ++i) {
+    if (i >= n) {
+      *incomplete = true;
+      *bad = i;
+      return 0;
+    }
+    const unsigned char b = s[i];
+    const bool ok = i == 1 ? (b >= lo && b <= hi) : (b & 0xC0) == 0x80;
+    if (!ok) {
+      *bad = i;
+      return 0;
+    }
+  }
+  return len;
+}
+
+}  // namespace
+
+size_t TakeCompleteUtf8(absl::string_view bytes, std::string* out) {
+  const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  size_t i = 0;
+  while (i < n) {
+    bool incomplete = false;
+    size_t bad = 0;
+    const size_t len = SequenceLength(s + i, n - i, &bad, &incomplete);
+    if (incomplete) break;  // wait for the rest of the character
+    if (len == 0) {
+      out->append(kReplacement);
+      i += bad;
+    } else {
+      out->append(bytes.data() + i, len);
+      i += len;
+    }
+  }
+  return i;
+}
+
+bool IsValidUtf8(absl::string_view text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  size_t i = 0;
+  while (i < text.size()) {
+    bool incomplete = false;
+    size_t bad = 0;
+    const size_t len = SequenceLength(s + i, text.size() - i, &bad, &incomplete);
+    if (len == 0) return false;
+    i += len;
+  }
+  return true;
+}
+
+IncrementalDecoder::IncrementalDecoder(const Tokenizer* tokenizer, bool skip_special)
+    : tokenizer_(tokenizer), skip_special_(skip_special) {}
+
+std::string IncrementalDecoder::Push(int32_t id) {
+  if (skip_special_ && tokenizer_->IsSpecial(id)) return "";
+  pending_ += tokenizer_->TokenBytes(id, first_);
+  first_ = false;
+  std::string out;
+  const size_t used = TakeCompleteUtf8(pending_, &out);
+  pending_.erase(0, used);
+  return out;
+}
+
+std::string IncrementalDecoder::Finish() {
+  std::string out;
+  const size_t used = TakeCompleteUtf8(pending_, &out);
+  if (used < pending_.size()) out.append(kReplacement);  // one truncated character
+  pending_.clear();
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(absl::string_view text, bool parse_special) const {
+  return EncodeSegments({Segment{std::string(text), parse_special}}, /*add_special_tokens=*/false);
+}
+
+std::string Tokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special) const {
+  IncrementalDecoder decoder(this, skip_special);
+  std::string out;
+  for (int32_t id : ids) out += decoder.Push(id);
+  return out + decoder.Finish();
+}
+
+}  // namespace magma::tokenizer

