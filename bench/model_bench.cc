@@ -35,6 +35,7 @@ ABSL_FLAG(std::string, model_dir, "", "Checkpoint directory");
 ABSL_FLAG(std::string, dtype, "bfloat16", "Decoder dtype");
 ABSL_FLAG(std::string, vision_dtype, "", "Vision dtype (default: --dtype)");
 ABSL_FLAG(int, threads, 2, "libtorch threads");
+ABSL_FLAG(bool, prefault, false, "load: page all mapped weights in during Load");
 ABSL_FLAG(int, crops, 2, "vision: crops per timed run");
 ABSL_FLAG(int, repeats, 3, "timed repetitions (the best is reported)");
 ABSL_FLAG(int, prompt, 512, "llm: prompt tokens");
@@ -50,6 +51,7 @@ std::unique_ptr<magma::model::MagmaModel> LoadOrDie() {
   magma::model::LoadOptions options;
   options.dtype = absl::GetFlag(FLAGS_dtype);
   options.vision_dtype = absl::GetFlag(FLAGS_vision_dtype);
+  options.prefault = absl::GetFlag(FLAGS_prefault);
   auto m = magma::model::MagmaModel::Load(absl::GetFlag(FLAGS_model_dir), options);
   if (!m.ok()) {
     std::cerr << m.status() << "\n";

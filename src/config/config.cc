@@ -66,6 +66,7 @@ ServerConfig DefaultConfig() {
   auto* m = c.mutable_model();
   m->set_dir("models/magma-tiny");
   m->set_dtype("bfloat16");
+  m->set_prefault(true);
   return c;
 }
 

@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   magma::model::LoadOptions load_options;
   load_options.dtype = config.model().dtype();
   load_options.vision_dtype = config.model().vision_dtype();
+  load_options.prefault = config.model().prefault();
   auto model = magma::model::MagmaModel::Load(config.model().dir(), load_options);
   if (!model.ok()) {
     (*server)->Shutdown(absl::ZeroDuration());

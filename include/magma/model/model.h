@@ -30,6 +30,10 @@ struct LoadOptions {
   std::string vision_dtype;
   // Log progress (tensors and bytes) while loading. Default true.
   bool log_progress = true;
+  // Read every mapped weight page during Load so that the first request does
+  // not pay for paging the checkpoint in. Default false (tools load lazily);
+  // the server turns it on.
+  bool prefault = false;
 };
 
 // Key/value cache for up to `slots` sequences of up to `capacity` positions
