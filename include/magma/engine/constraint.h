@@ -1,0 +1,80 @@
+// Constrained decoding: token-level automata over the tokenizer's vocabulary
+// that guarantee parseable outputs (the UI answer "Mark: N" over existing
+// marks, the 7-action-token grammar, trace and 2D-path grammars, a client's
+// choice list).
+//
+// A Grammar is compiled once (on an RPC thread) and shared; each sequence
+// runs its own Constraint over it on the decode loop.
+#ifndef MAGMA_ENGINE_CONSTRAINT_H_
+#define MAGMA_ENGINE_CONSTRAINT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace magma::engine {
+
+// The bytes each token id stands for, computed once per tokenizer. Special
+// tokens have no bytes (they can only appear as end tokens).
+class TokenTable {
+ public:
+  // `bytes[id]` is the decoded text of id ("" for special tokens); `end_ids`
+  // are the tokens that may end a constrained answer (eos, end of turn).
+  TokenTable(std::vector<std::string> bytes, std::vector<int32_t> end_ids);
+  int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
+  const std::string& bytes(int32_t id) const { return bytes_[id]; }
+  const std::vector<int32_t>& end_ids() const { return end_ids_; }
+
+ private:
+  std::vector<std::string> bytes_;
+  std::vector<int32_t> end_ids_;
+};
+
+// One sequence's position in a grammar.
+class Constraint {
+ public:
+  virtual ~Constraint() = default;
+  // Ids that may come next. Empty means the grammar cannot continue with
+  // this vocabulary (the engine then fails the request).
+  virtual const std::vector<int32_t>& Allowed() = 0;
+  // Advances over `id`. REQUIRES: id was allowed.
+  virtual void Accept(int32_t id) = 0;
+  // True once an end token was accepted (generation must stop).
+  virtual bool Finished() const = 0;
+};
+
+// A compiled grammar; thread-safe.
+class Grammar {
+ public:
+  virtual ~Grammar() = default;
+  virtual std::unique_ptr<Constraint> Start() const = 0;
+};
+
+// Compiles a regular expression over bytes into a token-level automaton.
+// Syntax: literal bytes; escapes \\ \[ \] \( \) \{ \} \. \* \+ \? \| \" \n \t
+// \d (digit); classes [a-z0-9_] and [^...]; groups ( ); alternation |;
+// quantifiers ? * + {m} {m,} {m,n}. The whole output must match; then one
+// of table->end_ids() ends it. INVALID_ARGUMENT (with the position) for a
+// malformed pattern, RESOURCE_EXHAUSTED when the automaton would exceed
+// 20000 states.
+absl::StatusOr<std::shared_ptr<const Grammar>> CompileRegex(const std::string& pattern,
+                                                            std::shared_ptr<const TokenTable> table);
+
+// Exactly one of `choices` (verbatim), then an end token.
+absl::StatusOr<std::shared_ptr<const Grammar>> CompileChoices(const std::vector<std::string>& choices,
+                                                              std::shared_ptr<const TokenTable> table);
+
+// Exactly `count` tokens, each from `ids`, then an end token (the robot
+// action grammar: 7 of the 256 action ids, then EOS).
+std::shared_ptr<const Grammar> TokenSequenceGrammar(std::vector<int32_t> ids, int count,
+                                                    std::vector<int32_t> end_ids);
+
+// `text` with every regex metacharacter escaped.
+std::string RegexEscape(const std::string& text);
+
+}  // namespace magma::engine
+
+#endif  // MAGMA_ENGINE_CONSTRAINT_H_

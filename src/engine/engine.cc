@@ -1,0 +1,460 @@
+#include "magma/engine/engine.h"
+
+#include <algorithm>
+#include <list>
+#include <unordered_map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "magma/util/logging.h"
+
+namespace magma::engine {
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStopToken: return "stop_token";
+    case FinishReason::kStopString: return "stop_string";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kGrammar: return "grammar";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kDeadline: return "deadline";
+    case FinishReason::kError: return "error";
+  }
+  return "?";
+}
+
+// LRU of encoded images by content key, bounded in bytes. Engine thread only.
+class Engine::VisionCache {
+ public:
+  explicit VisionCache(int64_t limit) : limit_(limit) {}
+  std::shared_ptr<const ImageFeatures> Get(const std::string& key) {
+    auto it = index_.find(key);
+    if (it == index_.end()) return nullptr;
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return it->second->second;
+  }
+  void Put(const std::string& key, std::shared_ptr<const ImageFeatures> f) {
+    if (f->bytes() > limit_ || index_.count(key)) return;
+    bytes_ += f->bytes();
+    lru_.emplace_front(key, std::move(f));
+    index_[key] = lru_.begin();
+    while (bytes_ > limit_ && !lru_.empty()) {
+      bytes_ -= lru_.back().second->bytes();
+      index_.erase(lru_.back().first);
+      lru_.pop_back();
+    }
+  }
+  int64_t entries() const { return static_cast<int64_t>(lru_.size()); }
+
+ private:
+  int64_t limit_, bytes_ = 0;
+  std::list<std::pair<std::string, std::shared_ptr<const ImageFeatures>>> lru_;
+  std::unordered_map<std::string, decltype(lru_)::iterator> index_;
+};
+
+struct Engine::Sequence {
+  enum class State { kWaiting, kPrefill, kDecode, kDone };
+  GenerationRequest req;
+  RequestCallbacks cb;
+  std::shared_ptr<RequestHandle> handle;
+  State state = State::kWaiting;
+  absl::Time submitted, admitted, first_token;
+  int slot = -1;
+  int64_t prompt_positions = 0, prefilled = 0;
+  std::unique_ptr<Sampler> sampler;
+  std::unique_ptr<Constraint> constraint;
+  std::vector<int32_t> history;
+  int32_t pending = -1;  // fed at the next decode step
+  GenerationResult result;
+  std::unique_ptr<tokenizer::IncrementalDecoder> detok;
+  size_t streamed_text = 0, streamed_tokens = 0;
+  size_t max_stop_len = 0;
+};
+
+Engine::Engine(std::unique_ptr<ModelRunner> runner, std::shared_ptr<const tokenizer::Tokenizer> tokenizer,
+               const EngineOptions& options)
+    : runner_(std::move(runner)),
+      tokenizer_(std::move(tokenizer)),
+      options_(options),
+      capacity_(runner_->slot_capacity()),
+      vocab_size_(runner_->vocab_size()),
+      vision_cache_(std::make_unique<VisionCache>(options.vision_cache_bytes)) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    exit_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void Engine::Shutdown() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopping_ = true;
+}
+
+EngineStats Engine::Stats() const {
+  EngineStats s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s.queued = static_cast<int64_t>(incoming_.size());
+  }
+  s.queued += n_waiting_.load();
+  s.running = n_running_.load();
+  s.kv_bytes_used = kv_used_.load();
+  s.kv_bytes_total = runner_->kv_bytes_total();
+  s.vision_cache_hits = cache_hits_.load();
+  s.vision_cache_misses = cache_misses_.load();
+  s.vision_cache_entries = cache_entries_.load();
+  s.prompt_tokens = prompt_tokens_.load();
+  s.output_tokens = output_tokens_.load();
+  s.requests_finished = finished_.load();
+  return s;
+}
+
+absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest req, RequestCallbacks cb) {
+  if (req.prompt_ids.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  size_t image_tokens = 0;
+  for (int32_t id : req.prompt_ids) {
+    if (id == runner_->image_token_id()) {
+      ++image_tokens;
+    } else if (id < 0 || id >= vocab_size_) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab_size_, ")"));
+    }
+  }
+  if (image_tokens != req.images.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("the prompt has ", image_tokens, " image tokens for ",
+                                                   req.images.size(), " images"));
+  }
+  int64_t positions = static_cast<int64_t>(req.prompt_ids.size()) - static_cast<int64_t>(image_tokens);
+  for (const auto& img : req.images) {
+    if (img.crops == nullptr || img.crops->num_crops() == 0) return absl::InvalidArgumentError("an image has no pixels");
+    positions += runner_->ImageTokenCount(*img.crops);
+  }
+  if (auto s = ValidateSamplingParams(req.sampling); !s.ok()) return s;
+  if (req.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be >= 1");
+  if (positions + req.max_new_tokens > capacity_) {
+    return absl::ResourceExhaustedError(absl::StrCat("the prompt (", positions, " positions) plus max_new_tokens (",
+                                                     req.max_new_tokens, ") exceeds the context of ", capacity_,
+                                                     " positions"));
+  }
+  for (const auto& s : req.stop_strings) {
+    if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
+  }
+  for (int32_t id : req.allowed_token_ids) {
+    if (id < 0 || id >= vocab_size_) {
+      return absl::InvalidArgumentError(absl::StrCat("allowed token id ", id, " is outside the vocabulary"));
+    }
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->req = std::move(req);
+  seq->cb = std::move(cb);
+  seq->submitted = absl::Now();
+  seq->prompt_positions = positions;
+  std::shared_ptr<RequestHandle> handle;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the server is shutting down");
+    if (static_cast<int64_t>(incoming_.size()) + n_waiting_.load() >= options_.max_queue) {
+      return absl::ResourceExhaustedError(absl::StrCat("the request queue is full (", options_.max_queue,
+                                                       " waiting); retry later"));
+    }
+    handle = std::make_shared<RequestHandle>(next_id_++);
+    seq->handle = handle;
+    incoming_.push_back(std::move(seq));
+  }
+  cv_.notify_one();
+  return handle;
+}
+
+void Engine::Loop() {
+  for (;;) {
+    bool worked = Iterate();
+    std::unique_lock<std::mutex> lock(mu_);
+    if (exit_) break;
+    if (!worked && incoming_.empty()) {
+      // Idle: wake for new requests, or soon enough to honour deadlines.
+      cv_.wait_for(lock, std::chrono::milliseconds(20), [this] { return exit_ || !incoming_.empty(); });
+      if (exit_) break;
+    }
+  }
+  // Fail whatever is left.
+  std::deque<std::unique_ptr<Sequence>> rest;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    rest.swap(incoming_);
+  }
+  for (auto& s : rest) waiting_.push_back(std::move(s));
+  const absl::Status gone = absl::UnavailableError("the server shut down before the request finished");
+  for (auto& s : waiting_) Finish(s.get(), FinishReason::kError, gone);
+  for (auto& s : running_) Finish(s.get(), FinishReason::kError, gone);
+  waiting_.clear();
+  running_.clear();
+}
+
+void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status status) {
+  if (seq->state == Sequence::State::kDone) return;
+  const absl::Time now = absl::Now();
+  GenerationResult& r = seq->result;
+  if (seq->detok != nullptr && reason != FinishReason::kStopString) r.text += seq->detok->Finish();
+  if (seq->req.stream && seq->cb.on_delta && (seq->streamed_text < r.text.size() ||
+                                              seq->streamed_tokens < r.token_ids.size())) {
+    StreamDelta d;
+    d.token_ids.assign(r.token_ids.begin() + static_cast<std::ptrdiff_t>(seq->streamed_tokens), r.token_ids.end());
+    d.text = r.text.substr(std::min(seq->streamed_text, r.text.size()));
+    seq->cb.on_delta(d);
+  }
+  r.finish_reason = reason;
+  r.status = std::move(status);
+  Timings& t = r.timings;
+  t.preprocess = seq->req.preprocess_time;
+  t.prompt_tokens = static_cast<int32_t>(seq->prompt_positions);
+  t.output_tokens = static_cast<int32_t>(r.token_ids.size());
+  if (seq->admitted == absl::Time()) {
+    t.queue = now - seq->submitted;
+  } else {
+    t.queue = seq->admitted - seq->submitted;
+    if (seq->first_token != absl::Time()) {
+      t.prefill = seq->first_token - seq->admitted - t.vision;
+      t.decode = now - seq->first_token;
+    } else {
+      t.prefill = now - seq->admitted - t.vision;
+    }
+  }
+  if (seq->slot >= 0) {
+    runner_->ReleaseSlot(seq->slot);
+    seq->slot = -1;
+  }
+  seq->state = Sequence::State::kDone;
+  finished_++;
+  if (seq->cb.on_done) seq->cb.on_done(std::move(r));
+}
+
+void Engine::AfterToken(Sequence* seq, int32_t token, const SampledToken& sampled) {
+  GenerationResult& r = seq->result;
+  r.token_ids.push_back(token);
+  r.logprobs.push_back(sampled);
+  seq->history.push_back(token);
+  output_tokens_++;
+  if (seq->first_token == absl::Time()) seq->first_token = absl::Now();
+  if (seq->constraint != nullptr) {
+    seq->constraint->Accept(token);
+    if (seq->constraint->Finished()) {
+      Finish(seq, FinishReason::kGrammar, absl::OkStatus());
+      return;
+    }
+  }
+  const auto& stops = seq->req.stop_token_ids;
+  if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
+    Finish(seq, FinishReason::kStopToken, absl::OkStatus());
+    return;
+  }
+  if (seq->detok != nullptr) {
+    const size_t before = r.text.size();
+    r.text += seq->detok->Push(token);
+    // A stop string may straddle the previous text's end.
+    const size_t from = before >= seq->max_stop_len ? before - seq->max_stop_len + 1 : 0;
+    size_t cut = std::string::npos;
+    for (const auto& s : seq->req.stop_strings) {
+      const size_t at = r.text.find(s, from);
+      if (at != std::string::npos) cut = std::min(cut, at);
+    }
+    if (cut != std::string::npos) {
+      r.text.resize(cut);
+      Finish(seq, FinishReason::kStopString, absl::OkStatus());
+      return;
+    }
+  }
+  if (static_cast<int32_t>(r.token_ids.size()) >= seq->req.max_new_tokens) {
+    Finish(seq, FinishReason::kLength, absl::OkStatus());
+    return;
+  }
+  if (seq->req.stream && seq->cb.on_delta) {
+    // Hold back text that could still turn into a stop string, and never cut
+    // a UTF-8 character.
+    size_t safe = r.text.size();
+    if (seq->max_stop_len > 0) safe = safe >= seq->max_stop_len - 1 ? safe - (seq->max_stop_len - 1) : 0;
+    while (safe > seq->streamed_text && safe < r.text.size() &&
+           (static_cast<unsigned char>(r.text[safe]) & 0xC0) == 0x80) {
+      --safe;
+    }
+    if (safe > seq->streamed_text || seq->streamed_tokens < r.token_ids.size()) {
+      StreamDelta d;
+      d.token_ids.assign(r.token_ids.begin() + static_cast<std::ptrdiff_t>(seq->streamed_tokens), r.token_ids.end());
+      if (safe > seq->streamed_text) d.text = r.text.substr(seq->streamed_text, safe - seq->streamed_text);
+      seq->streamed_tokens = r.token_ids.size();
+      seq->streamed_text = std::max(seq->streamed_text, safe);
+      seq->cb.on_delta(d);
+    }
+  }
+  seq->pending = token;
+}
+
+bool Engine::Admit(Sequence* seq, int64_t* budget) {
+  const int slot = runner_->AllocateSlot();
+  if (slot < 0) return false;  // capacity exhausted: stay queued
+  seq->slot = slot;
+  seq->admitted = absl::Now();
+  seq->state = Sequence::State::kPrefill;
+  // Images: from the cache or encoded now.
+  std::vector<std::shared_ptr<const ImageFeatures>> features;
+  const absl::Time v0 = absl::Now();
+  for (const auto& img : seq->req.images) {
+    std::shared_ptr<const ImageFeatures> f;
+    if (!img.cache_key.empty()) f = vision_cache_->Get(img.cache_key);
+    if (f != nullptr) {
+      cache_hits_++;
+      seq->result.timings.vision_cache_hits++;
+    } else {
+      cache_misses_++;
+      seq->result.timings.vision_cache_misses++;
+      auto encoded = runner_->EncodeImage(*img.crops);
+      if (!encoded.ok()) {
+        Finish(seq, FinishReason::kError, encoded.status());
+        return true;
+      }
+      f = *encoded;
+      *budget -= f->num_tokens();
+      if (!img.cache_key.empty()) vision_cache_->Put(img.cache_key, f);
+    }
+    features.push_back(std::move(f));
+  }
+  cache_entries_ = vision_cache_->entries();
+  seq->result.timings.vision = absl::Now() - v0;
+  auto positions = runner_->BeginSequence(slot, seq->req.prompt_ids, features);
+  if (!positions.ok()) {
+    Finish(seq, FinishReason::kError, positions.status());
+    return true;
+  }
+  seq->prompt_positions = *positions;
+  prompt_tokens_ += *positions;
+  seq->sampler = std::make_unique<Sampler>(seq->req.sampling);
+  if (seq->req.grammar != nullptr) seq->constraint = seq->req.grammar->Start();
+  seq->history = seq->req.prompt_ids;
+  if (tokenizer_ != nullptr) seq->detok = std::make_unique<tokenizer::IncrementalDecoder>(tokenizer_.get());
+  for (const auto& s : seq->req.stop_strings) seq->max_stop_len = std::max(seq->max_stop_len, s.size());
+  return true;
+}
+
+bool Engine::Iterate() {
+  bool worked = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    while (!incoming_.empty()) {
+      waiting_.push_back(std::move(incoming_.front()));
+      incoming_.pop_front();
+    }
+  }
+  // Cancellations and deadlines, queued or running.
+  const absl::Time now = absl::Now();
+  auto expire = [&](Sequence* s) {
+    if (s->handle->cancelled()) {
+      Finish(s, FinishReason::kCancelled, absl::CancelledError("the request was cancelled"));
+    } else if (now > s->req.deadline) {
+      Finish(s, FinishReason::kDeadline, absl::DeadlineExceededError("the request's deadline passed"));
+    }
+  };
+  for (auto& s : waiting_) expire(s.get());
+  for (auto& s : running_) expire(s.get());
+
+  // Prefill under the token budget: first the sequences already admitted,
+  // then new admissions in arrival order.
+  int64_t budget = options_.prefill_chunk_tokens;
+  auto prefill = [&](Sequence* s) {
+    const int64_t n = std::min<int64_t>(std::max<int64_t>(budget, 1), s->prompt_positions - s->prefilled);
+    auto logits = runner_->PrefillStep(s->slot, n);
+    worked = true;
+    if (!logits.ok()) {
+      Finish(s, FinishReason::kError, logits.status());
+      return;
+    }
+    budget -= n;
+    s->prefilled += n;
+    if (logits->empty()) return;
+    s->state = Sequence::State::kDecode;
+    const std::vector<int32_t>* allowed = nullptr;
+    if (s->constraint != nullptr) {
+      allowed = &s->constraint->Allowed();
+      if (allowed->empty()) {
+        Finish(s, FinishReason::kError,
+               absl::FailedPreconditionError("the output grammar cannot be satisfied with this vocabulary"));
+        return;
+      }
+    } else if (!s->req.allowed_token_ids.empty()) {
+      allowed = &s->req.allowed_token_ids;
+    }
+    SampledToken t = s->sampler->Sample(logits->data(), vocab_size_, s->history, allowed);
+    AfterToken(s, t.id, t);
+  };
+  for (auto& s : running_) {
+    if (budget <= 0) break;
+    if (s->state == Sequence::State::kPrefill) prefill(s.get());
+  }
+  while (budget > 0 && !waiting_.empty() && static_cast<int>(running_.size()) < options_.max_batch) {
+    std::unique_ptr<Sequence>& front = waiting_.front();
+    if (front->state == Sequence::State::kDone) {
+      waiting_.pop_front();
+      continue;
+    }
+    if (!Admit(front.get(), &budget)) break;
+    worked = true;
+    running_.push_back(std::move(front));
+    waiting_.pop_front();
+    if (running_.back()->state == Sequence::State::kPrefill) prefill(running_.back().get());
+  }
+
+  // One batched decode step for every sequence with a pending token.
+  std::vector<Sequence*> batch;
+  std::vector<int> slots;
+  std::vector<int32_t> tokens;
+  for (auto& s : running_) {
+    if (s->state == Sequence::State::kDecode && s->pending >= 0) {
+      batch.push_back(s.get());
+      slots.push_back(s->slot);
+      tokens.push_back(s->pending);
+    }
+  }
+  if (!batch.empty()) {
+    worked = true;
+    auto logits = runner_->DecodeStep(slots, tokens);
+    for (size_t b = 0; b < batch.size(); ++b) {
+      Sequence* s = batch[b];
+      s->pending = -1;
+      if (!logits.ok()) {
+        Finish(s, FinishReason::kError, logits.status());
+        continue;
+      }
+      const std::vector<int32_t>* allowed = nullptr;
+      if (s->constraint != nullptr) {
+        allowed = &s->constraint->Allowed();
+        if (allowed->empty()) {
+          Finish(s, FinishReason::kError,
+                 absl::FailedPreconditionError("the output grammar cannot be satisfied with this vocabulary"));
+          continue;
+        }
+      } else if (!s->req.allowed_token_ids.empty()) {
+        allowed = &s->req.allowed_token_ids;
+      }
+      SampledToken t = s->sampler->Sample(logits->data() + b * vocab_size_, vocab_size_, s->history, allowed);
+      AfterToken(s, t.id, t);
+    }
+  }
+
+  // Drop finished sequences.
+  running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                [](const auto& s) { return s->state == Sequence::State::kDone; }),
+                 running_.end());
+  waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
+                                [](const auto& s) { return s->state == Sequence::State::kDone; }),
+                 waiting_.end());
+  n_waiting_ = static_cast<int64_t>(waiting_.size());
+  n_running_ = static_cast<int64_t>(running_.size());
+  kv_used_ = runner_->kv_bytes_used();
+  return worked;
+}
+
+}  // namespace magma::engine

@@ -1,0 +1,130 @@
+#include "magma/engine/constraint.h"
+
+#include <random>
+#include <regex>
+
+#include <gtest/gtest.h>
+
+namespace magma::engine {
+namespace {
+
+// A toy vocabulary: single characters, a few multi-character tokens and an
+// end token (id 0, no bytes).
+std::shared_ptr<const TokenTable> ToyTable() {
+  std::vector<std::string> bytes = {""};
+  for (char c : std::string("0123456789abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ:,[]()\"<>/._\n"))
+    bytes.push_back(std::string(1, c));
+  for (const char* t : {"Mark", "Mark:", ": ", "12", "255", "25", "yes", "no", "ye", "Close", "Open", " Gripper",
+                        "<ans>", "</ans>", "<action>", "</action>", "0.", ", ", "[[", "]]", "\"Mark"}) {
+    bytes.push_back(t);
+  }
+  return std::make_shared<TokenTable>(bytes, std::vector<int32_t>{0});
+}
+
+std::string Text(const TokenTable& t, const std::vector<int32_t>& ids) {
+  std::string s;
+  for (int32_t id : ids) s += t.bytes(id);
+  return s;
+}
+
+// Random walks through the automaton: every finished walk matches `pattern`
+// (checked with std::regex), and every step offered at least one token.
+void ExpectWalksMatch(const Grammar& g, const TokenTable& t, const std::string& ecma_pattern, int walks) {
+  std::mt19937 rng(7);
+  const std::regex re(ecma_pattern);
+  for (int w = 0; w < walks; ++w) {
+    auto c = g.Start();
+    std::vector<int32_t> ids;
+    for (int step = 0; step < 400 && !c->Finished(); ++step) {
+      const auto& allowed = c->Allowed();
+      ASSERT_FALSE(allowed.empty()) << "dead end after '" << Text(t, ids) << "'";
+      // Prefer ending once possible half of the time, to keep walks short.
+      int32_t pick = allowed[rng() % allowed.size()];
+      if (std::find(allowed.begin(), allowed.end(), 0) != allowed.end() && rng() % 2) pick = 0;
+      c->Accept(pick);
+      if (pick != 0) ids.push_back(pick);
+    }
+    ASSERT_TRUE(c->Finished()) << Text(t, ids);
+    EXPECT_TRUE(std::regex_match(Text(t, ids), re)) << Text(t, ids);
+  }
+}
+
+TEST(ConstraintTest, ChoicesAcceptExactlyTheList) {
+  auto table = ToyTable();
+  auto g = CompileChoices({"yes", "no", "maybe"}, table);
+  ASSERT_TRUE(g.ok()) << g.status();
+  auto c = (*g)->Start();
+  // At the start: y, n, m, "yes", "no", "ye" - nothing else, no end.
+  std::set<std::string> first;
+  for (int32_t id : c->Allowed()) first.insert(table->bytes(id));
+  EXPECT_EQ(first, (std::set<std::string>{"y", "n", "m", "yes", "no", "ye"}));
+  ExpectWalksMatch(**g, *table, "yes|no|maybe", 50);
+}
+
+TEST(ConstraintTest, UiMarkAnswerOverExistingMarks) {
+  auto table = ToyTable();
+  auto g = CompileRegex("Mark: (0|3|12|255)", table);
+  ASSERT_TRUE(g.ok()) << g.status();
+  ExpectWalksMatch(**g, *table, "Mark: (0|3|12|255)", 100);
+  // "Mark: 2" may continue to "25" then "255" but never end at "2" or "25".
+  auto c = (*g)->Start();
+  for (const char* piece : {"Mark:", " ", "2"}) {
+    const auto& allowed = c->Allowed();
+    auto it = std::find_if(allowed.begin(), allowed.end(), [&](int32_t id) { return table->bytes(id) == piece; });
+    ASSERT_NE(it, allowed.end()) << piece;
+    c->Accept(*it);
+  }
+  const auto& allowed = c->Allowed();
+  EXPECT_EQ(std::count(allowed.begin(), allowed.end(), 0), 0);  // "Mark: 2" is incomplete
+}
+
+TEST(ConstraintTest, ActionGrammarIsSevenActionTokensThenEnd) {
+  std::vector<int32_t> action_ids;
+  for (int i = 0; i < 256; ++i) action_ids.push_back(1000 - 256 + i);
+  auto g = TokenSequenceGrammar(action_ids, 7, {2});
+  auto c = g->Start();
+  for (int i = 0; i < 7; ++i) {
+    ASSERT_EQ(c->Allowed().size(), 256u);
+    EXPECT_FALSE(c->Finished());
+    c->Accept(800 + i);
+  }
+  EXPECT_EQ(c->Allowed(), std::vector<int32_t>{2});
+  c->Accept(2);
+  EXPECT_TRUE(c->Finished());
+  EXPECT_TRUE(c->Allowed().empty());
+}
+
+TEST(ConstraintTest, PathGrammar) {
+  auto table = ToyTable();
+  const std::string num = "0\\.[0-9]{1,3}";
+  const std::string point = "\\(" + num + ", " + num + "\\)";
+  const std::string item = "(" + point + "|<action>(Close|Open) Gripper</action>)";
+  auto g = CompileRegex("<ans>\\[" + item + "(, " + item + ")*\\]</ans>", table);
+  ASSERT_TRUE(g.ok()) << g.status();
+  const std::string enum_ = "0\\.[0-9]{1,3}";
+  const std::string ecma_point = "\\(" + enum_ + ", " + enum_ + "\\)";
+  const std::string ecma_item = "(" + ecma_point + "|<action>(Close|Open) Gripper</action>)";
+  ExpectWalksMatch(**g, *table, "<ans>\\[" + ecma_item + "(, " + ecma_item + ")*\\]</ans>", 40);
+}
+
+TEST(ConstraintTest, MalformedPatternsAreRejectedWithPosition) {
+  auto table = ToyTable();
+  for (const char* bad : {"(ab", "a{3,1}", "[z-a]", "a|*", "\\q", "[]"}) {
+    auto g = CompileRegex(bad, table);
+    ASSERT_FALSE(g.ok()) << bad;
+    EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(g.status().message().find("position"), std::string::npos) << g.status();
+  }
+  EXPECT_FALSE(CompileChoices({}, table).ok());
+  EXPECT_FALSE(CompileChoices({"a", ""}, table).ok());
+}
+
+TEST(ConstraintTest, EscapedChoicesAreLiteral) {
+  auto table = ToyTable();
+  auto g = CompileChoices({"a.b", "(x)"}, table);
+  ASSERT_TRUE(g.ok()) << g.status();
+  ExpectWalksMatch(**g, *table, "a\\.b|\\(x\\)", 30);
+}
+
+}  // namespace
+}  // namespace magma::engine

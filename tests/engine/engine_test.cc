@@ -1,0 +1,312 @@
+#include "magma/engine/engine.h"
+
+#include <future>
+#include <map>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "engine/fake_runner.h"
+#include "magma/tokenizer/bpe_trainer.h"
+#include "testing/temp_dir.h"
+
+namespace magma::engine {
+namespace {
+
+using testing::FakeRunner;
+using testing::HashLogits;
+
+constexpr int32_t kVocab = 300;  // byte-level ids 0..255 + a few specials
+constexpr int32_t kEos = 290;
+
+// Waits for results of submitted requests.
+struct Collector {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<int, GenerationResult> results;
+  std::map<int, std::string> streamed;
+  std::map<int, int> done_calls;
+
+  RequestCallbacks For(int key) {
+    RequestCallbacks cb;
+    cb.on_delta = [this, key](const StreamDelta& d) {
+      std::lock_guard<std::mutex> lock(mu);
+      streamed[key] += d.text;
+    };
+    cb.on_done = [this, key](GenerationResult r) {
+      std::lock_guard<std::mutex> lock(mu);
+      results[key] = std::move(r);
+      done_calls[key]++;
+      cv.notify_all();
+    };
+    return cb;
+  }
+  void WaitFor(size_t n) {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return results.size() >= n; }))
+        << "only " << results.size() << " of " << n << " requests finished";
+  }
+};
+
+GenerationRequest Prompt(std::vector<int32_t> ids, int max_new, float temperature, uint64_t seed) {
+  GenerationRequest r;
+  r.prompt_ids = std::move(ids);
+  r.max_new_tokens = max_new;
+  r.sampling.temperature = temperature;
+  r.sampling.seed = seed;
+  return r;
+}
+
+FakeRunner::Script Hashed() {
+  return [](const std::vector<int32_t>& t) { return HashLogits(t, kVocab); };
+}
+
+// The same requests alone and together give the same tokens.
+TEST(EngineTest, BatchingDoesNotChangeResults) {
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 6; ++i) {
+    reqs.push_back(Prompt({1, 2 + i, 3 * i + 1, 7}, 12 + i, i % 2 ? 0.8f : 0.0f, 100 + i));
+  }
+  std::map<int, std::vector<int32_t>> alone;
+  for (int i = 0; i < 6; ++i) {
+    auto runner = std::make_unique<FakeRunner>(kVocab, 1, 64, Hashed());
+    Engine engine(std::move(runner), nullptr, {});
+    Collector c;
+    ASSERT_TRUE(engine.Submit(reqs[i], c.For(i)).ok());
+    c.WaitFor(1);
+    alone[i] = c.results[i].token_ids;
+    EXPECT_EQ(alone[i].size(), static_cast<size_t>(12 + i));
+  }
+  auto runner = std::make_unique<FakeRunner>(kVocab, 8, 64, Hashed());
+  FakeRunner* fake = runner.get();
+  fake->CloseGate();  // let all requests arrive before the first decode step
+  Engine engine(std::move(runner), nullptr, {});
+  Collector c;
+  for (int i = 5; i >= 0; --i) ASSERT_TRUE(engine.Submit(reqs[i], c.For(i)).ok());
+  fake->OpenGate();
+  c.WaitFor(6);
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(c.results[i].token_ids, alone[i]) << "request " << i;
+    EXPECT_EQ(c.results[i].finish_reason, FinishReason::kLength);
+  }
+  const auto sizes = fake->batch_sizes();
+  EXPECT_GT(*std::max_element(sizes.begin(), sizes.end()), 1) << "decode steps were never batched";
+  EXPECT_EQ(fake->free_slots(), 8);
+}
+
+TEST(EngineTest, SeedsMakeSamplingReproducible) {
+  auto run = [](uint64_t seed) {
+    Engine engine(std::make_unique<FakeRunner>(kVocab, 2, 64, Hashed()), nullptr, {});
+    Collector c;
+    EXPECT_TRUE(engine.Submit(Prompt({5, 6, 7}, 20, 1.0f, seed), c.For(0)).ok());
+    c.WaitFor(1);
+    return c.results[0].token_ids;
+  };
+  EXPECT_EQ(run(42), run(42));
+  EXPECT_NE(run(42), run(43));
+}
+
+TEST(EngineTest, StopTokenEndsGeneration) {
+  // Script: after the prompt, tokens 10, 11, EOS.
+  auto script = [](const std::vector<int32_t>& t) {
+    std::vector<float> l(kVocab, 0);
+    const size_t generated = t.size() - 3;
+    l[generated == 0 ? 10 : generated == 1 ? 11 : kEos] = 5;
+    return l;
+  };
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 64, script), nullptr, {});
+  Collector c;
+  auto req = Prompt({1, 2, 3}, 50, 0, 0);
+  req.stop_token_ids = {kEos};
+  ASSERT_TRUE(engine.Submit(req, c.For(0)).ok());
+  c.WaitFor(1);
+  EXPECT_EQ(c.results[0].token_ids, (std::vector<int32_t>{10, 11, kEos}));
+  EXPECT_EQ(c.results[0].finish_reason, FinishReason::kStopToken);
+  EXPECT_TRUE(c.results[0].status.ok());
+  EXPECT_EQ(c.results[0].timings.prompt_tokens, 3);
+  EXPECT_EQ(c.results[0].timings.output_tokens, 3);
+}
+
+// A tokenizer whose ids 0..255 are the bytes themselves.
+std::shared_ptr<const tokenizer::Tokenizer> ByteTokenizer(const std::string& dir) {
+  tokenizer::BpeTrainOptions o;
+  o.num_merges = 0;
+  o.added_tokens = {{"<|begin_of_text|>", 289, true}, {"<|end_of_text|>", kEos, true}};
+  EXPECT_TRUE(tokenizer::TrainByteLevelBpe({"x"}, o, dir).ok());
+  auto t = tokenizer::LoadTokenizer(dir);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return std::shared_ptr<const tokenizer::Tokenizer>(std::move(*t));
+}
+
+// Logits that spell `text` byte by byte after a 1-token prompt.
+FakeRunner::Script Spell(std::string text) {
+  return [text](const std::vector<int32_t>& t) {
+    std::vector<float> l(kVocab, 0);
+    const size_t i = t.size() - 1;
+    l[i < text.size() ? static_cast<unsigned char>(text[i]) : kEos] = 5;
+    return l;
+  };
+}
+
+TEST(EngineTest, StopStringsCutTheTextAndStreamingNeverLeaksThem) {
+  testing::TempDir dir;
+  auto tok = ByteTokenizer(dir.path());
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 128, Spell("caf\xC3\xA9 au lait STOP and more")), tok, {});
+  Collector c;
+  auto req = Prompt({1}, 100, 0, 0);
+  req.stop_strings = {"STOP", "never"};
+  req.stream = true;
+  ASSERT_TRUE(engine.Submit(req, c.For(0)).ok());
+  c.WaitFor(1);
+  EXPECT_EQ(c.results[0].finish_reason, FinishReason::kStopString);
+  EXPECT_EQ(c.results[0].text, "caf\xC3\xA9 au lait ");
+  EXPECT_EQ(c.streamed[0], c.results[0].text);
+}
+
+TEST(EngineTest, GrammarRestrictsTheOutput) {
+  testing::TempDir dir;
+  auto tok = ByteTokenizer(dir.path());
+  std::vector<std::string> bytes(kVocab);
+  for (int i = 0; i < 256; ++i) bytes[i] = std::string(1, static_cast<char>(i));
+  auto table = std::make_shared<TokenTable>(bytes, std::vector<int32_t>{kEos});
+  auto grammar = CompileChoices({"Mark: 3", "Mark: 17"}, table);
+  ASSERT_TRUE(grammar.ok());
+  // The script prefers "Mark: 9": the grammar must steer it to an existing mark.
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 64, Spell("Mark: 9")), tok, {});
+  Collector c;
+  auto req = Prompt({1}, 30, 0, 0);
+  req.grammar = *grammar;
+  ASSERT_TRUE(engine.Submit(req, c.For(0)).ok());
+  c.WaitFor(1);
+  EXPECT_TRUE(c.results[0].text == "Mark: 3" || c.results[0].text == "Mark: 17") << c.results[0].text;
+  EXPECT_EQ(c.results[0].finish_reason, FinishReason::kGrammar);
+}
+
+TEST(EngineTest, ManyCancellationsFreeEverySlot) {
+  auto runner = std::make_unique<FakeRunner>(kVocab, 4, 4096, Hashed());
+  FakeRunner* fake = runner.get();
+  EngineOptions o;
+  o.max_queue = 200;
+  o.max_batch = 4;
+  Engine engine(std::move(runner), nullptr, o);
+  Collector c;
+  std::vector<std::shared_ptr<RequestHandle>> handles;
+  for (int i = 0; i < 60; ++i) {
+    auto h = engine.Submit(Prompt({1, i + 2}, 3000, 1.0f, i), c.For(i));
+    ASSERT_TRUE(h.ok());
+    handles.push_back(*h);
+  }
+  std::mt19937 rng(1);
+  std::shuffle(handles.begin(), handles.end(), rng);
+  for (auto& h : handles) h->Cancel();
+  c.WaitFor(60);
+  for (auto& [key, r] : c.results) {
+    EXPECT_EQ(r.finish_reason, FinishReason::kCancelled);
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kCancelled);
+    EXPECT_EQ(c.done_calls[key], 1);
+  }
+  // The engine thread releases slots before calling on_done.
+  EXPECT_EQ(fake->free_slots(), 4);
+  EXPECT_EQ(engine.Stats().running, 0);
+}
+
+TEST(EngineTest, DeadlineExpiresTheRequest) {
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 100000, Hashed()), nullptr, {});
+  Collector c;
+  auto req = Prompt({1, 2}, 90000, 1.0f, 0);
+  req.deadline = absl::Now() + absl::Milliseconds(50);
+  ASSERT_TRUE(engine.Submit(req, c.For(0)).ok());
+  c.WaitFor(1);
+  EXPECT_EQ(c.results[0].finish_reason, FinishReason::kDeadline);
+  EXPECT_EQ(c.results[0].status.code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST(EngineTest, FullQueueIsResourceExhaustedAndCapacityQueues) {
+  auto runner = std::make_unique<FakeRunner>(kVocab, 1, 64, Hashed());
+  FakeRunner* fake = runner.get();
+  fake->CloseGate();
+  EngineOptions o;
+  o.max_queue = 3;
+  o.max_batch = 1;
+  Engine engine(std::move(runner), nullptr, o);
+  Collector c;
+  int accepted = 0, rejected = 0;
+  // One runs (and blocks in the gate), three wait, the rest are refused.
+  for (int i = 0; i < 8; ++i) {
+    auto h = engine.Submit(Prompt({1, i}, 4, 0, 0), c.For(i));
+    if (h.ok()) {
+      ++accepted;
+    } else {
+      EXPECT_EQ(h.status().code(), absl::StatusCode::kResourceExhausted);
+      EXPECT_NE(h.status().message().find("queue is full"), std::string::npos);
+      ++rejected;
+    }
+    // The first request is in the batch once the engine blocks decoding it.
+    if (i == 0) fake->WaitUntilBlocked();
+  }
+  EXPECT_EQ(accepted, 4);
+  EXPECT_EQ(rejected, 4);
+  fake->OpenGate();
+  c.WaitFor(static_cast<size_t>(accepted));
+  for (auto& [k, r] : c.results) EXPECT_EQ(r.token_ids.size(), 4u);  // one slot: served in turn
+}
+
+TEST(EngineTest, SubmitValidation) {
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 32, Hashed()), nullptr, {});
+  Collector c;
+  EXPECT_EQ(engine.Submit(Prompt({}, 4, 0, 0), c.For(0)).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine.Submit(Prompt({1, 5000}, 4, 0, 0), c.For(0)).status().code(), absl::StatusCode::kInvalidArgument);
+  auto over = engine.Submit(Prompt({1, 2, 3}, 30, 0, 0), c.For(0));
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(over.status().message().find("context of 32"), std::string::npos) << over.status();
+  auto img = Prompt({1, kVocab - 1}, 4, 0, 0);  // an image token without an image
+  EXPECT_EQ(engine.Submit(img, c.For(0)).status().code(), absl::StatusCode::kInvalidArgument);
+  auto bad = Prompt({1}, 4, -1, 0);
+  EXPECT_EQ(engine.Submit(bad, c.For(0)).status().code(), absl::StatusCode::kInvalidArgument);
+  engine.Shutdown();
+  EXPECT_EQ(engine.Submit(Prompt({1}, 4, 0, 0), c.For(0)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(EngineTest, VisionCacheHitsSkipEncoding) {
+  auto runner = std::make_unique<FakeRunner>(kVocab, 2, 128, Hashed());
+  FakeRunner* fake = runner.get();
+  Engine engine(std::move(runner), nullptr, {});
+  auto crops = std::make_shared<vision::Crops>();
+  crops->grid = {2, 2};
+  crops->base = 8;
+  crops->pixels.assign(4 * 3 * 8 * 8, 0.f);
+  Collector c;
+  for (int i = 0; i < 3; ++i) {
+    auto req = Prompt({1, kVocab - 1, 5}, 3, 0, 0);
+    req.images.push_back({crops, "image-a"});
+    ASSERT_TRUE(engine.Submit(req, c.For(i)).ok());
+    c.WaitFor(static_cast<size_t>(i + 1));
+  }
+  EXPECT_EQ(fake->encodes(), 1);
+  EXPECT_EQ(c.results[0].timings.vision_cache_misses, 1);
+  EXPECT_EQ(c.results[1].timings.vision_cache_hits, 1);
+  EXPECT_EQ(c.results[2].timings.vision_cache_hits, 1);
+  EXPECT_EQ(c.results[0].timings.prompt_tokens, 2 + 12);  // 2 text + 4 crops x 3
+  const EngineStats s = engine.Stats();
+  EXPECT_EQ(s.vision_cache_hits, 2);
+  EXPECT_EQ(s.vision_cache_misses, 1);
+}
+
+TEST(EngineTest, LongPrefillIsChunkedUnderTheBudget) {
+  auto runner = std::make_unique<FakeRunner>(kVocab, 2, 4096, Hashed());
+  FakeRunner* fake = runner.get();
+  EngineOptions o;
+  o.prefill_chunk_tokens = 100;
+  Engine engine(std::move(runner), nullptr, o);
+  Collector c;
+  std::vector<int32_t> ids(1050, 7);
+  ASSERT_TRUE(engine.Submit(Prompt(ids, 2, 0, 0), c.For(0)).ok());
+  c.WaitFor(1);
+  const auto chunks = fake->prefill_chunks();
+  ASSERT_EQ(chunks.size(), 11u);
+  for (size_t i = 0; i + 1 < chunks.size(); ++i) EXPECT_EQ(chunks[i], 100);
+  EXPECT_EQ(chunks.back(), 50);
+}
+
+}  // namespace
+}  // namespace magma::engine
