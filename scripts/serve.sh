@@ -12,7 +12,7 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
   # No trained checkpoint in this tree: serve a randomly initialised model of
   # the same architecture so that the whole path can be exercised.
   MODEL_DIR="$BUILD_DIR/models/random-tiny"
-  if [ ! -f "$MODEL_DIR/config.json" ]; then
+  if [ ! -f "$MODEL_DIR/tokenizer.json" ]; then
     "$BUILD_DIR/src/tools/magma-cli" init --preset tiny --seed 0 --out "$MODEL_DIR"
   fi
   echo "serve: models/magma-tiny not found; serving random weights from $MODEL_DIR" >&2

@@ -67,6 +67,19 @@ ServerConfig DefaultConfig() {
   m->set_dir("models/magma-tiny");
   m->set_dtype("bfloat16");
   m->set_prefault(true);
+  auto* e = c.mutable_engine();
+  e->set_max_batch(8);
+  e->set_max_queue(64);
+  e->set_context_tokens(4096);
+  e->set_prefill_chunk_tokens(256);
+  e->set_vision_cache_mb(256);
+  auto* l = c.mutable_limits();
+  l->set_max_image_bytes(16 << 20);
+  l->set_max_image_pixels(4096 * 4096);
+  l->set_max_images_per_request(4);
+  l->set_max_elements(300);
+  l->set_max_tokens(2048);
+  c.set_worker_threads(2);
   return c;
 }
 
@@ -122,6 +135,28 @@ absl::Status Validate(const ServerConfig& c) {
   if (m.dir().empty()) return bad("model.dir", "must not be empty", "''");
   if (m.dtype() != "float32" && m.dtype() != "bfloat16") {
     return bad("model.dtype", "must be float32 or bfloat16", absl::StrCat("'", m.dtype(), "'"));
+  }
+  const auto& e = c.engine();
+  if (e.max_batch() < 1 || e.max_batch() > 256) return bad("engine.max_batch", "must be in 1..256", e.max_batch());
+  if (e.max_queue() < 0) return bad("engine.max_queue", "must be >= 0", e.max_queue());
+  if (e.context_tokens() < 0) return bad("engine.context_tokens", "must be >= 0", e.context_tokens());
+  if (e.prefill_chunk_tokens() < 1) {
+    return bad("engine.prefill_chunk_tokens", "must be >= 1", e.prefill_chunk_tokens());
+  }
+  if (e.vision_cache_mb() < 0) return bad("engine.vision_cache_mb", "must be >= 0", e.vision_cache_mb());
+  const auto& l = c.limits();
+  if (l.max_image_bytes() < 1) return bad("limits.max_image_bytes", "must be >= 1", l.max_image_bytes());
+  if (l.max_image_pixels() < 1) return bad("limits.max_image_pixels", "must be >= 1", l.max_image_pixels());
+  if (l.max_images_per_request() < 0) {
+    return bad("limits.max_images_per_request", "must be >= 0", l.max_images_per_request());
+  }
+  if (l.max_elements() < 0) return bad("limits.max_elements", "must be >= 0", l.max_elements());
+  if (l.max_tokens() < 1) return bad("limits.max_tokens", "must be >= 1", l.max_tokens());
+  if (c.worker_threads() < 1 || c.worker_threads() > 64) {
+    return bad("worker_threads", "must be in 1..64", c.worker_threads());
+  }
+  if (c.security().tls_cert_file().empty() != c.security().tls_key_file().empty()) {
+    return bad("security.tls_cert_file", "and security.tls_key_file must be set together", "one of them");
   }
   if (!m.vision_dtype().empty() && m.vision_dtype() != "float32" && m.vision_dtype() != "bfloat16") {
     return bad("model.vision_dtype", "must be empty, float32 or bfloat16", absl::StrCat("'", m.vision_dtype(), "'"));

@@ -61,6 +61,7 @@ class BpeTokenizer final : public Tokenizer {
     return id >= 0 && id < static_cast<int32_t>(is_special_.size()) && is_special_[id];
   }
   int32_t vocab_size() const override { return static_cast<int32_t>(id_bytes_.size()); }
+  int32_t base_vocab_size() const override { return base_vocab_size_; }
   const SpecialIds& special_ids() const override { return special_; }
   const char* kind() const override { return "bpe"; }
 
@@ -80,6 +81,7 @@ class BpeTokenizer final : public Tokenizer {
   };
   absl::flat_hash_map<uint64_t, Merge> merges_;
   bool ignore_merges_ = false;
+  int32_t base_vocab_size_ = 0;  // 1 + the largest id of model.vocab
   std::vector<PreTokenizerStep> pre_;
   std::vector<AddedToken> added_;  // longest first
   bool any_plain_added_ = false;    // an added token that is not special
@@ -136,6 +138,7 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
     if (!it.value().is_number_integer()) return Bad(path, absl::StrCat("vocab entry '", it.key(), "' has no id"));
     max_id = std::max(max_id, it.value().get<int32_t>());
   }
+  base_vocab_size_ = max_id + 1;
   std::vector<AddedToken> added;
   if (root.contains("added_tokens") && root["added_tokens"].is_array()) {
     for (const json& t : root["added_tokens"]) {

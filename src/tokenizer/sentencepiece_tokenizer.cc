@@ -217,6 +217,7 @@ class SentencePieceTokenizer final : public Tokenizer {
     return id >= 0 && id < static_cast<int32_t>(flags_.size()) && (flags_[id] & 1);
   }
   int32_t vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
+  int32_t base_vocab_size() const override { return static_cast<int32_t>(pieces_.size()); }
   const SpecialIds& special_ids() const override { return special_; }
   const char* kind() const override { return "sentencepiece"; }
 

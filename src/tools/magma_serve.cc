@@ -16,7 +16,7 @@
 #include "magma/api/server.h"
 #include "magma/config/config.h"
 #include "magma/model/runtime.h"
-#include "magma/model/model.h"
+#include "magma/app/backend.h"
 #include "magma/util/logging.h"
 
 ABSL_FLAG(std::string, config, "", "Config file (textproto, schema magma.config.ServerConfig)");
@@ -73,14 +73,7 @@ int main(int argc, char** argv) {
                  magma::api::ServerVersion(), threads, magma::model::BlasBackend(),
                  config.model().dir(), config.model().dtype(), config.listen());
 
-  magma::api::ServerOptions options;
-  options.listen = config.listen();
-  options.max_receive_message_bytes = config.grpc().max_receive_message_bytes();
-  options.max_send_message_bytes = config.grpc().max_send_message_bytes();
-  options.keepalive_min_ping_interval_ms = config.grpc().keepalive_min_ping_interval_ms();
-  options.keepalive_time_ms = config.grpc().keepalive_time_ms();
-  options.keepalive_timeout_ms = config.grpc().keepalive_timeout_ms();
-  options.keepalive_permit_without_calls = config.grpc().keepalive_permit_without_calls();
+  const magma::api::ServerOptions options = magma::app::ServerOptionsFrom(config);
   auto server = magma::api::Server::Start(options);
   if (!server.ok()) return Fail(server.status());
   MAGMA_LOG_INFO("listening on port {} (health NOT_SERVING while the model loads)",
@@ -104,19 +97,12 @@ int main(int argc, char** argv) {
     std::_Exit(1);
   }).detach();
 
-  magma::model::LoadOptions load_options;
-  load_options.dtype = config.model().dtype();
-  load_options.vision_dtype = config.model().vision_dtype();
-  load_options.prefault = config.model().prefault();
-  auto model = magma::model::MagmaModel::Load(config.model().dir(), load_options);
-  if (!model.ok()) {
+  auto loaded_backend = magma::app::LoadBackend(config);
+  if (!loaded_backend.ok()) {
     (*server)->Shutdown(absl::ZeroDuration());
-    return Fail(model.status());
+    return Fail(loaded_backend.status());
   }
-  (*server)->SetReady(magma::api::ServingInfo{
-      (*model)->name(), (*model)->architecture(), config.model().dtype(), (*model)->vocab_size(),
-      (*model)->max_context_tokens(), (*model)->num_parameters(), (*model)->crop_size(),
-      (*model)->max_crops()});
+  (*server)->SetReady(loaded_backend->backend);
   loaded.store(true);
   MAGMA_LOG_INFO("model loaded; SERVING");
 
@@ -124,6 +110,9 @@ int main(int argc, char** argv) {
   const absl::Duration drain = absl::Milliseconds(config.drain_deadline_ms());
   MAGMA_LOG_INFO("draining: in-flight calls have {} ms", config.drain_deadline_ms());
   (*server)->Shutdown(drain);
+  // The engine (held by the backend and the server) goes before the model.
+  loaded_backend->backend.reset();
+  server->reset();
   MAGMA_LOG_INFO("stopped");
   return 0;
 }

@@ -10,23 +10,17 @@
 #include <gtest/gtest.h>
 
 #include "testing/server_fixture.h"
+#include "testing/tiny_model.h"
 
 namespace magma {
 namespace {
 
 using ::testing::Contains;
 
-api::ServingInfo TinyInfo() {
-  api::ServingInfo info;
-  info.model_name = "magma-tiny-a";
-  info.architecture = "MagmaForCausalLM";
-  info.dtype = "float32";
-  info.vocab_size = 512;
-  info.max_context_tokens = 2048;
-  info.num_parameters = 425168;
-  info.image_crop_size = 64;
-  info.max_crops_per_image = 4;
-  return info;
+// A random tiny model with its tokenizer, loaded once for the suite.
+std::shared_ptr<api::Backend> TinyInfo() {
+  static testing::TinyModel* model = new testing::TinyModel();
+  return model->backend();
 }
 
 grpc::Status CallGetModelInfo(testing::ServerFixture& f, v1::ModelInfo* out) {
@@ -49,9 +43,13 @@ TEST(ServerTest, HealthFollowsLoadingServingDraining) {
   EXPECT_EQ(f.HealthStatus(), "SERVING");
   EXPECT_EQ(f.HealthStatus("magma.v1.AgentService"), "SERVING");
   ASSERT_TRUE(CallGetModelInfo(f, &info).ok());
-  EXPECT_EQ(info.model_name(), "magma-tiny-a");
+  EXPECT_EQ(info.model_name(), "model");
+  EXPECT_EQ(info.architecture(), "MagmaForCausalLM");
   EXPECT_EQ(info.vocab_size(), 512);
   EXPECT_EQ(info.image_crop_size(), 64);
+  EXPECT_EQ(info.image_tokens_per_crop(), 6);
+  EXPECT_EQ(info.chat_format(), "llama3");
+  EXPECT_EQ(info.limits().max_image_bytes(), 16 << 20);
   EXPECT_FALSE(info.server_version().empty());
 
   f.server().BeginDrain();
@@ -125,7 +123,7 @@ TEST(ServerTest, ReflectionDescribesEnoughToCallWithoutProtoFiles) {
   ASSERT_TRUE(response->ParseFromString(reply));
   const auto* field = method->output_type()->FindFieldByName("model_name");
   ASSERT_NE(field, nullptr);
-  EXPECT_EQ(response->GetReflection()->GetString(*response, field), "magma-tiny-a");
+  EXPECT_EQ(response->GetReflection()->GetString(*response, field), "model");
 }
 
 TEST(ServerTest, RequestOverReceiveLimitIsResourceExhausted) {

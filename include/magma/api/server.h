@@ -1,9 +1,11 @@
 // The gRPC front of magma-serve: health, reflection and magma.v1.AgentService
-// on one listening port.
+// on one listening port. The RPC layer only validates, converts protos to
+// domain requests (agent tasks) and submits them to the engine; status codes
+// are made in one place (status.cc).
 //
 // Life cycle, driven by the process (main) from one thread:
-//   Start() -> NOT_SERVING (calls get UNAVAILABLE while the model loads)
-//   SetReady() -> SERVING
+//   Start() -> NOT_SERVING (model calls get UNAVAILABLE while the model loads)
+//   SetReady(backend) -> SERVING
 //   BeginDrain() -> NOT_SERVING (new calls get UNAVAILABLE)
 //   Shutdown(deadline) -> stop accepting, in-flight calls finish or are
 //   cancelled at the deadline.
@@ -16,8 +18,21 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "magma/agent/tasks.h"
+#include "magma/engine/engine.h"
 
 namespace magma::api {
+
+// Limits checked at the edge, before any work. All reported by GetModelInfo.
+struct Limits {
+  int64_t max_image_bytes = 16 << 20;       // one encoded image
+  int64_t max_image_pixels = 4096 * 4096;   // width * height, from the header
+  int32_t max_images_per_request = 4;
+  int32_t max_elements = 300;               // Click candidate elements
+  int32_t max_tokens = 2048;                // largest max_tokens
+  int32_t max_stop_strings = 8;
+  int32_t max_choices = 256;
+};
 
 struct ServerOptions {
   // host:port to listen on; port 0 picks a free port (see Server::port()).
@@ -33,6 +48,16 @@ struct ServerOptions {
   int64_t keepalive_timeout_ms = 20000;
   // Accept client pings on connections without calls.
   bool keepalive_permit_without_calls = true;
+  // Threads that decode images, draw overlays and tokenize (never the model
+  // thread). Default 2.
+  int worker_threads = 2;
+  // When non-empty, AgentService calls need "authorization: Bearer <token>";
+  // health and reflection stay open.
+  std::string bearer_token;
+  // PEM files for TLS; both empty = plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  Limits limits;
 };
 
 // What GetModelInfo reports once the model is loaded.
@@ -45,6 +70,16 @@ struct ServingInfo {
   int64_t num_parameters = 0;
   int32_t image_crop_size = 0;
   int32_t max_crops_per_image = 0;
+  int32_t image_tokens_per_crop = 0;
+  int32_t max_queue = 0;
+  int32_t max_batch = 0;
+};
+
+// Everything the model calls need, handed over once the model is loaded.
+struct Backend {
+  std::unique_ptr<engine::Engine> engine;
+  agent::TaskContext tasks;
+  ServingInfo info;
 };
 
 // Version string of this build, e.g. "0.1.0".
@@ -53,7 +88,8 @@ const char* ServerVersion();
 class Server {
  public:
   // Binds and starts serving health (NOT_SERVING) and reflection. Errors:
-  // UNAVAILABLE when the address cannot be bound.
+  // UNAVAILABLE when the address cannot be bound, INVALID_ARGUMENT for
+  // unreadable TLS files.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
 
   ~Server();
@@ -63,8 +99,8 @@ class Server {
   // The bound port (the chosen one when options.listen ended in ":0").
   int port() const;
 
-  // Marks the server SERVING with `info`. Thread-safe.
-  void SetReady(ServingInfo info);
+  // Installs the backend and marks the server SERVING. Thread-safe.
+  void SetReady(std::shared_ptr<Backend> backend);
 
   // Marks the server NOT_SERVING; new AgentService calls get UNAVAILABLE.
   // Thread-safe, idempotent.

@@ -65,6 +65,9 @@ class Tokenizer {
   virtual bool IsSpecial(int32_t id) const = 0;
 
   virtual int32_t vocab_size() const = 0;
+  // Size of the base vocabulary, without added tokens (Llama-3: 128000).
+  // Robot action tokens are counted down from here.
+  virtual int32_t base_vocab_size() const = 0;
   virtual const SpecialIds& special_ids() const = 0;
   // "bpe" or "sentencepiece".
   virtual const char* kind() const = 0;
