@@ -1,12 +1,16 @@
 #include "magma/api/server.h"
 
 #include <fstream>
+#include <thread>
+
+#include <httplib.h>
 #include <iterator>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "magma/util/logging.h"
 #include "service.h"
@@ -28,11 +32,43 @@ const char* ServerVersion() { return MAGMA_VERSION; }
 
 class Server::Impl {
  public:
-  explicit Impl(const ServerOptions& options) : service(options, &state) {}
+  explicit Impl(const ServerOptions& options) : service(options, &state, &metrics) {}
+  ~Impl() { StopMetrics(); }
+  Metrics metrics;
   ServiceState state;
   AgentServiceImpl service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
+  std::unique_ptr<httplib::Server> http;
+  std::thread http_thread;
+  int metrics_port = 0;
+
+  absl::Status StartMetrics(const std::string& listen) {
+    const size_t colon = listen.rfind(':');
+    int requested = -1;
+    if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &requested) || requested < 0 ||
+        requested > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("metrics address '", listen, "' is not host:port"));
+    }
+    const std::string host = listen.substr(0, colon);
+    http = std::make_unique<httplib::Server>();
+    http->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      std::shared_ptr<Backend> backend = state.backend();
+      engine::EngineStats stats;
+      if (backend && backend->engine) stats = backend->engine->Stats();
+      res.set_content(metrics.Render(backend && backend->engine ? &stats : nullptr), "text/plain; version=0.0.4");
+    });
+    metrics_port = requested == 0 ? http->bind_to_any_port(host) : (http->bind_to_port(host, requested) ? requested : -1);
+    if (metrics_port <= 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen for metrics on '", listen, "'"));
+    }
+    http_thread = std::thread([this] { http->listen_after_bind(); });
+    return absl::OkStatus();
+  }
+  void StopMetrics() {
+    if (http) http->stop();
+    if (http_thread.joinable()) http_thread.join();
+  }
 
   void SetHealth(bool serving) {
     auto* health = server->GetHealthCheckService();
@@ -77,6 +113,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "' (address in use or invalid)"));
   }
   impl->SetHealth(false);
+  if (!options.metrics_listen.empty()) {
+    if (auto s = impl->StartMetrics(options.metrics_listen); !s.ok()) {
+      impl->server->Shutdown(std::chrono::system_clock::now());
+      return s;
+    }
+  }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
@@ -87,6 +129,8 @@ Server::~Server() {
 }
 
 int Server::port() const { return impl_->port; }
+
+int Server::metrics_port() const { return impl_->metrics_port; }
 
 void Server::SetReady(std::shared_ptr<Backend> backend) {
   impl_->state.SetReady(std::move(backend));
@@ -102,6 +146,7 @@ void Server::Shutdown(absl::Duration deadline) {
   BeginDrain();
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
   impl_->server->Wait();
+  impl_->StopMetrics();
 }
 
 }  // namespace magma::api

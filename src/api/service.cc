@@ -25,7 +25,8 @@ namespace tk = magma::tokenizer;
 // cancellation is forwarded to the engine request.
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
-  explicit UnaryCall(grpc::CallbackServerContext* ctx) : received_(absl::Now()) {
+  UnaryCall(grpc::CallbackServerContext* ctx, const char* method, Metrics* metrics)
+      : received_(absl::Now()), method_(method), metrics_(metrics) {
     const auto d = ctx->deadline();
     if (d < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) deadline_ = absl::FromChrono(d);
   }
@@ -34,7 +35,15 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     handle_ = std::move(h);
     if (cancelled_) handle_->Cancel();
   }
-  void Done(const absl::Status& s) { Finish(ToGrpcStatus(s)); }
+  void Done(const absl::Status& s) {
+    if (metrics_ != nullptr) {
+      metrics_->RecordCall(method_, absl::StatusCodeToString(s.code()), absl::ToDoubleSeconds(absl::Now() - received_));
+    }
+    Finish(ToGrpcStatus(s));
+  }
+  void Generated(const engine::Timings& t) {
+    if (metrics_ != nullptr) metrics_->RecordGeneration(t);
+  }
   void OnCancel() override {
     std::lock_guard<std::mutex> lock(mu_);
     cancelled_ = true;
@@ -50,12 +59,14 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   bool cancelled_ = false;                         // guarded by mu_
   absl::Time received_;
   absl::Time deadline_ = absl::InfiniteFuture();
+  const char* method_;
+  Metrics* metrics_;
 };
 
 // GenerateStream: one message per delta, written one at a time.
 class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
  public:
-  explicit StreamCall(grpc::CallbackServerContext* ctx) : received_(absl::Now()) {
+  StreamCall(grpc::CallbackServerContext* ctx, Metrics* metrics) : received_(absl::Now()), metrics_(metrics) {
     const auto d = ctx->deadline();
     if (d < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) deadline_ = absl::FromChrono(d);
   }
@@ -73,6 +84,10 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamRespo
   }
   // Ends the call after the queued messages.
   void End(const absl::Status& s) {
+    if (metrics_ != nullptr) {
+      metrics_->RecordCall("GenerateStream", absl::StatusCodeToString(s.code()),
+                           absl::ToDoubleSeconds(absl::Now() - received_));
+    }
     std::lock_guard<std::mutex> lock(mu_);
     end_ = ToGrpcStatus(s);
     ended_ = true;
@@ -118,6 +133,12 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamRespo
   grpc::Status end_;
   absl::Time received_;
   absl::Time deadline_ = absl::InfiniteFuture();
+  Metrics* metrics_;
+
+ public:
+  void Generated(const engine::Timings& t) {
+    if (metrics_ != nullptr) metrics_->RecordGeneration(t);
+  }
 };
 
 // ------------------------------------------------------------ conversions
@@ -256,6 +277,11 @@ void ServiceState::SetDraining() {
   if (backend_ && backend_->engine) backend_->engine->Shutdown();
 }
 
+std::shared_ptr<Backend> ServiceState::backend() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return backend_;
+}
+
 bool ServiceState::draining() const {
   std::lock_guard<std::mutex> lock(mu_);
   return phase_ == Phase::kDraining;
@@ -273,8 +299,9 @@ absl::StatusOr<std::shared_ptr<Backend>> ServiceState::Get() const {
 
 // ------------------------------------------------------------ service
 
-AgentServiceImpl::AgentServiceImpl(const ServerOptions& options, const ServiceState* state)
-    : options_(options), state_(state), workers_(std::make_unique<ThreadPool>(options.worker_threads)) {}
+AgentServiceImpl::AgentServiceImpl(const ServerOptions& options, const ServiceState* state, Metrics* metrics)
+    : options_(options), state_(state), metrics_(metrics),
+      workers_(std::make_unique<ThreadPool>(options.worker_threads)) {}
 
 AgentServiceImpl::~AgentServiceImpl() = default;
 
@@ -303,7 +330,7 @@ absl::Status AgentServiceImpl::Authorize(grpc::CallbackServerContext* ctx) const
 
 grpc::ServerUnaryReactor* AgentServiceImpl::GetModelInfo(grpc::CallbackServerContext* ctx,
                                                          const v1::GetModelInfoRequest*, v1::ModelInfo* out) {
-  auto* call = new UnaryCall(ctx);
+  auto* call = new UnaryCall(ctx, "GetModelInfo", metrics_);
   MAGMA_BEGIN_CALL(call, ctx);
   const ServingInfo& info = backend->info;
   out->set_model_name(info.model_name);
@@ -385,7 +412,7 @@ absl::StatusOr<engine::GenerationRequest> BuildTextRequest(const v1::GenerateReq
 
 grpc::ServerUnaryReactor* AgentServiceImpl::Generate(grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req,
                                                      v1::GenerateResponse* resp) {
-  auto* call = new UnaryCall(ctx);
+  auto* call = new UnaryCall(ctx, "Generate", metrics_);
   MAGMA_BEGIN_CALL(call, ctx);
   workers_->Post([this, call, req, resp, backend] {
     auto r = BuildTextRequest(*req, *backend, options_.limits, call->deadline(), call->received());
@@ -393,6 +420,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Generate(grpc::CallbackServerContext
     const bool tokens = req->return_tokens(), top = req->top_logprobs() > 0;
     engine::RequestCallbacks cb;
     cb.on_done = [call, resp, backend, tokens, top](engine::GenerationResult result) {
+      call->Generated(result.timings);
       if (!result.status.ok()) return call->Done(result.status);
       resp->set_text(result.text);
       resp->set_finish_reason(ToProto(result.finish_reason));
@@ -410,7 +438,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Generate(grpc::CallbackServerContext
 
 grpc::ServerWriteReactor<v1::GenerateStreamResponse>* AgentServiceImpl::GenerateStream(
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req) {
-  auto* call = new StreamCall(ctx);
+  auto* call = new StreamCall(ctx, metrics_);
   if (auto auth = Authorize(ctx); !auth.ok()) {
     call->End(auth);
     return call;
@@ -442,6 +470,7 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* AgentServiceImpl::Generate
       call->Send(std::move(msg));
     };
     cb.on_done = [call, backend, tokens, top, id](engine::GenerationResult result) {
+      call->Generated(result.timings);
       if (!result.status.ok()) return call->End(result.status);
       v1::GenerateStreamResponse last;
       last.set_finish_reason(ToProto(result.finish_reason));
@@ -460,7 +489,7 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* AgentServiceImpl::Generate
 
 grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* ctx, const v1::ClickRequest* req,
                                                   v1::ClickResponse* resp) {
-  auto* call = new UnaryCall(ctx);
+  auto* call = new UnaryCall(ctx, "Click", metrics_);
   MAGMA_BEGIN_CALL(call, ctx);
   workers_->Post([this, call, req, resp, backend] {
     const Limits& limits = options_.limits;
@@ -519,6 +548,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
     r.preprocess_time = absl::Now() - call->received();
     engine::RequestCallbacks cb;
     cb.on_done = [call, resp, p](engine::GenerationResult result) {
+      call->Generated(result.timings);
       if (!result.status.ok()) return call->Done(result.status);
       resp->set_raw_text(result.text);
       resp->set_logprob(SumLogprob(result));
@@ -556,7 +586,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
 
 grpc::ServerUnaryReactor* AgentServiceImpl::Act(grpc::CallbackServerContext* ctx, const v1::ActRequest* req,
                                                 v1::ActResponse* resp) {
-  auto* call = new UnaryCall(ctx);
+  auto* call = new UnaryCall(ctx, "Act", metrics_);
   resp->set_received_unix_ns(absl::ToUnixNanos(call->received()));
   MAGMA_BEGIN_CALL(call, ctx);
   workers_->Post([this, call, req, resp, backend] {
@@ -585,6 +615,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Act(grpc::CallbackServerContext* ctx
     r.preprocess_time = absl::Now() - call->received();
     engine::RequestCallbacks cb;
     cb.on_done = [call, resp, p, backend](engine::GenerationResult result) {
+      call->Generated(result.timings);
       if (!result.status.ok()) return call->Done(result.status);
       auto out = agent::FinishAct(backend->tasks, *p, result);
       if (!out.ok()) return call->Done(out.status());
@@ -607,7 +638,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Act(grpc::CallbackServerContext* ctx
 
 grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* ctx, const v1::TraceRequest* req,
                                                   v1::TraceResponse* resp) {
-  auto* call = new UnaryCall(ctx);
+  auto* call = new UnaryCall(ctx, "Trace", metrics_);
   MAGMA_BEGIN_CALL(call, ctx);
   workers_->Post([this, call, req, resp, backend] {
     if (req->instruction().empty()) return call->Done(absl::InvalidArgumentError("instruction is empty"));
@@ -642,6 +673,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
     const bool overlay = req->return_overlay();
     engine::RequestCallbacks cb;
     cb.on_done = [call, resp, p, overlay](engine::GenerationResult result) {
+      call->Generated(result.timings);
       if (!result.status.ok()) return call->Done(result.status);
       resp->set_raw_text(result.text);
       FillTimings(result.timings, call->received(), resp->mutable_timings());
@@ -696,7 +728,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* AgentServiceImpl::RenderOverlay(grpc::CallbackServerContext* ctx,
                                                           const v1::RenderOverlayRequest* req,
                                                           v1::RenderOverlayResponse* resp) {
-  auto* call = new UnaryCall(ctx);
+  auto* call = new UnaryCall(ctx, "RenderOverlay", metrics_);
   if (auto auth = Authorize(ctx); !auth.ok()) {
     call->Done(auth);
     return call;

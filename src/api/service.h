@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "magma/api/server.h"
+#include "metrics.h"
 #include "magma/util/thread_pool.h"
 #include "magma/v1/agent.grpc.pb.h"
 
@@ -20,6 +21,8 @@ class ServiceState {
   void SetDraining();
   // The backend when serving; else UNAVAILABLE saying why.
   absl::StatusOr<std::shared_ptr<Backend>> Get() const;
+  // The backend whatever the phase (null while loading).
+  std::shared_ptr<Backend> backend() const;
   bool draining() const;
 
  private:
@@ -30,7 +33,8 @@ class ServiceState {
 
 class AgentServiceImpl final : public v1::AgentService::CallbackService {
  public:
-  AgentServiceImpl(const ServerOptions& options, const ServiceState* state);
+  // `metrics` (not owned) outlives the service.
+  AgentServiceImpl(const ServerOptions& options, const ServiceState* state, Metrics* metrics);
   ~AgentServiceImpl() override;
 
   grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* ctx, const v1::GenerateRequest* req,
@@ -52,6 +56,7 @@ class AgentServiceImpl final : public v1::AgentService::CallbackService {
   absl::Status Authorize(grpc::CallbackServerContext* ctx) const;
   const ServerOptions options_;
   const ServiceState* state_;
+  Metrics* metrics_;
   std::unique_ptr<ThreadPool> workers_;
 };
 

@@ -23,6 +23,7 @@ api::ServerOptions ServerOptionsFrom(const config::ServerConfig& c) {
   o.bearer_token = c.security().bearer_token();
   o.tls_cert_file = c.security().tls_cert_file();
   o.tls_key_file = c.security().tls_key_file();
+  o.metrics_listen = c.metrics_listen();
   o.limits.max_image_bytes = c.limits().max_image_bytes();
   o.limits.max_image_pixels = c.limits().max_image_pixels();
   o.limits.max_images_per_request = c.limits().max_images_per_request();

@@ -57,6 +57,9 @@ struct ServerOptions {
   // PEM files for TLS; both empty = plaintext.
   std::string tls_cert_file;
   std::string tls_key_file;
+  // host:port of the Prometheus endpoint (GET /metrics); port 0 picks a free
+  // port; empty = no endpoint. Default "" .
+  std::string metrics_listen;
   Limits limits;
 };
 
@@ -88,8 +91,8 @@ const char* ServerVersion();
 class Server {
  public:
   // Binds and starts serving health (NOT_SERVING) and reflection. Errors:
-  // UNAVAILABLE when the address cannot be bound, INVALID_ARGUMENT for
-  // unreadable TLS files.
+  // UNAVAILABLE when an address cannot be bound, INVALID_ARGUMENT for
+  // unreadable TLS files or a malformed metrics address.
   static absl::StatusOr<std::unique_ptr<Server>> Start(const ServerOptions& options);
 
   ~Server();
@@ -98,6 +101,8 @@ class Server {
 
   // The bound port (the chosen one when options.listen ended in ":0").
   int port() const;
+  // The metrics port, or 0 without an endpoint.
+  int metrics_port() const;
 
   // Installs the backend and marks the server SERVING. Thread-safe.
   void SetReady(std::shared_ptr<Backend> backend);

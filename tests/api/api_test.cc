@@ -1,0 +1,600 @@
+// Every RPC of magma.v1.AgentService against an in-process server running a
+// random tiny model: success paths, every edge status code, streaming with
+// cancellation, auth, and concurrent mixed calls.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "testing/server_fixture.h"
+#include "testing/tiny_model.h"
+
+namespace magma {
+namespace {
+
+constexpr char kStats[] = R"({"bridge": {"action": {"q01": [-1, -2, -3, -0.5, -0.5, -0.5, 0],
+                                                    "q99": [1, 2, 3, 0.5, 0.5, 0.5, 1],
+                                                    "mask": [true, true, true, true, true, true, false]}},
+                              "fractal": {"action": {"q01": [0,0,0,0,0,0,0], "q99": [1,1,1,1,1,1,1]}}})";
+
+testing::TinyModel& Model() {
+  static testing::TinyModel* m = new testing::TinyModel(kStats);
+  return *m;
+}
+
+std::string Png(int w, int h, cv::Scalar color = cv::Scalar(200, 100, 50)) {
+  cv::Mat m(h, w, CV_8UC3, color);
+  cv::rectangle(m, cv::Rect(w / 4, h / 4, w / 3, h / 5), cv::Scalar(20, 200, 20), cv::FILLED);
+  std::vector<uchar> out;
+  cv::imencode(".png", m, out);
+  return std::string(out.begin(), out.end());
+}
+
+v1::Image Image(const std::string& png) {
+  v1::Image i;
+  i.set_encoded(png);
+  return i;
+}
+
+class ApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start({}); }
+  void Start(api::ServerOptions options) {
+    fixture_ = std::make_unique<testing::ServerFixture>(options);
+    fixture_->server().SetReady(Model().backend());
+    stub_ = v1::AgentService::NewStub(fixture_->channel());
+  }
+  std::unique_ptr<grpc::ClientContext> Ctx(int seconds = 60) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+    return ctx;
+  }
+  std::unique_ptr<testing::ServerFixture> fixture_;
+  std::unique_ptr<v1::AgentService::Stub> stub_;
+};
+
+// ------------------------------------------------------------ Generate
+
+TEST_F(ApiTest, GenerateAnswersAndCountsTokens) {
+  v1::GenerateRequest req;
+  req.set_prompt("What color is the box?");
+  *req.add_images() = Image(Png(120, 80));
+  req.set_max_tokens(6);
+  req.mutable_sampling()->set_temperature(0);
+  req.set_return_tokens(true);
+  req.set_top_logprobs(3);
+  v1::GenerateResponse resp;
+  auto ctx = Ctx();
+  grpc::Status st = stub_->Generate(ctx.get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.finish_reason() == v1::LENGTH || resp.finish_reason() == v1::STOP, true);
+  EXPECT_GE(resp.timings().prompt_tokens(), 30);  // chat template + 2x2 crops of image positions
+  EXPECT_LE(resp.tokens_size(), 6);
+  EXPECT_EQ(resp.timings().output_tokens(), resp.tokens_size());
+  for (const auto& t : resp.tokens()) {
+    EXPECT_LE(t.logprob(), 0);
+    EXPECT_EQ(t.top_size(), 3);
+    EXPECT_GE(t.top(0).logprob(), t.logprob());  // the top alternative is at least as likely
+  }
+  EXPECT_FALSE(resp.request_id().empty());
+}
+
+TEST_F(ApiTest, GenerateChoicesConstrainTheAnswer) {
+  v1::GenerateRequest req;
+  req.set_prompt("Is it red?");
+  req.add_choices("yes");
+  req.add_choices("no");
+  v1::GenerateResponse resp;
+  auto ctx = Ctx();
+  ASSERT_TRUE(stub_->Generate(ctx.get(), req, &resp).ok());
+  EXPECT_TRUE(resp.text() == "yes" || resp.text() == "no") << resp.text();
+  EXPECT_EQ(resp.finish_reason(), v1::GRAMMAR);
+}
+
+TEST_F(ApiTest, SameSeedSameText) {
+  v1::GenerateRequest req;
+  req.set_prompt("Tell me something");
+  req.set_max_tokens(12);
+  req.mutable_sampling()->set_seed(1234);
+  std::string first;
+  for (int i = 0; i < 2; ++i) {
+    v1::GenerateResponse resp;
+    auto ctx = Ctx();
+    ASSERT_TRUE(stub_->Generate(ctx.get(), req, &resp).ok());
+    if (i == 0) first = resp.text();
+    EXPECT_EQ(resp.text(), first);
+  }
+}
+
+struct BadGenerate {
+  const char* name;
+  std::function<void(v1::GenerateRequest*)> edit;
+  grpc::StatusCode code;
+  const char* message;
+};
+
+void PrintTo(const BadGenerate& b, std::ostream* os) { *os << b.name; }
+
+class GenerateErrorTest : public ApiTest, public ::testing::WithParamInterface<BadGenerate> {};
+
+TEST_P(GenerateErrorTest, PreciseStatus) {
+  v1::GenerateRequest req;
+  req.set_prompt("hi");
+  GetParam().edit(&req);
+  v1::GenerateResponse resp;
+  auto ctx = Ctx();
+  grpc::Status st = stub_->Generate(ctx.get(), req, &resp);
+  EXPECT_EQ(st.error_code(), GetParam().code) << st.error_message();
+  EXPECT_NE(st.error_message().find(GetParam().message), std::string::npos) << st.error_message();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, GenerateErrorTest,
+    ::testing::Values(
+        BadGenerate{"EmptyPrompt", [](auto* r) { r->clear_prompt(); }, grpc::INVALID_ARGUMENT, "prompt is empty"},
+        BadGenerate{"PromptAndMessages",
+                    [](auto* r) {
+                      auto* m = r->add_messages();
+                      m->set_role("user");
+                      m->set_content("x");
+                    },
+                    grpc::INVALID_ARGUMENT, "either prompt or messages"},
+        BadGenerate{"BadRole",
+                    [](auto* r) {
+                      r->clear_prompt();
+                      auto* m = r->add_messages();
+                      m->set_role("robot");
+                      m->set_content("x");
+                    },
+                    grpc::INVALID_ARGUMENT, "role"},
+        BadGenerate{"NegativeTemperature", [](auto* r) { r->mutable_sampling()->set_temperature(-1); },
+                    grpc::INVALID_ARGUMENT, "temperature"},
+        BadGenerate{"TopPZero", [](auto* r) { r->mutable_sampling()->set_top_p(0); }, grpc::INVALID_ARGUMENT, "top_p"},
+        BadGenerate{"NaNTopP", [](auto* r) { r->mutable_sampling()->set_top_p(std::nanf("")); },
+                    grpc::INVALID_ARGUMENT, "top_p"},
+        BadGenerate{"TooManyTokens", [](auto* r) { r->set_max_tokens(100000); }, grpc::RESOURCE_EXHAUSTED,
+                    "max_tokens"},
+        BadGenerate{"OverContext", [](auto* r) { r->set_max_tokens(2000); r->set_prompt(std::string(3000, 'x')); },
+                    grpc::RESOURCE_EXHAUSTED, "context"},
+        BadGenerate{"UndecodableImage", [](auto* r) { r->add_images()->set_encoded("not an image at all"); },
+                    grpc::INVALID_ARGUMENT, "images[0]"},
+        BadGenerate{"NoImageSource", [](auto* r) { r->add_images(); }, grpc::INVALID_ARGUMENT, "no image"},
+        BadGenerate{"RawSizeMismatch",
+                    [](auto* r) {
+                      auto* raw = r->add_images()->mutable_raw();
+                      raw->set_width(4);
+                      raw->set_height(4);
+                      raw->set_rgb(std::string(10, 'a'));
+                    },
+                    grpc::INVALID_ARGUMENT, "raw rgb"},
+        BadGenerate{"HugeImageFromHeader",
+                    [](auto* r) {
+                      // A PNG header claiming 100000 x 100000 pixels; never decoded.
+                      std::string png = Png(8, 8);
+                      const unsigned char dims[8] = {0, 1, 0x86, 0xA0, 0, 1, 0x86, 0xA0};
+                      png.replace(16, 8, reinterpret_cast<const char*>(dims), 8);
+                      r->add_images()->set_encoded(png);
+                    },
+                    grpc::RESOURCE_EXHAUSTED, "100000x100000"},
+        BadGenerate{"TooManyImages",
+                    [](auto* r) {
+                      for (int i = 0; i < 5; ++i) r->add_images()->set_encoded(Png(8, 8));
+                    },
+                    grpc::RESOURCE_EXHAUSTED, "images"},
+        BadGenerate{"TopLogprobs", [](auto* r) { r->set_top_logprobs(50); }, grpc::INVALID_ARGUMENT, "top_logprobs"},
+        BadGenerate{"EmptyChoice", [](auto* r) { r->add_choices(""); }, grpc::INVALID_ARGUMENT, "choice"}),
+    [](const ::testing::TestParamInfo<BadGenerate>& info) { return info.param.name; });
+
+TEST_F(ApiTest, ClientDeadlinePropagates) {
+  v1::GenerateRequest req;
+  req.set_prompt("Go on forever");
+  req.set_max_tokens(950);
+  req.mutable_sampling()->set_temperature(1);
+  v1::GenerateResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(20));
+  grpc::Status st = stub_->Generate(&ctx, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::DEADLINE_EXCEEDED);
+}
+
+// ------------------------------------------------------------ streaming
+
+TEST_F(ApiTest, StreamDeltasAddUpToTheUnaryAnswer) {
+  v1::GenerateRequest req;
+  req.set_prompt("Describe the scene");
+  req.set_max_tokens(16);
+  req.mutable_sampling()->set_temperature(0);
+  v1::GenerateResponse unary;
+  auto c1 = Ctx();
+  ASSERT_TRUE(stub_->Generate(c1.get(), req, &unary).ok());
+  auto c2 = Ctx();
+  auto reader = stub_->GenerateStream(c2.get(), req);
+  v1::GenerateStreamResponse msg;
+  std::string text;
+  int messages = 0;
+  v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
+  while (reader->Read(&msg)) {
+    text += msg.text_delta();
+    ++messages;
+    if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) reason = msg.finish_reason();
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(text, unary.text());
+  EXPECT_EQ(reason, unary.finish_reason());
+  EXPECT_GE(messages, 2);
+}
+
+TEST_F(ApiTest, CancellingAStreamFreesTheEngine) {
+  v1::GenerateRequest req;
+  req.set_prompt("Keep talking");
+  req.set_max_tokens(950);
+  grpc::ClientContext ctx;
+  auto reader = stub_->GenerateStream(&ctx, req);
+  v1::GenerateStreamResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  ASSERT_TRUE(reader->Read(&msg));
+  ctx.TryCancel();
+  while (reader->Read(&msg)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::CANCELLED);
+  // The request leaves the batch: a new call gets served promptly.
+  v1::GenerateRequest small;
+  small.set_prompt("hi");
+  small.set_max_tokens(2);
+  v1::GenerateResponse resp;
+  auto c = Ctx(30);
+  EXPECT_TRUE(stub_->Generate(c.get(), small, &resp).ok());
+}
+
+// ------------------------------------------------------------ Click
+
+v1::ClickRequest ClickWithElements() {
+  v1::ClickRequest req;
+  *req.mutable_screenshot() = Image(Png(320, 200));
+  req.set_instruction("open the settings");
+  const double boxes[3][4] = {{10, 10, 60, 40}, {100, 20, 180, 60}, {200, 120, 300, 190}};
+  for (const auto& b : boxes) {
+    auto* e = req.add_elements();
+    e->mutable_box()->set_x1(b[0]);
+    e->mutable_box()->set_y1(b[1]);
+    e->mutable_box()->set_x2(b[2]);
+    e->mutable_box()->set_y2(b[3]);
+    e->set_type("button");
+  }
+  return req;
+}
+
+TEST_F(ApiTest, ClickResolvesAMarkToOriginalPixels) {
+  v1::ClickRequest req = ClickWithElements();
+  req.set_mark_base(1);
+  req.set_return_som_image(true);
+  v1::ClickResponse resp;
+  auto ctx = Ctx();
+  ASSERT_TRUE(stub_->Click(ctx.get(), req, &resp).ok());
+  ASSERT_TRUE(resp.found()) << resp.raw_text();
+  EXPECT_EQ(resp.rule(), v1::MARK);
+  ASSERT_GE(resp.mark(), 1);
+  ASSERT_LE(resp.mark(), 3);
+  const auto& b = req.elements(resp.mark() - 1).box();
+  EXPECT_DOUBLE_EQ(resp.click_px().x(), (b.x1() + b.x2()) / 2);
+  EXPECT_DOUBLE_EQ(resp.click_px().y(), (b.y1() + b.y2()) / 2);
+  EXPECT_DOUBLE_EQ(resp.click_norm().x(), resp.click_px().x() / 320);
+  EXPECT_EQ(resp.raw_text(), "Mark: " + std::to_string(resp.mark()));
+  EXPECT_EQ(resp.element().type(), "button");
+  EXPECT_EQ(resp.candidates_size(), 3);
+  cv::Mat som = cv::imdecode(std::vector<uchar>(resp.som_image_png().begin(), resp.som_image_png().end()),
+                             cv::IMREAD_COLOR);
+  EXPECT_EQ(som.cols, 320);
+  EXPECT_EQ(som.rows, 200);
+}
+
+TEST_F(ApiTest, ClickProposesCandidatesWhenNoneAreSent) {
+  v1::ClickRequest req;
+  *req.mutable_screenshot() = Image(Png(320, 200));
+  req.set_instruction("click the green box");
+  v1::ClickResponse resp;
+  auto ctx = Ctx();
+  ASSERT_TRUE(stub_->Click(ctx.get(), req, &resp).ok());
+  ASSERT_GE(resp.candidates_size(), 1);
+  EXPECT_EQ(resp.candidates(0).type(), "proposed");
+}
+
+struct BadClick {
+  const char* name;
+  std::function<void(v1::ClickRequest*)> edit;
+  grpc::StatusCode code;
+  const char* message;
+};
+void PrintTo(const BadClick& b, std::ostream* os) { *os << b.name; }
+class ClickErrorTest : public ApiTest, public ::testing::WithParamInterface<BadClick> {};
+
+TEST_P(ClickErrorTest, PreciseStatus) {
+  v1::ClickRequest req = ClickWithElements();
+  GetParam().edit(&req);
+  v1::ClickResponse resp;
+  auto ctx = Ctx();
+  grpc::Status st = stub_->Click(ctx.get(), req, &resp);
+  EXPECT_EQ(st.error_code(), GetParam().code) << st.error_message();
+  EXPECT_NE(st.error_message().find(GetParam().message), std::string::npos) << st.error_message();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, ClickErrorTest,
+    ::testing::Values(
+        BadClick{"EmptyInstruction", [](auto* r) { r->clear_instruction(); }, grpc::INVALID_ARGUMENT, "instruction"},
+        BadClick{"NaNBox", [](auto* r) { r->mutable_elements(1)->mutable_box()->set_x2(std::nan("")); },
+                 grpc::INVALID_ARGUMENT, "elements[1].box"},
+        BadClick{"NegativeBox", [](auto* r) { r->mutable_elements(0)->mutable_box()->set_x1(-5); },
+                 grpc::INVALID_ARGUMENT, "negative"},
+        BadClick{"InvertedBox", [](auto* r) { r->mutable_elements(2)->mutable_box()->set_y1(500); },
+                 grpc::INVALID_ARGUMENT, "inverted"},
+        BadClick{"TooManyElements",
+                 [](auto* r) {
+                   for (int i = 0; i < 400; ++i) *r->add_elements() = r->elements(0);
+                 },
+                 grpc::RESOURCE_EXHAUSTED, "elements"},
+        BadClick{"UnknownStyle", [](auto* r) { r->set_mark_style(static_cast<v1::MarkStyle>(9)); },
+                 grpc::INVALID_ARGUMENT, "mark_style"},
+        BadClick{"NoScreenshot", [](auto* r) { r->clear_screenshot(); }, grpc::INVALID_ARGUMENT, "screenshot"}),
+    [](const ::testing::TestParamInfo<BadClick>& info) { return info.param.name; });
+
+// ------------------------------------------------------------ Act
+
+TEST_F(ApiTest, ActReturnsSevenDecodedAndUnnormalisedDimensions) {
+  v1::ActRequest req;
+  *req.mutable_image() = Image(Png(640, 480));
+  req.set_instruction("pick up the block");
+  req.set_unnorm_key("bridge");
+  req.mutable_sampling()->set_temperature(0);
+  v1::ActResponse resp;
+  auto ctx = Ctx();
+  grpc::Status st = stub_->Act(ctx.get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.action_token_ids_size(), 7);
+  ASSERT_EQ(resp.action_size(), 7);
+  const double q01[7] = {-1, -2, -3, -0.5, -0.5, -0.5, 0}, q99[7] = {1, 2, 3, 0.5, 0.5, 0.5, 1};
+  for (int d = 0; d < 7; ++d) {
+    // bins count down from the base vocabulary: bin = V - 1 - id, clipped to 0..254.
+    EXPECT_GE(resp.bins(d), 0);
+    EXPECT_LE(resp.bins(d), 254);
+    // centre of bin b of linspace(-1, 1, 256): -1 + (2b + 1) / 255.
+    EXPECT_NEAR(resp.normalized_action(d), -1.0 + (2.0 * resp.bins(d) + 1) / 255.0, 1e-12);
+    const double x = resp.normalized_action(d);
+    const double want = d < 6 ? 0.5 * (x + 1) * (q99[d] - q01[d]) + q01[d] : x;
+    EXPECT_NEAR(resp.action(d), want, 1e-12);
+  }
+  EXPECT_DOUBLE_EQ(resp.gripper(), resp.action(6));
+  EXPECT_GE(resp.completed_unix_ns(), resp.received_unix_ns());
+}
+
+TEST_F(ApiTest, ActErrors) {
+  v1::ActRequest req;
+  *req.mutable_image() = Image(Png(64, 64));
+  req.set_instruction("pick");
+  v1::ActResponse resp;
+  {
+    auto ctx = Ctx();
+    grpc::Status st = stub_->Act(ctx.get(), req, &resp);  // two datasets, no key
+    EXPECT_EQ(st.error_code(), grpc::FAILED_PRECONDITION);
+    EXPECT_NE(st.error_message().find("bridge"), std::string::npos) << st.error_message();
+  }
+  {
+    req.set_unnorm_key("nope");
+    auto ctx = Ctx();
+    grpc::Status st = stub_->Act(ctx.get(), req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::NOT_FOUND);
+    EXPECT_NE(st.error_message().find("fractal"), std::string::npos) << st.error_message();
+  }
+  {
+    req.clear_unnorm_key();
+    auto* s = req.mutable_statistics();
+    s->add_q01(0);
+    s->add_q99(1);
+    s->add_mask(true);
+    auto ctx = Ctx();
+    EXPECT_EQ(stub_->Act(ctx.get(), req, &resp).error_code(), grpc::INVALID_ARGUMENT);
+  }
+}
+
+// ------------------------------------------------------------ Trace
+
+TEST_F(ApiTest, TraceFormatsAreAlwaysParseable) {
+  for (auto format : {v1::MAGMA_TOM, v1::HAMSTER_PATH}) {
+    v1::TraceRequest req;
+    *req.mutable_image() = Image(Png(256, 128));
+    req.set_instruction("put the cup on the plate");
+    req.set_format(format);
+    auto* m = req.add_marks();
+    m->set_x(64);
+    m->set_y(32);
+    req.set_steps(4);
+    req.set_return_overlay(true);
+    v1::TraceResponse resp;
+    auto ctx = Ctx();
+    grpc::Status st = stub_->Trace(ctx.get(), req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_TRUE(resp.parse_error().empty()) << resp.parse_error() << " in " << resp.raw_text();
+    EXPECT_FALSE(resp.overlay_png().empty());
+    for (const auto& t : resp.traces()) {
+      EXPECT_LE(t.future_size(), 4);
+      for (const auto& p : t.future()) {
+        EXPECT_GE(p.px().x(), 0);
+        EXPECT_LT(p.px().x(), 256);
+        EXPECT_NEAR(p.norm().x(), p.px().x() / 256, 1e-9);
+      }
+    }
+    if (format == v1::HAMSTER_PATH) {
+      EXPECT_GE(resp.path_size(), 1) << resp.raw_text();
+      for (const auto& p : resp.path()) {
+        EXPECT_NEAR(p.px().x(), p.norm().x() * 256, 1e-9);
+        EXPECT_NEAR(p.px().y(), p.norm().y() * 128, 1e-9);
+      }
+    }
+  }
+}
+
+TEST_F(ApiTest, TraceErrors) {
+  v1::TraceRequest req;
+  *req.mutable_image() = Image(Png(64, 64));
+  req.set_instruction("go");
+  req.set_steps(500);
+  v1::TraceResponse resp;
+  auto ctx = Ctx();
+  EXPECT_EQ(stub_->Trace(ctx.get(), req, &resp).error_code(), grpc::INVALID_ARGUMENT);
+  req.set_steps(4);
+  req.add_marks()->set_x(std::nan(""));
+  auto ctx2 = Ctx();
+  EXPECT_EQ(stub_->Trace(ctx2.get(), req, &resp).error_code(), grpc::INVALID_ARGUMENT);
+}
+
+// ------------------------------------------------------------ RenderOverlay and info
+
+TEST_F(ApiTest, RenderOverlayWithoutTheModel) {
+  testing::ServerFixture loading;  // never made ready
+  auto stub = v1::AgentService::NewStub(loading.channel());
+  v1::RenderOverlayRequest req;
+  *req.mutable_image() = Image(Png(200, 100));
+  auto* b = req.mutable_som()->add_boxes();
+  b->set_x1(10);
+  b->set_y1(10);
+  b->set_x2(80);
+  b->set_y2(60);
+  v1::RenderOverlayResponse resp;
+  auto ctx = Ctx();
+  ASSERT_TRUE(stub->RenderOverlay(ctx.get(), req, &resp).ok());
+  EXPECT_EQ(resp.marks_size(), 1);
+  cv::Mat png = cv::imdecode(std::vector<uchar>(resp.png().begin(), resp.png().end()), cv::IMREAD_COLOR);
+  EXPECT_EQ(png.cols, 200);
+  req.mutable_path()->set_answer("<ans>[(0.1, 0.2), <action>Open Gripper</action>, (0.5, 0.5)]</ans>");
+  auto ctx2 = Ctx();
+  EXPECT_TRUE(stub->RenderOverlay(ctx2.get(), req, &resp).ok());
+  req.mutable_path()->set_answer("<ans>[(0.1, 0.2)");
+  auto ctx3 = Ctx();
+  EXPECT_EQ(stub->RenderOverlay(ctx3.get(), req, &resp).error_code(), grpc::INVALID_ARGUMENT);
+  req.clear_overlay();
+  auto ctx4 = Ctx();
+  EXPECT_EQ(stub->RenderOverlay(ctx4.get(), req, &resp).error_code(), grpc::INVALID_ARGUMENT);
+}
+
+TEST_F(ApiTest, ModelInfoListsTasksKeysAndLimits) {
+  v1::ModelInfo info;
+  auto ctx = Ctx();
+  ASSERT_TRUE(stub_->GetModelInfo(ctx.get(), {}, &info).ok());
+  EXPECT_EQ(info.max_context_tokens(), 1024);
+  EXPECT_EQ(info.dtype(), "float32");
+  EXPECT_EQ(std::vector<std::string>(info.unnorm_keys().begin(), info.unnorm_keys().end()),
+            (std::vector<std::string>{"bridge", "fractal"}));
+  EXPECT_EQ(info.tasks_size(), 4);
+  EXPECT_EQ(info.limits().max_batch(), 4);
+}
+
+// ------------------------------------------------------------ auth and concurrency
+
+TEST_F(ApiTest, BearerTokenGuardsTheServiceButNotHealth) {
+  api::ServerOptions options;
+  options.bearer_token = "s3cret";
+  Start(options);
+  v1::ModelInfo info;
+  auto c1 = Ctx();
+  grpc::Status st = stub_->GetModelInfo(c1.get(), {}, &info);
+  EXPECT_EQ(st.error_code(), grpc::UNAUTHENTICATED);
+  auto c2 = Ctx();
+  c2->AddMetadata("authorization", "Bearer wrong");
+  EXPECT_EQ(stub_->GetModelInfo(c2.get(), {}, &info).error_code(), grpc::UNAUTHENTICATED);
+  auto c3 = Ctx();
+  c3->AddMetadata("authorization", "Bearer s3cret");
+  EXPECT_TRUE(stub_->GetModelInfo(c3.get(), {}, &info).ok());
+  EXPECT_EQ(fixture_->HealthStatus(), "SERVING");
+}
+
+TEST_F(ApiTest, ConcurrentMixedCalls) {
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < 12; ++i) {
+    threads.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+      grpc::Status st;
+      if (i % 3 == 0) {
+        v1::GenerateRequest req;
+        req.set_prompt("hello " + std::to_string(i));
+        req.set_max_tokens(8);
+        v1::GenerateResponse resp;
+        st = stub_->Generate(&ctx, req, &resp);
+      } else if (i % 3 == 1) {
+        v1::ClickResponse resp;
+        st = stub_->Click(&ctx, ClickWithElements(), &resp);
+        if (st.ok() && !resp.found()) ++failures;
+      } else {
+        v1::ActRequest req;
+        *req.mutable_image() = Image(Png(100, 100));
+        req.set_instruction("push");
+        req.set_unnorm_key("fractal");
+        v1::ActResponse resp;
+        st = stub_->Act(&ctx, req, &resp);
+        if (st.ok() && resp.action_size() != 7) ++failures;
+      }
+      if (!st.ok()) ++failures;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+// GET http://127.0.0.1:port/path with a plain socket; returns the body.
+std::string HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
+  close(fd);
+  const size_t body = resp.find("\r\n\r\n");
+  return body == std::string::npos ? resp : resp.substr(body + 4);
+}
+
+TEST_F(ApiTest, PrometheusMetrics) {
+  api::ServerOptions options;
+  options.metrics_listen = "127.0.0.1:0";
+  Start(options);
+  ASSERT_GT(fixture_->server().metrics_port(), 0);
+  v1::GenerateRequest req;
+  req.set_prompt("count me");
+  req.set_max_tokens(3);
+  v1::GenerateResponse resp;
+  auto c1 = Ctx();
+  ASSERT_TRUE(stub_->Generate(c1.get(), req, &resp).ok());
+  req.clear_prompt();
+  auto c2 = Ctx();
+  ASSERT_EQ(stub_->Generate(c2.get(), req, &resp).error_code(), grpc::INVALID_ARGUMENT);
+  const std::string text = HttpGet(fixture_->server().metrics_port(), "/metrics");
+  EXPECT_NE(text.find("magma_requests_total{method=\"Generate\",code=\"OK\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("magma_requests_total{method=\"Generate\",code=\"INVALID_ARGUMENT\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("magma_time_to_first_token_seconds_count 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("magma_request_latency_seconds_count 2"), std::string::npos);
+  EXPECT_NE(text.find("magma_queue_depth 0"), std::string::npos);
+  EXPECT_NE(text.find("magma_kv_cache_capacity_bytes"), std::string::npos);
+  EXPECT_NE(text.find("magma_generated_tokens_total"), std::string::npos);
+  EXPECT_NE(text.find("magma_vision_cache_hits_total"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace magma
