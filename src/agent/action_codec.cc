@@ -50,8 +50,7 @@ absl::StatusOr<std::vector<double>> ActionCodec::Decode(absl::Span<const int64_t
   for (size_t i = 0; i < ids.size(); ++i) {
     if (!IsActionToken(ids[i])) {
       return absl::InvalidArgumentError(absl::StrCat("action token ", i, " is id ", ids[i],
-                                                     ", outside the action range ", first_token(), "..",
-                                                     last_token()));
+                                                     ", outside the action range ", first_token(), "..", last_token()));
     }
     out.push_back(centres_[BinOfToken(ids[i])]);
   }
@@ -68,8 +67,7 @@ std::vector<int64_t> ActionCodec::Encode(absl::Span<const double> normalized) co
 absl::Status ActionStatistics::Validate() const {
   if (q01.empty() || q01.size() != q99.size() || q01.size() != mask.size()) {
     return absl::InvalidArgumentError(absl::StrCat("action statistics: q01 (", q01.size(), "), q99 (", q99.size(),
-                                                   ") and mask (", mask.size(),
-                                                   ") must have one non-zero length"));
+                                                   ") and mask (", mask.size(), ") must have one non-zero length"));
   }
   for (size_t i = 0; i < q01.size(); ++i) {
     if (!std::isfinite(q01[i]) || !std::isfinite(q99[i])) {
@@ -179,8 +177,8 @@ absl::StatusOr<DatasetStatistics> DatasetStatistics::Load(const std::string& pat
 absl::StatusOr<ActionStatistics> DatasetStatistics::Find(const std::string& key) const {
   const auto it = by_key_.find(key);
   if (it != by_key_.end()) return it->second;
-  return absl::NotFoundError(absl::StrCat("no action statistics for '", key, "' in ", source_, "; known keys: ",
-                                          by_key_.empty() ? "(none)" : absl::StrJoin(keys(), ", ")));
+  return absl::NotFoundError(absl::StrCat("no action statistics for '", key, "' in ", source_,
+                                          "; known keys: ", by_key_.empty() ? "(none)" : absl::StrJoin(keys(), ", ")));
 }
 
 std::vector<std::string> DatasetStatistics::keys() const {

@@ -46,7 +46,7 @@ absl::StatusOr<std::vector<PathWaypoint>> ParsePathAnswer(absl::string_view text
   if (auto st = s.Expect("["); !st.ok()) return st;
   std::vector<PathWaypoint> path;
   Gripper state = Gripper::kClosed;  // the reference's initial action_flag
-  bool need_item = true;              // after '[' or ','
+  bool need_item = true;             // after '[' or ','
   while (true) {
     s.SkipSpace();
     if (s.pos() >= close) return s.ErrorAt(s.pos(), "the list is not closed by ']' before </ans>");

@@ -189,12 +189,11 @@ absl::StatusOr<UiAnswer> ParseUiAnswer(absl::string_view text, const std::vector
   bool too_many = false;
   const std::vector<Number> numbers = ScanNumbers(text, named, &too_many);
   if (numbers.empty() && !named.empty()) {
-    std::string table = marks.empty() ? "the mark table is empty"
-                                      : absl::StrCat("the mark table has ", marks.size(), " marks");
-    return s.ErrorAt(named[0].position, absl::StrCat("mark ", named[0].id < 0 ? std::string("(too large)")
-                                                                                 : absl::StrCat(named[0].id),
-                                                     " is not in the table (", table,
-                                                     ") and the answer has no coordinates"));
+    std::string table =
+        marks.empty() ? "the mark table is empty" : absl::StrCat("the mark table has ", marks.size(), " marks");
+    return s.ErrorAt(named[0].position,
+                     absl::StrCat("mark ", named[0].id < 0 ? std::string("(too large)") : absl::StrCat(named[0].id),
+                                  " is not in the table (", table, ") and the answer has no coordinates"));
   }
   if (numbers.size() != 2 && numbers.size() != 4) {
     const size_t at = numbers.size() > 4 ? numbers[4].position : text.size();
@@ -213,10 +212,9 @@ absl::StatusOr<UiAnswer> ParseUiAnswer(absl::string_view text, const std::vector
     out.click_norm = {numbers[0].value, numbers[1].value};
   } else {
     out.rule = UiRule::kNormBox;
-    const vision::NormBox box{std::min(numbers[0].value, numbers[2].value),
-                              std::min(numbers[1].value, numbers[3].value),
-                              std::max(numbers[0].value, numbers[2].value),
-                              std::max(numbers[1].value, numbers[3].value)};
+    const vision::NormBox box{
+        std::min(numbers[0].value, numbers[2].value), std::min(numbers[1].value, numbers[3].value),
+        std::max(numbers[0].value, numbers[2].value), std::max(numbers[1].value, numbers[3].value)};
     out.click_norm = box.centre();
     out.answer_box = frame.ToPixel(box);
   }

@@ -6,6 +6,9 @@
 //   magma-cli init       --preset tiny|small|1b|8b --seed S --out D
 //   magma-cli inspect    --model_dir D
 //   magma-cli tokenize   --model_dir D --input texts.jsonl [--parse_special]
+//   magma-cli draw-path  --image I.png --answer "<ans>[...]</ans>" --out O.png
+//   magma-cli draw-som   --image I.png --boxes boxes.json --out O.png
+//   magma-cli propose    --image I.png
 #include <fstream>
 #include <iostream>
 
@@ -43,6 +46,11 @@ ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
 ABSL_FLAG(std::string, log_level, "warn", "Log level");
 ABSL_FLAG(std::string, input, "", "tokenize: JSON Lines file, one JSON string per line");
 ABSL_FLAG(bool, parse_special, false, "tokenize: recognise special-token strings in the text");
+
+namespace magma::cli {
+// draw-path, draw-som and propose (cli_agent.cc). Sets *handled for those.
+int RunAgentCommand(const std::string& command, bool* handled);
+}  // namespace magma::cli
 
 namespace {
 
@@ -213,7 +221,8 @@ int CmdTokenize() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "magma-cli <command> [flags]\n"
-      "commands: preprocess, forward, generate, init, inspect, tokenize (see --helpfull)");
+      "commands: preprocess, forward, generate, init, inspect, tokenize, draw-path, draw-som, propose\n"
+      "(see --helpfull)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   (void)magma::log::SetLevel(absl::GetFlag(FLAGS_log_level));
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
@@ -228,6 +237,9 @@ int main(int argc, char** argv) {
   if (cmd == "init") return CmdInit();
   if (cmd == "inspect") return CmdInspect();
   if (cmd == "tokenize") return CmdTokenize();
+  bool handled = false;
+  const int rc = magma::cli::RunAgentCommand(cmd, &handled);
+  if (handled) return rc;
   std::cerr << "unknown command '" << cmd << "'\n" << absl::ProgramUsageMessage() << "\n";
   return 2;
 }

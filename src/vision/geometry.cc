@@ -8,9 +8,8 @@ namespace magma::vision {
 
 absl::StatusOr<ImageFrame> ImageFrame::Create(ImageSize original, ImageSize input) {
   if (original.width <= 0 || original.height <= 0 || input.width <= 0 || input.height <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("image frame sizes must be positive: original ", original.width,
-                                                   "x", original.height, ", input ", input.width, "x",
-                                                   input.height));
+    return absl::InvalidArgumentError(absl::StrCat("image frame sizes must be positive: original ", original.width, "x",
+                                                   original.height, ", input ", input.width, "x", input.height));
   }
   return ImageFrame(original, input);
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include <opencv2/imgproc.hpp>
@@ -63,10 +64,9 @@ Lut BuildLutFromList(const std::vector<std::pair<double, std::array<double, 3>>>
 }
 
 const Lut& JetLut() {
-  static const Lut lut = BuildLut(
-      {{0.0, 0, 0}, {0.35, 0, 0}, {0.66, 1, 1}, {0.89, 1, 1}, {1.0, 0.5, 0.5}},
-      {{0.0, 0, 0}, {0.125, 0, 0}, {0.375, 1, 1}, {0.64, 1, 1}, {0.91, 0, 0}, {1.0, 0, 0}},
-      {{0.0, 0.5, 0.5}, {0.11, 1, 1}, {0.34, 1, 1}, {0.65, 0, 0}, {1.0, 0, 0}});
+  static const Lut lut = BuildLut({{0.0, 0, 0}, {0.35, 0, 0}, {0.66, 1, 1}, {0.89, 1, 1}, {1.0, 0.5, 0.5}},
+                                  {{0.0, 0, 0}, {0.125, 0, 0}, {0.375, 1, 1}, {0.64, 1, 1}, {0.91, 0, 0}, {1.0, 0, 0}},
+                                  {{0.0, 0.5, 0.5}, {0.11, 1, 1}, {0.34, 1, 1}, {0.65, 0, 0}, {1.0, 0, 0}});
   return lut;
 }
 
@@ -92,8 +92,8 @@ cv::Scalar ToScalar(const Rgb& c) { return cv::Scalar(c.r, c.g, c.b); }
 absl::Status CheckImage(const cv::Mat* image) {
   if (image == nullptr || image->empty()) return absl::InvalidArgumentError("overlay: image is empty");
   if (image->type() != CV_8UC3) {
-    return absl::InvalidArgumentError(absl::StrCat("overlay: image must be 8-bit RGB (CV_8UC3), got type ",
-                                                   image->type()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("overlay: image must be 8-bit RGB (CV_8UC3), got type ", image->type()));
   }
   return absl::OkStatus();
 }
@@ -155,6 +155,74 @@ int64_t GapDistance2(const YxhwBox& a, const YxhwBox& b) {
 
 double CornerPenalty(int64_t distance2) { return 0.0001 * std::sqrt(static_cast<double>(distance2)); }
 
+// A uniform grid over the image holding every box and every label drawn so
+// far, so that a label place only looks at its neighbourhood. Rectangles
+// reaching past the image are filed in the border cells they clamp to,
+// which never makes them look farther than they are.
+class PlacementIndex {
+ public:
+  PlacementIndex(int image_w, int image_h)
+      : cols_(std::max(1, (image_w + kCell - 1) / kCell)),
+        rows_(std::max(1, (image_h + kCell - 1) / kCell)),
+        cells_(static_cast<size_t>(cols_) * rows_) {}
+
+  int Add(const YxhwBox& r) {
+    const int id = static_cast<int>(rects_.size());
+    rects_.push_back(r);
+    seen_.push_back(0);
+    int c0, c1, r0, r1;
+    Range(r, &c0, &c1, &r0, &r1);
+    for (int y = r0; y <= r1; ++y)
+      for (int x = c0; x <= c1; ++x) cells_[static_cast<size_t>(y) * cols_ + x].push_back(id);
+    return id;
+  }
+
+  // Calls visit(rect) once for every rectangle filed in a cell at Chebyshev
+  // ring `ring` around the cells of `r` (ring 0: those cells); returns false
+  // when the ring lies wholly outside the grid.
+  template <typename Visit>
+  bool VisitRing(const YxhwBox& r, int ring, Visit&& visit) {
+    int c0, c1, r0, r1;
+    Range(r, &c0, &c1, &r0, &r1);
+    c0 -= ring, c1 += ring, r0 -= ring, r1 += ring;
+    if (c0 < 0 && r0 < 0 && c1 >= cols_ && r1 >= rows_) return false;
+    for (int y = std::max(r0, 0); y <= std::min(r1, rows_ - 1); ++y) {
+      const bool edge_row = y == r0 || y == r1;
+      for (int x = std::max(c0, 0); x <= std::min(c1, cols_ - 1); ++x) {
+        if (!edge_row && x != c0 && x != c1) continue;  // interior: an earlier ring
+        for (int id : cells_[static_cast<size_t>(y) * cols_ + x]) {
+          if (seen_[id] == epoch_) continue;
+          seen_[id] = epoch_;
+          visit(rects_[id]);
+        }
+      }
+    }
+    return true;
+  }
+
+  // Starts a new query: every rectangle counts as unvisited again.
+  void NewQuery() { ++epoch_; }
+
+  static constexpr int kCell = 64;
+
+ private:
+  void Range(const YxhwBox& r, int* c0, int* c1, int* r0, int* r1) const {
+    auto cell = [](int64_t v, int n) {
+      return static_cast<int>(std::clamp<int64_t>(v < 0 ? -1 : v / kCell, 0, n - 1));
+    };
+    *c0 = cell(r.x, cols_);
+    *c1 = cell(int64_t{r.x} + r.w, cols_);
+    *r0 = cell(r.y, rows_);
+    *r1 = cell(int64_t{r.y} + r.h, rows_);
+  }
+
+  int cols_, rows_;
+  std::vector<std::vector<int>> cells_;
+  std::vector<YxhwBox> rects_;
+  std::vector<uint32_t> seen_;
+  uint32_t epoch_ = 0;
+};
+
 // The reference's _find_least_overlapping_corner: of 8 label places that fit
 // in the image, the one whose worst "intersection area - 1e-4 * nearest
 // corner distance" against every other box and every label drawn so far is
@@ -162,21 +230,24 @@ double CornerPenalty(int64_t distance2) { return 0.0001 * std::sqrt(static_cast<
 // as np.array_equal skips them there. Returns false when no place fits (the
 // reference then falls back to the first, which may leave the image).
 //
-// Same result as the reference's double loop; it only stops scanning a
-// place once it can no longer win, and skips distances that cannot raise
-// the running maximum.
-bool LeastOverlappingPlace(const YxhwBox& box, const std::vector<YxhwBox>& boxes, const std::vector<YxhwBox>& labels,
-                           int label_h, int label_w, int image_h, int image_w, YxhwBox* out) {
+// Same result as the reference's scan over all rectangles, found through
+// the index: the worst value is the larger of (a) the worst over
+// rectangles the place overlaps, all of which share a cell with it, and
+// (b) -1e-4 * the smallest nearest-corner distance, found by widening rings
+// of cells until no farther cell can hold anything nearer. Part (b) can only
+// matter when (a) is negative.
+bool LeastOverlappingPlace(const YxhwBox& box, int label_h, int label_w, int image_h, int image_w,
+                           PlacementIndex* index, YxhwBox* out) {
   const int y = box.y, x = box.x, h = box.h, w = box.w;
   const int places[8][2] = {
-      {y - label_h, x},                  // top-left
-      {y - label_h, x + w - label_w},    // top-right
-      {y, x + w},                        // right-top
-      {y + h - label_h, x + w},          // right-bottom
-      {y + h, x + w - label_w},          // bottom-right
-      {y + h, x},                        // bottom-left
-      {y + h - label_h, x - label_w},    // left-bottom
-      {y, x - label_w},                  // left-top
+      {y - label_h, x},                // top-left
+      {y - label_h, x + w - label_w},  // top-right
+      {y, x + w},                      // right-top
+      {y + h - label_h, x + w},        // right-bottom
+      {y + h, x + w - label_w},        // bottom-right
+      {y + h, x},                      // bottom-left
+      {y + h - label_h, x - label_w},  // left-bottom
+      {y, x - label_w},                // left-top
   };
   bool found = false;
   double best = std::numeric_limits<double>::infinity();
@@ -184,24 +255,32 @@ bool LeastOverlappingPlace(const YxhwBox& box, const std::vector<YxhwBox>& boxes
     const YxhwBox cand{place[0], place[1], label_h, label_w};
     if (cand.y < 0 || cand.x < 0 || cand.y + label_h > image_h || cand.x + label_w > image_w) continue;
     double worst = -static_cast<double>(image_w + image_h);
-    bool beaten = false;
-    auto visit = [&](const YxhwBox& other) {
+    index->NewQuery();
+    index->VisitRing(cand, 0, [&](const YxhwBox& other) {
       if (other == box) return;
       const int64_t area = IntersectionArea(cand, other);
-      const double area_d = static_cast<double>(area);
-      // area - penalty <= area, so an area at or below the maximum cannot
-      // raise it; likewise the gap bounds the corner distance from below.
-      if (area_d <= worst) return;
-      if (area == 0 && -CornerPenalty(GapDistance2(cand, other)) <= worst) return;
-      worst = std::max(worst, area_d - CornerPenalty(NearestCornerDistance2(cand, other)));
-      if (worst >= best) beaten = true;
-    };
-    for (const YxhwBox& other : boxes) {
-      visit(other);
-      if (beaten) break;
+      if (area > 0)
+        worst = std::max(worst, static_cast<double>(area) - CornerPenalty(NearestCornerDistance2(cand, other)));
+    });
+    if (worst >= best) continue;
+    if (worst < 0) {
+      // (b): nearest corners over all rectangles (overlapping ones too:
+      // for them -penalty is below the value already counted).
+      int64_t nearest = std::numeric_limits<int64_t>::max();
+      index->NewQuery();
+      for (int ring = 0;; ++ring) {
+        const bool inside = index->VisitRing(cand, ring, [&](const YxhwBox& other) {
+          if (other == box) return;
+          if (GapDistance2(cand, other) >= nearest) return;
+          nearest = std::min(nearest, NearestCornerDistance2(cand, other));
+        });
+        const int64_t reach = int64_t{ring} * PlacementIndex::kCell;
+        if (!inside || (nearest != std::numeric_limits<int64_t>::max() && reach * reach >= nearest)) break;
+        if (nearest != std::numeric_limits<int64_t>::max() && -CornerPenalty(nearest) >= best) break;
+      }
+      if (nearest != std::numeric_limits<int64_t>::max()) worst = std::max(worst, -CornerPenalty(nearest));
     }
-    for (size_t i = 0; !beaten && i < labels.size(); ++i) visit(labels[i]);
-    if (!beaten && worst < best) {
+    if (worst < best) {
       best = worst;
       *out = cand;
       found = true;
@@ -217,9 +296,9 @@ bool LeastOverlappingPlace(const YxhwBox& box, const std::vector<YxhwBox>& boxes
 void PilOutline(cv::Mat* image, int x0, int y0, int x1, int y1, int width, const cv::Scalar& colour) {
   const cv::Rect bounds(0, 0, image->cols, image->rows);
   auto fill = [&](int ax, int ay, int bx, int by) {  // inclusive corners, any order
-    const cv::Rect r = cv::Rect(cv::Point(std::min(ax, bx), std::min(ay, by)),
-                                cv::Point(std::max(ax, bx) + 1, std::max(ay, by) + 1)) &
-                       bounds;
+    const cv::Rect r =
+        cv::Rect(cv::Point(std::min(ax, bx), std::min(ay, by)), cv::Point(std::max(ax, bx) + 1, std::max(ay, by) + 1)) &
+        bounds;
     if (r.area() > 0) (*image)(r).setTo(colour);
   };
   for (int i = 0; i < width; ++i) {
@@ -237,16 +316,55 @@ const cv::Scalar kWhite(255, 255, 255);
 
 std::string Fives(int n) { return std::string(static_cast<size_t>(std::max(n, 1)), '5'); }
 
-// Text drawn centred in a label whose top-left is (x, y) and whose inclusive
-// extent is (width + 1) x (height + 1) pixels.
-void DrawCentredText(cv::Mat* image, const std::string& text, int x, int y, int width, int height, double scale,
-                     int thickness, const cv::Scalar& colour) {
-  int baseline = 0;
-  const cv::Size size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, thickness, &baseline);
-  const int ox = x + (width + 1 - size.width) / 2;
-  const int oy = y + (height + 1 + size.height) / 2;
-  cv::putText(*image, text, cv::Point(ox, oy), cv::FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv::LINE_AA);
-}
+// White anti-aliased digits rendered once per label size and blended into
+// each label: thick anti-aliased Hershey strokes cost tens of microseconds
+// per label, a blend about one.
+class DigitSprites {
+ public:
+  DigitSprites(double scale, int thickness) : scale_(scale), thickness_(thickness) {
+    int baseline = 0;
+    const cv::Size one = cv::getTextSize("0", cv::FONT_HERSHEY_SIMPLEX, scale, thickness, &baseline);
+    const cv::Size two = cv::getTextSize("00", cv::FONT_HERSHEY_SIMPLEX, scale, thickness, &baseline);
+    advance_ = two.width - one.width;
+    margin_ = thickness + 2;
+    ascent_ = one.height;
+    for (int d = 0; d < 10; ++d) {
+      sprites_[d] = cv::Mat::zeros(ascent_ + baseline + 2 * margin_, one.width + 2 * margin_, CV_8UC1);
+      cv::putText(sprites_[d], std::string(1, static_cast<char>('0' + d)), cv::Point(margin_, margin_ + ascent_),
+                  cv::FONT_HERSHEY_SIMPLEX, scale, cv::Scalar(255), thickness, cv::LINE_AA);
+    }
+  }
+
+  // Draws `digits` centred in the label whose top-left is (x, y) and whose
+  // inclusive extent is (width + 1) x (height + 1) pixels.
+  void DrawCentred(const std::string& digits, int x, int y, int width, int height, cv::Mat* image) const {
+    const cv::Size size = cv::getTextSize(digits, cv::FONT_HERSHEY_SIMPLEX, scale_, thickness_, nullptr);
+    int ox = x + (width + 1 - size.width) / 2;
+    const int oy = y + (height + 1 + size.height) / 2;
+    for (char c : digits) {
+      if (c >= '0' && c <= '9') Blend(sprites_[c - '0'], ox - margin_, oy - ascent_ - margin_, image);
+      ox += advance_;
+    }
+  }
+
+ private:
+  static void Blend(const cv::Mat& alpha, int left, int top, cv::Mat* image) {
+    const cv::Rect dst = cv::Rect(left, top, alpha.cols, alpha.rows) & cv::Rect(0, 0, image->cols, image->rows);
+    for (int y = dst.y; y < dst.y + dst.height; ++y) {
+      const uint8_t* a = alpha.ptr<uint8_t>(y - top) + (dst.x - left);
+      cv::Vec3b* p = image->ptr<cv::Vec3b>(y) + dst.x;
+      for (int x = 0; x < dst.width; ++x) {
+        if (a[x] == 0) continue;
+        for (int k = 0; k < 3; ++k) p[x][k] = static_cast<uint8_t>(p[x][k] + ((255 - p[x][k]) * a[x] + 127) / 255);
+      }
+    }
+  }
+
+  double scale_;
+  int thickness_;
+  int advance_ = 0, margin_ = 0, ascent_ = 0;
+  cv::Mat sprites_[10];
+};
 
 std::vector<InputBox> DrawMagmaSom(const std::vector<InputBox>& boxes, int mark_base, cv::Mat* image) {
   const int image_w = image->cols, image_h = image->rows;
@@ -258,19 +376,28 @@ std::vector<InputBox> DrawMagmaSom(const std::vector<InputBox>& boxes, int mark_
     yxhw.push_back({y1, x1, y2 - y1, x2 - x1});
     PilOutline(image, x1, y1, x2, y2, kMagmaOutlineWidth, kRed);
   }
-  std::vector<YxhwBox> labels;
-  labels.reserve(boxes.size());
+  PlacementIndex index(image_w, image_h);
+  for (const YxhwBox& b : yxhw) index.Add(b);
   std::vector<InputBox> placed;
   placed.reserve(boxes.size());
   std::vector<LabelMetrics> metrics_by_digits;
+  std::vector<std::unique_ptr<DigitSprites>> sprites_by_digits;
   for (size_t i = 0; i < yxhw.size(); ++i) {
     const std::string text = std::to_string(mark_base + static_cast<int64_t>(i));
     const int digits = static_cast<int>(text.size());
-    if (metrics_by_digits.size() <= static_cast<size_t>(digits)) metrics_by_digits.resize(digits + 1);
+    if (metrics_by_digits.size() <= static_cast<size_t>(digits)) {
+      metrics_by_digits.resize(digits + 1);
+      sprites_by_digits.resize(digits + 1);
+    }
+    // Sized by the id's own digit count; the reference reuses the 3-digit
+    // size for longer ids, which would let their text overflow the label.
     LabelMetrics& m = metrics_by_digits[digits];
-    if (m.height == 0) m = MagmaLabelMetrics({image_w, image_h}, digits);
+    if (m.height == 0) {
+      m = MagmaLabelMetrics({image_w, image_h}, digits);
+      sprites_by_digits[digits] = std::make_unique<DigitSprites>(m.font_scale, m.thickness);
+    }
     YxhwBox label;
-    if (!LeastOverlappingPlace(yxhw[i], yxhw, labels, m.height, m.width, image_h, image_w, &label)) {
+    if (!LeastOverlappingPlace(yxhw[i], m.height, m.width, image_h, image_w, &index, &label)) {
       // No place fits: keep the reference's first place (top-left) but
       // inside the image.
       label = {std::clamp(yxhw[i].y - m.height, 0, std::max(0, image_h - m.height)),
@@ -279,8 +406,8 @@ std::vector<InputBox> DrawMagmaSom(const std::vector<InputBox>& boxes, int mark_
     // PIL fills the inclusive rectangle [x, x + w] x [y, y + h].
     const cv::Rect fill = cv::Rect(label.x, label.y, label.w + 1, label.h + 1) & cv::Rect(0, 0, image_w, image_h);
     if (fill.area() > 0) (*image)(fill).setTo(kRed);
-    DrawCentredText(image, text, label.x, label.y, label.w, label.h, m.font_scale, m.thickness, kWhite);
-    labels.push_back(label);
+    sprites_by_digits[digits]->DrawCentred(text, label.x, label.y, label.w, label.h, image);
+    index.Add(label);
     placed.push_back({static_cast<double>(label.x), static_cast<double>(label.y),
                       static_cast<double>(label.x + label.w), static_cast<double>(label.y + label.h)});
   }
@@ -485,7 +612,8 @@ LabelMetrics MagmaLabelMetrics(ImageSize input, int num_digits) {
   // of the label, as Arial digits fill the reference's labels.
   m.font_scale = 0.7 * m.height / 22.0;
   m.thickness = m.font_scale >= 0.75 ? 2 : 1;
-  const cv::Size text = cv::getTextSize(Fives(num_digits), cv::FONT_HERSHEY_SIMPLEX, m.font_scale, m.thickness, nullptr);
+  const cv::Size text =
+      cv::getTextSize(Fives(num_digits), cv::FONT_HERSHEY_SIMPLEX, m.font_scale, m.thickness, nullptr);
   m.width = text.width + 2 * std::max(2, m.height / 8);
   return m;
 }
@@ -590,8 +718,8 @@ absl::Status DrawTraces(const std::vector<std::vector<PixelPoint>>& traces, cons
       }
       const double steps = static_cast<double>(t.size());
       for (size_t s = 0; s + 1 < t.size(); ++s) {
-        const Rgb c = options.coloring == TraceColoring::kByStartRow ? row_colour
-                                                                      : ColormapRgb(options.time_colormap, s / steps);
+        const Rgb c =
+            options.coloring == TraceColoring::kByStartRow ? row_colour : ColormapRgb(options.time_colormap, s / steps);
         cv::line(*image, t[s], t[s + 1], ToScalar(c), options.thickness, cv::LINE_AA);
       }
     }

@@ -80,19 +80,18 @@ absl::StatusOr<std::vector<PixelBox>> ProposeElements(const cv::Mat& rgb, const 
   }
   if (options.edge_threshold < 1 || options.edge_threshold > 255 || options.min_side < 1 ||
       !(options.max_extent > 0 && options.max_extent <= 1) ||
-      !(options.duplicate_iou > 0 && options.duplicate_iou <= 1) || options.text_gap < 0 ||
-      options.max_elements < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "propose: invalid options (edge_threshold ", options.edge_threshold, ", min_side ", options.min_side,
-        ", max_extent ", options.max_extent, ", duplicate_iou ", options.duplicate_iou, ", text_gap ",
-        options.text_gap, ", max_elements ", options.max_elements, ")"));
+      !(options.duplicate_iou > 0 && options.duplicate_iou <= 1) || options.text_gap < 0 || options.max_elements < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("propose: invalid options (edge_threshold ", options.edge_threshold,
+                                                   ", min_side ", options.min_side, ", max_extent ", options.max_extent,
+                                                   ", duplicate_iou ", options.duplicate_iou, ", text_gap ",
+                                                   options.text_gap, ", max_elements ", options.max_elements, ")"));
   }
   std::vector<Candidate> candidates;
   try {
     const cv::Mat grad = ColourGradient(rgb);
     cv::Mat edges;
     cv::threshold(grad, edges, options.edge_threshold - 1, 255, cv::THRESH_BINARY);
-    const int gap = options.text_gap > 0 ? options.text_gap : std::max(4, static_cast<int>(rgb.rows * 0.006 + 0.5));
+    const int gap = options.text_gap > 0 ? options.text_gap : std::max(4, static_cast<int>(rgb.rows * 0.01 + 0.5));
     RectangularRegions(edges, options, &candidates);
     TextBlocks(edges, gap, options, &candidates);
   } catch (const cv::Exception& e) {
@@ -106,6 +105,7 @@ absl::StatusOr<std::vector<PixelBox>> ProposeElements(const cv::Mat& rgb, const 
     return a.rect.area() < b.rect.area();
   });
   std::vector<cv::Rect> kept;
+  std::vector<int> kept_priority;
   for (const Candidate& c : candidates) {
     bool duplicate = false;
     for (const cv::Rect& k : kept) {
@@ -115,26 +115,29 @@ absl::StatusOr<std::vector<PixelBox>> ProposeElements(const cv::Mat& rgb, const 
         break;
       }
     }
-    if (!duplicate) kept.push_back(c.rect);
+    if (!duplicate) {
+      kept.push_back(c.rect);
+      kept_priority.push_back(c.priority);
+    }
   }
-  // Text inside a filled widget is the widget: drop blocks that sit in a
-  // kept box not much larger than themselves.
+  // Text inside a one-line widget (a button, a field) is the widget: drop
+  // blocks that sit in a rectangular region at most 3 times their height.
   std::vector<cv::Rect> merged;
   for (size_t i = 0; i < kept.size(); ++i) {
     bool covered = false;
     for (size_t j = 0; j < kept.size() && !covered; ++j) {
-      covered = j != i && kept[j].area() > kept[i].area() && kept[j].area() <= 3 * kept[i].area() &&
-                Inside(kept[i], kept[j], 1);
+      covered = j != i && kept_priority[j] == 0 && kept[j].area() > kept[i].area() &&
+                kept[j].height <= 3 * kept[i].height && Inside(kept[i], kept[j], 1);
     }
     if (!covered) merged.push_back(kept[i]);
   }
   if (merged.size() > static_cast<size_t>(options.max_elements)) {
-    std::stable_sort(merged.begin(), merged.end(), [](const cv::Rect& a, const cv::Rect& b) { return a.area() < b.area(); });
+    std::stable_sort(merged.begin(), merged.end(),
+                     [](const cv::Rect& a, const cv::Rect& b) { return a.area() < b.area(); });
     merged.resize(options.max_elements);
   }
-  std::sort(merged.begin(), merged.end(), [](const cv::Rect& a, const cv::Rect& b) {
-    return a.y != b.y ? a.y < b.y : a.x < b.x;
-  });
+  std::sort(merged.begin(), merged.end(),
+            [](const cv::Rect& a, const cv::Rect& b) { return a.y != b.y ? a.y < b.y : a.x < b.x; });
   std::vector<PixelBox> out;
   out.reserve(merged.size());
   for (const cv::Rect& r : merged) {

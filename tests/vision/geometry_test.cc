@@ -12,8 +12,8 @@ ImageFrame Frame(int ow, int oh, int iw, int ih) {
 }
 
 TEST(ImageFrameTest, RejectsNonPositiveSizes) {
-  for (auto [ow, oh, iw, ih] : std::vector<std::array<int, 4>>{{0, 10, 10, 10}, {10, -1, 10, 10}, {10, 10, 0, 10},
-                                                                {10, 10, 10, 0}}) {
+  for (auto [ow, oh, iw, ih] :
+       std::vector<std::array<int, 4>>{{0, 10, 10, 10}, {10, -1, 10, 10}, {10, 10, 0, 10}, {10, 10, 10, 0}}) {
     auto f = ImageFrame::Create({ow, oh}, {iw, ih});
     ASSERT_FALSE(f.ok());
     EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);

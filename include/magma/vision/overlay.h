@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cstdint>
+#include <ostream>
 #include <vector>
 
 #include <opencv2/core.hpp>
@@ -27,6 +28,10 @@ struct Rgb {
 };
 
 inline bool operator==(const Rgb& a, const Rgb& b) { return a.r == b.r && a.g == b.g && a.b == b.b; }
+inline bool operator!=(const Rgb& a, const Rgb& b) { return !(a == b); }
+inline std::ostream& operator<<(std::ostream& os, const Rgb& c) {
+  return os << "(" << int{c.r} << ", " << int{c.g} << ", " << int{c.b} << ")";
+}
 
 // ---------------------------------------------------------------------------
 // Colormaps
@@ -77,10 +82,10 @@ inline constexpr int kMaxSomBoxes = 2000;
 // One row of the mark table a SoM overlay returns.
 struct Mark {
   int id = 0;
-  PixelBox box;        // the element, original-image pixels (as given)
-  PixelPoint centre;   // box centre, original-image pixels: the click point
+  PixelBox box;       // the element, original-image pixels (as given)
+  PixelPoint centre;  // box centre, original-image pixels: the click point
   NormPoint centre_norm;
-  InputBox label;      // where its label was drawn, model-input pixels
+  InputBox label;  // where its label was drawn, model-input pixels
 };
 
 // Draws `boxes` (original-image pixels) and their ids on `image`, the model
@@ -96,8 +101,8 @@ absl::StatusOr<std::vector<Mark>> DrawSetOfMarks(const std::vector<PixelBox>& bo
 // reaches min(30, 4% of the shorter side), and is at least 19 px tall (the
 // reference starts from a 20 pt font).
 struct LabelMetrics {
-  int width = 0;   // label box width, pixels
-  int height = 0;  // label box height, pixels
+  int width = 0;          // label box width, pixels
+  int height = 0;         // label box height, pixels
   double font_scale = 0;  // Hershey simplex scale of the text inside
   int thickness = 1;      // text stroke
 };
