@@ -74,6 +74,7 @@ absl::StatusOr<LoadedBackend> LoadBackend(const config::ServerConfig& c) {
   eo.max_queue = c.engine().max_queue();
   eo.prefill_chunk_tokens = c.engine().prefill_chunk_tokens();
   eo.vision_cache_bytes = int64_t{c.engine().vision_cache_mb()} << 20;
+  eo.prefix_cache_bytes = int64_t{c.engine().prefix_cache_mb()} << 20;
   auto runner = engine::MakeMagmaRunner(out.model.get(), ro);
   const int context = runner->slot_capacity();
   const double kv_mb = runner->kv_bytes_total() / 1e6;

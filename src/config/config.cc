@@ -73,6 +73,7 @@ ServerConfig DefaultConfig() {
   e->set_context_tokens(4096);
   e->set_prefill_chunk_tokens(256);
   e->set_vision_cache_mb(256);
+  e->set_prefix_cache_mb(512);
   auto* l = c.mutable_limits();
   l->set_max_image_bytes(16 << 20);
   l->set_max_image_pixels(4096 * 4096);
@@ -144,6 +145,7 @@ absl::Status Validate(const ServerConfig& c) {
     return bad("engine.prefill_chunk_tokens", "must be >= 1", e.prefill_chunk_tokens());
   }
   if (e.vision_cache_mb() < 0) return bad("engine.vision_cache_mb", "must be >= 0", e.vision_cache_mb());
+  if (e.prefix_cache_mb() < 0) return bad("engine.prefix_cache_mb", "must be >= 0", e.prefix_cache_mb());
   const auto& l = c.limits();
   if (l.max_image_bytes() < 1) return bad("limits.max_image_bytes", "must be >= 1", l.max_image_bytes());
   if (l.max_image_pixels() < 1) return bad("limits.max_image_pixels", "must be >= 1", l.max_image_pixels());

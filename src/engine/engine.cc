@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "magma/util/logging.h"
 
@@ -23,20 +24,21 @@ const char* FinishReasonName(FinishReason reason) {
   return "?";
 }
 
-// LRU of encoded images by content key, bounded in bytes. Engine thread only.
-class Engine::VisionCache {
+// LRU by key, bounded in bytes (T has bytes()). Engine thread only.
+template <typename T>
+class LruCache {
  public:
-  explicit VisionCache(int64_t limit) : limit_(limit) {}
-  std::shared_ptr<const ImageFeatures> Get(const std::string& key) {
+  explicit LruCache(int64_t limit) : limit_(limit) {}
+  std::shared_ptr<const T> Get(const std::string& key) {
     auto it = index_.find(key);
     if (it == index_.end()) return nullptr;
     lru_.splice(lru_.begin(), lru_, it->second);
     return it->second->second;
   }
-  void Put(const std::string& key, std::shared_ptr<const ImageFeatures> f) {
-    if (f->bytes() > limit_ || index_.count(key)) return;
-    bytes_ += f->bytes();
-    lru_.emplace_front(key, std::move(f));
+  void Put(const std::string& key, std::shared_ptr<const T> value) {
+    if (value->bytes() > limit_ || index_.count(key)) return;
+    bytes_ += value->bytes();
+    lru_.emplace_front(key, std::move(value));
     index_[key] = lru_.begin();
     while (bytes_ > limit_ && !lru_.empty()) {
       bytes_ -= lru_.back().second->bytes();
@@ -48,8 +50,18 @@ class Engine::VisionCache {
 
  private:
   int64_t limit_, bytes_ = 0;
-  std::list<std::pair<std::string, std::shared_ptr<const ImageFeatures>>> lru_;
-  std::unordered_map<std::string, decltype(lru_)::iterator> index_;
+  std::list<std::pair<std::string, std::shared_ptr<const T>>> lru_;
+  std::unordered_map<std::string, typename decltype(lru_)::iterator> index_;
+};
+
+class Engine::VisionCache : public LruCache<ImageFeatures> {
+ public:
+  using LruCache::LruCache;
+};
+
+class Engine::PrefixCache : public LruCache<PrefixState> {
+ public:
+  using LruCache::LruCache;
 };
 
 struct Engine::Sequence {
@@ -69,7 +81,34 @@ struct Engine::Sequence {
   std::unique_ptr<tokenizer::IncrementalDecoder> detok;
   size_t streamed_text = 0, streamed_tokens = 0;
   size_t max_stop_len = 0;
+  // Prefix caching: the prompt up to its last image, keyed by content.
+  std::string prefix_key;
+  int64_t prefix_positions = 0;  // expanded positions of that prefix
+  bool save_prefix = false;      // snapshot once the prefix is prefilled
 };
+
+namespace {
+
+// Key of the prompt prefix that ends with the last image, when every image
+// has a content key; empty otherwise (or when nothing would follow it).
+std::string PrefixKey(const GenerationRequest& req, int32_t image_token, size_t* prefix_len) {
+  if (req.images.empty()) return "";
+  size_t last = 0;
+  for (size_t i = 0; i < req.prompt_ids.size(); ++i) {
+    if (req.prompt_ids[i] == image_token) last = i;
+  }
+  if (last + 1 >= req.prompt_ids.size()) return "";
+  std::string key;
+  for (const auto& img : req.images) {
+    if (img.cache_key.empty()) return "";
+    absl::StrAppend(&key, img.cache_key, "|");
+  }
+  absl::StrAppend(&key, absl::StrJoin(req.prompt_ids.begin(), req.prompt_ids.begin() + last + 1, ","));
+  *prefix_len = last + 1;
+  return key;
+}
+
+}  // namespace
 
 Engine::Engine(std::unique_ptr<ModelRunner> runner, std::shared_ptr<const tokenizer::Tokenizer> tokenizer,
                const EngineOptions& options)
@@ -78,7 +117,8 @@ Engine::Engine(std::unique_ptr<ModelRunner> runner, std::shared_ptr<const tokeni
       options_(options),
       capacity_(runner_->slot_capacity()),
       vocab_size_(runner_->vocab_size()),
-      vision_cache_(std::make_unique<VisionCache>(options.vision_cache_bytes)) {
+      vision_cache_(std::make_unique<VisionCache>(options.vision_cache_bytes)),
+      prefix_cache_(std::make_unique<PrefixCache>(options.prefix_cache_bytes)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -300,9 +340,39 @@ bool Engine::Admit(Sequence* seq, int64_t* budget) {
   seq->slot = slot;
   seq->admitted = absl::Now();
   seq->state = Sequence::State::kPrefill;
+  seq->sampler = std::make_unique<Sampler>(seq->req.sampling);
+  if (seq->req.grammar != nullptr) seq->constraint = seq->req.grammar->Start();
+  seq->history = seq->req.prompt_ids;
+  if (tokenizer_ != nullptr) seq->detok = std::make_unique<tokenizer::IncrementalDecoder>(tokenizer_.get());
+  for (const auto& s : seq->req.stop_strings) seq->max_stop_len = std::max(seq->max_stop_len, s.size());
+
+  // A prompt whose prefix (up to the last image) is cached skips the images
+  // and that part of the prefill.
+  size_t prefix_len = 0;
+  if (options_.prefix_cache_bytes > 0) {
+    seq->prefix_key = PrefixKey(seq->req, runner_->image_token_id(), &prefix_len);
+  }
+  if (!seq->prefix_key.empty()) {
+    if (auto cached = prefix_cache_->Get(seq->prefix_key)) {
+      const std::vector<int32_t> rest(seq->req.prompt_ids.begin() + static_cast<std::ptrdiff_t>(prefix_len),
+                                      seq->req.prompt_ids.end());
+      auto positions = runner_->BeginSequence(slot, rest, {}, cached.get());
+      if (!positions.ok()) {
+        Finish(seq, FinishReason::kError, positions.status());
+        return true;
+      }
+      cache_hits_ += static_cast<int64_t>(seq->req.images.size());
+      seq->result.timings.vision_cache_hits += static_cast<int32_t>(seq->req.images.size());
+      seq->prompt_positions = cached->positions() + *positions;
+      seq->prefilled = cached->positions();
+      prompt_tokens_ += *positions;
+      return true;
+    }
+  }
   // Images: from the cache or encoded now.
   std::vector<std::shared_ptr<const ImageFeatures>> features;
   const absl::Time v0 = absl::Now();
+  int64_t image_positions = 0;
   for (const auto& img : seq->req.images) {
     std::shared_ptr<const ImageFeatures> f;
     if (!img.cache_key.empty()) f = vision_cache_->Get(img.cache_key);
@@ -321,22 +391,23 @@ bool Engine::Admit(Sequence* seq, int64_t* budget) {
       *budget -= f->num_tokens();
       if (!img.cache_key.empty()) vision_cache_->Put(img.cache_key, f);
     }
+    image_positions += f->num_tokens();
     features.push_back(std::move(f));
   }
   cache_entries_ = vision_cache_->entries();
   seq->result.timings.vision = absl::Now() - v0;
-  auto positions = runner_->BeginSequence(slot, seq->req.prompt_ids, features);
+  auto positions = runner_->BeginSequence(slot, seq->req.prompt_ids, features, nullptr);
   if (!positions.ok()) {
     Finish(seq, FinishReason::kError, positions.status());
     return true;
   }
   seq->prompt_positions = *positions;
   prompt_tokens_ += *positions;
-  seq->sampler = std::make_unique<Sampler>(seq->req.sampling);
-  if (seq->req.grammar != nullptr) seq->constraint = seq->req.grammar->Start();
-  seq->history = seq->req.prompt_ids;
-  if (tokenizer_ != nullptr) seq->detok = std::make_unique<tokenizer::IncrementalDecoder>(tokenizer_.get());
-  for (const auto& s : seq->req.stop_strings) seq->max_stop_len = std::max(seq->max_stop_len, s.size());
+  if (!seq->prefix_key.empty()) {
+    seq->prefix_positions =
+        static_cast<int64_t>(prefix_len) - static_cast<int64_t>(seq->req.images.size()) + image_positions;
+    seq->save_prefix = true;
+  }
   return true;
 }
 
@@ -365,7 +436,9 @@ bool Engine::Iterate() {
   // then new admissions in arrival order.
   int64_t budget = options_.prefill_chunk_tokens;
   auto prefill = [&](Sequence* s) {
-    const int64_t n = std::min<int64_t>(std::max<int64_t>(budget, 1), s->prompt_positions - s->prefilled);
+    int64_t n = std::min<int64_t>(std::max<int64_t>(budget, 1), s->prompt_positions - s->prefilled);
+    // Stop at the end of a cacheable prefix so that it can be saved.
+    if (s->save_prefix && s->prefilled < s->prefix_positions) n = std::min(n, s->prefix_positions - s->prefilled);
     auto logits = runner_->PrefillStep(s->slot, n);
     worked = true;
     if (!logits.ok()) {
@@ -374,6 +447,11 @@ bool Engine::Iterate() {
     }
     budget -= n;
     s->prefilled += n;
+    if (s->save_prefix && s->prefilled == s->prefix_positions) {
+      s->save_prefix = false;
+      auto saved = runner_->SavePrefix(s->slot, s->prefix_positions);
+      if (saved.ok()) prefix_cache_->Put(s->prefix_key, *saved);
+    }
     if (logits->empty()) return;
     s->state = Sequence::State::kDecode;
     const std::vector<int32_t>* allowed = nullptr;

@@ -19,6 +19,17 @@ class TensorImageFeatures final : public ImageFeatures {
   at::Tensor t_;
 };
 
+class KvPrefix final : public PrefixState {
+ public:
+  explicit KvPrefix(model::KvCache::Snapshot s) : s_(std::move(s)) {}
+  int64_t positions() const override { return s_.positions; }
+  int64_t bytes() const override { return s_.bytes(); }
+  const model::KvCache::Snapshot& snapshot() const { return s_; }
+
+ private:
+  model::KvCache::Snapshot s_;
+};
+
 class MagmaRunner final : public ModelRunner {
  public:
   MagmaRunner(const model::MagmaModel* m, const MagmaRunnerOptions& o)
@@ -62,7 +73,15 @@ class MagmaRunner final : public ModelRunner {
   }
 
   absl::StatusOr<int64_t> BeginSequence(int slot, const std::vector<int32_t>& ids,
-                                        const std::vector<std::shared_ptr<const ImageFeatures>>& images) override {
+                                        const std::vector<std::shared_ptr<const ImageFeatures>>& images,
+                                        const PrefixState* prefix) override {
+    if (prefix != nullptr) {
+      try {
+        cache_.Restore(slot, static_cast<const KvPrefix*>(prefix)->snapshot());
+      } catch (const std::exception& e) {
+        return absl::InternalError(absl::StrCat("restoring a cached prefix: ", e.what()));
+      }
+    }
     std::vector<int64_t> ids64(ids.begin(), ids.end());
     std::vector<at::Tensor> feats;
     for (const auto& f : images) feats.push_back(static_cast<const TensorImageFeatures&>(*f).tensor());
@@ -71,6 +90,15 @@ class MagmaRunner final : public ModelRunner {
     pending_[slot] = *embeds;
     offset_[slot] = 0;
     return embeds->size(0);
+  }
+
+  absl::StatusOr<std::shared_ptr<const PrefixState>> SavePrefix(int slot, int64_t positions) override {
+    if (positions > cache_.length(slot)) return absl::InternalError("SavePrefix beyond the cached positions");
+    try {
+      return std::shared_ptr<const PrefixState>(std::make_shared<KvPrefix>(cache_.Save(slot, positions)));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("saving a prefix: ", e.what()));
+    }
   }
 
   absl::StatusOr<std::vector<float>> PrefillStep(int slot, int64_t max_positions) override {

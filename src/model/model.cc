@@ -156,6 +156,33 @@ int64_t KvCache::bytes() const {
   return total;
 }
 
+int64_t KvCache::Snapshot::bytes() const {
+  int64_t total = 0;
+  for (const auto& t : k) total += t.numel() * t.element_size();
+  for (const auto& t : v) total += t.numel() * t.element_size();
+  return total;
+}
+
+KvCache::Snapshot KvCache::Save(int slot, int64_t positions) const {
+  c10::InferenceMode guard;
+  Snapshot s;
+  s.positions = positions;
+  for (size_t l = 0; l < k_.size(); ++l) {
+    s.k.push_back(k_[l][slot].narrow(1, 0, positions).clone());
+    s.v.push_back(v_[l][slot].narrow(1, 0, positions).clone());
+  }
+  return s;
+}
+
+void KvCache::Restore(int slot, const Snapshot& s) {
+  c10::InferenceMode guard;
+  for (size_t l = 0; l < k_.size(); ++l) {
+    k_[l][slot].narrow(1, 0, s.positions).copy_(s.k[l]);
+    v_[l][slot].narrow(1, 0, s.positions).copy_(s.v[l]);
+  }
+  lengths_[slot] = static_cast<int>(s.positions);
+}
+
 // ---------------------------------------------------------------- loading
 
 MagmaModel::MagmaModel() : w_(std::make_unique<Weights>()) {}

@@ -292,6 +292,46 @@ TEST(EngineTest, VisionCacheHitsSkipEncoding) {
   EXPECT_EQ(s.vision_cache_misses, 1);
 }
 
+TEST(EngineTest, PromptPrefixEndingWithAnImageIsReused) {
+  auto runner = std::make_unique<FakeRunner>(kVocab, 2, 256, Hashed());
+  FakeRunner* fake = runner.get();
+  EngineOptions o;
+  o.prefill_chunk_tokens = 5;  // the prefix spans several chunks
+  Engine engine(std::move(runner), nullptr, o);
+  auto crops = std::make_shared<vision::Crops>();
+  crops->grid = {1, 2};
+  crops->base = 8;
+  crops->pixels.assign(2 * 3 * 8 * 8, 0.f);
+  Collector c;
+  // Same screenshot, different questions after it.
+  for (int i = 0; i < 3; ++i) {
+    auto req = Prompt({1, 2, 3, kVocab - 1, 10, 11 + i, 12}, 5, 0, 0);
+    req.images.push_back({crops, "screen"});
+    ASSERT_TRUE(engine.Submit(req, c.For(i)).ok());
+    c.WaitFor(static_cast<size_t>(i + 1));
+  }
+  EXPECT_EQ(fake->encodes(), 1);
+  EXPECT_EQ(fake->prefix_restores(), 2);
+  for (int i = 1; i < 3; ++i) {
+    EXPECT_EQ(c.results[i].timings.vision_cache_hits, 1);
+    EXPECT_EQ(c.results[i].timings.prompt_tokens, 3 + 6 + 3);
+  }
+  // The same outputs as without any caching.
+  auto plain = std::make_unique<FakeRunner>(kVocab, 2, 256, Hashed());
+  EngineOptions no_cache;
+  no_cache.prefix_cache_bytes = 0;
+  no_cache.vision_cache_bytes = 0;
+  Engine reference(std::move(plain), nullptr, no_cache);
+  Collector r;
+  for (int i = 0; i < 3; ++i) {
+    auto req = Prompt({1, 2, 3, kVocab - 1, 10, 11 + i, 12}, 5, 0, 0);
+    req.images.push_back({crops, "screen"});
+    ASSERT_TRUE(reference.Submit(req, r.For(i)).ok());
+    r.WaitFor(static_cast<size_t>(i + 1));
+    EXPECT_EQ(r.results[i].token_ids, c.results[i].token_ids) << i;
+  }
+}
+
 TEST(EngineTest, LongPrefillIsChunkedUnderTheBudget) {
   auto runner = std::make_unique<FakeRunner>(kVocab, 2, 4096, Hashed());
   FakeRunner* fake = runner.get();

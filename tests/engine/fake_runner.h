@@ -23,6 +23,17 @@ class FakeImage final : public engine::ImageFeatures {
   int64_t n_;
 };
 
+class FakePrefix final : public engine::PrefixState {
+ public:
+  FakePrefix(std::vector<int32_t> tokens, int64_t positions) : tokens(std::move(tokens)), positions_(positions) {}
+  int64_t positions() const override { return positions_; }
+  int64_t bytes() const override { return positions_ * 8; }
+  std::vector<int32_t> tokens;
+
+ private:
+  int64_t positions_;
+};
+
 class FakeRunner final : public engine::ModelRunner {
  public:
   using Script = std::function<std::vector<float>(const std::vector<int32_t>& tokens)>;
@@ -65,14 +76,38 @@ class FakeRunner final : public engine::ModelRunner {
     tokens_[slot].clear();
   }
   absl::StatusOr<int64_t> BeginSequence(int slot, const std::vector<int32_t>& ids,
-                                        const std::vector<std::shared_ptr<const engine::ImageFeatures>>& images) override {
+                                        const std::vector<std::shared_ptr<const engine::ImageFeatures>>& images,
+                                        const engine::PrefixState* prefix) override {
     std::lock_guard<std::mutex> lock(mu_);
     tokens_[slot] = ids;
+    if (prefix != nullptr) {
+      const auto& p = static_cast<const FakePrefix&>(*prefix);
+      tokens_[slot] = p.tokens;
+      tokens_[slot].insert(tokens_[slot].end(), ids.begin(), ids.end());
+      ++prefix_restores_;
+    }
     prompt_len_[slot] = static_cast<int64_t>(ids.size());
     for (const auto& f : images) prompt_len_[slot] += f->num_tokens() - 1;
     prefilled_[slot] = 0;
     return prompt_len_[slot];
   }
+  absl::StatusOr<std::shared_ptr<const engine::PrefixState>> SavePrefix(int slot, int64_t positions) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    // The fake keeps tokens, not positions: the prefix is everything up to
+    // and including the last image token.
+    std::vector<int32_t> t = tokens_[slot];
+    size_t last = 0;
+    for (size_t i = 0; i < t.size(); ++i) {
+      if (t[i] == image_token_id()) last = i;
+    }
+    t.resize(last + 1);
+    return std::shared_ptr<const engine::PrefixState>(std::make_shared<FakePrefix>(t, positions));
+  }
+  int prefix_restores() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return prefix_restores_;
+  }
+
   absl::StatusOr<std::vector<float>> PrefillStep(int slot, int64_t n) override {
     std::vector<int32_t> tokens;
     {
@@ -156,6 +191,7 @@ class FakeRunner final : public engine::ModelRunner {
   std::vector<std::vector<int32_t>> tokens_;
   std::map<int, int64_t> prompt_len_, prefilled_;
   int encodes_ = 0;
+  int prefix_restores_ = 0;
   std::vector<int> batch_sizes_;
   std::vector<int64_t> prefill_chunks_;
 };

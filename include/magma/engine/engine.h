@@ -36,6 +36,10 @@ struct EngineOptions {
   int prefill_chunk_tokens = 256;
   // Memory for cached image embeddings. Default 256 MiB.
   int64_t vision_cache_bytes = int64_t{256} << 20;
+  // Memory for cached KV of prompt prefixes that end with an image (a UI
+  // agent asking several questions about one screenshot skips the image and
+  // its prefill); 0 disables. Default 512 MiB.
+  int64_t prefix_cache_bytes = int64_t{512} << 20;
 };
 
 struct EngineStats {
@@ -91,6 +95,7 @@ class Engine {
  private:
   struct Sequence;
   class VisionCache;
+  class PrefixCache;
   void Loop();
   bool Iterate();  // one scheduling iteration; false when idle
   void Finish(Sequence* seq, FinishReason reason, absl::Status status);
@@ -114,6 +119,7 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   std::unique_ptr<VisionCache> vision_cache_;
+  std::unique_ptr<PrefixCache> prefix_cache_;
 
   // Counters for Stats (written by the engine thread).
   std::atomic<int64_t> n_waiting_{0}, n_running_{0}, prompt_tokens_{0}, output_tokens_{0}, finished_{0};

@@ -24,6 +24,14 @@ class ImageFeatures {
   virtual int64_t bytes() const = 0;       // memory held
 };
 
+// Cached keys and values of a prompt prefix, opaque to the engine.
+class PrefixState {
+ public:
+  virtual ~PrefixState() = default;
+  virtual int64_t positions() const = 0;
+  virtual int64_t bytes() const = 0;
+};
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
@@ -45,10 +53,15 @@ class ModelRunner {
   virtual int AllocateSlot() = 0;
   virtual void ReleaseSlot(int slot) = 0;
 
-  // Prepares the prompt of `slot`: ids with one image token per image.
-  // Returns the number of prompt positions.
+  // Prepares the prompt of `slot`: ids with one image token per image. With
+  // `prefix`, the slot starts with that prefix already cached and `ids` are
+  // the tokens after it. Returns the number of prompt positions still to
+  // prefill.
   virtual absl::StatusOr<int64_t> BeginSequence(int slot, const std::vector<int32_t>& ids,
-                                                const std::vector<std::shared_ptr<const ImageFeatures>>& images) = 0;
+                                                const std::vector<std::shared_ptr<const ImageFeatures>>& images,
+                                                const PrefixState* prefix) = 0;
+  // Copies the first `positions` cached positions of `slot`.
+  virtual absl::StatusOr<std::shared_ptr<const PrefixState>> SavePrefix(int slot, int64_t positions) = 0;
   // Runs up to `max_positions` more prompt positions. When the prompt is
   // complete, returns the logits for the next token [vocab]; before that an
   // empty vector.

@@ -57,6 +57,19 @@ class KvCache {
   // Bytes held by the cache tensors.
   int64_t bytes() const;
 
+  // A copy of the first `positions` cached positions of `slot` (keys and
+  // values of every layer), to start other sequences with the same prefix.
+  struct Snapshot {
+    std::vector<at::Tensor> k, v;  // per layer [kv_heads, positions, head_dim]
+    int64_t positions = 0;
+    int64_t bytes() const;
+  };
+  // REQUIRES: positions <= length(slot).
+  Snapshot Save(int slot, int64_t positions) const;
+  // Replaces the contents of `slot` with `snapshot`; length(slot) becomes
+  // snapshot.positions. REQUIRES: snapshot.positions <= capacity().
+  void Restore(int slot, const Snapshot& snapshot);
+
  private:
   friend class MagmaModel;
   int capacity_;

