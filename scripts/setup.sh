@@ -19,7 +19,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece libpcre2-dev
   libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-grpcio python3-numpy
+  python3-grpcio python3-numpy openssl
 )
 
 SUDO=""

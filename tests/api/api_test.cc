@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <iterator>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -513,6 +514,35 @@ TEST_F(ApiTest, BearerTokenGuardsTheServiceButNotHealth) {
   c3->AddMetadata("authorization", "Bearer s3cret");
   EXPECT_TRUE(stub_->GetModelInfo(c3.get(), {}, &info).ok());
   EXPECT_EQ(fixture_->HealthStatus(), "SERVING");
+}
+
+TEST_F(ApiTest, TlsWhenConfigured) {
+  testing::TempDir dir;
+  const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                          "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
+                          dir.File("key.pem") + " -out " + dir.File("cert.pem") + " > " + dir.File("log") + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  api::ServerOptions options;
+  options.tls_cert_file = dir.File("cert.pem");
+  options.tls_key_file = dir.File("key.pem");
+  Start(options);
+  std::ifstream in(dir.File("cert.pem"));
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  auto secure = v1::AgentService::NewStub(grpc::CreateChannel(fixture_->address(), grpc::SslCredentials(ssl)));
+  v1::ModelInfo info;
+  auto c1 = Ctx(10);
+  grpc::Status st = secure->GetModelInfo(c1.get(), {}, &info);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  auto c2 = Ctx(5);
+  EXPECT_EQ(stub_->GetModelInfo(c2.get(), {}, &info).error_code(), grpc::UNAVAILABLE);  // plaintext client
+  api::ServerOptions missing;
+  missing.listen = "127.0.0.1:0";
+  missing.tls_cert_file = dir.File("nope.pem");
+  missing.tls_key_file = dir.File("key.pem");
+  auto failed = api::Server::Start(missing);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("nope.pem"), std::string::npos);
 }
 
 TEST_F(ApiTest, ConcurrentMixedCalls) {
