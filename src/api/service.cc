@@ -252,6 +252,17 @@ absl::StatusOr<cv::Mat> DecodeOne(const v1::Image& image, const Limits& limits, 
   return DecodeClientImage(image, ImageLimits{limits.max_image_bytes, limits.max_image_pixels}, field);
 }
 
+// Gives the response its id and the request to the engine; the call ends in
+// the callbacks (or here, when the engine refuses the request).
+template <typename Response>
+void SubmitUnary(UnaryCall* call, const Backend& backend, engine::GenerationRequest request,
+                 engine::RequestCallbacks callbacks, Response* resp) {
+  resp->set_request_id(NextRequestId());
+  auto h = backend.engine->Submit(std::move(request), std::move(callbacks));
+  if (!h.ok()) return call->Done(h.status());
+  call->Attach(*h);
+}
+
 absl::StatusOr<int32_t> MaxTokens(int32_t requested, int32_t fallback, const Limits& limits) {
   if (requested < 0) return absl::InvalidArgumentError("max_tokens must be >= 0 (0 = default)");
   const int32_t n = requested == 0 ? fallback : requested;
@@ -428,10 +439,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Generate(grpc::CallbackServerContext
       FillTimings(result.timings, call->received(), resp->mutable_timings());
       call->Done(absl::OkStatus());
     };
-    resp->set_request_id(NextRequestId());
-    auto h = backend->engine->Submit(*std::move(r), std::move(cb));
-    if (!h.ok()) return call->Done(h.status());
-    call->Attach(*h);
+    SubmitUnary(call, *backend, *std::move(r), std::move(cb), resp);
   });
   return call;
 }
@@ -576,10 +584,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
       }
       call->Done(absl::OkStatus());
     };
-    resp->set_request_id(NextRequestId());
-    auto h = backend->engine->Submit(std::move(r), std::move(cb));
-    if (!h.ok()) return call->Done(h.status());
-    call->Attach(*h);
+    SubmitUnary(call, *backend, std::move(r), std::move(cb), resp);
   });
   return call;
 }
@@ -628,10 +633,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Act(grpc::CallbackServerContext* ctx
       resp->set_completed_unix_ns(absl::ToUnixNanos(absl::Now()));
       call->Done(absl::OkStatus());
     };
-    resp->set_request_id(NextRequestId());
-    auto h = backend->engine->Submit(std::move(r), std::move(cb));
-    if (!h.ok()) return call->Done(h.status());
-    call->Attach(*h);
+    SubmitUnary(call, *backend, std::move(r), std::move(cb), resp);
   });
   return call;
 }
@@ -717,10 +719,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
       }
       call->Done(absl::OkStatus());
     };
-    resp->set_request_id(NextRequestId());
-    auto h = backend->engine->Submit(std::move(r), std::move(cb));
-    if (!h.ok()) return call->Done(h.status());
-    call->Attach(*h);
+    SubmitUnary(call, *backend, std::move(r), std::move(cb), resp);
   });
   return call;
 }

@@ -334,6 +334,22 @@ void Engine::AfterToken(Sequence* seq, int32_t token, const SampledToken& sample
   seq->pending = token;
 }
 
+void Engine::SampleNext(Sequence* s, const float* logits) {
+  const std::vector<int32_t>* allowed = nullptr;
+  if (s->constraint != nullptr) {
+    allowed = &s->constraint->Allowed();
+    if (allowed->empty()) {
+      Finish(s, FinishReason::kError,
+             absl::FailedPreconditionError("the output grammar cannot be satisfied with this vocabulary"));
+      return;
+    }
+  } else if (!s->req.allowed_token_ids.empty()) {
+    allowed = &s->req.allowed_token_ids;
+  }
+  const SampledToken t = s->sampler->Sample(logits, vocab_size_, s->history, allowed);
+  AfterToken(s, t.id, t);
+}
+
 bool Engine::Admit(Sequence* seq, int64_t* budget) {
   const int slot = runner_->AllocateSlot();
   if (slot < 0) return false;  // capacity exhausted: stay queued
@@ -454,19 +470,7 @@ bool Engine::Iterate() {
     }
     if (logits->empty()) return;
     s->state = Sequence::State::kDecode;
-    const std::vector<int32_t>* allowed = nullptr;
-    if (s->constraint != nullptr) {
-      allowed = &s->constraint->Allowed();
-      if (allowed->empty()) {
-        Finish(s, FinishReason::kError,
-               absl::FailedPreconditionError("the output grammar cannot be satisfied with this vocabulary"));
-        return;
-      }
-    } else if (!s->req.allowed_token_ids.empty()) {
-      allowed = &s->req.allowed_token_ids;
-    }
-    SampledToken t = s->sampler->Sample(logits->data(), vocab_size_, s->history, allowed);
-    AfterToken(s, t.id, t);
+    SampleNext(s, logits->data());
   };
   for (auto& s : running_) {
     if (budget <= 0) break;
@@ -506,19 +510,7 @@ bool Engine::Iterate() {
         Finish(s, FinishReason::kError, logits.status());
         continue;
       }
-      const std::vector<int32_t>* allowed = nullptr;
-      if (s->constraint != nullptr) {
-        allowed = &s->constraint->Allowed();
-        if (allowed->empty()) {
-          Finish(s, FinishReason::kError,
-                 absl::FailedPreconditionError("the output grammar cannot be satisfied with this vocabulary"));
-          continue;
-        }
-      } else if (!s->req.allowed_token_ids.empty()) {
-        allowed = &s->req.allowed_token_ids;
-      }
-      SampledToken t = s->sampler->Sample(logits->data() + b * vocab_size_, vocab_size_, s->history, allowed);
-      AfterToken(s, t.id, t);
+      SampleNext(s, logits->data() + b * vocab_size_);
     }
   }
 

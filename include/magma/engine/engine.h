@@ -100,6 +100,9 @@ class Engine {
   bool Iterate();  // one scheduling iteration; false when idle
   void Finish(Sequence* seq, FinishReason reason, absl::Status status);
   void AfterToken(Sequence* seq, int32_t token, const SampledToken& sampled);
+  // Samples the next token of `seq` from its logits [vocab] under its
+  // grammar or allowed set, then AfterToken.
+  void SampleNext(Sequence* seq, const float* logits);
   bool Admit(Sequence* seq, int64_t* budget);
 
   std::unique_ptr<ModelRunner> runner_;
