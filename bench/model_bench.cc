@@ -40,6 +40,7 @@ ABSL_FLAG(int, crops, 2, "vision: crops per timed run");
 ABSL_FLAG(int, repeats, 3, "timed repetitions (the best is reported)");
 ABSL_FLAG(int, prompt, 512, "llm: prompt tokens");
 ABSL_FLAG(int, decode, 128, "llm: decoded tokens");
+ABSL_FLAG(bool, in_thread, false, "llm: run on a separate thread (as the engine does)");
 ABSL_FLAG(std::vector<std::string>, batch, std::vector<std::string>({"1", "8"}), "llm: batch sizes");
 
 namespace {
@@ -111,7 +112,7 @@ int Llm() {
     // Warm-up on a short prompt (pages in the weights).
     {
       magma::model::KvCache warm(m->config().text, 1, 64, m->dtype());
-      (void)m->Prefill(prompts[0].narrow(0, 0, 32), &warm, warm.Allocate());
+      (void)m->Prefill(prompts[0].narrow(0, 0, std::min<int64_t>(32, prompts[0].size(0))), &warm, warm.Allocate());
     }
     auto t0 = Clock::now();
     std::vector<int64_t> next(batch);
@@ -207,7 +208,13 @@ int main(int argc, char** argv) {
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   const std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode == "vision") return Vision();
-  if (mode == "llm") return Llm();
+  if (mode == "llm") {
+    if (!absl::GetFlag(FLAGS_in_thread)) return Llm();
+    int rc = 0;
+    std::thread t([&rc] { rc = Llm(); });
+    t.join();
+    return rc;
+  }
   if (mode == "load") return Load();
   if (mode == "gemv") return Gemv();
   std::cerr << "unknown --mode " << mode << "\n";
