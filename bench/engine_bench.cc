@@ -32,6 +32,8 @@ ABSL_FLAG(int, prompt, 128, "Prompt tokens per request");
 ABSL_FLAG(int, max_tokens, 64, "Generated tokens per request");
 ABSL_FLAG(int, requests_per_client, 3, "Sequential requests per client");
 ABSL_FLAG(bool, ttft, true, "Also measure click time-to-first-token");
+ABSL_FLAG(int, slots, 16, "KV-cache slots (= max batch)");
+ABSL_FLAG(int, context, 2048, "Positions per slot");
 
 namespace {
 
@@ -100,10 +102,10 @@ int main(int argc, char** argv) {
   }
   const int prompt = absl::GetFlag(FLAGS_prompt), max_tokens = absl::GetFlag(FLAGS_max_tokens);
   magma::engine::MagmaRunnerOptions ro;
-  ro.slots = 16;
-  ro.context_tokens = 2048;
+  ro.slots = absl::GetFlag(FLAGS_slots);
+  ro.context_tokens = absl::GetFlag(FLAGS_context);
   magma::engine::EngineOptions eo;
-  eo.max_batch = 16;
+  eo.max_batch = ro.slots;
   eo.max_queue = 256;
   magma::engine::Engine engine(magma::engine::MakeMagmaRunner(model->get(), ro), nullptr, eo);
   const int32_t vocab = static_cast<int32_t>((*model)->vocab_size());

@@ -194,6 +194,40 @@ INSTANTIATE_TEST_SUITE_P(
         BadGenerate{"EmptyChoice", [](auto* r) { r->add_choices(""); }, grpc::INVALID_ARGUMENT, "choice"}),
     [](const ::testing::TestParamInfo<BadGenerate>& info) { return info.param.name; });
 
+// Sizes come from each format's header: checked before decoding.
+TEST_F(ApiTest, ImageFormatsAndPixelLimitsFromHeaders) {
+  cv::Mat m(45, 123, CV_8UC3, cv::Scalar(10, 200, 30));
+  api::ServerOptions options;
+  options.limits.max_image_pixels = 5000;  // 123 x 45 = 5535
+  Start(options);
+  for (const char* ext : {".png", ".jpg", ".webp", ".bmp"}) {
+    std::vector<uchar> bytes;
+    ASSERT_TRUE(cv::imencode(ext, m, bytes)) << ext;
+    v1::GenerateRequest req;
+    req.set_prompt("what colour?");
+    req.set_max_tokens(2);
+    req.add_images()->set_encoded(std::string(bytes.begin(), bytes.end()));
+    v1::GenerateResponse resp;
+    auto ctx = Ctx();
+    grpc::Status st = stub_->Generate(ctx.get(), req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED) << ext << ": " << st.error_message();
+    EXPECT_NE(st.error_message().find("123x45"), std::string::npos) << ext << ": " << st.error_message();
+  }
+  Start({});
+  for (const char* ext : {".png", ".jpg", ".webp", ".bmp"}) {
+    std::vector<uchar> bytes;
+    ASSERT_TRUE(cv::imencode(ext, m, bytes));
+    v1::GenerateRequest req;
+    req.set_prompt("what colour?");
+    req.set_max_tokens(2);
+    req.add_images()->set_encoded(std::string(bytes.begin(), bytes.end()));
+    v1::GenerateResponse resp;
+    auto ctx = Ctx();
+    grpc::Status st = stub_->Generate(ctx.get(), req, &resp);
+    EXPECT_TRUE(st.ok()) << ext << ": " << st.error_message();
+  }
+}
+
 TEST_F(ApiTest, ClientDeadlinePropagates) {
   v1::GenerateRequest req;
   req.set_prompt("Go on forever");
