@@ -95,7 +95,10 @@ int main(int argc, char** argv) {
   magma::model::LoadOptions lo;
   lo.dtype = absl::GetFlag(FLAGS_dtype);
   lo.prefault = true;
-  auto model = magma::model::MagmaModel::Load(absl::GetFlag(FLAGS_model_dir), lo);
+  // Loaded on a thread that exits, so that only the engine thread keeps an
+  // OpenMP team (see app/backend.cc).
+  absl::StatusOr<std::unique_ptr<magma::model::MagmaModel>> model = absl::UnknownError("not loaded");
+  std::thread([&] { model = magma::model::MagmaModel::Load(absl::GetFlag(FLAGS_model_dir), lo); }).join();
   if (!model.ok()) {
     std::cerr << model.status() << "\n";
     return 1;
@@ -107,7 +110,9 @@ int main(int argc, char** argv) {
   magma::engine::EngineOptions eo;
   eo.max_batch = ro.slots;
   eo.max_queue = 256;
-  magma::engine::Engine engine(magma::engine::MakeMagmaRunner(model->get(), ro), nullptr, eo);
+  std::unique_ptr<magma::engine::ModelRunner> runner;
+  std::thread([&] { runner = magma::engine::MakeMagmaRunner(model->get(), ro); }).join();
+  magma::engine::Engine engine(std::move(runner), nullptr, eo);
   const int32_t vocab = static_cast<int32_t>((*model)->vocab_size());
 
   for (const std::string& cs : absl::GetFlag(FLAGS_concurrency)) {

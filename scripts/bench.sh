@@ -29,7 +29,8 @@ if [ "$what" = all ] || [ "$what" = model ]; then
 fi
 if [ "$what" = all ] || [ "$what" = engine ]; then
   model small
-  "$B/magma-engine-bench" --model_dir "$MODELS/small" --requests_per_client 2
+  "$B/magma-engine-bench" --model_dir "$MODELS/small" --requests_per_client 2 --prompt 32 --max_tokens 128 --ttft=false
+  "$B/magma-engine-bench" --model_dir "$MODELS/small" --requests_per_client 2 --prompt 128 --max_tokens 64
 fi
 if [ "$what" = all ] || [ "$what" = tokenizer ]; then
   NPM_DIR="${MAGMA_NPM_DIR:-$HOME/.cache/magma-serve/npm}"

@@ -24,6 +24,8 @@ struct LoadedBackend {
 
 // Loads config.model.dir (weights, tokenizer, dataset_statistics.json when
 // present) and starts the engine. Errors name the file or field at fault.
+// The loading runs on a short-lived thread of its own (see backend.cc);
+// callers should not run libtorch work on long-lived threads of their own.
 absl::StatusOr<LoadedBackend> LoadBackend(const config::ServerConfig& config);
 
 // Server options from the config (listen, gRPC, limits, security).
