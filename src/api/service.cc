@@ -21,100 +21,96 @@ namespace tk = magma::tokenizer;
 
 // ------------------------------------------------------------ call plumbing
 
-// A unary call answered later (by the engine thread or a worker). Client
-// cancellation is forwarded to the engine request.
-class UnaryCall final : public grpc::ServerUnaryReactor {
+// What every call tracks: when it arrived, its deadline, metrics, and the
+// link from client cancellation to the engine request. Thread-safe.
+class CallState {
  public:
-  UnaryCall(grpc::CallbackServerContext* ctx, const char* method, Metrics* metrics)
+  CallState(grpc::CallbackServerContext* ctx, const char* method, Metrics* metrics)
       : received_(absl::Now()), method_(method), metrics_(metrics) {
     const auto d = ctx->deadline();
     if (d < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) deadline_ = absl::FromChrono(d);
   }
+  // The engine request of this call; cancelled at once if the client already left.
   void Attach(std::shared_ptr<engine::RequestHandle> h) {
     std::lock_guard<std::mutex> lock(mu_);
     handle_ = std::move(h);
     if (cancelled_) handle_->Cancel();
   }
-  void Done(const absl::Status& s) {
-    if (metrics_ != nullptr) {
-      metrics_->RecordCall(method_, absl::StatusCodeToString(s.code()), absl::ToDoubleSeconds(absl::Now() - received_));
-    }
-    Finish(ToGrpcStatus(s));
-  }
-  void Generated(const engine::Timings& t) {
-    if (metrics_ != nullptr) metrics_->RecordGeneration(t);
-  }
-  void OnCancel() override {
+  void Cancel() {
     std::lock_guard<std::mutex> lock(mu_);
     cancelled_ = true;
     if (handle_) handle_->Cancel();
   }
-  void OnDone() override { delete this; }
+  bool cancelled() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_;
+  }
+  void Record(const absl::Status& s) const {
+    if (metrics_ != nullptr) {
+      metrics_->RecordCall(method_, absl::StatusCodeToString(s.code()), absl::ToDoubleSeconds(absl::Now() - received_));
+    }
+  }
+  void Generated(const engine::Timings& t) const {
+    if (metrics_ != nullptr) metrics_->RecordGeneration(t);
+  }
   absl::Time received() const { return received_; }
   absl::Time deadline() const { return deadline_; }
 
  private:
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::shared_ptr<engine::RequestHandle> handle_;  // guarded by mu_
   bool cancelled_ = false;                         // guarded by mu_
-  absl::Time received_;
+  const absl::Time received_;
   absl::Time deadline_ = absl::InfiniteFuture();
   const char* method_;
   Metrics* metrics_;
 };
 
-// GenerateStream: one message per delta, written one at a time.
-class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse> {
+// A unary call answered later (by the engine thread or a worker).
+class UnaryCall final : public grpc::ServerUnaryReactor, public CallState {
  public:
-  StreamCall(grpc::CallbackServerContext* ctx, Metrics* metrics) : received_(absl::Now()), metrics_(metrics) {
-    const auto d = ctx->deadline();
-    if (d < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) deadline_ = absl::FromChrono(d);
+  UnaryCall(grpc::CallbackServerContext* ctx, const char* method, Metrics* metrics) : CallState(ctx, method, metrics) {}
+  void Done(const absl::Status& s) {
+    Record(s);
+    Finish(ToGrpcStatus(s));
   }
-  void Attach(std::shared_ptr<engine::RequestHandle> h) {
-    std::lock_guard<std::mutex> lock(mu_);
-    handle_ = std::move(h);
-    if (cancelled_) handle_->Cancel();
-  }
+  void OnCancel() override { Cancel(); }
+  void OnDone() override { delete this; }
+};
+
+// GenerateStream: one message per delta, written one at a time.
+class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamResponse>, public CallState {
+ public:
+  StreamCall(grpc::CallbackServerContext* ctx, Metrics* metrics) : CallState(ctx, "GenerateStream", metrics) {}
   // Queues a message; thread-safe.
   void Send(v1::GenerateStreamResponse msg) {
+    if (cancelled()) return;
     std::lock_guard<std::mutex> lock(mu_);
-    if (cancelled_) return;
     queue_.push_back(std::move(msg));
     if (!writing_) WriteNextLocked();
   }
   // Ends the call after the queued messages.
   void End(const absl::Status& s) {
-    if (metrics_ != nullptr) {
-      metrics_->RecordCall("GenerateStream", absl::StatusCodeToString(s.code()),
-                           absl::ToDoubleSeconds(absl::Now() - received_));
-    }
+    Record(s);
     std::lock_guard<std::mutex> lock(mu_);
     end_ = ToGrpcStatus(s);
     ended_ = true;
     if (!writing_) FinishLocked();
   }
   void OnWriteDone(bool ok) override {
+    if (!ok) Cancel();  // the client went away
     std::lock_guard<std::mutex> lock(mu_);
     writing_ = false;
     queue_.pop_front();
-    if (!ok) {  // the client went away
-      queue_.clear();
-      if (handle_) handle_->Cancel();
-    }
+    if (!ok) queue_.clear();
     if (!queue_.empty()) {
       WriteNextLocked();
     } else if (ended_) {
       FinishLocked();
     }
   }
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    cancelled_ = true;
-    if (handle_) handle_->Cancel();
-  }
+  void OnCancel() override { Cancel(); }
   void OnDone() override { delete this; }
-  absl::Time received() const { return received_; }
-  absl::Time deadline() const { return deadline_; }
 
  private:
   void WriteNextLocked() {
@@ -127,18 +123,9 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamRespo
     Finish(end_);
   }
   std::mutex mu_;
-  std::shared_ptr<engine::RequestHandle> handle_;
-  std::deque<v1::GenerateStreamResponse> queue_;  // front is being written when writing_
-  bool writing_ = false, ended_ = false, finished_ = false, cancelled_ = false;
-  grpc::Status end_;
-  absl::Time received_;
-  absl::Time deadline_ = absl::InfiniteFuture();
-  Metrics* metrics_;
-
- public:
-  void Generated(const engine::Timings& t) {
-    if (metrics_ != nullptr) metrics_->RecordGeneration(t);
-  }
+  std::deque<v1::GenerateStreamResponse> queue_;  // guarded by mu_; front is in flight while writing_
+  bool writing_ = false, ended_ = false, finished_ = false;  // guarded by mu_
+  grpc::Status end_;                                         // guarded by mu_
 };
 
 // ------------------------------------------------------------ conversions
