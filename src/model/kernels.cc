@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -175,6 +176,44 @@ inline float Dot(const float* q, const T* k, int64_t d) {
   return acc;
 }
 
+#if defined(__x86_64__)
+// 16 bfloat16 values widened to float32 (a bfloat16 is the top half of one).
+MAGMA_BF16_TARGET inline __m512 LoadBf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+// scores[j * len + t] = q[j] . k[t] * scale for the g query heads sharing
+// one KV head; each key row is read once for all g heads.
+MAGMA_BF16_TARGET void ScoresAvx512(const float* q, const uint16_t* kb, int64_t len, int64_t d, int64_t g, float scale,
+                                    float* scores) {
+  for (int64_t t = 0; t < len; ++t) {
+    const uint16_t* kr = kb + t * d;
+    for (int64_t j = 0; j < g; ++j) {
+      const float* qj = q + j * d;
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t i = 0; i < d; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qj + i), LoadBf16x16(kr + i), acc);
+      scores[j * len + t] = _mm512_reduce_add_ps(acc) * scale;
+    }
+  }
+}
+
+// out[j] = sum_t probs[j * len + t] * v[t] for the g heads.
+MAGMA_BF16_TARGET void ValuesAvx512(const float* probs, const uint16_t* vb, int64_t len, int64_t d, int64_t g,
+                                    float* out) {
+  for (int64_t i = 0; i < g * d; ++i) out[i] = 0;
+  for (int64_t t = 0; t < len; ++t) {
+    const uint16_t* vr = vb + t * d;
+    for (int64_t i = 0; i < d; i += 16) {
+      const __m512 vv = LoadBf16x16(vr + i);
+      for (int64_t j = 0; j < g; ++j) {
+        float* o = out + j * d + i;
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_set1_ps(probs[j * len + t]), vv, _mm512_loadu_ps(o)));
+      }
+    }
+  }
+}
+#endif
+
 template <typename T>
 void DecodeAttentionImpl(const float* q, const T* k, const T* v, const std::vector<int64_t>& slots,
                          const std::vector<int64_t>& lengths, int64_t heads, int64_t kv_heads, int64_t capacity,
@@ -189,9 +228,19 @@ void DecodeAttentionImpl(const float* q, const T* k, const T* v, const std::vect
       const T* kb = k + (slots[b] * kv_heads + kh) * capacity * d;
       const T* vb = v + (slots[b] * kv_heads + kh) * capacity * d;
       scores.resize(static_cast<size_t>(g * len));
-      for (int64_t t = 0; t < len; ++t) {
-        for (int64_t j = 0; j < g; ++j) {
-          scores[j * len + t] = Dot(q + (b * heads + kh * g + j) * d, kb + t * d, d) * scale;
+      const float* qh = q + (b * heads + kh * g) * d;  // the g query heads of this KV head
+#if defined(__x86_64__)
+      constexpr bool kBf16 = std::is_same<T, uint16_t>::value;
+      const bool vector_path = kBf16 && d % 16 == 0 && HasAvx512Bf16();
+      if (vector_path) {
+        ScoresAvx512(qh, reinterpret_cast<const uint16_t*>(kb), len, d, g, scale, scores.data());
+      }
+#else
+      const bool vector_path = false;
+#endif
+      if (!vector_path) {
+        for (int64_t t = 0; t < len; ++t) {
+          for (int64_t j = 0; j < g; ++j) scores[j * len + t] = Dot(qh + j * d, kb + t * d, d) * scale;
         }
       }
       for (int64_t j = 0; j < g; ++j) {
@@ -204,14 +253,20 @@ void DecodeAttentionImpl(const float* q, const T* k, const T* v, const std::vect
           sum += s[t];
         }
         const float inv = 1.0f / sum;
+        for (int64_t t = 0; t < len; ++t) s[t] *= inv;
+        if (vector_path) continue;
         float* o = out + (b * heads + kh * g + j) * d;
         for (int64_t i = 0; i < d; ++i) o[i] = 0;
         for (int64_t t = 0; t < len; ++t) {
-          const float p = s[t] * inv;
           const T* vr = vb + t * d;
-          for (int64_t i = 0; i < d; ++i) o[i] += p * LoadAsFloat(vr, i);
+          for (int64_t i = 0; i < d; ++i) o[i] += s[t] * LoadAsFloat(vr, i);
         }
       }
+#if defined(__x86_64__)
+      if (vector_path) {
+        ValuesAvx512(scores.data(), reinterpret_cast<const uint16_t*>(vb), len, d, g, out + (b * heads + kh * g) * d);
+      }
+#endif
     }
   });
 }
