@@ -1,0 +1,72 @@
+// A synthetic top-down tabletop for training and evaluating robot actions and
+// 2D paths: coloured blocks and plates, a gripper, instructions such as "put
+// the red block on the blue plate", a simulator that applies 7-DoF actions
+// (translation in the image plane; rotations and height ignored; gripper)
+// and an expert. Deterministic by seed.
+#ifndef MAGMA_WORLDS_ROBOT_WORLD_H_
+#define MAGMA_WORLDS_ROBOT_WORLD_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+
+#include "magma/vision/geometry.h"
+#include "magma/vision/overlay.h"
+
+namespace magma::worlds {
+
+struct TableObject {
+  std::string color;   // e.g. "red"
+  std::string kind;    // "block" (can be picked) or "plate" (a target)
+  vision::NormPoint center;
+  double radius = 0.05;  // normalised half-size
+};
+
+struct RobotScene {
+  std::vector<TableObject> objects;
+  vision::NormPoint gripper{0.5, 0.9};
+  bool gripper_open = true;
+  int held = -1;  // index of the block in the gripper, or -1
+  int pick = 0;   // block to move
+  int place = 0;  // plate to put it on
+  std::string instruction;
+  int steps = 0;
+};
+
+struct RobotWorldOptions {
+  int image_size = 256;  // square images, pixels
+  int blocks = 3;
+  int plates = 2;
+  // Largest translation per step in normalised units; an action of +-1
+  // moves this far.
+  double max_step = 0.08;
+};
+
+RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& options = {});
+
+// Top-down rendering (RGB).
+cv::Mat RenderScene(const RobotScene& scene, const RobotWorldOptions& options = {});
+
+// Applies a normalised 7-DoF action [dx, dy, dz, droll, dpitch, dyaw,
+// gripper] with dx, dy in [-1, 1] (scaled by max_step; dz and rotations
+// ignored) and gripper < 0.5 closing, >= 0.5 opening. Closing over a block
+// grasps it; opening releases it where it is.
+void Step(RobotScene* scene, const std::array<double, 7>& action, const RobotWorldOptions& options = {});
+
+// The picked block rests on the target plate with the gripper open.
+bool Success(const RobotScene& scene);
+
+// The expert's next action: go to the block, close, carry it to the plate,
+// open. Values in [-1, 1] (gripper 0 or 1).
+std::array<double, 7> ExpertAction(const RobotScene& scene, const RobotWorldOptions& options = {});
+
+// The expert's whole path as HAMSTER waypoints: start, the block (gripper
+// closes there), the plate (gripper opens there).
+std::vector<vision::PathWaypoint> ExpertPath(const RobotScene& scene);
+
+}  // namespace magma::worlds
+
+#endif  // MAGMA_WORLDS_ROBOT_WORLD_H_

@@ -1,0 +1,136 @@
+#include "magma/worlds/robot_world.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include <opencv2/imgproc.hpp>
+
+#include "magma/worlds/ui_world.h"
+
+namespace magma::worlds {
+namespace {
+
+double Dist(const vision::NormPoint& a, const vision::NormPoint& b) { return std::hypot(a.x - b.x, a.y - b.y); }
+
+cv::Scalar ColorOf(const std::string& name) {
+  for (const auto& [n, c] : UiColors()) {
+    if (n == name) return c;
+  }
+  return cv::Scalar(128, 128, 128);
+}
+
+// Within this distance the gripper is "at" an object.
+constexpr double kReach = 0.03;
+
+}  // namespace
+
+RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& o) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> pos(0.12, 0.88);
+  std::vector<std::string> colors = {"red", "green", "blue", "yellow", "purple", "orange"};
+  std::shuffle(colors.begin(), colors.end(), rng);
+  RobotScene s;
+  size_t next_color = 0;
+  auto place_object = [&](const std::string& kind, double radius) {
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      TableObject obj{colors[next_color % colors.size()], kind, {pos(rng), pos(rng) * 0.85}, radius};
+      bool clear = Dist(obj.center, s.gripper) > 0.2;
+      for (const auto& other : s.objects) clear = clear && Dist(obj.center, other.center) > obj.radius + other.radius + 0.06;
+      if (!clear) continue;
+      ++next_color;
+      s.objects.push_back(obj);
+      return;
+    }
+  };
+  for (int i = 0; i < o.plates; ++i) place_object("plate", 0.08);
+  for (int i = 0; i < o.blocks; ++i) place_object("block", 0.04);
+  std::vector<int> blocks, plates;
+  for (size_t i = 0; i < s.objects.size(); ++i) (s.objects[i].kind == "block" ? blocks : plates).push_back(static_cast<int>(i));
+  s.pick = blocks[rng() % blocks.size()];
+  s.place = plates[rng() % plates.size()];
+  s.instruction = "put the " + s.objects[s.pick].color + " block on the " + s.objects[s.place].color + " plate";
+  return s;
+}
+
+cv::Mat RenderScene(const RobotScene& s, const RobotWorldOptions& o) {
+  const int n = o.image_size;
+  cv::Mat img(n, n, CV_8UC3, cv::Scalar(205, 185, 150));  // wooden table
+  auto px = [n](const vision::NormPoint& p) { return cv::Point(static_cast<int>(p.x * n), static_cast<int>(p.y * n)); };
+  for (const auto& obj : s.objects) {
+    if (obj.kind != "plate") continue;
+    cv::circle(img, px(obj.center), static_cast<int>(obj.radius * n), ColorOf(obj.color), cv::FILLED, cv::LINE_AA);
+    cv::circle(img, px(obj.center), static_cast<int>(obj.radius * n * 0.7), cv::Scalar(240, 240, 240), 2, cv::LINE_AA);
+  }
+  for (const auto& obj : s.objects) {
+    if (obj.kind != "block") continue;
+    const int r = static_cast<int>(obj.radius * n);
+    const cv::Point c = px(obj.center);
+    cv::rectangle(img, cv::Rect(c.x - r, c.y - r, 2 * r, 2 * r), ColorOf(obj.color), cv::FILLED);
+    cv::rectangle(img, cv::Rect(c.x - r, c.y - r, 2 * r, 2 * r), cv::Scalar(40, 40, 40), 1);
+  }
+  // The gripper: two fingers, apart when open.
+  const cv::Point g = px(s.gripper);
+  const int spread = s.gripper_open ? n / 22 : n / 45;
+  const cv::Scalar steel(70, 70, 80);
+  cv::rectangle(img, cv::Rect(g.x - spread - 3, g.y - 10, 4, 20), steel, cv::FILLED);
+  cv::rectangle(img, cv::Rect(g.x + spread - 1, g.y - 10, 4, 20), steel, cv::FILLED);
+  cv::rectangle(img, cv::Rect(g.x - spread - 3, g.y - 14, 2 * spread + 6, 5), steel, cv::FILLED);
+  return img;
+}
+
+void Step(RobotScene* s, const std::array<double, 7>& a, const RobotWorldOptions& o) {
+  const double dx = std::clamp(a[0], -1.0, 1.0) * o.max_step, dy = std::clamp(a[1], -1.0, 1.0) * o.max_step;
+  s->gripper.x = std::clamp(s->gripper.x + dx, 0.0, 1.0);
+  s->gripper.y = std::clamp(s->gripper.y + dy, 0.0, 1.0);
+  if (s->held >= 0) s->objects[s->held].center = s->gripper;
+  const bool open = a[6] >= 0.5;
+  if (!open && s->gripper_open) {
+    // Closing grasps the nearest block within reach.
+    int best = -1;
+    double best_d = kReach;
+    for (size_t i = 0; i < s->objects.size(); ++i) {
+      const double d = Dist(s->objects[i].center, s->gripper);
+      if (s->objects[i].kind == "block" && d <= best_d) {
+        best = static_cast<int>(i);
+        best_d = d;
+      }
+    }
+    s->held = best;
+  } else if (open) {
+    s->held = -1;
+  }
+  s->gripper_open = open;
+  ++s->steps;
+}
+
+bool Success(const RobotScene& s) {
+  const auto& block = s.objects[s.pick];
+  const auto& plate = s.objects[s.place];
+  return s.held < 0 && s.gripper_open && Dist(block.center, plate.center) <= plate.radius * 0.8;
+}
+
+std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions& o) {
+  std::array<double, 7> a{0, 0, 0, 0, 0, 0, 1};
+  const bool carrying = s.held == s.pick;
+  const vision::NormPoint goal = carrying ? s.objects[s.place].center : s.objects[s.pick].center;
+  const double dx = goal.x - s.gripper.x, dy = goal.y - s.gripper.y;
+  const double d = std::hypot(dx, dy);
+  if (d > kReach * 0.5) {
+    // Toward the goal, at most one full step per axis.
+    a[0] = std::clamp(dx / o.max_step, -1.0, 1.0);
+    a[1] = std::clamp(dy / o.max_step, -1.0, 1.0);
+    a[6] = carrying ? 0 : 1;  // keep holding while carrying
+    return a;
+  }
+  a[6] = carrying ? 1 : 0;  // at the block: close; at the plate: open
+  return a;
+}
+
+std::vector<vision::PathWaypoint> ExpertPath(const RobotScene& s) {
+  return {{s.gripper, vision::Gripper::kOpen},
+          {s.objects[s.pick].center, vision::Gripper::kClosed},
+          {s.objects[s.place].center, vision::Gripper::kOpen}};
+}
+
+}  // namespace magma::worlds
