@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -444,6 +445,94 @@ absl::Status MagmaModel::Init(const std::string& dir, const LoadOptions& options
   return absl::OkStatus();
 }
 
+// ---------------------------------------------------------------- parameters
+
+void MagmaModel::ForEachParameter(const std::function<void(const std::string&, at::Tensor&)>& fn) {
+  Weights& w = *w_;
+  fn(absl::StrCat(kTrunk, "stem.0.weight"), w.stem_w);
+  fn(absl::StrCat(kTrunk, "stem.0.bias"), w.stem_b);
+  fn(absl::StrCat(kTrunk, "stem.1.weight"), w.stem_norm_w);
+  fn(absl::StrCat(kTrunk, "stem.1.bias"), w.stem_norm_b);
+  for (size_t s = 0; s < w.stages.size(); ++s) {
+    auto& st = w.stages[s];
+    const std::string p = absl::StrCat(kTrunk, "stages.", s, ".");
+    if (st.downsample) {
+      fn(p + "downsample.0.weight", st.ds_norm_w);
+      fn(p + "downsample.0.bias", st.ds_norm_b);
+      fn(p + "downsample.1.weight", st.ds_conv_w);
+      fn(p + "downsample.1.bias", st.ds_conv_b);
+    }
+    for (size_t j = 0; j < st.blocks.size(); ++j) {
+      auto& b = st.blocks[j];
+      const std::string q = absl::StrCat(p, "blocks.", j, ".");
+      fn(q + "conv_dw.weight", b.dw_w);
+      fn(q + "conv_dw.bias", b.dw_b);
+      fn(q + "norm.weight", b.norm_w);
+      fn(q + "norm.bias", b.norm_b);
+      fn(q + "mlp.fc1.weight", b.fc1_w);
+      fn(q + "mlp.fc1.bias", b.fc1_b);
+      fn(q + "mlp.fc2.weight", b.fc2_w);
+      fn(q + "mlp.fc2.bias", b.fc2_b);
+      fn(q + "gamma", b.gamma);
+    }
+  }
+  fn("multi_modal_projector.proj.0.weight", w.proj0_w);
+  fn("multi_modal_projector.proj.0.bias", w.proj0_b);
+  fn("multi_modal_projector.proj.2.weight", w.proj2_w);
+  fn("multi_modal_projector.proj.2.bias", w.proj2_b);
+  fn("multi_modal_projector.row_seperator", w.row_sep);
+  fn(absl::StrCat(kLm, "embed_tokens.weight"), w.embed);
+  for (size_t i = 0; i < w.layers.size(); ++i) {
+    auto& L = w.layers[i];
+    const std::string p = absl::StrCat(kLm, "layers.", i, ".");
+    fn(p + "self_attn.q_proj.weight", L.q);
+    fn(p + "self_attn.k_proj.weight", L.k);
+    fn(p + "self_attn.v_proj.weight", L.v);
+    fn(p + "self_attn.o_proj.weight", L.o);
+    fn(p + "mlp.gate_proj.weight", L.gate);
+    fn(p + "mlp.up_proj.weight", L.up);
+    fn(p + "mlp.down_proj.weight", L.down);
+    fn(p + "input_layernorm.weight", L.in_norm);
+    fn(p + "post_attention_layernorm.weight", L.post_norm);
+  }
+  fn(absl::StrCat(kLm, "norm.weight"), w.final_norm);
+  fn("language_model.lm_head.weight", w.lm_head);
+}
+
+absl::StatusOr<std::vector<at::Tensor>> MagmaModel::MakeTrainable() {
+  if (dtype_ != at::kFloat || vision_dtype_ != at::kFloat) {
+    return absl::FailedPreconditionError("training needs a model loaded in float32");
+  }
+  std::vector<at::Tensor> params;
+  ForEachParameter([&params](const std::string&, at::Tensor& t) {
+    // Own, writable float32 copies (the loaded ones may be views of the mapping).
+    t = t.detach().to(at::kFloat).clone().set_requires_grad(true);
+    params.push_back(t);
+  });
+  training_ = true;
+  return params;
+}
+
+absl::Status MagmaModel::SaveWeights(const std::string& path) {
+  std::vector<at::Tensor> keep;  // contiguous float32 copies alive until written
+  std::vector<TensorView> views;
+  absl::Status status;
+  ForEachParameter([&](const std::string& name, at::Tensor& t) {
+    at::Tensor c = t.detach().to(at::kFloat).contiguous();
+    std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
+    if (const TensorView* stored = checkpoint_->Find(name)) shape = stored->shape;  // e.g. [1, 1, h] row separator
+    keep.push_back(c);
+    TensorView v;
+    v.name = name;
+    v.dtype = StDType::kF32;
+    v.shape = shape;
+    v.data = c.data_ptr();
+    v.nbytes = c.numel() * 4;
+    views.push_back(v);
+  });
+  return WriteSafetensors(path, views);
+}
+
 // ---------------------------------------------------------------- vision
 
 int64_t MagmaModel::ImageTokenCount(int grid_rows, int grid_cols) const {
@@ -482,7 +571,7 @@ at::Tensor MagmaModel::Project(const at::Tensor& nhwc) const {
 
 absl::StatusOr<at::Tensor> MagmaModel::VisionFeatures(const at::Tensor& crops) const {
   return Guarded("vision tower", [&] {
-    c10::InferenceMode guard;
+    c10::InferenceMode guard(!training_);  // autograd on while training
     return Tower(crops.to(at::kFloat)).contiguous();
   });
 }
@@ -495,7 +584,7 @@ absl::StatusOr<at::Tensor> MagmaModel::EncodeImage(const at::Tensor& crops, int 
                                                    s, "] for a ", rows, "x", cols, " grid"));
   }
   return Guarded("encode image", [&] {
-    c10::InferenceMode guard;
+    c10::InferenceMode guard(!training_);  // autograd on while training
     const int64_t hsz = hidden_size();
     at::Tensor grid;  // [rows*h, cols*w, hidden]
     if (config_.vision.anyres_strategy == "global") {
@@ -535,7 +624,7 @@ absl::StatusOr<at::Tensor> MagmaModel::EmbedPrompt(const std::vector<int64_t>& i
     }
   }
   return Guarded("embed prompt", [&] {
-    c10::InferenceMode guard;
+    c10::InferenceMode guard(!training_);  // autograd on while training
     std::vector<at::Tensor> parts;
     std::vector<int64_t> run;
     size_t next_image = 0;
@@ -652,7 +741,7 @@ absl::StatusOr<at::Tensor> MagmaModel::Prefill(const at::Tensor& embeds, KvCache
                                               std::min<int64_t>(cache->capacity(), max_context_tokens())));
   }
   return Guarded("prefill", [&] {
-    c10::InferenceMode guard;
+    c10::InferenceMode guard(!training_);  // autograd on while training
     at::Tensor positions = at::arange(p0, p0 + L, at::kLong).view({1, L});
     at::Tensor hidden = RunDecoder(embeds.to(at::kFloat).unsqueeze(0), positions, cache, {slot}, /*prefill=*/true)[0];
     if (!all_logits) hidden = hidden.narrow(0, L - 1, 1);

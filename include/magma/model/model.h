@@ -8,6 +8,7 @@
 #define MAGMA_MODEL_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -145,6 +146,15 @@ class MagmaModel {
   // Final hidden states (after the last RMSNorm) for embeds: [L, hidden] float32.
   absl::StatusOr<at::Tensor> LastHiddenState(const at::Tensor& embeds) const;
 
+  // Training. Replaces every weight by a float32 copy that requires grad and
+  // returns them (for an optimizer); from then on EncodeImage, EmbedPrompt
+  // and Prefill record autograd graphs (use a fresh KvCache per forward).
+  // FAILED_PRECONDITION unless loaded in float32 (dtype and vision_dtype).
+  absl::StatusOr<std::vector<at::Tensor>> MakeTrainable();
+  // Writes the current weights as one float32 safetensors file with the
+  // checkpoint's names and shapes.
+  absl::Status SaveWeights(const std::string& path);
+
  private:
   struct Weights;
   MagmaModel();
@@ -155,6 +165,8 @@ class MagmaModel {
   at::Tensor Tower(const at::Tensor& x) const;
   at::Tensor Project(const at::Tensor& features_nhwc) const;
   at::Tensor LmHead(const at::Tensor& hidden) const;
+  // Calls fn(name, tensor) for every parameter, in checkpoint naming.
+  void ForEachParameter(const std::function<void(const std::string&, at::Tensor&)>& fn);
 
   std::string name_;
   ModelConfig config_;
@@ -165,6 +177,7 @@ class MagmaModel {
   std::vector<int64_t> vision_depths_, vision_dims_;
   std::unique_ptr<Checkpoint> checkpoint_;  // backs zero-copy weights
   std::unique_ptr<Weights> w_;
+  bool training_ = false;
 };
 
 // Parses "float32" / "bfloat16".
