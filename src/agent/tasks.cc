@@ -70,6 +70,21 @@ std::vector<tk::ChatMessage> WithSystem(const std::string& system, std::vector<t
 
 }  // namespace
 
+absl::StatusOr<std::shared_ptr<const engine::Grammar>> GrammarCache::Get(
+    const std::string& pattern, std::shared_ptr<const engine::TokenTable> table) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = grammars_.find(pattern);
+    if (it != grammars_.end()) return it->second;
+  }
+  auto g = engine::CompileRegex(pattern, std::move(table));
+  if (!g.ok()) return g.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (grammars_.size() >= 256) grammars_.clear();  // bounded: patterns depend on mark counts and steps
+  grammars_.emplace(pattern, *g);
+  return g;
+}
+
 absl::StatusOr<TaskContext> MakeTaskContext(std::shared_ptr<const tk::Tokenizer> tokenizer, int32_t image_token_id,
                                             bool image_start_end, const vision::AnyresOptions& anyres,
                                             std::optional<DatasetStatistics> statistics) {
@@ -174,9 +189,9 @@ absl::StatusOr<PreparedClick> PrepareClick(const TaskContext& ctx, ClickTask tas
   p.request.prompt_ids = *std::move(ids);
   p.request.images.push_back({Crops(ctx, p.som_image), ContentKey(p.som_image, ctx)});
   if (task.constrain_to_marks && !p.marks.empty()) {
-    std::vector<std::string> choices;
-    for (const auto& m : p.marks) choices.push_back(absl::StrCat("Mark: ", m.id));
-    auto g = engine::CompileChoices(choices, ctx.token_table);
+    std::string pattern;
+    for (const auto& m : p.marks) absl::StrAppend(&pattern, pattern.empty() ? "" : "|", "(Mark: ", m.id, ")");
+    auto g = ctx.grammars->Get(pattern, ctx.token_table);
     if (!g.ok()) return g.status();
     p.request.grammar = *g;
   }
@@ -340,9 +355,8 @@ absl::StatusOr<PreparedTrace> PrepareTrace(const TaskContext& ctx, TraceTask tas
   p.request.prompt_ids = *std::move(ids);
   p.request.images.push_back({Crops(ctx, p.model_image), ContentKey(p.model_image, ctx)});
   if (task.constrain_output) {
-    auto g = engine::CompileRegex(task.format == TraceFormat::kMagmaTom ? TraceGrammar(p.marks, task.steps)
-                                                                          : PathGrammar(),
-                                  ctx.token_table);
+    auto g = ctx.grammars->Get(
+        task.format == TraceFormat::kMagmaTom ? TraceGrammar(p.marks, task.steps) : PathGrammar(), ctx.token_table);
     if (!g.ok()) return g.status();
     p.request.grammar = *g;
   }

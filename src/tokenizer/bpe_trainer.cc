@@ -1,5 +1,6 @@
 #include "magma/tokenizer/bpe_trainer.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -84,6 +85,13 @@ absl::Status TrainByteLevelBpe(const std::vector<std::string>& corpus, const Bpe
       }
       ids = std::move(next);
     }
+  }
+  // Reserved entries: a control byte then letters and digits, which the
+  // pre-tokenizer always splits apart, so no input reaches them.
+  for (int i = 0; i < options.reserved_pieces; ++i) {
+    char name[16];
+    std::snprintf(name, sizeof(name), "\x01" "act%03d", i);
+    tokens.push_back(name);
   }
   for (const auto& a : options.added_tokens) {
     if (a.id < static_cast<int32_t>(tokens.size())) {

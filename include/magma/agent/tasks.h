@@ -9,7 +9,9 @@
 #ifndef MAGMA_AGENT_TASKS_H_
 #define MAGMA_AGENT_TASKS_H_
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +31,18 @@
 
 namespace magma::agent {
 
+// Compiled grammars by pattern (compiling the path grammar over a vocabulary
+// takes seconds; the same patterns recur). Thread-safe.
+class GrammarCache {
+ public:
+  absl::StatusOr<std::shared_ptr<const engine::Grammar>> Get(const std::string& pattern,
+                                                            std::shared_ptr<const engine::TokenTable> table);
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<const engine::Grammar>> grammars_;  // guarded by mu_
+};
+
 // What tasks need to know about the served model. Immutable once built.
 struct TaskContext {
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
@@ -41,6 +55,7 @@ struct TaskContext {
   std::optional<ActionCodec> action_codec;  // absent when the vocabulary is too small
   std::optional<DatasetStatistics> dataset_statistics;
   int robot_image_size = 256;     // Act resizes the camera image to this square first
+  std::shared_ptr<GrammarCache> grammars = std::make_shared<GrammarCache>();
 };
 
 // Builds the context from a tokenizer and the model's facts. FAILED_PRECONDITION

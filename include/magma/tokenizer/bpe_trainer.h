@@ -20,6 +20,10 @@ struct AddedTokenSpec {
 struct BpeTrainOptions {
   // Merges to learn (fewer if the corpus runs out of repeated pairs).
   int num_merges = 1000;
+  // Entries appended after the learned ones that no text ever encodes to
+  // (robot action tokens are counted down from the top of the base
+  // vocabulary, as in the OpenVLA/Magma scheme). Default 0.
+  int reserved_pieces = 0;
   // Tokens added after the learned vocabulary, with fixed ids.
   std::vector<AddedTokenSpec> added_tokens;
   // bos_token / eos_token of tokenizer_config.json (must be added tokens).

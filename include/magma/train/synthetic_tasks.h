@@ -1,0 +1,60 @@
+// Training examples from the synthetic worlds, built with exactly the prompt
+// builders, overlays and image preprocessing the server uses at inference
+// (agent/tasks.h), so that a model trained on them is served as is.
+#ifndef MAGMA_TRAIN_SYNTHETIC_TASKS_H_
+#define MAGMA_TRAIN_SYNTHETIC_TASKS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "magma/agent/tasks.h"
+#include "magma/model/trainer.h"
+#include "magma/worlds/robot_world.h"
+#include "magma/worlds/ui_world.h"
+
+namespace magma::train {
+
+enum class TaskKind { kClick, kAct, kPath, kQuestion };
+
+struct SyntheticExample {
+  TaskKind kind = TaskKind::kClick;
+  model::TrainExample example;
+  std::string target_text;  // what the target ids spell (actions: their bins)
+};
+
+class SyntheticTasks {
+ public:
+  // `ctx` must outlive this object.
+  SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
+                 const worlds::RobotWorldOptions& robot);
+
+  // A Set-of-Mark screen and an instruction; target "Mark: N".
+  absl::StatusOr<SyntheticExample> Click(uint64_t seed) const;
+  // A tabletop frame somewhere along the expert's episode; target the
+  // expert's 7 action tokens then the end token.
+  absl::StatusOr<SyntheticExample> Act(uint64_t seed) const;
+  // A tabletop scene; target the expert's HAMSTER path answer.
+  absl::StatusOr<SyntheticExample> Path(uint64_t seed) const;
+  // A question about a UI screen (colours, counts, which mark holds a label).
+  absl::StatusOr<SyntheticExample> Question(uint64_t seed) const;
+
+  // One example of a kind chosen by the seed (click, act, path, question in
+  // the proportions 4:3:1:2).
+  absl::StatusOr<SyntheticExample> Mixed(uint64_t seed) const;
+
+  // Texts that appear in prompts and answers (for training a tokenizer).
+  static std::vector<std::string> CorpusTexts(int screens);
+
+ private:
+  absl::StatusOr<model::TrainExample> ToExample(const engine::GenerationRequest& request,
+                                                const std::string& answer) const;
+  const agent::TaskContext* ctx_;
+  worlds::UiWorldOptions ui_;
+  worlds::RobotWorldOptions robot_;
+};
+
+}  // namespace magma::train
+
+#endif  // MAGMA_TRAIN_SYNTHETIC_TASKS_H_
