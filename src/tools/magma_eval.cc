@@ -1,0 +1,196 @@
+// magma-eval: measures a running magma-serve through its public API on
+// held-out seeds of the synthetic worlds: click accuracy (Click), closed-loop
+// robot success (Act, one call per step), 2D-path error (Trace, mean distance
+// between arc-length-resampled paths in % of the image diagonal) and question
+// accuracy (Generate).
+//
+//   magma-eval --server 127.0.0.1:50051 [--screens 500] [--episodes 200] [--paths 100] [--questions 200]
+#include <cmath>
+#include <iostream>
+#include <random>
+
+#include <grpcpp/grpcpp.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/ascii.h"
+#include "magma/v1/agent.grpc.pb.h"
+#include "magma/worlds/robot_world.h"
+#include "magma/worlds/ui_world.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "magma-serve address");
+ABSL_FLAG(int, screens, 500, "Click: screens");
+ABSL_FLAG(int, episodes, 200, "Act: robot episodes");
+ABSL_FLAG(int, max_steps, 60, "Act: steps per episode");
+ABSL_FLAG(int, paths, 100, "Trace: scenes");
+ABSL_FLAG(int, questions, 200, "Generate: questions");
+ABSL_FLAG(uint64_t, first_seed, 1000000, "Held-out seeds start here (training uses small seeds)");
+
+namespace {
+
+using magma::v1::AgentService;
+
+std::string Png(const cv::Mat& rgb) {
+  cv::Mat bgr;
+  cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+  std::vector<uchar> out;
+  cv::imencode(".png", bgr, out);
+  return std::string(out.begin(), out.end());
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx() {
+  auto c = std::make_unique<grpc::ClientContext>();
+  c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  return c;
+}
+
+// `n` points equally spaced by arc length along the polyline.
+std::vector<cv::Point2d> Resample(const std::vector<cv::Point2d>& p, int n) {
+  std::vector<double> cum = {0};
+  for (size_t i = 1; i < p.size(); ++i) cum.push_back(cum.back() + cv::norm(p[i] - p[i - 1]));
+  std::vector<cv::Point2d> out;
+  for (int k = 0; k < n; ++k) {
+    const double s = cum.back() * k / (n - 1);
+    size_t i = 1;
+    while (i < cum.size() - 1 && cum[i] < s) ++i;
+    if (p.size() == 1 || cum[i] == cum[i - 1]) {
+      out.push_back(p[std::min(i, p.size() - 1)]);
+    } else {
+      const double t = (s - cum[i - 1]) / (cum[i] - cum[i - 1]);
+      out.push_back(p[i - 1] + t * (p[i] - p[i - 1]));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  auto stub = AgentService::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
+  const uint64_t base = absl::GetFlag(FLAGS_first_seed);
+  int errors = 0;
+
+  // Click accuracy.
+  int clicks = 0, correct = 0;
+  for (int i = 0; i < absl::GetFlag(FLAGS_screens); ++i) {
+    const auto screen = magma::worlds::RenderScreen(base + i);
+    const auto instructions = magma::worlds::Instructions(screen);
+    if (instructions.empty()) continue;
+    const auto& in = instructions[(base + i) % instructions.size()];
+    magma::v1::ClickRequest req;
+    req.mutable_screenshot()->set_encoded(Png(screen.rgb));
+    req.set_instruction(in.text);
+    for (const auto& w : screen.widgets) {
+      auto* b = req.add_elements()->mutable_box();
+      b->set_x1(w.box.x1), b->set_y1(w.box.y1), b->set_x2(w.box.x2), b->set_y2(w.box.y2);
+    }
+    magma::v1::ClickResponse resp;
+    auto ctx = Ctx();
+    if (!stub->Click(ctx.get(), req, &resp).ok()) {
+      ++errors;
+      continue;
+    }
+    ++clicks;
+    const auto& t = screen.widgets[in.target].box;
+    correct += resp.found() && resp.click_px().x() >= t.x1 && resp.click_px().x() <= t.x2 &&
+               resp.click_px().y() >= t.y1 && resp.click_px().y() <= t.y2;
+  }
+  std::cout << "click_accuracy: " << (clicks ? 100.0 * correct / clicks : 0) << " % (" << correct << "/" << clicks
+            << " screens)" << std::endl;
+
+  // Closed-loop robot success.
+  magma::worlds::RobotWorldOptions ro;
+  int successes = 0, episodes = 0;
+  for (int i = 0; i < absl::GetFlag(FLAGS_episodes); ++i) {
+    auto scene = magma::worlds::NewEpisode(base + i, ro);
+    bool failed = false;
+    for (int step = 0; step < absl::GetFlag(FLAGS_max_steps) && !magma::worlds::Success(scene); ++step) {
+      magma::v1::ActRequest req;
+      req.mutable_image()->set_encoded(Png(magma::worlds::RenderScene(scene, ro)));
+      req.set_instruction(scene.instruction);
+      req.set_unnorm_key("tabletop");
+      req.mutable_sampling()->set_temperature(0);
+      magma::v1::ActResponse resp;
+      auto ctx = Ctx();
+      if (!stub->Act(ctx.get(), req, &resp).ok() || resp.action_size() != 7) {
+        failed = true;
+        break;
+      }
+      std::array<double, 7> a;
+      for (int d = 0; d < 7; ++d) a[d] = resp.action(d);
+      a[6] = (a[6] + 1) / 2;  // gripper dimension is passed through normalised: -1..1 -> 0..1
+      magma::worlds::Step(&scene, a, ro);
+    }
+    errors += failed;
+    ++episodes;
+    successes += magma::worlds::Success(scene);
+  }
+  std::cout << "robot_success: " << (episodes ? 100.0 * successes / episodes : 0) << " % (" << successes << "/"
+            << episodes << " episodes, <= " << absl::GetFlag(FLAGS_max_steps) << " steps)" << std::endl;
+
+  // 2D path error.
+  double total_error = 0;
+  int paths = 0;
+  for (int i = 0; i < absl::GetFlag(FLAGS_paths); ++i) {
+    const auto scene = magma::worlds::NewEpisode(base + 500000 + i, ro);
+    magma::v1::TraceRequest req;
+    req.mutable_image()->set_encoded(Png(magma::worlds::RenderScene(scene, ro)));
+    req.set_instruction(scene.instruction);
+    req.set_format(magma::v1::HAMSTER_PATH);
+    magma::v1::TraceResponse resp;
+    auto ctx = Ctx();
+    if (!stub->Trace(ctx.get(), req, &resp).ok() || resp.path_size() == 0) {
+      ++errors;
+      continue;
+    }
+    std::vector<cv::Point2d> got, want;
+    for (const auto& p : resp.path()) got.emplace_back(p.norm().x(), p.norm().y());
+    for (const auto& w : magma::worlds::ExpertPath(scene)) want.emplace_back(w.point.x, w.point.y);
+    const auto a = Resample(got, 100), b = Resample(want, 100);
+    double d = 0;
+    for (int k = 0; k < 100; ++k) d += cv::norm(a[k] - b[k]);
+    total_error += d / 100 / std::sqrt(2.0);  // normalised coordinates: the diagonal is sqrt(2)
+    ++paths;
+  }
+  std::cout << "path_error: " << (paths ? 100.0 * total_error / paths : 0) << " % of the diagonal (" << paths
+            << " paths)" << std::endl;
+
+  // Questions: the answer must equal the expected one (case and punctuation aside).
+  int asked = 0, right = 0;
+  for (int i = 0; i < absl::GetFlag(FLAGS_questions); ++i) {
+    const uint64_t seed = base + 800000 + i;
+    const auto screen = magma::worlds::RenderScreen(seed);
+    std::mt19937_64 rng(seed * 31 + 7);
+    const auto& w = screen.widgets[rng() % screen.widgets.size()];
+    (void)w;
+    // The same generator as training builds the question and its answer.
+    magma::v1::GenerateRequest req;
+    std::string expected;
+    {
+      int n = 0;
+      for (const auto& x : screen.widgets) n += x.kind == "button";
+      req.set_prompt("How many buttons are there?");
+      expected = std::to_string(n);
+    }
+    req.add_images()->set_encoded(Png(screen.rgb));
+    req.set_max_tokens(8);
+    req.mutable_sampling()->set_temperature(0);
+    magma::v1::GenerateResponse resp;
+    auto ctx = Ctx();
+    if (!stub->Generate(ctx.get(), req, &resp).ok()) {
+      ++errors;
+      continue;
+    }
+    ++asked;
+    std::string answer = absl::AsciiStrToLower(absl::StripAsciiWhitespace(resp.text()));
+    while (!answer.empty() && (answer.back() == '.' || answer.back() == '!')) answer.pop_back();
+    right += answer == absl::AsciiStrToLower(expected);
+  }
+  std::cout << "question_accuracy: " << (asked ? 100.0 * right / asked : 0) << " % (" << right << "/" << asked
+            << " counting questions)" << std::endl;
+  std::cout << "rpc_errors: " << errors << std::endl;
+  return 0;
+}
