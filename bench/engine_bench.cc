@@ -150,9 +150,7 @@ int main(int argc, char** argv) {
       cv::rectangle(shot, cv::Rect(40 + (i % 8) * 230, 60 + (i / 8) * 200, 180, 60),
                     cv::Scalar(60 + i * 4, 120, 200 - i * 3), cv::FILLED);
     }
-    magma::vision::AnyresOptions ao;
-    ao.base = (*model)->crop_size();
-    ao.max_crops = (*model)->max_crops();
+    const magma::vision::AnyresOptions ao = magma::model::AnyresOptionsOf((*model)->config().preprocess);
     auto crops = std::make_shared<magma::vision::Crops>(magma::vision::PreprocessAnyres(shot, ao));
     auto click = [&](const std::string& key) {
       magma::engine::GenerationRequest req;

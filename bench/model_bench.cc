@@ -211,8 +211,6 @@ int main(int argc, char** argv) {
   if (mode == "llm") {
     if (!absl::GetFlag(FLAGS_in_thread)) return Llm();
     int rc = 0;
-    if (std::getenv("MAGMA_BENCH_MAIN_TEAM")) (void)at::ones({1 << 22}).sum().item<float>();
-    if (std::getenv("MAGMA_BENCH_TEMP_TEAM")) std::thread([] { (void)at::ones({1 << 22}).sum().item<float>(); }).join();
     std::thread t([&rc] { rc = Llm(); });
     t.join();
     return rc;

@@ -60,11 +60,7 @@ absl::StatusOr<LoadedBackend> LoadOnThisThread(const config::ServerConfig& c) {
     if (!s.ok()) return s.status();
     stats = *std::move(s);
   }
-  vision::AnyresOptions anyres;
-  anyres.mean = mm.config().preprocess.mean;
-  anyres.std = mm.config().preprocess.std;
-  anyres.base = mm.crop_size();
-  anyres.max_crops = mm.max_crops();
+  const vision::AnyresOptions anyres = model::AnyresOptionsOf(mm.config().preprocess);
   auto ctx = agent::MakeTaskContext(tokenizer, static_cast<int32_t>(mm.image_token_id()),
                                     mm.config().use_image_start_end, anyres, stats);
   if (!ctx.ok()) return ctx.status();

@@ -176,6 +176,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& config_json,
   return c;
 }
 
+vision::AnyresOptions AnyresOptionsOf(const PreprocessConfig& p) {
+  vision::AnyresOptions o;
+  o.mean = p.mean;
+  o.std = p.std;
+  o.base = static_cast<int>(p.base_img_size);
+  o.max_crops = static_cast<int>(p.num_crops);
+  return o;
+}
+
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   namespace fs = std::filesystem;
   auto read = [](const fs::path& p, std::string* out) {

@@ -67,14 +67,6 @@ absl::Status Require(const char* name, const std::string& value) {
 }
 
 
-magma::vision::AnyresOptions AnyresFor(const magma::model::ModelConfig& c) {
-  magma::vision::AnyresOptions o;
-  o.mean = c.preprocess.mean;
-  o.std = c.preprocess.std;
-  o.base = static_cast<int>(c.preprocess.base_img_size);
-  o.max_crops = static_cast<int>(c.preprocess.num_crops);
-  return o;
-}
 
 absl::StatusOr<std::vector<int64_t>> ReadIds(const std::string& path) {
   auto a = magma::npy::Read(path);
@@ -94,7 +86,7 @@ absl::StatusOr<at::Tensor> PromptEmbeddings(const MagmaModel& model) {
   for (const std::string& path : absl::GetFlag(FLAGS_image)) {
     auto rgb = magma::vision::ReadRgb(path);
     if (!rgb.ok()) return rgb.status();
-    magma::vision::Crops crops = magma::vision::PreprocessAnyres(*rgb, AnyresFor(model.config()));
+    magma::vision::Crops crops = magma::vision::PreprocessAnyres(*rgb, magma::model::AnyresOptionsOf(model.config().preprocess));
     at::Tensor pixels = at::from_blob(crops.pixels.data(), {crops.num_crops(), 3, crops.base, crops.base}, at::kFloat);
     auto features = model.EncodeImage(pixels, crops.grid.rows, crops.grid.cols);
     if (!features.ok()) return features.status();
@@ -119,7 +111,7 @@ int CmdPreprocess() {
   if (!config.ok()) return Fail(config.status());
   auto rgb = magma::vision::ReadRgb(absl::GetFlag(FLAGS_image)[0]);
   if (!rgb.ok()) return Fail(rgb.status());
-  magma::vision::Crops crops = magma::vision::PreprocessAnyres(*rgb, AnyresFor(*config));
+  magma::vision::Crops crops = magma::vision::PreprocessAnyres(*rgb, magma::model::AnyresOptionsOf(config->preprocess));
   auto s = magma::npy::Write(absl::GetFlag(FLAGS_out),
                              magma::npy::FromFloat({crops.num_crops(), 3, crops.base, crops.base}, crops.pixels));
   if (!s.ok()) return Fail(s);

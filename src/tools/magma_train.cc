@@ -131,9 +131,7 @@ int main(int argc, char** argv) {
   if (!model.ok()) return Fail(model.status());
   auto tok = magma::tokenizer::LoadTokenizer(dir);
   if (!tok.ok()) return Fail(tok.status());
-  magma::vision::AnyresOptions anyres;
-  anyres.base = (*model)->crop_size();
-  anyres.max_crops = (*model)->max_crops();
+  const magma::vision::AnyresOptions anyres = magma::model::AnyresOptionsOf((*model)->config().preprocess);
   auto ctx = magma::agent::MakeTaskContext(std::shared_ptr<const magma::tokenizer::Tokenizer>(std::move(*tok)),
                                            static_cast<int32_t>((*model)->image_token_id()), false, anyres,
                                            std::nullopt);

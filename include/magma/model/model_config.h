@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "magma/vision/image.h"
 
 namespace magma::model {
 
@@ -57,6 +58,10 @@ struct ModelConfig {
   VisionConfig vision;
   PreprocessConfig preprocess;
 };
+
+// The any-res preprocessing options of a checkpoint (crop size, crop count,
+// mean and std): what every caller of vision::PreprocessAnyres must use.
+vision::AnyresOptions AnyresOptionsOf(const PreprocessConfig& preprocess);
 
 // Reads dir/config.json and dir/preprocessor_config.json. A missing required
 // field gives INVALID_ARGUMENT naming the file and the field (e.g.
