@@ -540,6 +540,21 @@ int64_t MagmaModel::ImageTokenCount(int grid_rows, int grid_cols) const {
   return grid_rows * side * (grid_cols * side + 1);
 }
 
+at::Tensor MagmaModel::Dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
+  if (training_ && bf16_training_matmuls_) {
+    // Mixed precision: float32 weights and activations, bfloat16 products
+    // (oneDNN, float32 accumulation); gradients flow back through the casts.
+    at::Tensor y = at::linear(x.to(at::kBFloat16), w.to(at::kBFloat16)).to(at::kFloat);
+    return b.defined() ? y + b : y;
+  }
+  return Linear(x, w, b);
+}
+
+at::Tensor MagmaModel::Product(const at::Tensor& a, const at::Tensor& b) const {
+  if (training_ && bf16_training_matmuls_) return at::matmul(a.to(at::kBFloat16), b.to(at::kBFloat16)).to(at::kFloat);
+  return at::matmul(a, b);
+}
+
 at::Tensor MagmaModel::Tower(const at::Tensor& input) const {
   const Weights& w = *w_;
   at::Tensor x = Conv2d(input, w.stem_w, w.stem_b, /*stride=*/4, /*padding=*/0, /*groups=*/1);
@@ -554,9 +569,9 @@ at::Tensor MagmaModel::Tower(const at::Tensor& input) const {
       at::Tensor y = Conv2d(x, b.dw_w, b.dw_b, /*stride=*/1, /*padding=*/3, /*groups=*/c);
       y = y.permute({0, 2, 3, 1});
       y = at::layer_norm(y, {c}, b.norm_w, b.norm_b, kVisionEps);
-      y = Linear(y, b.fc1_w, b.fc1_b);
+      y = Dense(y, b.fc1_w, b.fc1_b);
       y = at::gelu(y);
-      y = Linear(y, b.fc2_w, b.fc2_b);
+      y = Dense(y, b.fc2_w, b.fc2_b);
       y = y.permute({0, 3, 1, 2});
       x = y.mul(b.gamma.reshape({1, -1, 1, 1})) + x;
     }
@@ -566,7 +581,7 @@ at::Tensor MagmaModel::Tower(const at::Tensor& input) const {
 
 at::Tensor MagmaModel::Project(const at::Tensor& nhwc) const {
   const Weights& w = *w_;
-  return Linear(at::gelu(Linear(nhwc, w.proj0_w, w.proj0_b)), w.proj2_w, w.proj2_b);
+  return Dense(at::gelu(Dense(nhwc, w.proj0_w, w.proj0_b)), w.proj2_w, w.proj2_b);
 }
 
 absl::StatusOr<at::Tensor> MagmaModel::VisionFeatures(const at::Tensor& crops) const {
@@ -600,6 +615,53 @@ absl::StatusOr<at::Tensor> MagmaModel::EncodeImage(const at::Tensor& crops, int 
     }
     at::Tensor sep = w_->row_sep.view({1, 1, hsz}).expand({grid.size(0), 1, hsz});
     return at::cat({grid, sep}, 1).reshape({-1, hsz}).contiguous();
+  });
+}
+
+absl::StatusOr<std::vector<at::Tensor>> MagmaModel::EncodeImages(const std::vector<at::Tensor>& crops,
+                                                                const std::vector<std::pair<int, int>>& grids,
+                                                                at::Tensor* tower_features) const {
+  if (crops.size() != grids.size()) return absl::InvalidArgumentError("EncodeImages: one grid per image");
+  std::vector<at::Tensor> out;
+  if (tower_features != nullptr && config_.vision.anyres_strategy == "global") {
+    return absl::InvalidArgumentError("EncodeImages: tower features are per crop (\"crop\" strategy only)");
+  }
+  if (tower_features == nullptr && (config_.vision.anyres_strategy == "global" || crops.size() < 2)) {
+    for (size_t i = 0; i < crops.size(); ++i) {
+      auto e = EncodeImage(crops[i], grids[i].first, grids[i].second);
+      if (!e.ok()) return e.status();
+      out.push_back(*std::move(e));
+    }
+    return out;
+  }
+  const int64_t s = config_.preprocess.base_img_size;
+  for (size_t i = 0; i < crops.size(); ++i) {
+    const auto [rows, cols] = grids[i];
+    if (crops[i].dim() != 4 || crops[i].size(0) != int64_t{rows} * cols || crops[i].size(1) != 3 ||
+        crops[i].size(2) != s || crops[i].size(3) != s) {
+      return absl::InvalidArgumentError(absl::StrCat("EncodeImages: image ", i, " crops must be [", rows * cols,
+                                                     ", 3, ", s, ", ", s, "]"));
+    }
+  }
+  return Guarded("encode images", [&] {
+    c10::InferenceMode guard(!training_);  // autograd on while training
+    const int64_t hsz = hidden_size();
+    at::Tensor f = Tower(at::cat(crops, 0).to(at::kFloat));  // all crops in one pass
+    if (tower_features != nullptr) *tower_features = f;
+    const int64_t fh = f.size(2), fw = f.size(3);
+    at::Tensor p = Project(f.permute({0, 2, 3, 1}));  // [N, h, w, hidden]
+    std::vector<at::Tensor> images;
+    int64_t first = 0;
+    for (const auto& [rows, cols] : grids) {
+      at::Tensor grid = p.narrow(0, first, int64_t{rows} * cols)
+                            .reshape({rows, cols, fh, fw, hsz})
+                            .permute({0, 2, 1, 3, 4})
+                            .reshape({rows * fh, cols * fw, hsz});
+      first += int64_t{rows} * cols;
+      at::Tensor sep = w_->row_sep.view({1, 1, hsz}).expand({grid.size(0), 1, hsz});
+      images.push_back(at::cat({grid, sep}, 1).reshape({-1, hsz}));
+    }
+    return images;
   });
 }
 
@@ -679,42 +741,57 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
   for (size_t li = 0; li < w.layers.size(); ++li) {
     const auto& L = w.layers[li];
     at::Tensor hs = RmsNorm(x, L.in_norm, t.rms_norm_eps);
-    at::Tensor q = Linear(hs, L.q).view({B, T, nh, hd});
-    at::Tensor k = Linear(hs, L.k).view({B, T, nkv, hd});
-    at::Tensor v = Linear(hs, L.v).view({B, T, nkv, hd});
+    at::Tensor q = Dense(hs, L.q).view({B, T, nh, hd});
+    at::Tensor k = Dense(hs, L.k).view({B, T, nkv, hd});
+    at::Tensor v = Dense(hs, L.v).view({B, T, nkv, hd});
     q = q * cos + RotateHalf(q) * sin;
     k = k * cos + RotateHalf(k) * sin;
 
-    at::Tensor& ck = cache->k_[li];
-    at::Tensor& cv = cache->v_[li];
     at::Tensor attn;  // [B, T, nh * hd]
     if (prefill) {
-      const int slot = slots[0];
-      const int64_t p0 = cache->lengths_[slot];
-      ck[slot].narrow(1, p0, T).copy_(k[0].transpose(0, 1));  // copy_ converts to the cache dtype
-      cv[slot].narrow(1, p0, T).copy_(v[0].transpose(0, 1));
-      at::Tensor keys = ck[slot].narrow(1, 0, kv_len).unsqueeze(0).to(at::kFloat);  // [1, nkv, kv_len, hd]
-      at::Tensor values = cv[slot].narrow(1, 0, kv_len).unsqueeze(0).to(at::kFloat);
+      at::Tensor keys, values;  // [1 or B, nkv, kv_len, hd]
+      if (cache == nullptr) {
+        // Batched forward without a cache: every sequence starts at position 0.
+        keys = k.transpose(1, 2);
+        values = v.transpose(1, 2);
+      } else {
+        const int slot = slots[0];
+        const int64_t p0 = cache->lengths_[slot];
+        at::Tensor& ck = cache->k_[li];
+        at::Tensor& cv = cache->v_[li];
+        ck[slot].narrow(1, p0, T).copy_(k[0].transpose(0, 1));  // copy_ converts to the cache dtype
+        cv[slot].narrow(1, p0, T).copy_(v[0].transpose(0, 1));
+        keys = ck[slot].narrow(1, 0, kv_len).unsqueeze(0).to(at::kFloat);
+        values = cv[slot].narrow(1, 0, kv_len).unsqueeze(0).to(at::kFloat);
+      }
       // Grouped-query attention without repeating keys: query head h reads KV
       // head h / g.
-      at::Tensor qg = q.permute({0, 2, 1, 3}).reshape({B, nkv, g, T, hd});
-      at::Tensor scores = at::matmul(qg, keys.unsqueeze(2).transpose(-1, -2)) * scale;  // [B, nkv, g, T, kv]
+      // The g query heads of a KV head are stacked along the rows.
+      at::Tensor qg = q.permute({0, 2, 1, 3}).reshape({B, nkv, g * T, hd});
+      at::Tensor scores = Product(qg, keys.expand({B, nkv, kv_len, hd}).transpose(-1, -2)) * scale;
+      scores = scores.view({B, nkv, g, T, kv_len});  // [B, nkv, g, T, kv]
       at::Tensor probs = at::softmax(scores + bias, -1);
-      attn = at::matmul(probs, values.unsqueeze(2));  // [B, nkv, g, T, hd]
+      if (capture_attention_ && cache == nullptr && li + 1 == w.layers.size()) {
+        captured_attention_ = probs.select(1, 0).select(1, 0);  // [B, T, kv]: query head 0
+      }
+      attn = Product(probs.view({B, nkv, g * T, kv_len}), values.expand({B, nkv, kv_len, hd}));  // [B, nkv, g*T, hd]
       attn = attn.reshape({B, nh, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, nh * hd});
     } else {
+      at::Tensor& ck = cache->k_[li];
+      at::Tensor& cv = cache->v_[li];
       at::Tensor pos_idx = positions.view({B});
       ck.index_put_({slot_idx, at::indexing::Slice(), pos_idx}, k.view({B, nkv, hd}).to(ck.scalar_type()));
       cv.index_put_({slot_idx, at::indexing::Slice(), pos_idx}, v.view({B, nkv, hd}).to(cv.scalar_type()));
       attn = DecodeAttention(q.view({B, nh, hd}), ck, cv, slot_list, lengths, scale).view({B, 1, nh * hd});
     }
-    x = x + Linear(attn, L.o);
+    x = x + Dense(attn, L.o);
 
     hs = RmsNorm(x, L.post_norm, t.rms_norm_eps);
-    at::Tensor mlp = at::silu(Linear(hs, L.gate)) * Linear(hs, L.up);
-    x = x + Linear(mlp, L.down);
+    at::Tensor mlp = at::silu(Dense(hs, L.gate)) * Dense(hs, L.up);
+    x = x + Dense(mlp, L.down);
   }
-  if (prefill) {
+  if (cache == nullptr) {
+  } else if (prefill) {
     cache->lengths_[slots[0]] += static_cast<int>(T);
   } else {
     for (int s : slots) cache->lengths_[s] += 1;
@@ -784,6 +861,22 @@ absl::StatusOr<at::Tensor> MagmaModel::Decode(const std::vector<int64_t>& tokens
 absl::StatusOr<at::Tensor> MagmaModel::Forward(const at::Tensor& embeds) const {
   KvCache cache(config_.text, 1, static_cast<int>(embeds.size(0)), dtype_);
   return Prefill(embeds, &cache, cache.Allocate(), /*all_logits=*/true);
+}
+
+absl::StatusOr<at::Tensor> MagmaModel::ForwardBatch(const at::Tensor& embeds) const {
+  if (embeds.dim() != 3 || embeds.size(2) != hidden_size() || embeds.size(0) == 0 || embeds.size(1) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ForwardBatch: embeds must be [B>0, T>0, ", hidden_size(), "]"));
+  }
+  if (embeds.size(1) > max_context_tokens()) {
+    return absl::OutOfRangeError(absl::StrCat("sequence of ", embeds.size(1), " positions exceeds the context of ",
+                                              max_context_tokens()));
+  }
+  return Guarded("forward", [&] {
+    c10::InferenceMode guard(!training_);  // autograd on while training
+    const int64_t B = embeds.size(0), T = embeds.size(1);
+    at::Tensor positions = at::arange(0, T, at::kLong).view({1, T}).expand({B, T}).contiguous();
+    return LmHead(RunDecoder(embeds.to(at::kFloat), positions, nullptr, {}, /*prefill=*/true));
+  });
 }
 
 absl::StatusOr<at::Tensor> MagmaModel::LastHiddenState(const at::Tensor& embeds) const {

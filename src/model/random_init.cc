@@ -21,7 +21,7 @@ using nlohmann::json;
 struct Spec {
   std::string name;
   std::vector<int64_t> shape;
-  enum Kind { kMatrix, kBias, kScale, kEmbed, kRowSep } kind;
+  enum Kind { kMatrix, kBias, kScale, kLayerScale, kEmbed, kRowSep } kind;
   int64_t fan_in = 1;
 };
 
@@ -43,7 +43,7 @@ std::vector<Spec> Plan(const Preset& p) {
     }
     for (int64_t j = 0; j < p.vision_depths[s]; ++j) {
       const std::string b = absl::StrCat(st, "blocks.", j, ".");
-      specs.push_back({b + "gamma", {d[s]}, Spec::kScale});
+      specs.push_back({b + "gamma", {d[s]}, Spec::kLayerScale});
       specs.push_back({b + "conv_dw.weight", {d[s], 1, 7, 7}, Spec::kMatrix, 49});
       specs.push_back({b + "conv_dw.bias", {d[s]}, Spec::kBias});
       specs.push_back({b + "norm.weight", {d[s]}, Spec::kScale});
@@ -242,6 +242,10 @@ absl::Status WriteRandomModel(const Preset& p, uint64_t seed, const std::string&
         case Spec::kScale:
           t = at::empty(s->shape, at::kFloat).uniform_(0.9, 1.1, gen);
           break;
+        case Spec::kLayerScale:
+          t = p.layer_scale_init > 0 ? at::full(s->shape, p.layer_scale_init, at::kFloat)
+                                     : at::empty(s->shape, at::kFloat).uniform_(0.9, 1.1, gen);
+          break;
         case Spec::kEmbed:
           t = at::normal(0.0, 1.0, s->shape, gen);
           break;
@@ -256,7 +260,7 @@ absl::Status WriteRandomModel(const Preset& p, uint64_t seed, const std::string&
   }
   json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
   std::ofstream(fs::path(dir) / "model.safetensors.index.json") << index.dump(2) << "\n";
-  return WriteSmallTokenizer(p, dir);
+  return p.write_tokenizer ? WriteSmallTokenizer(p, dir) : absl::OkStatus();
 }
 
 }  // namespace magma::model

@@ -1,10 +1,13 @@
 #include "magma/model/trainer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <torch/types.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
+#include <torch/serialize.h>
 
 #include "absl/strings/str_cat.h"
 
@@ -22,11 +25,23 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
   }
   auto params = model->MakeTrainable();
   if (!params.ok()) return params.status();
+  model->SetCaptureAttention(options.attention_loss_weight > 0);
   return std::unique_ptr<Trainer>(new Trainer(model, options, *std::move(params)));
 }
 
 Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at::Tensor> params)
-    : model_(model), options_(options), params_(params), opt_(std::make_unique<Optimizer>(params, options)) {}
+    : model_(model), options_(options), params_(params) {
+  int64_t outputs = 2;
+  for (int64_t n : options.cell_classes) outputs += n;
+  if (!options.cell_classes.empty()) {
+    const int64_t channels = model->vision_dims().back();
+    cell_w_ = (at::randn({outputs, channels}) / std::sqrt(static_cast<double>(channels))).set_requires_grad(true);
+    cell_b_ = at::zeros({outputs}).set_requires_grad(true);
+    params.push_back(cell_w_);
+    params.push_back(cell_b_);
+  }
+  opt_ = std::make_unique<Optimizer>(params, options);
+}
 
 Trainer::~Trainer() = default;
 
@@ -38,28 +53,188 @@ double Trainer::learning_rate() const {
   return peak * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * t)));
 }
 
-absl::StatusOr<at::Tensor> Trainer::ExampleLoss(const TrainExample& e, int64_t* tokens) {
-  if (e.target_ids.empty()) return absl::InvalidArgumentError("a training example has no target tokens");
-  std::vector<at::Tensor> images;
-  for (const auto& img : e.images) {
-    auto f = model_->EncodeImage(img.crops, img.rows, img.cols);
+at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const TrainImage*>& images) const {
+  // features [N, C, h, w] -> per-cell outputs [N, h, w, outputs].
+  at::Tensor out = at::linear(features.permute({0, 2, 3, 1}), cell_w_, cell_b_);
+  const int64_t n = features.size(0), h = features.size(2), w = features.size(3);
+  std::vector<at::Tensor> classes, offsets;
+  const int64_t heads = static_cast<int64_t>(options_.cell_classes.size());
+  for (const TrainImage* img : images) {
+    const int64_t crops = img->crops.size(0);
+    if (img->cell_classes.defined()) {
+      classes.push_back(img->cell_classes);
+      offsets.push_back(img->cell_offsets);
+    } else {
+      classes.push_back(at::full({crops, h, w, heads}, -1, at::kLong));
+      offsets.push_back(at::full({crops, h, w, 2}, std::numeric_limits<float>::quiet_NaN()));
+    }
+  }
+  at::Tensor target = at::cat(classes).view({n, h, w, heads});
+  at::Tensor target_offsets = at::cat(offsets).view({n, h, w, 2});
+  at::Tensor loss = at::zeros({}, at::kFloat);
+  int64_t first = 0;
+  for (int64_t k = 0; k < heads; ++k) {
+    const int64_t m = options_.cell_classes[k];
+    at::Tensor t = target.select(3, k).reshape({-1});
+    if ((t >= 0).any().item<bool>()) {
+      loss = loss + at::cross_entropy_loss(out.narrow(3, first, m).reshape({-1, m}), t, {}, at::Reduction::Mean, -1);
+    }
+    first += m;
+  }
+  at::Tensor has = target_offsets.select(3, 0).isnan().logical_not();
+  if (has.any().item<bool>()) {
+    at::Tensor pred = out.narrow(3, first, 2).index({has});
+    loss = loss + 10.0 * (pred - target_offsets.index({has})).pow(2).mean();
+  }
+  return loss;
+}
+
+namespace {
+
+// Positions, in the expanded sequence of `e`, of the tower cells its images
+// mark in cell_pointer (an image's embeddings are feature rows, each followed
+// by a separator: cell (crop r,q; i,j) of an R x C grid of f x f cells is
+// at (r*f + i) * (C*f + 1) + q*f + j from the image's start).
+std::vector<int64_t> PointerPositions(const TrainExample& e, int32_t image_token) {
+  std::vector<int64_t> out;
+  int64_t pos = 0;
+  size_t m = 0;
+  for (int64_t id : e.prompt_ids) {
+    if (id != image_token || m >= e.images.size()) {
+      ++pos;
+      continue;
+    }
+    const TrainImage& img = e.images[m++];
+    const int64_t f = img.crops.size(2) / 32;
+    const int64_t width = img.cols * f + 1;
+    if (img.cell_pointer.defined()) {
+      auto p = img.cell_pointer.accessor<bool, 3>();
+      for (int r = 0; r < img.rows; ++r) {
+        for (int q = 0; q < img.cols; ++q) {
+          for (int64_t i = 0; i < f; ++i) {
+            for (int64_t j = 0; j < f; ++j) {
+              if (p[r * img.cols + q][i][j]) out.push_back(pos + (r * f + i) * width + q * f + j);
+            }
+          }
+        }
+      }
+    }
+    pos += img.rows * f * width;
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<TrainExample>& batch,
+                                                             at::Tensor* aux_loss) {
+  // Every image of the batch goes through the tower in one pass.
+  std::vector<at::Tensor> crops;
+  std::vector<std::pair<int, int>> grids;
+  for (const auto& e : batch) {
+    if (e.target_ids.empty()) return absl::InvalidArgumentError("a training example has no target tokens");
+    for (const auto& img : e.images) {
+      crops.push_back(img.crops);
+      grids.emplace_back(img.rows, img.cols);
+    }
+  }
+  std::vector<at::Tensor> features;
+  const bool cells = aux_loss != nullptr && cell_w_.defined() && !crops.empty();
+  if (aux_loss != nullptr) *aux_loss = at::zeros({}, at::kFloat);
+  if (!crops.empty()) {
+    at::Tensor tower;
+    auto f = model_->EncodeImages(crops, grids, cells ? &tower : nullptr);
     if (!f.ok()) return f.status();
-    images.push_back(*f);
+    features = *std::move(f);
+    if (cells) {
+      std::vector<const TrainImage*> images;
+      for (const auto& e : batch) {
+        for (const auto& img : e.images) images.push_back(&img);
+      }
+      *aux_loss = options_.cell_loss_weight * CellLoss(tower, images);
+    }
   }
   // The prompt and all but the last target token go in; each target token is
-  // predicted by the position before it.
-  std::vector<int64_t> ids = e.prompt_ids;
-  ids.insert(ids.end(), e.target_ids.begin(), e.target_ids.end() - 1);
-  auto embeds = model_->EmbedPrompt(ids, images);
-  if (!embeds.ok()) return embeds.status();
-  const int64_t length = embeds->size(0), t = static_cast<int64_t>(e.target_ids.size());
-  KvCache cache(model_->config().text, 1, static_cast<int>(length), at::kFloat);
-  auto logits = model_->Prefill(*embeds, &cache, cache.Allocate(), /*all_logits=*/true);
-  if (!logits.ok()) return logits.status();
-  at::Tensor predicted = logits->narrow(0, length - t, t);
-  at::Tensor target = at::tensor(e.target_ids, at::kLong);
-  *tokens += t;
-  return at::cross_entropy_loss(predicted, target, {}, at::Reduction::Sum);
+  // predicted by the position before it. Sequences are right-padded to one
+  // length: attention is causal, so padding never reaches a real position.
+  std::vector<at::Tensor> embeds;
+  std::vector<int64_t> lengths;
+  size_t next_image = 0;
+  for (const auto& e : batch) {
+    std::vector<int64_t> ids = e.prompt_ids;
+    ids.insert(ids.end(), e.target_ids.begin(), e.target_ids.end() - 1);
+    const std::vector<at::Tensor> images(features.begin() + static_cast<int64_t>(next_image),
+                                         features.begin() + static_cast<int64_t>(next_image + e.images.size()));
+    next_image += e.images.size();
+    auto x = model_->EmbedPrompt(ids, images);
+    if (!x.ok()) return x.status();
+    lengths.push_back(x->size(0));
+    embeds.push_back(*std::move(x));
+  }
+  // Sequences of similar length share a forward; a much longer one (the
+  // HAMSTER prompt is three times a click prompt) gets its own instead of
+  // padding the whole batch to its length.
+  std::vector<size_t> order(batch.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return lengths[x] < lengths[y]; });
+  std::vector<at::Tensor> predicted(batch.size());
+  for (size_t first = 0; first < order.size();) {
+    size_t last = first + 1;
+    while (last < order.size() && lengths[order[last]] * 4 <= lengths[order[first]] * 5) ++last;
+    const int64_t longest = lengths[order[last - 1]];
+    std::vector<at::Tensor> group;
+    for (size_t k = first; k < last; ++k) {
+      const at::Tensor& x = embeds[order[k]];
+      group.push_back(x.size(0) < longest ? at::constant_pad_nd(x, {0, 0, 0, longest - x.size(0)}) : x);
+    }
+    auto logits = model_->ForwardBatch(at::stack(group));
+    if (!logits.ok()) return logits.status();
+    for (size_t k = first; k < last; ++k) {
+      const auto& e = batch[order[k]];
+      const int64_t t = static_cast<int64_t>(e.target_ids.size());
+      const int64_t answer = lengths[order[k]] - t;  // positions that predict the target tokens
+      predicted[order[k]] = (*logits)[static_cast<int64_t>(k - first)].narrow(0, answer, t);
+      if (aux_loss != nullptr && options_.attention_loss_weight > 0) {
+        // The pointer head's attention from the answer positions should
+        // rest on the cells the answer is about.
+        const std::vector<int64_t> cells = PointerPositions(e, static_cast<int32_t>(model_->image_token_id()));
+        if (!cells.empty()) {
+          at::Tensor a = model_->captured_attention()[static_cast<int64_t>(k - first)].narrow(0, answer, t);
+          at::Tensor mass = a.index_select(1, at::tensor(cells, at::kLong)).sum(1);
+          *aux_loss = *aux_loss - options_.attention_loss_weight * at::log(mass + 1e-6).mean() /
+                                      static_cast<double>(batch.size());
+        }
+      }
+    }
+    first = last;
+  }
+  return predicted;
+}
+
+absl::StatusOr<at::Tensor> Trainer::BatchLoss(const std::vector<TrainExample>& batch, int64_t* tokens) {
+  auto predicted = TargetLogits(batch);
+  if (!predicted.ok()) return predicted.status();
+  std::vector<int64_t> targets;
+  for (const auto& e : batch) targets.insert(targets.end(), e.target_ids.begin(), e.target_ids.end());
+  *tokens += static_cast<int64_t>(targets.size());
+  return at::cross_entropy_loss(at::cat(*predicted), at::tensor(targets, at::kLong), {}, at::Reduction::Sum);
+}
+
+absl::StatusOr<std::vector<std::vector<int64_t>>> Trainer::Predict(const std::vector<TrainExample>& batch) {
+  try {
+    at::NoGradGuard no_grad;
+    std::vector<std::vector<int64_t>> out;
+    if (batch.empty()) return out;
+    auto predicted = TargetLogits(batch);
+    if (!predicted.ok()) return predicted.status();
+    for (const auto& logits : *predicted) {
+      at::Tensor ids = logits.argmax(-1).contiguous();
+      out.emplace_back(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + ids.numel());
+    }
+    return out;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("predict: ", e.what()));
+  }
 }
 
 absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
@@ -69,20 +244,17 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(learning_rate());
     }
     opt_->adamw.zero_grad();
-    int64_t tokens = 0;
-    double total = 0;
-    for (const auto& e : batch) {
-      int64_t n = 0;
-      auto loss = ExampleLoss(e, &n);
-      if (!loss.ok()) return loss.status();
-      tokens += n;
-      total += loss->item<double>();
-      loss->backward();
-    }
-    // Gradients of a mean over the batch's target tokens.
-    for (auto& p : params_) {
-      if (p.grad().defined()) p.mutable_grad().div_(static_cast<double>(tokens));
-    }
+    at::Tensor aux_loss;
+    auto predicted = TargetLogits(batch, &aux_loss);
+    if (!predicted.ok()) return predicted.status();
+    std::vector<int64_t> targets;
+    for (const auto& e : batch) targets.insert(targets.end(), e.target_ids.begin(), e.target_ids.end());
+    // Mean over the batch's target tokens.
+    at::Tensor loss = at::cross_entropy_loss(at::cat(*predicted), at::tensor(targets, at::kLong));
+    const double total = loss.item<double>() * static_cast<double>(targets.size());
+    const int64_t tokens = static_cast<int64_t>(targets.size());
+    (loss + aux_loss).backward();
+    last_aux_loss_ = aux_loss.item<double>();
     if (options_.clip_norm > 0) torch::nn::utils::clip_grad_norm_(params_, options_.clip_norm);
     opt_->adamw.step();
     ++step_;
@@ -92,17 +264,52 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
   }
 }
 
+absl::Status Trainer::SaveState(const std::string& path) const {
+  try {
+    torch::serialize::OutputArchive archive;
+    opt_->adamw.save(archive);
+    if (cell_w_.defined()) {
+      archive.write("cell_w", cell_w_);
+      archive.write("cell_b", cell_b_);
+    }
+    archive.write("magma_step", at::tensor(step_, at::kLong));
+    archive.save_to(path);
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("saving the optimizer state to ", path, ": ", e.what()));
+  }
+}
+
+absl::Status Trainer::RestoreState(const std::string& path) {
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(path);
+    opt_->adamw.load(archive);
+    if (cell_w_.defined()) {
+      at::Tensor w, b;
+      archive.read("cell_w", w);
+      archive.read("cell_b", b);
+      at::NoGradGuard no_grad;
+      cell_w_.copy_(w);
+      cell_b_.copy_(b);
+    }
+    at::Tensor step;
+    archive.read("magma_step", step);
+    step_ = step.item<int64_t>();
+    return absl::OkStatus();
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("restoring the optimizer state from ", path, ": ", e.what()));
+  }
+}
+
 absl::StatusOr<double> Trainer::Loss(const std::vector<TrainExample>& batch) {
   try {
     at::NoGradGuard no_grad;
+    if (batch.empty()) return 0.0;
     int64_t tokens = 0;
-    double total = 0;
-    for (const auto& e : batch) {
-      auto loss = ExampleLoss(e, &tokens);
-      if (!loss.ok()) return loss.status();
-      total += loss->item<double>();
-    }
-    return tokens == 0 ? 0.0 : total / static_cast<double>(tokens);
+    auto loss = BatchLoss(batch, &tokens);
+    if (!loss.ok()) return loss.status();
+    return loss->item<double>() / static_cast<double>(tokens);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("loss: ", e.what()));
   }

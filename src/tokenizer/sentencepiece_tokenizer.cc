@@ -132,7 +132,8 @@ class SentencePieceTokenizer final : public Tokenizer {
     special_.bos = f_->special(handle_, 0);
     special_.eos = f_->special(handle_, 1);
     special_.pad = f_->special(handle_, 2);
-    special_.eot = special_.eos;
+    // A chat vocabulary ends turns with <|eot_id|> when it has one.
+    special_.eot = PieceToId("<|eot_id|>") >= 0 ? PieceToId("<|eot_id|>") : special_.eos;
     special_.image = PieceToId("<image>");
     add_bos_ = special_.bos >= 0;
     std::ifstream cin(std::filesystem::path(dir) / "tokenizer_config.json");

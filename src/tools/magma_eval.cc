@@ -6,7 +6,11 @@
 //
 //   magma-eval --server 127.0.0.1:50051 [--screens 500] [--episodes 200] [--paths 100] [--questions 200]
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <map>
 #include <random>
 
 #include <grpcpp/grpcpp.h>
@@ -26,6 +30,9 @@ ABSL_FLAG(int, episodes, 200, "Act: robot episodes");
 ABSL_FLAG(int, max_steps, 60, "Act: steps per episode");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");
 ABSL_FLAG(int, questions, 200, "Generate: questions");
+ABSL_FLAG(std::string, demo_dir, "",
+          "Write the first screen's Set-of-Mark image and the first robot episode's frames, each with the "
+          "model's 2D path drawn, here");
 ABSL_FLAG(uint64_t, first_seed, 1000000, "Held-out seeds start here (training uses small seeds)");
 
 namespace {
@@ -44,6 +51,11 @@ std::unique_ptr<grpc::ClientContext> Ctx() {
   auto c = std::make_unique<grpc::ClientContext>();
   c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
   return c;
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out << bytes;
 }
 
 // `n` points equally spaced by arc length along the polyline.
@@ -71,6 +83,8 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   auto stub = AgentService::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
   const uint64_t base = absl::GetFlag(FLAGS_first_seed);
+  const std::string demo = absl::GetFlag(FLAGS_demo_dir);
+  if (!demo.empty()) std::filesystem::create_directories(demo);
   int errors = 0;
 
   // Click accuracy.
@@ -83,6 +97,7 @@ int main(int argc, char** argv) {
     magma::v1::ClickRequest req;
     req.mutable_screenshot()->set_encoded(Png(screen.rgb));
     req.set_instruction(in.text);
+    req.set_return_som_image(!demo.empty() && i == 0);
     for (const auto& w : screen.widgets) {
       auto* b = req.add_elements()->mutable_box();
       b->set_x1(w.box.x1), b->set_y1(w.box.y1), b->set_x2(w.box.x2), b->set_y2(w.box.y2);
@@ -94,6 +109,12 @@ int main(int argc, char** argv) {
       continue;
     }
     ++clicks;
+    if (!demo.empty() && i == 0) {
+      WriteFile(demo + "/click_som.png", resp.som_image_png());
+      WriteFile(demo + "/click_screen.png", Png(screen.rgb));
+      std::cout << "demo: \"" << in.text << "\" -> mark " << resp.mark() << ", click at (" << resp.click_px().x()
+                << ", " << resp.click_px().y() << ")" << std::endl;
+    }
     const auto& t = screen.widgets[in.target].box;
     correct += resp.found() && resp.click_px().x() >= t.x1 && resp.click_px().x() <= t.x2 &&
                resp.click_px().y() >= t.y1 && resp.click_px().y() <= t.y2;
@@ -119,10 +140,30 @@ int main(int argc, char** argv) {
         failed = true;
         break;
       }
+      if (!demo.empty() && i == 0) {
+        // The frame with the model's current plan drawn on it.
+        magma::v1::TraceRequest tr;
+        *tr.mutable_image() = req.image();
+        tr.set_instruction(scene.instruction);
+        tr.set_format(magma::v1::HAMSTER_PATH);
+        tr.set_return_overlay(true);
+        magma::v1::TraceResponse trace;
+        auto tctx = Ctx();
+        if (stub->Trace(tctx.get(), tr, &trace).ok()) {
+          char name[64];
+          std::snprintf(name, sizeof(name), "/robot_step_%02d.png", step);
+          WriteFile(demo + name, trace.overlay_png());
+        }
+      }
       std::array<double, 7> a;
       for (int d = 0; d < 7; ++d) a[d] = resp.action(d);
       a[6] = (a[6] + 1) / 2;  // gripper dimension is passed through normalised: -1..1 -> 0..1
       magma::worlds::Step(&scene, a, ro);
+    }
+    if (!demo.empty() && i == 0) {
+      WriteFile(demo + "/robot_final.png", Png(magma::worlds::RenderScene(scene, ro)));
+      std::cout << "demo: \"" << scene.instruction << "\" " << (magma::worlds::Success(scene) ? "succeeded" : "failed")
+                << " after " << scene.steps << " steps" << std::endl;
     }
     errors += failed;
     ++episodes;
@@ -158,25 +199,27 @@ int main(int argc, char** argv) {
   std::cout << "path_error: " << (paths ? 100.0 * total_error / paths : 0) << " % of the diagonal (" << paths
             << " paths)" << std::endl;
 
-  // Questions: the answer must equal the expected one (case and punctuation aside).
+  // Questions (the generator training uses, held-out seeds): the answer
+  // must equal the expected one, case and final punctuation aside.
+  std::map<std::string, std::pair<int, int>> by_kind;  // kind -> (right, asked)
   int asked = 0, right = 0;
   for (int i = 0; i < absl::GetFlag(FLAGS_questions); ++i) {
     const uint64_t seed = base + 800000 + i;
     const auto screen = magma::worlds::RenderScreen(seed);
-    std::mt19937_64 rng(seed * 31 + 7);
-    const auto& w = screen.widgets[rng() % screen.widgets.size()];
-    (void)w;
-    // The same generator as training builds the question and its answer.
+    const auto q = magma::worlds::AskAbout(screen, seed);
     magma::v1::GenerateRequest req;
-    std::string expected;
-    {
-      int n = 0;
-      for (const auto& x : screen.widgets) n += x.kind == "button";
-      req.set_prompt("How many buttons are there?");
-      expected = std::to_string(n);
+    req.set_prompt(q.question);
+    if (q.with_marks) {
+      auto marked = magma::worlds::MarkScreen(screen);
+      if (!marked.ok()) {
+        ++errors;
+        continue;
+      }
+      req.add_images()->set_encoded(Png(*marked));
+    } else {
+      req.add_images()->set_encoded(Png(screen.rgb));
     }
-    req.add_images()->set_encoded(Png(screen.rgb));
-    req.set_max_tokens(8);
+    req.set_max_tokens(16);
     req.mutable_sampling()->set_temperature(0);
     magma::v1::GenerateResponse resp;
     auto ctx = Ctx();
@@ -184,13 +227,25 @@ int main(int argc, char** argv) {
       ++errors;
       continue;
     }
+    auto normal = [](std::string text) {
+      text = absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+      while (!text.empty() && (text.back() == '.' || text.back() == '!')) text.pop_back();
+      return text;
+    };
+    const std::string kind = q.with_marks                            ? "mark"
+                             : q.question.rfind("How many", 0) == 0  ? "count"
+                             : q.question.rfind("Is there", 0) == 0  ? "yes/no"
+                                                                     : "color";
+    const bool ok = normal(resp.text()) == normal(q.answer);
     ++asked;
-    std::string answer = absl::AsciiStrToLower(absl::StripAsciiWhitespace(resp.text()));
-    while (!answer.empty() && (answer.back() == '.' || answer.back() == '!')) answer.pop_back();
-    right += answer == absl::AsciiStrToLower(expected);
+    right += ok;
+    by_kind[kind].first += ok;
+    ++by_kind[kind].second;
   }
   std::cout << "question_accuracy: " << (asked ? 100.0 * right / asked : 0) << " % (" << right << "/" << asked
-            << " counting questions)" << std::endl;
+            << " questions;";
+  for (const auto& [kind, n] : by_kind) std::cout << " " << kind << " " << n.first << "/" << n.second;
+  std::cout << ")" << std::endl;
   std::cout << "rpc_errors: " << errors << std::endl;
   return 0;
 }

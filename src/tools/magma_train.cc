@@ -7,7 +7,9 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -20,7 +22,7 @@
 #include "magma/model/random_init.h"
 #include "magma/model/runtime.h"
 #include "magma/model/trainer.h"
-#include "magma/tokenizer/bpe_trainer.h"
+#include "magma/tokenizer/spm_trainer.h"
 #include "magma/train/synthetic_tasks.h"
 #include "magma/util/logging.h"
 
@@ -32,6 +34,14 @@ ABSL_FLAG(int64_t, warmup, 100, "Warm-up steps");
 ABSL_FLAG(int64_t, checkpoint_every, 250, "Steps between checkpoints");
 ABSL_FLAG(bool, resume, false, "Continue from the checkpoint in --out");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the weights and of the data stream");
+ABSL_FLAG(bool, prefetch, true, "Render the next batch on a second thread during each step");
+ABSL_FLAG(int64_t, eval_every, 250, "Steps between held-out accuracy reports (0 = never)");
+ABSL_FLAG(std::string, mix, "click=4,act=3,path=1,question=2", "Relative weights of the training tasks");
+ABSL_FLAG(double, cell_loss, 1.0,
+          "Weight of the vision tower's auxiliary per-cell loss (what is where, marks, labels); 0 = off");
+ABSL_FLAG(double, attention_loss, 0.5,
+          "Weight of the attention supervision (the last layer's first head looks at what the answer is about)");
+ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
 
 namespace {
@@ -51,7 +61,8 @@ magma::model::Preset AgentPreset(int64_t vocab) {
   p.name = "agent-tiny";
   p.vision_depths = {1, 1, 2, 1};
   p.vision_dims = {24, 48, 96, 192};
-  p.img_size = 128;
+  p.img_size = 224;
+  p.layer_scale_init = 1e-6;
   p.max_crops = 2;
   p.hidden = 256;
   p.layers = 4;
@@ -60,32 +71,27 @@ magma::model::Preset AgentPreset(int64_t vocab) {
   p.intermediate = 640;
   p.vocab = vocab;
   p.max_positions = 1024;
-  p.image_token_index = vocab - 1;
   p.storage_dtype = "F32";
   return p;
 }
 
 absl::Status CreateModel(const std::string& dir, uint64_t seed) {
   namespace tk = magma::tokenizer;
-  const auto corpus = magma::train::SyntheticTasks::CorpusTexts(1500);
-  // First pass: how many merges the corpus yields; the vocabulary is then
-  // learned pieces + 256 reserved action pieces + 7 special tokens.
-  tk::BpeTrainOptions probe;
-  probe.num_merges = 600;
-  probe.reserved_pieces = 256;
-  probe.added_tokens = {};
-  const std::string tmp = dir + "/.tokenizer-probe";
-  if (auto s = tk::TrainByteLevelBpe(corpus, probe, tmp); !s.ok()) return s;
+  // The tokenizer first: its size (learned pieces + 256 reserved action
+  // pieces at the top) and its <image> id fix the model's vocabulary.
+  const std::string tmp = dir + "/.tokenizer";
+  tk::SpmTrainOptions so;
+  so.vocab_size = 1000;
+  so.reserved_pieces = 256;
+  if (auto s = tk::TrainSentencePiece(magma::train::SyntheticTasks::CorpusTexts(2000), so, tmp); !s.ok()) return s;
   auto t = tk::LoadTokenizer(tmp);
   if (!t.ok()) return t.status();
-  const int32_t base = (*t)->base_vocab_size();
-  fs::remove_all(tmp);
-  const int64_t vocab = base + 7;
-  const magma::model::Preset preset = AgentPreset(vocab);
+  magma::model::Preset preset = AgentPreset((*t)->vocab_size());
+  preset.image_token_index = (*t)->special_ids().image;
+  preset.write_tokenizer = false;
   if (auto s = magma::model::WriteRandomModel(preset, seed, dir); !s.ok()) return s;
-  tk::BpeTrainOptions options = probe;
-  options.added_tokens = tk::Llama3StyleAddedTokens(static_cast<int32_t>(vocab), static_cast<int32_t>(vocab - 1));
-  if (auto s = tk::TrainByteLevelBpe(corpus, options, dir); !s.ok()) return s;
+  for (const char* f : {"tokenizer.model", "tokenizer_config.json"}) fs::rename(fs::path(tmp) / f, fs::path(dir) / f);
+  fs::remove_all(tmp);
   json stats = {{"tabletop", {{"action", {{"q01", {-1, -1, -1, -1, -1, -1, 0}},
                                           {"q99", {1, 1, 1, 1, 1, 1, 1}},
                                           {"mask", {true, true, true, true, true, true, false}}}}}}};
@@ -93,16 +99,29 @@ absl::Status CreateModel(const std::string& dir, uint64_t seed) {
   return absl::OkStatus();
 }
 
-absl::Status SaveCheckpoint(magma::model::MagmaModel& model, const std::string& dir, int64_t step, double loss) {
+absl::Status SaveCheckpoint(magma::model::MagmaModel& model, const magma::model::Trainer& trainer,
+                            const std::string& dir, int64_t step, double loss, double seconds) {
   const std::string tmp = dir + "/model.safetensors.tmp";
   if (auto s = model.SaveWeights(tmp); !s.ok()) return s;
+  // The optimizer state, for --resume (not needed to serve the model).
+  if (auto s = trainer.SaveState(dir + "/optimizer.pt.tmp"); !s.ok()) return s;
+  fs::rename(dir + "/optimizer.pt.tmp", fs::path(dir) / "optimizer.pt");
   // One file replaces the initial shards.
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
     if (name.rfind("model-", 0) == 0 || name == "model.safetensors.index.json") fs::remove(e.path());
   }
   fs::rename(tmp, fs::path(dir) / "model.safetensors");
-  std::ofstream(fs::path(dir) / "trainer_state.json") << json{{"step", step}, {"loss", loss}}.dump(2) << "\n";
+  const json state = {{"step", step},
+                      {"loss", loss},
+                      {"steps", absl::GetFlag(FLAGS_steps)},
+                      {"batch", absl::GetFlag(FLAGS_batch)},
+                      {"lr", absl::GetFlag(FLAGS_lr)},
+                      {"warmup", absl::GetFlag(FLAGS_warmup)},
+                      {"seed", absl::GetFlag(FLAGS_seed)},
+                      {"bf16", absl::GetFlag(FLAGS_bf16)},
+                      {"train_seconds", seconds}};
+  std::ofstream(fs::path(dir) / "trainer_state.json") << state.dump(2) << "\n";
   return absl::OkStatus();
 }
 
@@ -116,9 +135,12 @@ int main(int argc, char** argv) {
   if (dir.empty()) return Fail(absl::InvalidArgumentError("--out is required"));
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   int64_t start_step = 0;
+  double prior_seconds = 0;  // training time before a resume
   if (absl::GetFlag(FLAGS_resume) && fs::exists(fs::path(dir) / "trainer_state.json")) {
     std::ifstream in(fs::path(dir) / "trainer_state.json");
-    start_step = json::parse(in, nullptr, false).value("step", int64_t{0});
+    const json state = json::parse(in, nullptr, false);
+    start_step = state.value("step", int64_t{0});
+    prior_seconds = state.value("train_seconds", 0.0);
     std::cout << "resuming at step " << start_step << "\n";
   } else {
     fs::create_directories(dir);
@@ -139,35 +161,102 @@ int main(int argc, char** argv) {
   magma::worlds::UiWorldOptions ui;
   magma::worlds::RobotWorldOptions robot;
   const magma::train::SyntheticTasks tasks(&*ctx, ui, robot);
+  auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
+  if (!mix.ok()) return Fail(mix.status());
 
   magma::model::TrainOptions to;
   to.learning_rate = absl::GetFlag(FLAGS_lr);
-  to.warmup_steps = start_step > 0 ? 0 : absl::GetFlag(FLAGS_warmup);
-  to.total_steps = absl::GetFlag(FLAGS_steps) - start_step;
+  to.warmup_steps = absl::GetFlag(FLAGS_warmup);
+  to.total_steps = absl::GetFlag(FLAGS_steps);
+  if (absl::GetFlag(FLAGS_cell_loss) > 0) {
+    to.cell_classes = magma::train::SyntheticTasks::CellClasses();
+    to.cell_loss_weight = absl::GetFlag(FLAGS_cell_loss);
+  }
+  to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
   auto trainer = magma::model::Trainer::Create(model->get(), to);
   if (!trainer.ok()) return Fail(trainer.status());
+  if (start_step > 0) {
+    if (auto s = (*trainer)->RestoreState((fs::path(dir) / "optimizer.pt").string()); !s.ok()) return Fail(s);
+    if ((*trainer)->step() != start_step) {
+      return Fail(absl::DataLossError("optimizer.pt and trainer_state.json disagree on the step"));
+    }
+  }
+  (*model)->SetBf16TrainingMatmuls(absl::GetFlag(FLAGS_bf16));
   const int batch = absl::GetFlag(FLAGS_batch);
   const uint64_t data_seed = absl::GetFlag(FLAGS_seed) * 1000003;
   const auto t0 = std::chrono::steady_clock::now();
   double ema = 0;
-  for (int64_t step = start_step; step < absl::GetFlag(FLAGS_steps); ++step) {
+  // Held-out examples (seeds far from the training stream) for teacher-forced
+  // accuracy per task: exact = every answer token right.
+  std::vector<magma::train::SyntheticExample> held_out;
+  for (uint64_t i = 0; i < 160; ++i) {
+    auto e = tasks.Mixed((uint64_t{1} << 40) + i);
+    if (e.ok()) held_out.push_back(*std::move(e));
+  }
+  auto report = [&](int64_t step) -> absl::Status {
+    std::vector<magma::model::TrainExample> batch;
+    for (const auto& e : held_out) batch.push_back(e.example);
+    std::map<std::string, std::pair<int, int>> exact;   // kind -> (right, total)
+    std::map<std::string, std::pair<int, int>> tokens;  // kind -> (right, total)
+    for (size_t first = 0; first < batch.size(); first += 16) {
+      const std::vector<magma::model::TrainExample> part(batch.begin() + first,
+                                                         batch.begin() + std::min(batch.size(), first + 16));
+      auto predicted = (*trainer)->Predict(part);
+      if (!predicted.ok()) return predicted.status();
+      for (size_t i = 0; i < part.size(); ++i) {
+        const auto& e = held_out[first + i];
+        const char* kind = e.kind == magma::train::TaskKind::kClick ? "click"
+                           : e.kind == magma::train::TaskKind::kAct ? "act"
+                           : e.kind == magma::train::TaskKind::kPath ? "path" : "question";
+        int right = 0;
+        for (size_t t = 0; t < part[i].target_ids.size(); ++t) right += (*predicted)[i][t] == part[i].target_ids[t];
+        exact[kind].first += right == static_cast<int>(part[i].target_ids.size());
+        ++exact[kind].second;
+        tokens[kind].first += right;
+        tokens[kind].second += static_cast<int>(part[i].target_ids.size());
+      }
+    }
+    std::cout << "held-out at step " << step << ":";
+    for (const auto& [kind, n] : exact) {
+      std::cout << " " << kind << " exact " << n.first << "/" << n.second << " tokens "
+                << 100.0 * tokens[kind].first / tokens[kind].second << "%";
+    }
+    std::cout << std::endl;
+    return absl::OkStatus();
+  };
+
+  // Batches are rendered on a second thread while the previous step trains.
+  auto make_batch = [&](int64_t step) {
     std::vector<magma::model::TrainExample> examples;
     for (int i = 0; i < batch; ++i) {
-      auto e = tasks.Mixed(data_seed + static_cast<uint64_t>(step) * batch + i);
+      auto e = tasks.Mixed(data_seed + static_cast<uint64_t>(step) * batch + i, *mix);
       if (e.ok()) examples.push_back(std::move(e->example));
     }
+    return examples;
+  };
+  const auto policy = absl::GetFlag(FLAGS_prefetch) ? std::launch::async : std::launch::deferred;
+  std::future<std::vector<magma::model::TrainExample>> next = std::async(policy, make_batch, start_step);
+  double wait_secs = 0;
+  for (int64_t step = start_step; step < absl::GetFlag(FLAGS_steps); ++step) {
+    const auto w0 = std::chrono::steady_clock::now();
+    std::vector<magma::model::TrainExample> examples = next.get();
+    wait_secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+    if (step + 1 < absl::GetFlag(FLAGS_steps)) next = std::async(policy, make_batch, step + 1);
     auto loss = (*trainer)->Step(examples);
     if (!loss.ok()) return Fail(loss.status());
     ema = step == start_step ? *loss : 0.95 * ema + 0.05 * *loss;
     const int64_t done = step + 1 - start_step, left = absl::GetFlag(FLAGS_steps) - step - 1;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (done % 10 == 0 || left == 0) {
-      std::cout << "step " << step + 1 << "/" << absl::GetFlag(FLAGS_steps) << " loss " << ema << " lr "
+      std::cout << "step " << step + 1 << "/" << absl::GetFlag(FLAGS_steps) << " loss " << ema << " aux " << (*trainer)->last_aux_loss() << " lr "
                 << (*trainer)->learning_rate() << " | " << secs / done << " s/step, ETA " << left * secs / done / 60
-                << " min" << std::endl;
+                << " min (data wait " << wait_secs / done << " s/step)" << std::endl;
+    }
+    if (absl::GetFlag(FLAGS_eval_every) > 0 && ((step + 1) % absl::GetFlag(FLAGS_eval_every) == 0 || left == 0)) {
+      if (auto s = report(step + 1); !s.ok()) return Fail(s);
     }
     if ((step + 1) % absl::GetFlag(FLAGS_checkpoint_every) == 0 || left == 0) {
-      if (auto s = SaveCheckpoint(**model, dir, step + 1, ema); !s.ok()) return Fail(s);
+      if (auto s = SaveCheckpoint(**model, **trainer, dir, step + 1, ema, prior_seconds + secs); !s.ok()) return Fail(s);
     }
   }
   std::cout << "wrote " << dir << "\n";

@@ -1,11 +1,15 @@
 #include "magma/train/synthetic_tasks.h"
 
+#include <algorithm>
+#include <limits>
 #include <map>
 #include <random>
 
 #include <ATen/ATen.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "magma/agent/path_answer.h"
 #include "magma/tokenizer/chat.h"
 
@@ -17,7 +21,155 @@ model::TrainImage ToTrainImage(const vision::Crops& c) {
   return {crops, c.grid.rows, c.grid.cols};
 }
 
+// Something drawn on an image, as the tower's cell heads should see it.
+struct CellItem {
+  vision::PixelBox box;  // original pixels
+  double cx = 0, cy = 0; // its centre
+  int what = 0;          // kCellWhat class
+  int mark = 0;          // 0 none, 1 + Set-of-Mark id
+  int text = 0;          // 0 none, 1 + index in UiLabels()
+  bool pointed = false;  // the answer is about it
+};
+
+int IndexOf(const std::vector<std::string>& names, const std::string& name) {
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+int ColorIndex(const std::string& name) {
+  const auto& colors = worlds::UiColors();
+  for (size_t i = 0; i < colors.size(); ++i) {
+    if (colors[i].first == name) return static_cast<int>(i);
+  }
+  return 0;
+}
+
+// The widgets of `screen`, after the labels of `marks` (when marked) so that
+// a cell holding a label's centre is about that label.
+std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<vision::Mark>& marks,
+                              const std::vector<int>& about) {
+  static const std::vector<std::string> kinds = {"button", "icon", "checkbox", "text_field"};
+  const bool marked = !marks.empty();
+  std::vector<CellItem> items;
+  for (size_t i = 0; i < marks.size() && i < screen.widgets.size(); ++i) {
+    CellItem item;
+    const auto& l = marks[i].label;
+    item.box = {l.x1, l.y1, l.x2, l.y2};
+    item.cx = (l.x1 + l.x2) / 2;
+    item.cy = (l.y1 + l.y2) / 2;
+    item.what = 47;  // a mark's label
+    item.mark = marks[i].id >= 0 && marks[i].id < 10 ? 1 + marks[i].id : 0;
+    item.pointed = std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end();
+    items.push_back(item);
+  }
+  for (size_t i = 0; i < screen.widgets.size(); ++i) {
+    const auto& w = screen.widgets[i];
+    CellItem item;
+    item.box = w.box;
+    item.cx = (w.box.x1 + w.box.x2) / 2;
+    item.cy = (w.box.y1 + w.box.y2) / 2;
+    item.what = 1 + std::max(0, IndexOf(kinds, w.kind)) * 8 + ColorIndex(w.color);
+    item.mark = marked && i < 10 ? 1 + static_cast<int>(i) : 0;
+    item.text = w.label.empty() ? 0 : 1 + std::max(0, IndexOf(worlds::UiLabels(), w.label));
+    item.pointed = std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end();
+    items.push_back(item);
+  }
+  return items;
+}
+
+std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, const std::vector<int>& about) {
+  // Priority order: the gripper, then blocks, then plates. `about` holds
+  // object indices, -1 for the gripper.
+  std::vector<CellItem> items;
+  auto add = [&](const vision::NormPoint& c, double half, int what, int index) {
+    CellItem item;
+    item.pointed = std::find(about.begin(), about.end(), index) != about.end();
+    item.cx = c.x * size;
+    item.cy = c.y * size;
+    item.box = {item.cx - half * size, item.cy - half * size, item.cx + half * size, item.cy + half * size};
+    item.what = what;
+    items.push_back(item);
+  };
+  add(scene.gripper, 0.03, scene.gripper_open ? 45 : 46, -1);
+  for (size_t i = 0; i < scene.objects.size(); ++i) {
+    const auto& o = scene.objects[i];
+    if (o.kind == "block") add(o.center, o.radius, 33 + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
+  }
+  for (size_t i = 0; i < scene.objects.size(); ++i) {
+    const auto& o = scene.objects[i];
+    if (o.kind == "plate") add(o.center, o.radius, 39 + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
+  }
+  return items;
+}
+
+// Targets of every tower output cell of `img` (crops of an image of `size`
+// on its any-res grid): the first item whose centre falls in the cell, else
+// the first whose box holds the cell's centre; the offset of that centre
+// from the cell's, in cells, where an item's centre falls in the cell.
+void AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model::TrainImage* img) {
+  const int64_t s = img->crops.size(2), f = s / 32, crops = img->crops.size(0);
+  at::Tensor classes = at::zeros({crops, f, f, 3}, at::kLong);
+  at::Tensor offsets = at::full({crops, f, f, 2}, std::numeric_limits<float>::quiet_NaN());
+  at::Tensor pointer = at::zeros({crops, f, f}, at::kBool);
+  auto pt = pointer.accessor<bool, 3>();
+  auto c = classes.accessor<int64_t, 4>();
+  auto o = offsets.accessor<float, 4>();
+  const double sx = static_cast<double>(size.width) / (img->cols * s);
+  const double sy = static_cast<double>(size.height) / (img->rows * s);
+  const double cell_w = 32 * sx, cell_h = 32 * sy;
+  for (int r = 0; r < img->rows; ++r) {
+    for (int q = 0; q < img->cols; ++q) {
+      const int64_t n = r * img->cols + q;
+      for (int64_t i = 0; i < f; ++i) {
+        for (int64_t j = 0; j < f; ++j) {
+          const double x0 = (q * s + j * 32) * sx, y0 = (r * s + i * 32) * sy;
+          const double x = x0 + cell_w / 2, y = y0 + cell_h / 2;
+          const CellItem* hit = nullptr;
+          bool centre = false;
+          for (const auto& it : items) {
+            if (it.cx >= x0 && it.cx < x0 + cell_w && it.cy >= y0 && it.cy < y0 + cell_h) {
+              hit = &it;
+              centre = true;
+              break;
+            }
+          }
+          if (hit == nullptr) {
+            for (const auto& it : items) {
+              if (x >= it.box.x1 && x <= it.box.x2 && y >= it.box.y1 && y <= it.box.y2) {
+                hit = &it;
+                break;
+              }
+            }
+          }
+          if (hit == nullptr) continue;
+          c[n][i][j][0] = hit->what;
+          c[n][i][j][1] = hit->mark;
+          c[n][i][j][2] = hit->text;
+          pt[n][i][j] = hit->pointed;
+          if (centre) {
+            o[n][i][j][0] = static_cast<float>((hit->cx - x) / cell_w);
+            o[n][i][j][1] = static_cast<float>((hit->cy - y) / cell_h);
+          }
+        }
+      }
+    }
+  }
+  img->cell_classes = classes;
+  img->cell_offsets = offsets;
+  img->cell_pointer = pointer;
+}
+
 }  // namespace
+
+const std::vector<int64_t>& SyntheticTasks::CellClasses() {
+  // what (none, 4 UI kinds x 8 colours, 6 block colours, 6 plate colours,
+  // gripper open/closed, a mark's label), Set-of-Mark id (none, 0..9),
+  // widget label (none, 20).
+  static const std::vector<int64_t> kClasses = {48, 11, 21};
+  return kClasses;
+}
 
 SyntheticTasks::SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
                                const worlds::RobotWorldOptions& robot)
@@ -54,6 +206,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Click(uint64_t seed) const {
   out.target_text = absl::StrCat("Mark: ", p->marks[in.target].id);
   auto e = ToExample(p->request, out.target_text);
   if (!e.ok()) return e.status();
+  AttachCellTargets(UiItems(screen, p->marks, {in.target}), screen.rgb.size(), &e->images[0]);
   out.example = *std::move(e);
   return out;
 }
@@ -80,6 +233,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   out.kind = TaskKind::kAct;
   auto e = ToExample(p->request, "");
   if (!e.ok()) return e.status();
+  const int goal = scene.held == scene.pick ? scene.place : scene.pick;
+  AttachCellTargets(TableItems(scene, robot_.image_size, {-1, goal}), task.image.size(), &e->images[0]);
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");
   out.example = *std::move(e);
@@ -100,90 +255,105 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Path(uint64_t seed) const {
   out.target_text = agent::FormatPathAnswer(worlds::ExpertPath(scene));
   auto e = ToExample(p->request, out.target_text);
   if (!e.ok()) return e.status();
+  AttachCellTargets(TableItems(scene, robot_.image_size, {-1, scene.pick, scene.place}), task.image.size(),
+                    &e->images[0]);
   out.example = *std::move(e);
   return out;
 }
 
 absl::StatusOr<SyntheticExample> SyntheticTasks::Question(uint64_t seed) const {
   worlds::UiScreen screen = worlds::RenderScreen(seed, ui_);
-  std::mt19937_64 rng(seed * 31 + 7);
-  std::string question, answer;
-  const auto& w = screen.widgets[rng() % screen.widgets.size()];
-  switch (rng() % 3) {
-    case 0: {
-      int n = 0;
-      for (const auto& x : screen.widgets) n += x.kind == "button";
-      question = "How many buttons are there?";
-      answer = std::to_string(n);
-      break;
-    }
-    case 1: {
-      const bool yes = rng() % 2 == 0;
-      std::string color = w.color;
-      if (!yes) {
-        const auto& colors = worlds::UiColors();
-        for (const auto& [name, c] : colors) {
-          bool used = false;
-          for (const auto& x : screen.widgets) used = used || x.color == name;
-          if (!used) {
-            color = name;
-            break;
-          }
-        }
-      }
-      question = "Is there a " + color + " " + w.kind + "?";
-      bool present = false;
-      for (const auto& x : screen.widgets) present = present || (x.color == color && x.kind == w.kind);
-      answer = present ? "Yes." : "No.";
-      break;
-    }
-    default: {
-      if (w.label.empty()) {
-        question = "What color is the " + w.shape + " icon?";
-      } else {
-        question = "What color is the " + w.label + " " + (w.kind == "text_field" ? "field" : w.kind) + "?";
-      }
-      answer = w.color;
-      break;
-    }
-  }
+  const worlds::UiQuestion q = worlds::AskAbout(screen, seed);
   agent::TextTask task;
-  task.images = {screen.rgb};
-  task.messages = {{"user", {tokenizer::Untrusted(question)}}};
+  std::vector<vision::Mark> marks;
+  if (q.with_marks) {
+    auto marked = worlds::MarkScreen(screen, &marks);
+    if (!marked.ok()) return marked.status();
+    task.images = {*std::move(marked)};
+  } else {
+    task.images = {screen.rgb};
+  }
+  task.messages = {{"user", {tokenizer::Untrusted(q.question)}}};
   auto r = agent::PrepareText(*ctx_, task);
   if (!r.ok()) return r.status();
   SyntheticExample out;
   out.kind = TaskKind::kQuestion;
-  out.target_text = answer;
-  auto e = ToExample(*r, answer);
+  out.target_text = q.answer;
+  auto e = ToExample(*r, q.answer);
   if (!e.ok()) return e.status();
+  AttachCellTargets(UiItems(screen, marks, q.about), screen.rgb.size(), &e->images[0]);
   out.example = *std::move(e);
   return out;
 }
 
-absl::StatusOr<SyntheticExample> SyntheticTasks::Mixed(uint64_t seed) const {
-  switch (seed % 10) {
-    case 0: case 1: case 2: case 3: return Click(seed);
-    case 4: case 5: case 6: return Act(seed);
-    case 7: return Path(seed);
-    default: return Question(seed);
+absl::StatusOr<SyntheticExample> SyntheticTasks::Mixed(uint64_t seed, const TaskMix& mix) const {
+  const int total = mix.click + mix.act + mix.path + mix.question;
+  if (total <= 0) return absl::InvalidArgumentError("the task mix has no positive weight");
+  // The kind from a hash of the seed, so that neighbouring seeds mix well.
+  uint64_t h = seed * 0x9e3779b97f4a7c15ull;
+  h ^= h >> 31;
+  int pick = static_cast<int>(h % static_cast<uint64_t>(total));
+  if ((pick -= mix.click) < 0) return Click(seed);
+  if ((pick -= mix.act) < 0) return Act(seed);
+  if ((pick -= mix.path) < 0) return Path(seed);
+  return Question(seed);
+}
+
+absl::StatusOr<TaskMix> ParseTaskMix(const std::string& text) {
+  TaskMix mix{0, 0, 0, 0};
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> kv = absl::StrSplit(part, absl::MaxSplits('=', 1));
+    int weight = 0;
+    if (!absl::SimpleAtoi(kv.second, &weight) || weight < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("task mix: bad weight in '", part, "'"));
+    }
+    if (kv.first == "click") {
+      mix.click = weight;
+    } else if (kv.first == "act") {
+      mix.act = weight;
+    } else if (kv.first == "path") {
+      mix.path = weight;
+    } else if (kv.first == "question") {
+      mix.question = weight;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("task mix: unknown task '", kv.first, "' (click, act, path, question)"));
+    }
   }
+  if (mix.click + mix.act + mix.path + mix.question <= 0) {
+    return absl::InvalidArgumentError("task mix: no positive weight");
+  }
+  return mix;
 }
 
 std::vector<std::string> SyntheticTasks::CorpusTexts(int screens) {
-  std::vector<std::string> out = {tokenizer::kMagmaSystemPrompt, agent::HamsterPathPrompt("x"),
-                                  "Answer the question briefly.", "How many buttons are there?", "Yes.", "No."};
+  // The texts of the prompts and answers in about the proportions training
+  // sees them, so that frequent phrases get their own pieces.
+  auto joined = [](const std::vector<tokenizer::Segment>& segments) {
+    std::string out;
+    for (const auto& seg : segments) {
+      if (seg.text != tokenizer::kImagePlaceholder) out += seg.text;
+    }
+    return out;
+  };
+  std::vector<std::string> out;
   for (int i = 0; i < screens; ++i) {
+    out.push_back(tokenizer::kMagmaSystemPrompt);
+    for (const char* role : {"system", "user", "assistant"}) out.push_back(role);
     const auto s = worlds::RenderScreen(static_cast<uint64_t>(i));
-    for (const auto& in : worlds::Instructions(s)) out.push_back(in.text);
-    for (const auto& w : s.widgets) out.push_back("What color is the " + w.label + " " + w.kind + "? " + w.color);
-    out.push_back(absl::StrCat("Mark: ", i % 12));
+    for (const auto& in : worlds::Instructions(s)) {
+      out.push_back(joined(tokenizer::UiGroundingContent(in.text)));
+      out.push_back(absl::StrCat("Mark: ", i % 16));
+    }
+    for (uint64_t k = 0; k < 3; ++k) {
+      const auto q = worlds::AskAbout(s, static_cast<uint64_t>(i) * 3 + k);
+      out.push_back(q.question + " " + q.answer);
+    }
     const auto r = worlds::NewEpisode(static_cast<uint64_t>(i));
-    out.push_back(r.instruction);
+    out.push_back(joined(tokenizer::RobotActionContent(r.instruction)));
+    out.push_back(agent::HamsterPathPrompt(r.instruction));
     out.push_back(agent::FormatPathAnswer(worlds::ExpertPath(r)));
   }
-  for (const auto& seg : tokenizer::UiGroundingContent("x")) out.push_back(seg.text);
-  for (const auto& seg : tokenizer::RobotActionContent("x")) out.push_back(seg.text);
   return out;
 }
 

@@ -20,15 +20,22 @@ cv::Scalar ColorOf(const std::string& name) {
   return cv::Scalar(128, 128, 128);
 }
 
-// Within this distance the gripper is "at" an object.
-constexpr double kReach = 0.03;
+// Closing the gripper grasps a block whose centre is this close.
+constexpr double kReach = 0.05;
+// The expert closes or opens once this close to its goal.
+constexpr double kArrive = 0.02;
 
 }  // namespace
+
+const std::vector<std::string>& TableColors() {
+  static const std::vector<std::string> kColors = {"red", "green", "blue", "yellow", "purple", "orange"};
+  return kColors;
+}
 
 RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& o) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> pos(0.12, 0.88);
-  std::vector<std::string> colors = {"red", "green", "blue", "yellow", "purple", "orange"};
+  std::vector<std::string> colors = TableColors();
   std::shuffle(colors.begin(), colors.end(), rng);
   RobotScene s;
   size_t next_color = 0;
@@ -116,7 +123,7 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
   const vision::NormPoint goal = carrying ? s.objects[s.place].center : s.objects[s.pick].center;
   const double dx = goal.x - s.gripper.x, dy = goal.y - s.gripper.y;
   const double d = std::hypot(dx, dy);
-  if (d > kReach * 0.5) {
+  if (d > kArrive) {
     // Toward the goal, at most one full step per axis.
     a[0] = std::clamp(dx / o.max_step, -1.0, 1.0);
     a[1] = std::clamp(dy / o.max_step, -1.0, 1.0);

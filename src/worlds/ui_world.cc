@@ -1,20 +1,27 @@
 #include "magma/worlds/ui_world.h"
 
 #include <algorithm>
+#include <cctype>
 #include <map>
 #include <random>
 
 #include <opencv2/imgproc.hpp>
 
+#include "magma/vision/overlay.h"
+
 namespace magma::worlds {
 namespace {
 
-const std::vector<std::string>& Labels() {
+}  // namespace
+
+const std::vector<std::string>& UiLabels() {
   static const std::vector<std::string> kLabels = {
       "OK", "Cancel", "Settings", "Search", "Save", "Open", "Close", "Help", "Send", "Delete", "Edit", "Share",
       "Print", "Next", "Back", "Login", "Submit", "Reset", "Upload", "Menu"};
   return kLabels;
 }
+
+namespace {
 
 bool Overlaps(const vision::PixelBox& a, const std::vector<UiWidget>& placed, double margin) {
   for (const auto& w : placed) {
@@ -60,7 +67,7 @@ UiScreen RenderScreen(uint64_t seed, const UiWorldOptions& o) {
   cv::putText(screen.rgb, "Window", cv::Point(10, 19), cv::FONT_HERSHEY_SIMPLEX, 0.5, cv::Scalar(255, 255, 255), 1,
               cv::LINE_AA);
   const auto& colors = UiColors();
-  std::vector<std::string> labels = Labels();
+  std::vector<std::string> labels = UiLabels();
   std::shuffle(labels.begin(), labels.end(), rng);
   const int n = uniform(o.min_widgets, o.max_widgets);
   size_t next_label = 0;
@@ -155,6 +162,86 @@ std::vector<UiInstruction> Instructions(const UiScreen& screen) {
     }
   }
   return out;
+}
+
+absl::StatusOr<cv::Mat> MarkScreen(const UiScreen& screen, std::vector<vision::Mark>* table) {
+  std::vector<vision::PixelBox> boxes;
+  for (const auto& w : screen.widgets) boxes.push_back(w.box);
+  cv::Mat image = screen.rgb.clone();
+  const auto frame = vision::ImageFrame::Identity({screen.rgb.cols, screen.rgb.rows});
+  auto marks = vision::DrawSetOfMarks(boxes, frame, vision::SomOptions{}, &image);
+  if (!marks.ok()) return marks.status();
+  if (table != nullptr) *table = *std::move(marks);
+  return image;
+}
+
+std::string DescribeWidget(const UiWidget& w) {
+  if (w.kind == "icon") return "the " + w.color + " " + w.shape + " icon";
+  return "the " + w.label + " " + (w.kind == "text_field" ? std::string("field") : w.kind);
+}
+
+UiQuestion AskAbout(const UiScreen& screen, uint64_t seed) {
+  std::mt19937_64 rng(seed * 31 + 7);
+  const auto& w = screen.widgets[rng() % screen.widgets.size()];
+  const size_t index = static_cast<size_t>(&w - screen.widgets.data());
+  UiQuestion q;
+  switch (rng() % 4) {
+    case 0:
+      break;  // counting, below
+    case 1: {
+      // Half the time a colour no widget of that kind has.
+      std::string color = w.color;
+      if (rng() % 2 == 1) {
+        std::vector<std::string> absent;
+        for (const auto& [name, c] : UiColors()) {
+          bool used = false;
+          for (const auto& x : screen.widgets) used = used || (x.color == name && x.kind == w.kind);
+          if (!used) absent.push_back(name);
+        }
+        if (!absent.empty()) color = absent[rng() % absent.size()];
+      }
+      bool present = false;
+      for (size_t i = 0; i < screen.widgets.size(); ++i) {
+        const auto& x = screen.widgets[i];
+        if (x.color == color && x.kind == w.kind) {
+          present = true;
+          q.about.push_back(static_cast<int>(i));
+        }
+      }
+      q.question = "Is there a " + color + " " + (w.kind == "text_field" ? std::string("text field") : w.kind) + "?";
+      q.answer = present ? "Yes." : "No.";
+      break;
+    }
+    case 2: {
+      // Only about an element the description names unambiguously.
+      int same = 0;
+      for (const auto& x : screen.widgets) same += DescribeWidget(x) == DescribeWidget(w);
+      if (w.kind == "icon" || same > 1) break;  // counting instead, below
+      q.question = "What color is " + DescribeWidget(w) + "?";
+      q.answer = w.color;
+      q.about = {static_cast<int>(index)};
+      break;
+    }
+    default:
+      q.question = "What is at mark " + std::to_string(index) + "?";
+      q.answer = DescribeWidget(w);
+      q.answer[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(q.answer[0])));
+      q.answer += ".";
+      q.with_marks = true;
+      q.about = {static_cast<int>(index)};
+      break;
+  }
+  if (q.question.empty()) {
+    int n = 0;
+    for (size_t i = 0; i < screen.widgets.size(); ++i) {
+      if (screen.widgets[i].kind != "button") continue;
+      ++n;
+      q.about.push_back(static_cast<int>(i));
+    }
+    q.question = "How many buttons are there?";
+    q.answer = std::to_string(n);
+  }
+  return q;
 }
 
 }  // namespace magma::worlds

@@ -50,6 +50,9 @@ TEST(TrainerTest, MemorisesOneExample) {
   ASSERT_TRUE(after.ok());
   EXPECT_LT(*after, 0.1 * *before) << *before << " -> " << *after;
   EXPECT_EQ((*trainer)->step(), 60);
+  auto predicted = (*trainer)->Predict(batch);
+  ASSERT_TRUE(predicted.ok()) << predicted.status();
+  EXPECT_EQ(predicted->front(), batch[0].target_ids);
 
   // Greedy decoding now reproduces the targets.
   const TrainExample& e = batch[0];
@@ -87,6 +90,116 @@ TEST(TrainerTest, MemorisesOneExample) {
   ASSERT_TRUE(logits2.ok());
   EXPECT_EQ(logits2->argmax().item<int64_t>(), e.target_ids[0]);
   EXPECT_LE((*logits2 - logits->detach()).abs().max().item<double>(), 1e-4);
+}
+
+// The answer depends only on the image: training must carry information
+// from the pixels through tower, projector and decoder.
+TEST(TrainerTest, LearnsAnAnswerThatOnlyTheImageGives) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o;
+  o.learning_rate = 2e-3;
+  o.warmup_steps = 5;
+  o.total_steps = 150;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok());
+  at::manual_seed(5);
+  std::vector<TrainExample> batch;
+  for (int i = 0; i < 4; ++i) {
+    TrainExample e;
+    e.prompt_ids = {1, 511, 44, 45};
+    at::Tensor crop = at::randn({1, 3, 64, 64}) * 0.1;
+    crop.select(1, i % 2 == 0 ? 0 : 2).add_(2.0);  // "red" or "blue"
+    e.images.push_back({crop, 1, 1});
+    e.target_ids = {i % 2 == 0 ? 100 : 200};
+    batch.push_back(e);
+  }
+  for (int step = 0; step < 150; ++step) ASSERT_TRUE((*trainer)->Step(batch).ok());
+  auto predicted = (*trainer)->Predict(batch);
+  ASSERT_TRUE(predicted.ok());
+  for (int i = 0; i < 4; ++i) EXPECT_EQ((*predicted)[i][0], batch[i].target_ids[0]) << i;
+}
+
+// Saving weights and optimizer state mid-run, then loading both into a new
+// model and trainer, continues the run exactly.
+TEST(TrainerTest, ResumesExactly) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o;
+  o.learning_rate = 2e-3;
+  o.warmup_steps = 2;
+  o.total_steps = 8;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok());
+  const std::vector<TrainExample> batch = {Example()};
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
+  const std::string out = dir.File("ckpt");
+  std::filesystem::create_directories(out);
+  for (const char* f : {"config.json", "preprocessor_config.json"}) {
+    std::filesystem::copy_file(dir.File("m") + "/" + f, out + "/" + f);
+  }
+  ASSERT_TRUE(m->SaveWeights(out + "/model.safetensors").ok());
+  ASSERT_TRUE((*trainer)->SaveState(out + "/optimizer.pt").ok());
+  std::vector<double> continued;
+  for (int i = 0; i < 3; ++i) continued.push_back(*(*trainer)->Step(batch));
+
+  LoadOptions lo;
+  lo.dtype = "float32";
+  lo.log_progress = false;
+  auto m2 = MagmaModel::Load(out, lo);
+  ASSERT_TRUE(m2.ok()) << m2.status();
+  auto t2 = Trainer::Create(m2->get(), o);
+  ASSERT_TRUE(t2.ok());
+  ASSERT_TRUE((*t2)->RestoreState(out + "/optimizer.pt").ok());
+  EXPECT_EQ((*t2)->step(), 3);
+  for (int i = 0; i < 3; ++i) {
+    auto loss = (*t2)->Step(batch);
+    ASSERT_TRUE(loss.ok());
+    EXPECT_NEAR(*loss, continued[i], 1e-6) << "step " << i;
+  }
+  EXPECT_EQ((*t2)->RestoreState(dir.File("missing.pt")).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TrainerTest, BatchedLossEqualsPerExampleLosses) {
+  // A batch is one right-padded forward with one tower pass over all crops;
+  // its loss must be the token-weighted mean of the examples' own losses.
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  auto trainer = Trainer::Create(m.get(), TrainOptions{});
+  ASSERT_TRUE(trainer.ok());
+  TrainExample a = Example();
+  TrainExample b;
+  b.prompt_ids = {1, 511, 9, 10, 11, 12, 13, 511, 14};  // two images, longer
+  b.images.push_back({at::randn({1, 3, 64, 64}), 1, 1});
+  b.images.push_back({at::randn({2, 3, 64, 64}), 2, 1});
+  b.target_ids = {7, 8};
+  TrainExample c;
+  c.prompt_ids = {1, 2, 3};  // no image
+  c.target_ids = {5, 6, 7, 8, 9};
+  auto la = (*trainer)->Loss({a}), lb = (*trainer)->Loss({b}), lc = (*trainer)->Loss({c});
+  auto all = (*trainer)->Loss({a, b, c});
+  ASSERT_TRUE(la.ok() && lb.ok() && lc.ok() && all.ok()) << all.status();
+  const double expected = (*la * 4 + *lb * 2 + *lc * 5) / 11;
+  EXPECT_NEAR(*all, expected, 1e-5);
+}
+
+TEST(TrainerTest, ForwardBatchMatchesForwardOfEachSequence) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  at::manual_seed(3);
+  at::Tensor x = at::randn({2, 9, m->hidden_size()});
+  auto batched = m->ForwardBatch(x);
+  ASSERT_TRUE(batched.ok()) << batched.status();
+  for (int64_t b = 0; b < 2; ++b) {
+    auto one = m->Forward(x[b].narrow(0, 0, 5 + 4 * b));  // a prefix: right padding must not matter
+    ASSERT_TRUE(one.ok());
+    EXPECT_LE(((*batched)[b].narrow(0, 0, 5 + 4 * b) - *one).abs().max().item<double>(), 1e-4);
+  }
+  EXPECT_EQ(m->ForwardBatch(at::randn({2, 3})).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TrainerTest, NeedsAFloat32Model) {

@@ -11,6 +11,7 @@
 #include "magma/config/config.pb.h"
 #include "magma/tokenizer/bpe_trainer.h"
 #include "magma/tokenizer/chat.h"
+#include "magma/tokenizer/spm_trainer.h"
 #include "testing/temp_dir.h"
 #include "tokenizer/corpus.h"
 
@@ -340,6 +341,49 @@ TEST(SentencePieceTest, MatchesSpmEncode) {
   // Decoding drops the dummy-prefix space of the first token.
   auto hello = (*tok)->Encode("hello world");
   EXPECT_EQ((*tok)->Decode(*hello), "hello world");
+#endif
+}
+
+// Our SentencePiece trainer: a Llama-2-style model with chat control
+// symbols and reserved action pieces at the top that no text encodes to.
+TEST(SpmTrainerTest, ReservedTopPiecesAndChatSymbols) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "SentencePiece needs dlopen(RTLD_DEEPBIND), unavailable under AddressSanitizer";
+#else
+  testing::TempDir dir;
+  SpmTrainOptions o;
+  o.vocab_size = 600;
+  o.reserved_pieces = 256;
+  ASSERT_TRUE(TrainSentencePiece(testing::TokenizerCorpus(2000, 5), o, dir.path()).ok());
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const int32_t n = (*tok)->vocab_size();
+  ASSERT_GT(n, 256 + 300);
+  EXPECT_EQ((*tok)->base_vocab_size(), n);
+  EXPECT_EQ((*tok)->IdToPiece(n - 256), "<action_0>");
+  EXPECT_EQ((*tok)->IdToPiece(n - 1), "<action_255>");
+  EXPECT_EQ(DetectChatFormat(**tok), ChatFormat::kLlama3);
+  EXPECT_EQ((*tok)->IdToPiece((*tok)->special_ids().bos), "<|begin_of_text|>");
+  EXPECT_EQ((*tok)->IdToPiece((*tok)->special_ids().eot), "<|eot_id|>");
+  EXPECT_EQ((*tok)->IdToPiece((*tok)->special_ids().image), "<image>");
+  // No text, not even the reserved pieces' own spelling, encodes to them.
+  auto texts = testing::TokenizerCorpus(500, 11);
+  texts.push_back("<action_0> <action_255>");
+  for (const auto& text : texts) {
+    auto ids = (*tok)->Encode(text);
+    ASSERT_TRUE(ids.ok());
+    for (int32_t id : *ids) ASSERT_LT(id, n - 256) << nlohmann::json(text).dump();
+    EXPECT_EQ((*tok)->Decode(*ids), text);
+  }
+  // The spm library itself accepts the extended model.
+  const std::string ids = RunCommand("echo 'hello world' | spm_encode --model=" + dir.File("tokenizer.model") +
+                                     " --output_format=id");
+  EXPECT_EQ(Lines(ids).size(), 1u);
+  // A llama3 prompt: one BOS (add_bos_token is false), headers as control ids.
+  auto prompt = (*tok)->EncodeSegments(BuildPrompt(ChatFormat::kLlama3, {{"user", {Untrusted("hi")}}}, {}), true);
+  ASSERT_TRUE(prompt.ok());
+  EXPECT_EQ(std::count(prompt->begin(), prompt->end(), (*tok)->special_ids().bos), 1);
+  EXPECT_EQ(prompt->front(), (*tok)->special_ids().bos);
 #endif
 }
 

@@ -78,6 +78,48 @@ TEST(UiWorldTest, ProposerFindsMostWidgets) {
   EXPECT_GE(static_cast<double>(found) / total, 0.6) << found << " of " << total;
 }
 
+// Questions on a screen built by hand, answers checked against what the
+// screen obviously shows.
+TEST(UiWorldTest, QuestionsAnswerWhatTheScreenShows) {
+  UiScreen screen;
+  screen.rgb = cv::Mat(320, 448, CV_8UC3, cv::Scalar(240, 240, 240));
+  screen.widgets = {{{10, 40, 90, 70}, "button", "rounded", "red", "Save"},
+                    {{110, 40, 190, 70}, "button", "rectangle", "blue", "Open"},
+                    {{210, 40, 240, 70}, "icon", "circle", "green", ""},
+                    {{10, 100, 200, 130}, "text_field", "rectangle", "gray", "Search"}};
+  std::set<std::string> seen;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    const UiQuestion q = AskAbout(screen, seed);
+    seen.insert(q.question);
+    if (q.question == "How many buttons are there?") {
+      EXPECT_EQ(q.answer, "2");
+    } else if (q.question.rfind("Is there a ", 0) == 0) {
+      const bool yes = q.question == "Is there a red button?" || q.question == "Is there a blue button?" ||
+                       q.question == "Is there a green icon?" || q.question == "Is there a gray text field?";
+      EXPECT_EQ(q.answer, yes ? "Yes." : "No.") << q.question;
+    } else if (q.question == "What color is the Save button?") {
+      EXPECT_EQ(q.answer, "red");
+    } else if (q.question == "What color is the Open button?") {
+      EXPECT_EQ(q.answer, "blue");
+    } else if (q.question == "What color is the Search field?") {
+      EXPECT_EQ(q.answer, "gray");
+    } else if (q.question == "What is at mark 0?") {
+      EXPECT_EQ(q.answer, "The Save button.");
+      EXPECT_TRUE(q.with_marks);
+    } else if (q.question == "What is at mark 2?") {
+      EXPECT_EQ(q.answer, "The green circle icon.");
+    } else if (q.question == "What is at mark 3?") {
+      EXPECT_EQ(q.answer, "The Search field.");
+    } else if (q.question != "What is at mark 1?") {
+      ADD_FAILURE() << "unexpected question: " << q.question;
+    }
+  }
+  EXPECT_TRUE(seen.count("What is at mark 1?"));
+  EXPECT_TRUE(seen.count("What color is the Open button?"));
+  EXPECT_TRUE(seen.count("Is there a red button?"));
+  EXPECT_GE(seen.size(), 10u);
+}
+
 TEST(RobotWorldTest, ExpertSolvesEveryEpisode) {
   RobotWorldOptions o;
   for (uint64_t seed = 0; seed < 200; ++seed) {

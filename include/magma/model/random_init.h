@@ -20,6 +20,11 @@ struct Preset {
   std::vector<int64_t> vision_dims;
   int64_t img_size = 512;   // crop side
   int64_t max_crops = 4;
+  // ConvNeXt layer scale (gamma): 0 = near 1 (uniform 0.9..1.1, a tower
+  // whose blocks all contribute, for benchmarks); > 0 = this value (timm's
+  // 1e-6 for training from scratch: blocks start as identities and the
+  // tower's output stays at the scale of the token embeddings).
+  double layer_scale_init = 0;
   // Llama decoder.
   int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, intermediate = 0, vocab = 0;
   int64_t max_positions = 4096;
@@ -29,6 +34,9 @@ struct Preset {
   std::string storage_dtype = "BF16";
   // Shard size limit in bytes.
   int64_t max_shard_bytes = int64_t{2} << 30;
+  // Also write a small byte-level BPE tokenizer (the caller brings its own
+  // otherwise).
+  bool write_tokenizer = true;
 };
 
 // "tiny", "small", "1b" or "8b"; INVALID_ARGUMENT listing them otherwise.

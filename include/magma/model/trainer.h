@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -23,11 +24,29 @@ struct TrainOptions {
   int64_t warmup_steps = 50;
   int64_t total_steps = 1000;   // cosine decay to 10% of the peak by here
   double clip_norm = 1.0;       // gradient norm limit; 0 = off
+  // Auxiliary supervision of the vision tower (training only; the heads are
+  // not part of the checkpoint): a linear read-out of every tower output
+  // cell, one classification head per entry (its number of classes) plus
+  // two regressed offsets. Gives a tower trained from scratch a dense signal
+  // long before the language model learns to look at the image. Empty = off.
+  std::vector<int64_t> cell_classes;
+  double cell_loss_weight = 1.0;
+  // Attention supervision (training only): the last layer's first query
+  // head, at the positions that predict the answer, should attend to the
+  // image cells the answer is about (TrainImage::cell_pointer). Teaches the
+  // model where to look long before the answer loss alone would. 0 = off.
+  double attention_loss_weight = 0;
 };
 
 struct TrainImage {
   at::Tensor crops;  // [rows*cols, 3, S, S] float32
   int rows = 1, cols = 1;
+  // Optional targets of the cell heads, per crop and tower output cell:
+  // classes [rows*cols, h, w, heads] int64 (-1 = no target) and offsets
+  // [rows*cols, h, w, 2] float32 (NaN = no target).
+  at::Tensor cell_classes, cell_offsets;
+  // Optional [rows*cols, h, w] bool: the cells the answer is about.
+  at::Tensor cell_pointer;
 };
 
 struct TrainExample {
@@ -43,24 +62,47 @@ class Trainer {
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(MagmaModel* model, const TrainOptions& options);
   ~Trainer();
 
-  // One optimizer step over `batch`; returns the mean loss per target token.
+  // One optimizer step over `batch`; returns the mean loss per target token
+  // (the cell heads' loss, when on, is added to what is minimised, not to
+  // the returned value).
   absl::StatusOr<double> Step(const std::vector<TrainExample>& batch);
 
-  // Mean loss per target token without updating (no autograd graph).
+  // Mean loss per target token without updating (no autograd graph; cell
+  // heads not included).
   absl::StatusOr<double> Loss(const std::vector<TrainExample>& batch);
 
+  // Teacher-forced argmax at every target position of each example (the
+  // answer greedy decoding gives when every earlier token is right).
+  absl::StatusOr<std::vector<std::vector<int64_t>>> Predict(const std::vector<TrainExample>& batch);
+
+  // The optimizer state (AdamW moments) and step count, for resuming a run
+  // exactly: weights come back through MagmaModel::Load of the saved
+  // checkpoint, this through Restore on a trainer created for it.
+  absl::Status SaveState(const std::string& path) const;
+  absl::Status RestoreState(const std::string& path);
+
   int64_t step() const { return step_; }
+  // The weighted auxiliary losses (cell heads, attention) of the last Step.
+  double last_aux_loss() const { return last_aux_loss_; }
   double learning_rate() const;
 
  private:
   Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at::Tensor> params);
-  absl::StatusOr<at::Tensor> ExampleLoss(const TrainExample& e, int64_t* tokens);
+  // Logits [target tokens, vocab] of each example, in batch order; with
+  // `aux_loss`, also the weighted auxiliary losses (cell heads, attention).
+  absl::StatusOr<std::vector<at::Tensor>> TargetLogits(const std::vector<TrainExample>& batch,
+                                                      at::Tensor* aux_loss = nullptr);
+  at::Tensor CellLoss(const at::Tensor& features, const std::vector<const TrainImage*>& images) const;
+  // Summed loss over the target tokens of `batch`.
+  absl::StatusOr<at::Tensor> BatchLoss(const std::vector<TrainExample>& batch, int64_t* tokens);
   struct Optimizer;
   MagmaModel* model_;
   TrainOptions options_;
   std::vector<at::Tensor> params_;
+  at::Tensor cell_w_, cell_b_;  // cell heads, [sum(classes) + 2, tower channels]
   std::unique_ptr<Optimizer> opt_;
   int64_t step_ = 0;
+  double last_aux_loss_ = 0;
 };
 
 }  // namespace magma::model

@@ -18,6 +18,14 @@ namespace magma::train {
 
 enum class TaskKind { kClick, kAct, kPath, kQuestion };
 
+// Relative weights of the task kinds in a training stream.
+struct TaskMix {
+  int click = 4, act = 3, path = 1, question = 2;
+};
+
+// "click=4,act=3,path=1,question=2" (kinds left out get 0).
+absl::StatusOr<TaskMix> ParseTaskMix(const std::string& text);
+
 struct SyntheticExample {
   TaskKind kind = TaskKind::kClick;
   model::TrainExample example;
@@ -37,12 +45,16 @@ class SyntheticTasks {
   absl::StatusOr<SyntheticExample> Act(uint64_t seed) const;
   // A tabletop scene; target the expert's HAMSTER path answer.
   absl::StatusOr<SyntheticExample> Path(uint64_t seed) const;
-  // A question about a UI screen (colours, counts, which mark holds a label).
+  // A question about a UI screen (worlds::AskAbout: counts, yes/no, colours,
+  // what is at a mark).
   absl::StatusOr<SyntheticExample> Question(uint64_t seed) const;
 
-  // One example of a kind chosen by the seed (click, act, path, question in
-  // the proportions 4:3:1:2).
-  absl::StatusOr<SyntheticExample> Mixed(uint64_t seed) const;
+  // One example of a kind chosen by the seed, in the proportions of `mix`.
+  absl::StatusOr<SyntheticExample> Mixed(uint64_t seed, const TaskMix& mix = {}) const;
+
+  // Classes of the tower's cell heads (TrainOptions::cell_classes) that
+  // every example's images carry targets for (TrainImage::cell_classes).
+  static const std::vector<int64_t>& CellClasses();
 
   // Texts that appear in prompts and answers (for training a tokenizer).
   static std::vector<std::string> CorpusTexts(int screens);

@@ -45,6 +45,9 @@ struct RobotWorldOptions {
   double max_step = 0.08;
 };
 
+// The colours of blocks and plates.
+const std::vector<std::string>& TableColors();
+
 RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& options = {});
 
 // Top-down rendering (RGB).

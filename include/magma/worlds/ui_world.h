@@ -11,7 +11,10 @@
 
 #include <opencv2/core.hpp>
 
+#include "absl/status/statusor.h"
+
 #include "magma/vision/geometry.h"
+#include "magma/vision/overlay.h"
 
 namespace magma::worlds {
 
@@ -29,10 +32,10 @@ struct UiScreen {
 };
 
 struct UiWorldOptions {
-  int width = 640;       // pixels
-  int height = 448;
-  int min_widgets = 4;
-  int max_widgets = 9;
+  int width = 448;  // pixels
+  int height = 320;
+  int min_widgets = 3;
+  int max_widgets = 7;
 };
 
 // A screen: a window with a title bar and widgets that do not overlap.
@@ -46,6 +49,33 @@ struct UiInstruction {
 // Instructions that each identify exactly one widget of `screen` (by label,
 // or by colour + shape + kind when that combination is unique).
 std::vector<UiInstruction> Instructions(const UiScreen& screen);
+
+// A question about a screen and its expected short answer.
+struct UiQuestion {
+  std::string question;  // e.g. "How many buttons are there?"
+  std::string answer;    // e.g. "3"
+  // The question is about Set-of-Mark ids: ask it with the screen's widgets
+  // marked (ids from 0 in widget order, as DrawSetOfMarks numbers them).
+  bool with_marks = false;
+  std::vector<int> about;  // the widgets the answer is about (indices)
+};
+
+// One of: how many buttons; is there a <colour> <kind> (yes/no); what colour
+// is <element>; what is at mark N. Chosen and built deterministically from
+// `seed`.
+UiQuestion AskAbout(const UiScreen& screen, uint64_t seed);
+
+// The screen with its widgets marked as the Click task marks them
+// (DrawSetOfMarks with default options: ids from 0 in widget order).
+// `marks` (optional) receives the mark table.
+absl::StatusOr<cv::Mat> MarkScreen(const UiScreen& screen, std::vector<vision::Mark>* marks = nullptr);
+
+// How an instruction or answer names a widget: "the Save button", "the red
+// circle icon", "the Search field", "the Login checkbox".
+std::string DescribeWidget(const UiWidget& widget);
+
+// The labels buttons, checkboxes and text fields carry.
+const std::vector<std::string>& UiLabels();
 
 // The colour names the world uses and their RGB values.
 const std::vector<std::pair<std::string, cv::Scalar>>& UiColors();
