@@ -7,7 +7,7 @@ and grpc_python_plugin, so nothing generated is kept in the tree.
   scripts/client.py info
   scripts/client.py generate --image shot.png "What is on the screen?"
   scripts/client.py chat                     # streaming chat on the terminal
-  scripts/client.py click --image shot.png "open the settings" [--som-out som.png]
+  scripts/client.py click --image shot.png "open the settings" [--som-out som.png] [--boxes boxes.json]
   scripts/client.py act --image cam.png "pick up the red block" [--unnorm-key KEY]
   scripts/client.py trace --image cam.png "put the cup on the plate" [--format path] [--overlay-out o.png]
   scripts/client.py ui-loop --image shot.png "open the settings" "then click OK"
@@ -17,6 +17,7 @@ Options common to all: --server host:port (default 127.0.0.1:50051), --token for
 """
 import argparse
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -92,9 +93,17 @@ def cmd_chat(stub, md, args):
         history.append(pb.ChatMessage(role="assistant", content=answer))
 
 
-def click_once(stub, md, shot, instruction, som_out=None):
-    resp = stub.Click(pb.ClickRequest(screenshot=shot, instruction=instruction, return_som_image=bool(som_out)),
-                      metadata=md)
+def load_boxes(path):
+    # A JSON list of [x1, y1, x2, y2] element boxes in screenshot pixels.
+    if not path:
+        return []
+    with open(path) as f:
+        return [pb.UiElement(box=pb.BoxPx(x1=b[0], y1=b[1], x2=b[2], y2=b[3])) for b in json.load(f)]
+
+
+def click_once(stub, md, shot, instruction, som_out=None, elements=()):
+    resp = stub.Click(pb.ClickRequest(screenshot=shot, instruction=instruction, elements=list(elements),
+                                      return_som_image=bool(som_out)), metadata=md)
     if som_out:
         with open(som_out, "wb") as f:
             f.write(resp.som_image_png)
@@ -107,15 +116,16 @@ def click_once(stub, md, shot, instruction, som_out=None):
 
 
 def cmd_click(stub, md, args):
-    click_once(stub, md, image(args.image), " ".join(args.text), args.som_out)
+    click_once(stub, md, image(args.image), " ".join(args.text), args.som_out, load_boxes(args.boxes))
 
 
 def cmd_ui_loop(stub, md, args):
     # A UI agent asks about the same screenshot several times; the server's
     # vision cache makes the later calls cheap.
     shot = image(args.image)
+    elements = load_boxes(args.boxes)
     for instruction in args.text:
-        click_once(stub, md, shot, instruction)
+        click_once(stub, md, shot, instruction, elements=elements)
 
 
 def act_once(stub, md, img, instruction, key):
@@ -170,6 +180,7 @@ def main():
         p.add_argument("text", nargs="+")
         p.add_argument("--image", required=True)
         p.add_argument("--som-out")
+        p.add_argument("--boxes", help="JSON list of [x1, y1, x2, y2] element boxes (default: the server proposes them)")
     for name in ("act", "robot-loop"):
         p = sub.add_parser(name)
         p.add_argument("text", nargs="+")

@@ -31,7 +31,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
 
 Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at::Tensor> params)
     : model_(model), options_(options), params_(params) {
-  int64_t outputs = 2;
+  int64_t outputs = 4;  // + offsets (2) + the cell's own position in its crop (2)
   for (int64_t n : options.cell_classes) outputs += n;
   if (!options.cell_classes.empty()) {
     const int64_t channels = model->vision_dims().back();
@@ -53,7 +53,8 @@ double Trainer::learning_rate() const {
   return peak * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * t)));
 }
 
-at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const TrainImage*>& images) const {
+at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const TrainImage*>& images,
+                             AuxiliaryReport* report) const {
   // features [N, C, h, w] -> per-cell outputs [N, h, w, outputs].
   at::Tensor out = at::linear(features.permute({0, 2, 3, 1}), cell_w_, cell_b_);
   const int64_t n = features.size(0), h = features.size(2), w = features.size(3);
@@ -76,6 +77,12 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
   for (int64_t k = 0; k < heads; ++k) {
     const int64_t m = options_.cell_classes[k];
     at::Tensor t = target.select(3, k).reshape({-1});
+    if (report != nullptr) {
+      at::Tensor some = t > 0;
+      const double n = some.sum().item<double>();
+      const at::Tensor right = out.narrow(3, first, m).reshape({-1, m}).argmax(1).eq(t).logical_and(some);
+      report->cell_accuracy.push_back(n > 0 ? right.sum().item<double>() / n : 0.0);
+    }
     if ((t >= 0).any().item<bool>()) {
       loss = loss + at::cross_entropy_loss(out.narrow(3, first, m).reshape({-1, m}), t, {}, at::Reduction::Mean, -1);
     }
@@ -86,6 +93,13 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
     at::Tensor pred = out.narrow(3, first, 2).index({has});
     loss = loss + 10.0 * (pred - target_offsets.index({has})).pow(2).mean();
   }
+  // Where each cell is in its crop (x, y in 0..1): a convolutional tower
+  // only knows from its borders, and the language model reads positions from
+  // what it attends to.
+  at::Tensor xs = (at::arange(w, at::kFloat) + 0.5) / static_cast<double>(w);
+  at::Tensor ys = (at::arange(h, at::kFloat) + 0.5) / static_cast<double>(h);
+  at::Tensor where = at::stack({xs.view({1, w}).expand({h, w}), ys.view({h, 1}).expand({h, w})}, -1);  // [h, w, 2]
+  loss = loss + 10.0 * (out.narrow(3, first + 2, 2) - where.unsqueeze(0)).pow(2).mean();
   return loss;
 }
 
@@ -127,7 +141,7 @@ std::vector<int64_t> PointerPositions(const TrainExample& e, int32_t image_token
 }  // namespace
 
 absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<TrainExample>& batch,
-                                                             at::Tensor* aux_loss) {
+                                                             at::Tensor* aux_loss, AuxiliaryReport* report) {
   // Every image of the batch goes through the tower in one pass.
   std::vector<at::Tensor> crops;
   std::vector<std::pair<int, int>> grids;
@@ -151,7 +165,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       for (const auto& e : batch) {
         for (const auto& img : e.images) images.push_back(&img);
       }
-      *aux_loss = options_.cell_loss_weight * CellLoss(tower, images);
+      *aux_loss = options_.cell_loss_weight * CellLoss(tower, images, report);
     }
   }
   // The prompt and all but the last target token go in; each target token is
@@ -201,6 +215,10 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         if (!cells.empty()) {
           at::Tensor a = model_->captured_attention()[static_cast<int64_t>(k - first)].narrow(0, answer, t);
           at::Tensor mass = a.index_select(1, at::tensor(cells, at::kLong)).sum(1);
+          if (report != nullptr) {
+            report->attention_mass += mass.mean().item<double>();
+            ++report->pointing_examples;
+          }
           *aux_loss = *aux_loss - options_.attention_loss_weight * at::log(mass + 1e-6).mean() /
                                       static_cast<double>(batch.size());
         }
@@ -261,6 +279,20 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
     return total / static_cast<double>(tokens);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("training step: ", e.what()));
+  }
+}
+
+absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExample>& batch) {
+  try {
+    at::NoGradGuard no_grad;
+    AuxiliaryReport report;
+    at::Tensor aux;
+    auto predicted = TargetLogits(batch, &aux, &report);
+    if (!predicted.ok()) return predicted.status();
+    if (report.pointing_examples > 0) report.attention_mass /= report.pointing_examples;
+    return report;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("auxiliary report: ", e.what()));
   }
 }
 

@@ -20,6 +20,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "magma/v1/agent.grpc.pb.h"
 #include "magma/worlds/robot_world.h"
 #include "magma/worlds/ui_world.h"
@@ -112,6 +113,13 @@ int main(int argc, char** argv) {
     if (!demo.empty() && i == 0) {
       WriteFile(demo + "/click_som.png", resp.som_image_png());
       WriteFile(demo + "/click_screen.png", Png(screen.rgb));
+      std::string boxes = "[";
+      for (const auto& w : screen.widgets) {
+        absl::StrAppend(&boxes, boxes.size() > 1 ? ", " : "", "[", w.box.x1, ", ", w.box.y1, ", ", w.box.x2, ", ",
+                        w.box.y2, "]");
+      }
+      WriteFile(demo + "/click_boxes.json", boxes + "]\n");
+      WriteFile(demo + "/click_instruction.txt", in.text + "\n");
       std::cout << "demo: \"" << in.text << "\" -> mark " << resp.mark() << ", click at (" << resp.click_px().x()
                 << ", " << resp.click_px().y() << ")" << std::endl;
     }
@@ -128,6 +136,10 @@ int main(int argc, char** argv) {
   for (int i = 0; i < absl::GetFlag(FLAGS_episodes); ++i) {
     auto scene = magma::worlds::NewEpisode(base + i, ro);
     bool failed = false;
+    if (!demo.empty() && i == 0) {
+      WriteFile(demo + "/tabletop.png", Png(magma::worlds::RenderScene(scene, ro)));
+      WriteFile(demo + "/tabletop_instruction.txt", scene.instruction + "\n");
+    }
     for (int step = 0; step < absl::GetFlag(FLAGS_max_steps) && !magma::worlds::Success(scene); ++step) {
       magma::v1::ActRequest req;
       req.mutable_image()->set_encoded(Png(magma::worlds::RenderScene(scene, ro)));

@@ -41,6 +41,7 @@ ABSL_FLAG(double, cell_loss, 1.0,
           "Weight of the vision tower's auxiliary per-cell loss (what is where, marks, labels); 0 = off");
 ABSL_FLAG(double, attention_loss, 0.5,
           "Weight of the attention supervision (the last layer's first head looks at what the answer is about)");
+ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
 
@@ -48,6 +49,16 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+const char* KindName(magma::train::TaskKind kind) {
+  switch (kind) {
+    case magma::train::TaskKind::kClick: return "click";
+    case magma::train::TaskKind::kAct: return "act";
+    case magma::train::TaskKind::kPath: return "path";
+    case magma::train::TaskKind::kQuestion: return "question";
+  }
+  return "?";
+}
 
 int Fail(const absl::Status& s) {
   std::cerr << "error: " << s.ToString() << "\n";
@@ -136,7 +147,11 @@ int main(int argc, char** argv) {
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   int64_t start_step = 0;
   double prior_seconds = 0;  // training time before a resume
-  if (absl::GetFlag(FLAGS_resume) && fs::exists(fs::path(dir) / "trainer_state.json")) {
+  const bool existing = absl::GetFlag(FLAGS_resume) || absl::GetFlag(FLAGS_report_only);
+  if (absl::GetFlag(FLAGS_report_only) && !fs::exists(fs::path(dir) / "trainer_state.json")) {
+    return Fail(absl::NotFoundError("--report_only: no trainer_state.json in --out"));
+  }
+  if (existing && fs::exists(fs::path(dir) / "trainer_state.json")) {
     std::ifstream in(fs::path(dir) / "trainer_state.json");
     const json state = json::parse(in, nullptr, false);
     start_step = state.value("step", int64_t{0});
@@ -205,15 +220,27 @@ int main(int argc, char** argv) {
       if (!predicted.ok()) return predicted.status();
       for (size_t i = 0; i < part.size(); ++i) {
         const auto& e = held_out[first + i];
-        const char* kind = e.kind == magma::train::TaskKind::kClick ? "click"
-                           : e.kind == magma::train::TaskKind::kAct ? "act"
-                           : e.kind == magma::train::TaskKind::kPath ? "path" : "question";
+        const char* kind = KindName(e.kind);
         int right = 0;
         for (size_t t = 0; t < part[i].target_ids.size(); ++t) right += (*predicted)[i][t] == part[i].target_ids[t];
         exact[kind].first += right == static_cast<int>(part[i].target_ids.size());
         ++exact[kind].second;
         tokens[kind].first += right;
         tokens[kind].second += static_cast<int>(part[i].target_ids.size());
+      }
+    }
+    if (!to.cell_classes.empty() || to.attention_loss_weight > 0) {
+      // What the training-only heads see, per task kind.
+      std::map<std::string, std::vector<magma::model::TrainExample>> by_kind;
+      for (const auto& e : held_out) by_kind[KindName(e.kind)].push_back(e.example);
+      for (const auto& [kind, examples] : by_kind) {
+        auto aux = (*trainer)->Auxiliary(std::vector<magma::model::TrainExample>(
+            examples.begin(), examples.begin() + std::min<size_t>(examples.size(), 16)));
+        if (!aux.ok()) return aux.status();
+        std::cout << "  " << kind << ": cell accuracy (what, mark, label)";
+        for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
+        std::cout << ", attention on the answer's cells " << static_cast<int>(100 * aux->attention_mass) << "%"
+                  << std::endl;
       }
     }
     std::cout << "held-out at step " << step << ":";
@@ -224,6 +251,11 @@ int main(int argc, char** argv) {
     std::cout << std::endl;
     return absl::OkStatus();
   };
+
+  if (absl::GetFlag(FLAGS_report_only)) {
+    if (auto s = report(start_step); !s.ok()) return Fail(s);
+    return 0;
+  }
 
   // Batches are rendered on a second thread while the previous step trains.
   auto make_batch = [&](int64_t step) {

@@ -25,7 +25,7 @@ model::TrainImage ToTrainImage(const vision::Crops& c) {
 struct CellItem {
   vision::PixelBox box;  // original pixels
   double cx = 0, cy = 0; // its centre
-  int what = 0;          // kCellWhat class
+  int what = 0;          // class of the "what" head (SyntheticTasks::CellClasses)
   int mark = 0;          // 0 none, 1 + Set-of-Mark id
   int text = 0;          // 0 none, 1 + index in UiLabels()
   bool pointed = false;  // the answer is about it

@@ -81,7 +81,7 @@ UiScreen RenderScreen(uint64_t seed, const UiWorldOptions& o) {
       w.kind = "button";
       w.shape = uniform(0, 1) ? "rounded" : "rectangle";
       w.label = labels[next_label % labels.size()];
-      bw = 30 + 11 * static_cast<int>(w.label.size()) + uniform(0, 20);
+      bw = 30 + 13 * static_cast<int>(w.label.size()) + uniform(0, 20);
       bh = uniform(26, 40);
     } else if (kind == 1) {  // icon: a coloured shape, no text
       w.kind = "icon";
@@ -91,7 +91,7 @@ UiScreen RenderScreen(uint64_t seed, const UiWorldOptions& o) {
       w.kind = "checkbox";
       w.shape = "rectangle";
       w.label = labels[next_label % labels.size()];
-      bw = 24 + 10 * static_cast<int>(w.label.size());
+      bw = 24 + 12 * static_cast<int>(w.label.size());
       bh = 22;
     } else {  // text field with a placeholder
       w.kind = "text_field";
@@ -114,7 +114,7 @@ UiScreen RenderScreen(uint64_t seed, const UiWorldOptions& o) {
       } else {
         cv::rectangle(screen.rgb, r, color, cv::FILLED);
       }
-      DrawLabel(&screen.rgb, w.label, w.box, TextColorOn(color), 0.5);
+      DrawLabel(&screen.rgb, w.label, w.box, TextColorOn(color), 0.6);
     } else if (w.kind == "icon") {
       if (w.shape == "circle") {
         cv::circle(screen.rgb, cv::Point(x + bw / 2, y + bh / 2), bw / 2, color, cv::FILLED, cv::LINE_AA);
@@ -126,12 +126,12 @@ UiScreen RenderScreen(uint64_t seed, const UiWorldOptions& o) {
     } else if (w.kind == "checkbox") {
       cv::rectangle(screen.rgb, cv::Rect(x, y + 2, 18, 18), color, 2);
       if (uniform(0, 1)) cv::line(screen.rgb, cv::Point(x + 4, y + 11), cv::Point(x + 14, y + 6), color, 2, cv::LINE_AA);
-      cv::putText(screen.rgb, w.label, cv::Point(x + 24, y + 17), cv::FONT_HERSHEY_SIMPLEX, 0.45,
+      cv::putText(screen.rgb, w.label, cv::Point(x + 24, y + 17), cv::FONT_HERSHEY_SIMPLEX, 0.55,
                   cv::Scalar(20, 20, 20), 1, cv::LINE_AA);
     } else {
       cv::rectangle(screen.rgb, r, cv::Scalar(255, 255, 255), cv::FILLED);
       cv::rectangle(screen.rgb, r, color, 2);
-      cv::putText(screen.rgb, w.label, cv::Point(x + 8, y + bh / 2 + 5), cv::FONT_HERSHEY_SIMPLEX, 0.45,
+      cv::putText(screen.rgb, w.label, cv::Point(x + 8, y + bh / 2 + 5), cv::FONT_HERSHEY_SIMPLEX, 0.55,
                   cv::Scalar(150, 150, 150), 1, cv::LINE_AA);
     }
     screen.widgets.push_back(std::move(w));

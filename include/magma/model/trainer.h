@@ -26,8 +26,8 @@ struct TrainOptions {
   double clip_norm = 1.0;       // gradient norm limit; 0 = off
   // Auxiliary supervision of the vision tower (training only; the heads are
   // not part of the checkpoint): a linear read-out of every tower output
-  // cell, one classification head per entry (its number of classes) plus
-  // two regressed offsets. Gives a tower trained from scratch a dense signal
+  // cell, one classification head per entry (its number of classes), two
+  // regressed offsets and the cell's own position in its crop. Gives a tower trained from scratch a dense signal
   // long before the language model learns to look at the image. Empty = off.
   std::vector<int64_t> cell_classes;
   double cell_loss_weight = 1.0;
@@ -53,6 +53,17 @@ struct TrainExample {
   std::vector<int64_t> prompt_ids;   // with one image token per image
   std::vector<TrainImage> images;
   std::vector<int64_t> target_ids;   // what the model should answer (not empty)
+};
+
+// How well the training-only heads do on a batch (see TrainOptions).
+struct AuxiliaryReport {
+  // Per cell head: share of cells with a non-zero target ("something is
+  // here") whose argmax is that target.
+  std::vector<double> cell_accuracy;
+  // Mean attention mass of the supervised head on the pointed cells, over
+  // the answer positions of examples that point somewhere.
+  double attention_mass = 0;
+  int pointing_examples = 0;
 };
 
 class Trainer {
@@ -81,6 +92,9 @@ class Trainer {
   absl::Status SaveState(const std::string& path) const;
   absl::Status RestoreState(const std::string& path);
 
+  // The auxiliary heads on `batch` (no update).
+  absl::StatusOr<AuxiliaryReport> Auxiliary(const std::vector<TrainExample>& batch);
+
   int64_t step() const { return step_; }
   // The weighted auxiliary losses (cell heads, attention) of the last Step.
   double last_aux_loss() const { return last_aux_loss_; }
@@ -91,8 +105,10 @@ class Trainer {
   // Logits [target tokens, vocab] of each example, in batch order; with
   // `aux_loss`, also the weighted auxiliary losses (cell heads, attention).
   absl::StatusOr<std::vector<at::Tensor>> TargetLogits(const std::vector<TrainExample>& batch,
-                                                      at::Tensor* aux_loss = nullptr);
-  at::Tensor CellLoss(const at::Tensor& features, const std::vector<const TrainImage*>& images) const;
+                                                      at::Tensor* aux_loss = nullptr,
+                                                      AuxiliaryReport* report = nullptr);
+  at::Tensor CellLoss(const at::Tensor& features, const std::vector<const TrainImage*>& images,
+                      AuxiliaryReport* report) const;
   // Summed loss over the target tokens of `batch`.
   absl::StatusOr<at::Tensor> BatchLoss(const std::vector<TrainExample>& batch, int64_t* tokens);
   struct Optimizer;

@@ -32,8 +32,8 @@ struct UiScreen {
 };
 
 struct UiWorldOptions {
-  int width = 448;  // pixels
-  int height = 320;
+  int width = 448;  // pixels: two 224-pixel crops side by side, unscaled
+  int height = 224;
   int min_widgets = 3;
   int max_widgets = 7;
 };
