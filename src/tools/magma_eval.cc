@@ -34,7 +34,8 @@ ABSL_FLAG(int, questions, 200, "Generate: questions");
 ABSL_FLAG(std::string, demo_dir, "",
           "Write the first screen's Set-of-Mark image and the first robot episode's frames, each with the "
           "model's 2D path drawn, here");
-ABSL_FLAG(uint64_t, first_seed, 1000000, "Held-out seeds start here (training uses small seeds)");
+ABSL_FLAG(uint64_t, first_seed, 1000000000000,
+          "Held-out seeds start here (magma-train draws seed * 1000003 + step * batch + i, and 2^40 + i)");
 
 namespace {
 
