@@ -109,7 +109,8 @@ namespace {
 // mark in cell_pointer (an image's embeddings are feature rows, each followed
 // by a separator: cell (crop r,q; i,j) of an R x C grid of f x f cells is
 // at (r*f + i) * (C*f + 1) + q*f + j from the image's start).
-std::vector<int64_t> PointerPositions(const TrainExample& e, int32_t image_token) {
+std::vector<int64_t> PointerPositions(const TrainExample& e, const MagmaModel& model) {
+  const int64_t image_token = model.image_token_id();
   std::vector<int64_t> out;
   int64_t pos = 0;
   size_t m = 0;
@@ -133,7 +134,7 @@ std::vector<int64_t> PointerPositions(const TrainExample& e, int32_t image_token
         }
       }
     }
-    pos += img.rows * f * width;
+    pos += model.ImageTokenCount(img.rows, img.cols);
   }
   return out;
 }
@@ -211,7 +212,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       if (aux_loss != nullptr && options_.attention_loss_weight > 0) {
         // The pointer head's attention from the answer positions should
         // rest on the cells the answer is about.
-        const std::vector<int64_t> cells = PointerPositions(e, static_cast<int32_t>(model_->image_token_id()));
+        const std::vector<int64_t> cells = PointerPositions(e, *model_);
         if (!cells.empty()) {
           at::Tensor a = model_->captured_attention()[static_cast<int64_t>(k - first)].narrow(0, answer, t);
           at::Tensor mass = a.index_select(1, at::tensor(cells, at::kLong)).sum(1);
@@ -229,13 +230,12 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
   return predicted;
 }
 
-absl::StatusOr<at::Tensor> Trainer::BatchLoss(const std::vector<TrainExample>& batch, int64_t* tokens) {
-  auto predicted = TargetLogits(batch);
+absl::StatusOr<at::Tensor> Trainer::BatchLoss(const std::vector<TrainExample>& batch, at::Tensor* aux_loss) {
+  auto predicted = TargetLogits(batch, aux_loss);
   if (!predicted.ok()) return predicted.status();
   std::vector<int64_t> targets;
   for (const auto& e : batch) targets.insert(targets.end(), e.target_ids.begin(), e.target_ids.end());
-  *tokens += static_cast<int64_t>(targets.size());
-  return at::cross_entropy_loss(at::cat(*predicted), at::tensor(targets, at::kLong), {}, at::Reduction::Sum);
+  return at::cross_entropy_loss(at::cat(*predicted), at::tensor(targets, at::kLong));
 }
 
 absl::StatusOr<std::vector<std::vector<int64_t>>> Trainer::Predict(const std::vector<TrainExample>& batch) {
@@ -263,20 +263,14 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
     }
     opt_->adamw.zero_grad();
     at::Tensor aux_loss;
-    auto predicted = TargetLogits(batch, &aux_loss);
-    if (!predicted.ok()) return predicted.status();
-    std::vector<int64_t> targets;
-    for (const auto& e : batch) targets.insert(targets.end(), e.target_ids.begin(), e.target_ids.end());
-    // Mean over the batch's target tokens.
-    at::Tensor loss = at::cross_entropy_loss(at::cat(*predicted), at::tensor(targets, at::kLong));
-    const double total = loss.item<double>() * static_cast<double>(targets.size());
-    const int64_t tokens = static_cast<int64_t>(targets.size());
-    (loss + aux_loss).backward();
+    auto loss = BatchLoss(batch, &aux_loss);
+    if (!loss.ok()) return loss.status();
+    (*loss + aux_loss).backward();
     last_aux_loss_ = aux_loss.item<double>();
     if (options_.clip_norm > 0) torch::nn::utils::clip_grad_norm_(params_, options_.clip_norm);
     opt_->adamw.step();
     ++step_;
-    return total / static_cast<double>(tokens);
+    return loss->item<double>();
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("training step: ", e.what()));
   }
@@ -338,10 +332,9 @@ absl::StatusOr<double> Trainer::Loss(const std::vector<TrainExample>& batch) {
   try {
     at::NoGradGuard no_grad;
     if (batch.empty()) return 0.0;
-    int64_t tokens = 0;
-    auto loss = BatchLoss(batch, &tokens);
+    auto loss = BatchLoss(batch);
     if (!loss.ok()) return loss.status();
-    return loss->item<double>() / static_cast<double>(tokens);
+    return loss->item<double>();
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("loss: ", e.what()));
   }

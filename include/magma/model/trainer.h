@@ -109,8 +109,9 @@ class Trainer {
                                                       AuxiliaryReport* report = nullptr);
   at::Tensor CellLoss(const at::Tensor& features, const std::vector<const TrainImage*>& images,
                       AuxiliaryReport* report) const;
-  // Summed loss over the target tokens of `batch`.
-  absl::StatusOr<at::Tensor> BatchLoss(const std::vector<TrainExample>& batch, int64_t* tokens);
+  // Mean next-token loss over the target tokens of `batch` (with
+  // `aux_loss`, also the weighted auxiliary losses).
+  absl::StatusOr<at::Tensor> BatchLoss(const std::vector<TrainExample>& batch, at::Tensor* aux_loss = nullptr);
   struct Optimizer;
   MagmaModel* model_;
   TrainOptions options_;
