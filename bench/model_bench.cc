@@ -5,7 +5,10 @@
 //   magma-bench --mode load   --model_dir D [--dtype bfloat16]
 //
 // Prints one line per figure: "<name>: <value> <unit>".
+#include <sys/mman.h>
 #include <sys/resource.h>
+
+#include <algorithm>
 
 #include <chrono>
 #include <cstdio>
@@ -36,6 +39,7 @@ ABSL_FLAG(std::string, dtype, "bfloat16", "Decoder dtype");
 ABSL_FLAG(std::string, vision_dtype, "", "Vision dtype (default: --dtype)");
 ABSL_FLAG(int, threads, 2, "libtorch threads");
 ABSL_FLAG(bool, prefault, false, "load: page all mapped weights in during Load");
+ABSL_FLAG(std::string, weights, "auto", "Decoder matrices: auto | mapped | resident");
 ABSL_FLAG(int, crops, 2, "vision: crops per timed run");
 ABSL_FLAG(int, repeats, 3, "timed repetitions (the best is reported)");
 ABSL_FLAG(int, prompt, 512, "llm: prompt tokens");
@@ -53,6 +57,7 @@ std::unique_ptr<magma::model::MagmaModel> LoadOrDie() {
   options.dtype = absl::GetFlag(FLAGS_dtype);
   options.vision_dtype = absl::GetFlag(FLAGS_vision_dtype);
   options.prefault = absl::GetFlag(FLAGS_prefault);
+  options.weights = absl::GetFlag(FLAGS_weights);
   auto m = magma::model::MagmaModel::Load(absl::GetFlag(FLAGS_model_dir), options);
   if (!m.ok()) {
     std::cerr << m.status() << "\n";
@@ -91,6 +96,53 @@ int Vision() {
                                                                     : absl::GetFlag(FLAGS_vision_dtype);
   std::cout << "vision_ms_per_crop[" << s << "px," << vd << "]: " << 1000.0 * best / n << " ms\n";
   return 0;
+}
+
+// Best-of-3 rate at which `threads` threads read a 1 GiB buffer: the ceiling
+// that batch-1 decode, which streams every weight matrix once per token, is
+// judged against. On shared VMs this figure drifts by tens of percent from
+// minute to minute, so it is measured next to each decode run.
+double ReadBandwidthGBs(int threads) {
+  // Anonymous memory advised for huge pages, like resident decoder weights.
+  const size_t bytes = size_t{1} << 30, words = bytes / sizeof(uint64_t);
+  void* map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED) return 0;
+  (void)madvise(map, bytes, MADV_HUGEPAGE);
+  auto* buf = static_cast<uint64_t*>(map);
+  std::fill(buf, buf + words, uint64_t{1});
+  double best = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<uint64_t> sums(threads);
+    auto t0 = Clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        const uint64_t* p = buf + words / threads * t;
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i + 4 <= words / threads; i += 4) {
+          a += p[i];
+          b ^= p[i + 1];
+          c += p[i + 2];
+          d ^= p[i + 3];
+        }
+        sums[t] = a + b + c + d;
+      });
+    }
+    for (auto& th : pool) th.join();
+    best = std::min(best, Seconds(t0, Clock::now()));
+    if (sums[0] == 42) std::cout << "";  // keeps the reads
+  }
+  munmap(map, bytes);
+  return bytes / best / 1e9;
+}
+
+// Bytes of decoder weight matrices (attention, MLP, lm_head) one decode step reads.
+double DecodeWeightBytes(const magma::model::MagmaModel& m) {
+  const auto& t = m.config().text;
+  const double h = t.hidden_size, qd = t.num_heads * t.head_dim, kvd = t.num_kv_heads * t.head_dim;
+  const double per_layer = h * qd * 2 + h * kvd * 2 + 3 * h * t.intermediate_size;
+  const double elem = m.dtype() == at::kBFloat16 ? 2 : 4;
+  return (t.num_layers * per_layer + h * m.vocab_size()) * elem;
 }
 
 int Llm() {
@@ -139,6 +191,15 @@ int Llm() {
               << " tok]: " << batch * prompt / Seconds(t0, t1) << " tok/s\n";
     std::cout << "decode_tokens_per_s[" << tag << ",batch " << batch << "," << steps
               << " tok]: " << batch * steps / Seconds(t1, t2) << " tok/s\n";
+    if (batch == 1) {
+      const double weights_gbs = DecodeWeightBytes(*m) * steps / Seconds(t1, t2) / 1e9;
+      const double ceiling = ReadBandwidthGBs(absl::GetFlag(FLAGS_threads));  // right after the decode run
+      std::cout << "decode_weight_read_gb_per_s[" << tag << ",batch 1]: " << weights_gbs << " GB/s\n";
+      std::cout << "read_bandwidth_gb_per_s[" << absl::GetFlag(FLAGS_threads) << " threads, measured now]: " << ceiling
+                << " GB/s\n";
+      std::cout << "decode_share_of_read_bandwidth[" << tag << ",batch 1]: " << 100 * weights_gbs / ceiling
+                << " %\n";
+    }
   }
   return 0;
 }
@@ -180,7 +241,7 @@ int Gemv() {
   }
   std::cout << "avx512_bf16 kernel: " << (magma::model::HasAvx512Bf16() ? "yes" : "no") << "\n";
   at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
-  for (int b : {1, 8}) {
+  for (int b : {1, 2, 3, 4, 8}) {
     at::Tensor x = at::randn({b, k});
     magma::model::LinearBf16(x, w, {});
     double best_ours = 1e30, best_torch = 1e30;

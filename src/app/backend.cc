@@ -42,6 +42,7 @@ absl::StatusOr<LoadedBackend> LoadOnThisThread(const config::ServerConfig& c) {
   lo.dtype = c.model().dtype();
   lo.vision_dtype = c.model().vision_dtype();
   lo.prefault = c.model().prefault();
+  lo.weights = c.model().weights();
   auto m = model::MagmaModel::Load(dir, lo);
   if (!m.ok()) return m.status();
   LoadedBackend out;

@@ -67,6 +67,7 @@ ServerConfig DefaultConfig() {
   m->set_dir("models/magma-tiny");
   m->set_dtype("bfloat16");
   m->set_prefault(true);
+  m->set_weights("auto");
   auto* e = c.mutable_engine();
   e->set_max_batch(8);
   e->set_max_queue(64);
@@ -159,6 +160,9 @@ absl::Status Validate(const ServerConfig& c) {
   }
   if (c.security().tls_cert_file().empty() != c.security().tls_key_file().empty()) {
     return bad("security.tls_cert_file", "and security.tls_key_file must be set together", "one of them");
+  }
+  if (m.weights() != "auto" && m.weights() != "mapped" && m.weights() != "resident") {
+    return bad("model.weights", "must be auto, mapped or resident", absl::StrCat("'", m.weights(), "'"));
   }
   if (!m.vision_dtype().empty() && m.vision_dtype() != "float32" && m.vision_dtype() != "bfloat16") {
     return bad("model.vision_dtype", "must be empty, float32 or bfloat16", absl::StrCat("'", m.vision_dtype(), "'"));

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cinttypes>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <functional>
@@ -13,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/util/BFloat16.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -26,6 +29,67 @@ namespace {
 
 const char kTrunk[] = "vision_tower.clip_vision_model.trunk.";
 const char kLm[] = "language_model.model.";
+
+// Bytes the kernel reports as available for new allocations without
+// swapping (/proc/meminfo MemAvailable), or -1 when unknown.
+int64_t MemAvailableBytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  int64_t kb = -1;
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::sscanf(line, "MemAvailable: %" SCNd64 " kB", &kb) == 1) break;
+  }
+  std::fclose(f);
+  return kb < 0 ? -1 : kb * 1024;
+}
+
+// One anonymous mapping, aligned to 2 MiB and advised for transparent huge
+// pages, that weight matrices are copied into. Tensors carved from it keep it
+// alive through their deleters.
+class ResidentArena {
+ public:
+  static absl::StatusOr<std::shared_ptr<ResidentArena>> Create(size_t bytes) {
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t mapped = bytes + kHuge;
+    void* base = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot map ", bytes, " bytes for resident weights"));
+    }
+    auto arena = std::shared_ptr<ResidentArena>(new ResidentArena(base, mapped));
+    arena->next_ = (reinterpret_cast<uintptr_t>(base) + kHuge - 1) & ~(kHuge - 1);
+    arena->end_ = reinterpret_cast<uintptr_t>(base) + mapped;
+    // Advisory: without THP support the memory is still correct, only slower.
+    (void)madvise(reinterpret_cast<void*>(arena->next_), arena->end_ - arena->next_, MADV_HUGEPAGE);
+    return arena;
+  }
+  ResidentArena(const ResidentArena&) = delete;
+  ResidentArena& operator=(const ResidentArena&) = delete;
+  ~ResidentArena() { ::munmap(base_, mapped_); }
+
+  // Page-aligned block of `bytes`. REQUIRES: the total taken fits the size
+  // given to Create (the loader sizes it from the same list).
+  void* Take(size_t bytes) {
+    void* p = reinterpret_cast<void*>(next_);
+    next_ = (next_ + bytes + 4095) & ~uintptr_t{4095};
+    TORCH_CHECK(next_ <= end_, "resident weight arena overflow");
+    return p;
+  }
+  // Bytes a block of `bytes` takes, alignment included.
+  static size_t Footprint(size_t bytes) { return (bytes + 4095) & ~size_t{4095}; }
+
+ private:
+  ResidentArena(void* base, size_t mapped) : base_(base), mapped_(mapped) {}
+  void* base_;
+  size_t mapped_;
+  uintptr_t next_ = 0, end_ = 0;
+};
+
+// Decoder matrices: the weights every decode step streams in full.
+bool IsDecoderMatrix(const std::string& name) {
+  return name == "language_model.lm_head.weight" ||
+         (name.rfind(absl::StrCat(kLm, "layers."), 0) == 0 && name.find("layernorm") == std::string::npos);
+}
 
 at::ScalarType ToAten(StDType t) {
   switch (t) {
@@ -324,8 +388,35 @@ absl::Status MagmaModel::Init(const std::string& dir, const LoadOptions& options
     if (used.count(name) == 0) MAGMA_LOG_DEBUG("unused checkpoint tensor {}", name);
   }
 
+  // Decoder matrices resident in huge-page memory, or used from the mapping.
+  if (options.weights != "auto" && options.weights != "mapped" && options.weights != "resident") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights must be auto, mapped or resident, got '", options.weights, "'"));
+  }
+  size_t resident_bytes = 0;
+  for (const auto& e : expected) {
+    if (IsDecoderMatrix(e.first)) {
+      resident_bytes += ResidentArena::Footprint(checkpoint_->Find(e.first)->NumElements() * at::elementSize(dtype_));
+    }
+  }
+  const int64_t available = MemAvailableBytes();
+  const bool resident = options.weights == "resident" ||
+                        (options.weights == "auto" && available > 0 &&
+                         static_cast<int64_t>(resident_bytes) <= available / 2);
+  std::shared_ptr<ResidentArena> arena;
+  if (resident) {
+    auto a = ResidentArena::Create(resident_bytes);
+    if (!a.ok()) return a.status();
+    arena = *std::move(a);
+    MAGMA_LOG_INFO("decoder matrices resident in huge-page memory: {:.2f} GB", resident_bytes / 1e9);
+  } else {
+    MAGMA_LOG_INFO("decoder matrices used from the checkpoint mapping ({:.2f} GB; {:.2f} GB available)",
+                   resident_bytes / 1e9, available / 1e9);
+  }
+
   // Materialise: zero-copy views of the mapping when the stored dtype is the
-  // runtime dtype, else a converted copy (the mapping's pages are then dropped).
+  // runtime dtype, else a converted copy (the mapping's pages are then dropped);
+  // decoder matrices go to the resident arena when there is one.
   int64_t total_bytes = 0, loaded_bytes = 0, next_report = int64_t{1} << 30;
   for (const auto& e : expected) total_bytes += checkpoint_->Find(e.first)->nbytes;
   size_t loaded_tensors = 0;
@@ -342,12 +433,18 @@ absl::Status MagmaModel::Init(const std::string& dir, const LoadOptions& options
     const at::ScalarType matrix_dtype = vision ? vision_dtype_ : dtype_;
     const at::ScalarType target =
         v->shape.size() >= 2 && v->NumElements() != v->shape.back() ? matrix_dtype : at::kFloat;
-    if (stored == target && aligned) {
+    if (arena != nullptr && IsDecoderMatrix(name)) {
+      void* block = arena->Take(static_cast<size_t>(v->NumElements()) * at::elementSize(target));
+      out = at::from_blob(block, v->shape, [arena](void*) {}, at::TensorOptions().dtype(target));
+      out.copy_(aligned ? view : view.clone());
+    } else if (stored == target && aligned) {
       out = view;
       mapped.push_back(v);
     } else {
       out = aligned ? view.to(target) : view.clone().to(target);
-      // The converted copy is what we keep; release the file pages.
+    }
+    if (mapped.empty() || mapped.back() != v) {
+      // A copy is what we keep; release the file pages.
       const uintptr_t page = 4096;
       uintptr_t begin = (reinterpret_cast<uintptr_t>(v->data) + page - 1) & ~(page - 1);
       uintptr_t end = (reinterpret_cast<uintptr_t>(v->data) + v->nbytes) & ~(page - 1);
@@ -799,6 +896,104 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
   return RmsNorm(x, w.final_norm, t.rms_norm_eps);
 }
 
+namespace {
+
+inline uint16_t ToBf16Bits(float f) { return c10::detail::round_to_nearest_even(f); }
+
+// out[b] = bfloat16(w * x[b] / rms(x[b])), the reference's RMSNorm followed by
+// the cast a bfloat16 product applies to its input.
+void RmsNormToBf16(const float* x, int64_t B, int64_t n, const float* w, double eps, uint16_t* out) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* xr = x + b * n;
+    float sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += xr[i] * xr[i];
+    const float r = 1.0f / std::sqrt(sum / static_cast<float>(n) + static_cast<float>(eps));
+    for (int64_t i = 0; i < n; ++i) out[b * n + i] = ToBf16Bits(w[i] * (xr[i] * r));
+  }
+}
+
+// Rotary embedding in place on `heads` rows of head_dim d: the reference's
+// x * cos + rotate_half(x) * sin with cos/sin rows of one position.
+void RopeInPlace(float* x, int64_t heads, int64_t d, const float* cos, const float* sin) {
+  const int64_t half = d / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* r = x + h * d;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = r[i], b = r[i + half];
+      r[i] = a * cos[i] - b * sin[i];
+      r[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+  }
+}
+
+}  // namespace
+
+at::Tensor MagmaModel::DecodeLayersBf16(at::Tensor x, const std::vector<int64_t>& pos, KvCache* cache,
+                                        const std::vector<int>& slots) const {
+  // The same arithmetic as RunDecoder's decode branch (float32 activations,
+  // bfloat16 products accumulated in float32) without its ~45 tensor
+  // operations per layer: RMSNorm straight into bfloat16, q/k/v and gate/up
+  // each in one weight pass, RoPE and the cache write in place, and the
+  // output and down projections accumulated onto the residual stream.
+  const TextConfig& t = config_.text;
+  const Weights& w = *w_;
+  const int64_t B = x.size(0), h = t.hidden_size, nh = t.num_heads, nkv = t.num_kv_heads, hd = t.head_dim;
+  const int64_t qd = nh * hd, kvd = nkv * hd, inter = t.intermediate_size, cap = cache->capacity();
+  x = x.to(at::kFloat).contiguous();  // the residual stream, updated in place
+  float* xs = x.data_ptr<float>();
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor q = at::empty({B, nh, hd}, f32), k = at::empty({B, kvd}, f32), v = at::empty({B, kvd}, f32);
+  at::Tensor gate = at::empty({B, inter}, f32), up = at::empty({B, inter}, f32);
+  std::vector<uint16_t> xb(static_cast<size_t>(B * std::max({h, qd, inter})));
+  std::vector<int64_t> lengths, slot_list(slots.begin(), slots.end());
+  for (int64_t b = 0; b < B; ++b) lengths.push_back(pos[b] + 1);
+  const float* cos = w.rope_cos.data_ptr<float>();
+  const float* sin = w.rope_sin.data_ptr<float>();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+
+  for (size_t li = 0; li < w.layers.size(); ++li) {
+    const auto& L = w.layers[li];
+    RmsNormToBf16(xs, B, h, L.in_norm.data_ptr<float>(), t.rms_norm_eps, xb.data());
+    GemvBf16(xb.data(), B, h,
+             {{&L.q, q.data_ptr<float>(), false}, {&L.k, k.data_ptr<float>(), false}, {&L.v, v.data_ptr<float>(), false}});
+    at::Tensor& ck = cache->k_[li];
+    at::Tensor& cv = cache->v_[li];
+    for (int64_t b = 0; b < B; ++b) {
+      RopeInPlace(q.data_ptr<float>() + b * qd, nh, hd, cos + pos[b] * hd, sin + pos[b] * hd);
+      float* kb = k.data_ptr<float>() + b * kvd;
+      const float* vb = v.data_ptr<float>() + b * kvd;
+      RopeInPlace(kb, nkv, hd, cos + pos[b] * hd, sin + pos[b] * hd);
+      for (int64_t kh = 0; kh < nkv; ++kh) {
+        const int64_t at_row = ((slots[b] * nkv + kh) * cap + pos[b]) * hd;
+        if (ck.scalar_type() == at::kBFloat16) {
+          auto* kd = reinterpret_cast<uint16_t*>(ck.data_ptr()) + at_row;
+          auto* vd = reinterpret_cast<uint16_t*>(cv.data_ptr()) + at_row;
+          for (int64_t i = 0; i < hd; ++i) {
+            kd[i] = ToBf16Bits(kb[kh * hd + i]);
+            vd[i] = ToBf16Bits(vb[kh * hd + i]);
+          }
+        } else {
+          std::copy_n(kb + kh * hd, hd, ck.data_ptr<float>() + at_row);
+          std::copy_n(vb + kh * hd, hd, cv.data_ptr<float>() + at_row);
+        }
+      }
+    }
+    at::Tensor attn = DecodeAttention(q, ck, cv, slot_list, lengths, scale);  // [B, nh, hd]
+    const float* ap = attn.data_ptr<float>();
+    for (int64_t i = 0; i < B * qd; ++i) xb[i] = ToBf16Bits(ap[i]);
+    GemvBf16(xb.data(), B, qd, {{&L.o, xs, true}});
+
+    RmsNormToBf16(xs, B, h, L.post_norm.data_ptr<float>(), t.rms_norm_eps, xb.data());
+    GemvBf16(xb.data(), B, h, {{&L.gate, gate.data_ptr<float>(), false}, {&L.up, up.data_ptr<float>(), false}});
+    const float* gp = gate.data_ptr<float>();
+    const float* upp = up.data_ptr<float>();
+    for (int64_t i = 0; i < B * inter; ++i) xb[i] = ToBf16Bits(gp[i] / (1.0f + std::exp(-gp[i])) * upp[i]);
+    GemvBf16(xb.data(), B, inter, {{&L.down, xs, true}});
+  }
+  for (int s : slots) cache->lengths_[s] += 1;
+  return RmsNorm(x, w.final_norm, t.rms_norm_eps);
+}
+
 at::Tensor MagmaModel::LmHead(const at::Tensor& hidden) const {
   // Logits always come out of a float32 accumulation: near-ties between the
   // top candidates must not be decided by bfloat16 output rounding.
@@ -852,6 +1047,9 @@ absl::StatusOr<at::Tensor> MagmaModel::Decode(const std::vector<int64_t>& tokens
     const int64_t B = static_cast<int64_t>(tokens.size());
     at::Tensor ids = at::tensor(tokens, at::kLong);
     at::Tensor x = w_->embed.index_select(0, ids).to(at::kFloat).view({B, 1, hidden_size()});
+    if (dtype_ == at::kBFloat16 && !training_) {
+      return LmHead(DecodeLayersBf16(x.view({B, hidden_size()}), pos, cache, slots));
+    }
     at::Tensor positions = at::tensor(pos, at::kLong).view({B, 1});
     at::Tensor hidden = RunDecoder(x, positions, cache, slots, /*prefill=*/false);
     return LmHead(hidden.view({B, hidden_size()}));

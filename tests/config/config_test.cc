@@ -79,7 +79,8 @@ INSTANTIATE_TEST_SUITE_P(
                       BadValue{"grpc { keepalive_time_ms: 0 }", "grpc.keepalive_time_ms"},
                       BadValue{"model { dir: \"\" }", "model.dir"},
                       BadValue{"model { dtype: \"int8\" }", "model.dtype"},
-                      BadValue{"model { vision_dtype: \"fp16\" }", "model.vision_dtype"}));
+                      BadValue{"model { vision_dtype: \"fp16\" }", "model.vision_dtype"},
+                      BadValue{"model { weights: \"hugepages\" }", "model.weights"}));
 
 }  // namespace
 }  // namespace magma::config

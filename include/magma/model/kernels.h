@@ -2,6 +2,7 @@
 #ifndef MAGMA_MODEL_KERNELS_H_
 #define MAGMA_MODEL_KERNELS_H_
 
+#include <cstdint>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -15,6 +16,19 @@ namespace magma::model {
 // where the CPU has them). Weight rows are streamed once for all rows of x,
 // which makes small-batch decode bandwidth-bound rather than latency-bound.
 at::Tensor LinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+
+// One matrix of a fused matrix-vector pass: y[B, N] = (or +=) x[B, K] . w^T.
+struct GemvTarget {
+  const at::Tensor* w;  // [N, K] bfloat16, contiguous
+  float* y;             // [B, N], row-major
+  bool accumulate;      // add the products to y instead of overwriting it
+};
+
+// Runs every target against the same bfloat16 activations xb [B, K] (raw
+// bfloat16 bits) in one parallel pass: the rows of all targets are split
+// evenly across threads, so q/k/v or gate/up cost one fork/join and each
+// thread streams one long run of weights instead of several short ones.
+void GemvBf16(const uint16_t* xb, int64_t B, int64_t K, const std::vector<GemvTarget>& targets);
 
 // Single-query attention for a decode step, reading the KV cache in place
 // (no gather, no dtype copies). For each sequence b and query head h:

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -39,6 +40,9 @@ struct TrainOptions {
 };
 
 struct TrainImage {
+  TrainImage() = default;
+  TrainImage(at::Tensor crops, int rows, int cols) : crops(std::move(crops)), rows(rows), cols(cols) {}
+
   at::Tensor crops;  // [rows*cols, 3, S, S] float32
   int rows = 1, cols = 1;
   // Optional targets of the cell heads, per crop and tower output cell:
