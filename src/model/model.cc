@@ -1047,7 +1047,9 @@ absl::StatusOr<at::Tensor> MagmaModel::Decode(const std::vector<int64_t>& tokens
     const int64_t B = static_cast<int64_t>(tokens.size());
     at::Tensor ids = at::tensor(tokens, at::kLong);
     at::Tensor x = w_->embed.index_select(0, ids).to(at::kFloat).view({B, 1, hidden_size()});
-    if (dtype_ == at::kBFloat16 && !training_) {
+    // Up to kStreamedRows sequences the step is a weight stream; larger
+    // batches go through oneDNN's matrix products in RunDecoder.
+    if (dtype_ == at::kBFloat16 && !training_ && B <= kStreamedRows) {
       return LmHead(DecodeLayersBf16(x.view({B, hidden_size()}), pos, cache, slots));
     }
     at::Tensor positions = at::tensor(pos, at::kLong).view({B, 1});

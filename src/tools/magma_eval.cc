@@ -133,10 +133,10 @@ int main(int argc, char** argv) {
 
   // Closed-loop robot success.
   magma::worlds::RobotWorldOptions ro;
-  int successes = 0, episodes = 0;
+  int successes = 0, episodes = 0, grasped = 0;
   for (int i = 0; i < absl::GetFlag(FLAGS_episodes); ++i) {
     auto scene = magma::worlds::NewEpisode(base + i, ro);
-    bool failed = false;
+    bool failed = false, held_pick = false;
     if (!demo.empty() && i == 0) {
       WriteFile(demo + "/tabletop.png", Png(magma::worlds::RenderScene(scene, ro)));
       WriteFile(demo + "/tabletop_instruction.txt", scene.instruction + "\n");
@@ -172,6 +172,7 @@ int main(int argc, char** argv) {
       for (int d = 0; d < 7; ++d) a[d] = resp.action(d);
       a[6] = (a[6] + 1) / 2;  // gripper dimension is passed through normalised: -1..1 -> 0..1
       magma::worlds::Step(&scene, a, ro);
+      held_pick = held_pick || scene.held == scene.pick;
     }
     if (!demo.empty() && i == 0) {
       WriteFile(demo + "/robot_final.png", Png(magma::worlds::RenderScene(scene, ro)));
@@ -181,9 +182,12 @@ int main(int argc, char** argv) {
     errors += failed;
     ++episodes;
     successes += magma::worlds::Success(scene);
+    grasped += held_pick;
   }
   std::cout << "robot_success: " << (episodes ? 100.0 * successes / episodes : 0) << " % (" << successes << "/"
             << episodes << " episodes, <= " << absl::GetFlag(FLAGS_max_steps) << " steps)" << std::endl;
+  std::cout << "robot_grasped_named_block: " << (episodes ? 100.0 * grasped / episodes : 0) << " % (" << grasped << "/"
+            << episodes << " episodes)" << std::endl;
 
   // 2D path error.
   double total_error = 0;
