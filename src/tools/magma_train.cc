@@ -17,6 +17,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "magma/model/model.h"
 #include "magma/model/random_init.h"
@@ -44,6 +45,10 @@ ABSL_FLAG(double, attention_loss, 0.5,
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
+ABSL_FLAG(std::vector<std::string>, tower_dims, std::vector<std::string>({"24", "48", "96", "192"}),
+          "New models: ConvNeXt stage widths");
+ABSL_FLAG(std::vector<std::string>, tower_depths, std::vector<std::string>({"1", "1", "2", "1"}),
+          "New models: ConvNeXt blocks per stage");
 
 namespace {
 
@@ -65,13 +70,33 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
+absl::StatusOr<std::vector<int64_t>> Integers(const std::vector<std::string>& texts, const char* flag) {
+  std::vector<int64_t> out;
+  for (const std::string& t : texts) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(t, &v) || v < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", t, "' is not a positive integer"));
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
 // The architecture of the embedded model: small enough to train on two
-// cores, the same module layout as Magma-8B.
-magma::model::Preset AgentPreset(int64_t vocab) {
+// cores, the same module layout as Magma-8B. The tower's stages come from
+// --tower_dims / --tower_depths (default: the shipped model's).
+absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   magma::model::Preset p;
   p.name = "agent-tiny";
-  p.vision_depths = {1, 1, 2, 1};
-  p.vision_dims = {24, 48, 96, 192};
+  auto dims = Integers(absl::GetFlag(FLAGS_tower_dims), "tower_dims");
+  auto depths = Integers(absl::GetFlag(FLAGS_tower_depths), "tower_depths");
+  if (!dims.ok()) return dims.status();
+  if (!depths.ok()) return depths.status();
+  if (dims->size() != 4 || depths->size() != 4) {
+    return absl::InvalidArgumentError("--tower_dims and --tower_depths need four stages each");
+  }
+  p.vision_depths = *depths;
+  p.vision_dims = *dims;
   p.img_size = 224;
   p.layer_scale_init = 1e-6;
   p.max_crops = 2;
@@ -97,7 +122,9 @@ absl::Status CreateModel(const std::string& dir, uint64_t seed) {
   if (auto s = tk::TrainSentencePiece(magma::train::SyntheticTasks::CorpusTexts(2000), so, tmp); !s.ok()) return s;
   auto t = tk::LoadTokenizer(tmp);
   if (!t.ok()) return t.status();
-  magma::model::Preset preset = AgentPreset((*t)->vocab_size());
+  auto made = AgentPreset((*t)->vocab_size());
+  if (!made.ok()) return made.status();
+  magma::model::Preset preset = *std::move(made);
   preset.image_token_index = (*t)->special_ids().image;
   preset.write_tokenizer = false;
   if (auto s = magma::model::WriteRandomModel(preset, seed, dir); !s.ok()) return s;
