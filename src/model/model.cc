@@ -87,8 +87,9 @@ class ResidentArena {
 
 // Decoder matrices: the weights every decode step streams in full.
 bool IsDecoderMatrix(const std::string& name) {
+  static const std::string kLayers = absl::StrCat(kLm, "layers.");
   return name == "language_model.lm_head.weight" ||
-         (name.rfind(absl::StrCat(kLm, "layers."), 0) == 0 && name.find("layernorm") == std::string::npos);
+         (name.rfind(kLayers, 0) == 0 && name.find("layernorm") == std::string::npos);
 }
 
 at::ScalarType ToAten(StDType t) {
@@ -433,17 +434,19 @@ absl::Status MagmaModel::Init(const std::string& dir, const LoadOptions& options
     const at::ScalarType matrix_dtype = vision ? vision_dtype_ : dtype_;
     const at::ScalarType target =
         v->shape.size() >= 2 && v->NumElements() != v->shape.back() ? matrix_dtype : at::kFloat;
-    if (arena != nullptr && IsDecoderMatrix(name)) {
+    const bool to_arena = arena != nullptr && IsDecoderMatrix(name);
+    const bool in_place = !to_arena && stored == target && aligned;
+    if (to_arena) {
       void* block = arena->Take(static_cast<size_t>(v->NumElements()) * at::elementSize(target));
       out = at::from_blob(block, v->shape, [arena](void*) {}, at::TensorOptions().dtype(target));
       out.copy_(aligned ? view : view.clone());
-    } else if (stored == target && aligned) {
+    } else if (in_place) {
       out = view;
       mapped.push_back(v);
     } else {
       out = aligned ? view.to(target) : view.clone().to(target);
     }
-    if (mapped.empty() || mapped.back() != v) {
+    if (!in_place) {
       // A copy is what we keep; release the file pages.
       const uintptr_t page = 4096;
       uintptr_t begin = (reinterpret_cast<uintptr_t>(v->data) + page - 1) & ~(page - 1);
