@@ -314,7 +314,22 @@ absl::Status MagmaModel::Init(const std::string& dir, const LoadOptions& options
   std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
   auto want = [&](std::string name, std::vector<int64_t> shape) { expected.emplace_back(std::move(name), std::move(shape)); };
   const int64_t d0 = vision_dims_[0];
-  want(absl::StrCat(kTrunk, "stem.0.weight"), {d0, 3, 4, 4});
+  // The stem is a patch_size x patch_size convolution at stride patch_size
+  // (4 in Magma's tower; timm allows others), and every later stage halves
+  // the resolution: feature rows must stay 32 pixels apart, as the image
+  // token layout assumes.
+  if (const TensorView* stem = checkpoint_->Find(absl::StrCat(kTrunk, "stem.0.weight"));
+      stem != nullptr && stem->shape.size() == 4) {
+    vision_patch_ = stem->shape[3];
+  }
+  int64_t row_stride = vision_patch_;
+  for (size_t s = 1; s < vision_depths_.size() && row_stride <= 32; ++s) row_stride *= 2;
+  if (vision_patch_ < 1 || row_stride != 32) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": a ConvNeXt stem of patch size ", vision_patch_, " and ",
+                                                   vision_depths_.size(),
+                                                   " stages gives feature rows that are not 32 pixels apart"));
+  }
+  want(absl::StrCat(kTrunk, "stem.0.weight"), {d0, 3, vision_patch_, vision_patch_});
   want(absl::StrCat(kTrunk, "stem.0.bias"), {d0});
   want(absl::StrCat(kTrunk, "stem.1.weight"), {d0});
   want(absl::StrCat(kTrunk, "stem.1.bias"), {d0});
@@ -657,7 +672,7 @@ at::Tensor MagmaModel::Product(const at::Tensor& a, const at::Tensor& b) const {
 
 at::Tensor MagmaModel::Tower(const at::Tensor& input) const {
   const Weights& w = *w_;
-  at::Tensor x = Conv2d(input, w.stem_w, w.stem_b, /*stride=*/4, /*padding=*/0, /*groups=*/1);
+  at::Tensor x = Conv2d(input, w.stem_w, w.stem_b, /*stride=*/vision_patch_, /*padding=*/0, /*groups=*/1);
   x = LayerNorm2d(x, w.stem_norm_w, w.stem_norm_b, kVisionEps);
   for (const auto& stage : w.stages) {
     if (stage.downsample) {
@@ -872,7 +887,7 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
       scores = scores.view({B, nkv, g, T, kv_len});  // [B, nkv, g, T, kv]
       at::Tensor probs = at::softmax(scores + bias, -1);
       if (capture_attention_ && cache == nullptr && li + 1 == w.layers.size()) {
-        captured_attention_ = probs.select(1, 0).select(1, 0);  // [B, T, kv]: query head 0
+        captured_attention_ = probs.view({B, nh, T, kv_len});  // query head h = KV head h / g, row h % g
       }
       attn = Product(probs.view({B, nkv, g * T, kv_len}), values.expand({B, nkv, kv_len, hd}));  // [B, nkv, g*T, hd]
       attn = attn.reshape({B, nh, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, nh * hd});

@@ -29,7 +29,8 @@ std::vector<Spec> Plan(const Preset& p) {
   std::vector<Spec> specs;
   const std::string trunk = "vision_tower.clip_vision_model.trunk.";
   const auto& d = p.vision_dims;
-  specs.push_back({trunk + "stem.0.weight", {d[0], 3, 4, 4}, Spec::kMatrix, 3 * 16});
+  const int64_t k = p.stem_patch;
+  specs.push_back({trunk + "stem.0.weight", {d[0], 3, k, k}, Spec::kMatrix, 3 * k * k});
   specs.push_back({trunk + "stem.0.bias", {d[0]}, Spec::kBias});
   specs.push_back({trunk + "stem.1.weight", {d[0]}, Spec::kScale});
   specs.push_back({trunk + "stem.1.bias", {d[0]}, Spec::kBias});

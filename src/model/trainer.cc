@@ -12,6 +12,13 @@
 #include "absl/strings/str_cat.h"
 
 namespace magma::model {
+namespace {
+
+// Weight of the empty cells' mean loss against the named cells' in each
+// cell head.
+constexpr double kEmptyCellWeight = 0.2;
+
+}  // namespace
 
 struct Trainer::Optimizer {
   explicit Optimizer(std::vector<at::Tensor> params, const TrainOptions& o)
@@ -83,9 +90,14 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
       const at::Tensor right = out.narrow(3, first, m).reshape({-1, m}).argmax(1).eq(t).logical_and(some);
       report->cell_accuracy.push_back(n > 0 ? right.sum().item<double>() / n : 0.0);
     }
-    if ((t >= 0).any().item<bool>()) {
-      loss = loss + at::cross_entropy_loss(out.narrow(3, first, m).reshape({-1, m}), t, {}, at::Reduction::Mean, -1);
-    }
+    // Cells with something to name and empty cells are averaged apart: a
+    // few 13-pixel mark labels among hundreds of empty cells would otherwise
+    // get almost none of the head's gradient.
+    at::Tensor ce = at::cross_entropy_loss(out.narrow(3, first, m).reshape({-1, m}), t.clamp_min(0), {},
+                                           at::Reduction::None);
+    at::Tensor named = (t > 0).to(at::kFloat), empty = t.eq(0).to(at::kFloat);
+    loss = loss + (ce * named).sum() / named.sum().clamp_min(1) +
+           kEmptyCellWeight * (ce * empty).sum() / empty.sum().clamp_min(1);
     first += m;
   }
   at::Tensor has = target_offsets.select(3, 0).isnan().logical_not();
@@ -105,11 +117,12 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
 
 namespace {
 
-// Positions, in the expanded sequence of `e`, of the tower cells its images
-// mark in cell_pointer (an image's embeddings are feature rows, each followed
-// by a separator: cell (crop r,q; i,j) of an R x C grid of f x f cells is
-// at (r*f + i) * (C*f + 1) + q*f + j from the image's start).
-std::vector<int64_t> PointerPositions(const TrainExample& e, const MagmaModel& model) {
+// Positions, in the expanded sequence of `e`, of the tower cells that
+// `cells` marks in each image (an image's embeddings are feature rows, each
+// followed by a separator: cell (crop r,q; i,j) of an R x C grid of f x f
+// cells is at (r*f + i) * (C*f + 1) + q*f + j from the image's start).
+std::vector<int64_t> PointerPositions(const TrainExample& e, const std::vector<at::Tensor>& cells,
+                                      const MagmaModel& model) {
   const int64_t image_token = model.image_token_id();
   std::vector<int64_t> out;
   int64_t pos = 0;
@@ -119,11 +132,11 @@ std::vector<int64_t> PointerPositions(const TrainExample& e, const MagmaModel& m
       ++pos;
       continue;
     }
-    const TrainImage& img = e.images[m++];
+    const TrainImage& img = e.images[m];
     const int64_t f = img.crops.size(2) / 32;
     const int64_t width = img.cols * f + 1;
-    if (img.cell_pointer.defined()) {
-      auto p = img.cell_pointer.accessor<bool, 3>();
+    if (m < cells.size() && cells[m].defined()) {
+      auto p = cells[m].accessor<bool, 3>();
       for (int r = 0; r < img.rows; ++r) {
         for (int q = 0; q < img.cols; ++q) {
           for (int64_t i = 0; i < f; ++i) {
@@ -134,6 +147,7 @@ std::vector<int64_t> PointerPositions(const TrainExample& e, const MagmaModel& m
         }
       }
     }
+    ++m;
     pos += model.ImageTokenCount(img.rows, img.cols);
   }
   return out;
@@ -210,15 +224,20 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       const int64_t answer = lengths[order[k]] - t;  // positions that predict the target tokens
       predicted[order[k]] = (*logits)[static_cast<int64_t>(k - first)].narrow(0, answer, t);
       if (aux_loss != nullptr && options_.attention_loss_weight > 0) {
-        // The pointer head's attention from the answer positions should
-        // rest on the cells the answer is about.
-        const std::vector<int64_t> cells = PointerPositions(e, *model_);
-        if (!cells.empty()) {
-          at::Tensor a = model_->captured_attention()[static_cast<int64_t>(k - first)].narrow(0, answer, t);
+        // Each pointer's head, from the positions that predict its span,
+        // should rest on the span's cells.
+        const at::Tensor& probs = model_->captured_attention();  // [B, heads, T, T]
+        for (const TrainPointer& ptr : e.pointers) {
+          const int64_t from = std::min(ptr.first, t);
+          const int64_t span = ptr.count < 0 ? t - from : std::min(ptr.count, t - from);
+          if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1)) continue;
+          const std::vector<int64_t> cells = PointerPositions(e, ptr.cells, *model_);
+          if (cells.empty()) continue;
+          at::Tensor a = probs[static_cast<int64_t>(k - first)][ptr.head].narrow(0, answer + from, span);
           at::Tensor mass = a.index_select(1, at::tensor(cells, at::kLong)).sum(1);
           if (report != nullptr) {
             report->attention_mass += mass.mean().item<double>();
-            ++report->pointing_examples;
+            ++report->pointers;
           }
           *aux_loss = *aux_loss - options_.attention_loss_weight * at::log(mass + 1e-6).mean() /
                                       static_cast<double>(batch.size());
@@ -283,7 +302,7 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     at::Tensor aux;
     auto predicted = TargetLogits(batch, &aux, &report);
     if (!predicted.ok()) return predicted.status();
-    if (report.pointing_examples > 0) report.attention_mass /= report.pointing_examples;
+    if (report.pointers > 0) report.attention_mass /= report.pointers;
     return report;
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("auxiliary report: ", e.what()));

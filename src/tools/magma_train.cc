@@ -41,7 +41,8 @@ ABSL_FLAG(std::string, mix, "click=4,act=3,path=1,question=2", "Relative weights
 ABSL_FLAG(double, cell_loss, 1.0,
           "Weight of the vision tower's auxiliary per-cell loss (what is where, marks, labels); 0 = off");
 ABSL_FLAG(double, attention_loss, 0.5,
-          "Weight of the attention supervision (the last layer's first head looks at what the answer is about)");
+          "Weight of the attention supervision (heads of the last layer look at what each part of the answer is "
+          "about: the target element, the goal and the gripper, each waypoint's object)");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
@@ -84,7 +85,9 @@ absl::StatusOr<std::vector<int64_t>> Integers(const std::vector<std::string>& te
 
 // The architecture of the embedded model: small enough to train on two
 // cores, the same module layout as Magma-8B. The tower's stages come from
-// --tower_dims / --tower_depths (default: the shipped model's).
+// --tower_dims / --tower_depths (default: the shipped model's); five stages
+// start from a 2x2 stem, so that the first runs at half the resolution of a
+// 4x4 stem's and small text keeps its strokes.
 absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   magma::model::Preset p;
   p.name = "agent-tiny";
@@ -92,11 +95,13 @@ absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   auto depths = Integers(absl::GetFlag(FLAGS_tower_depths), "tower_depths");
   if (!dims.ok()) return dims.status();
   if (!depths.ok()) return depths.status();
-  if (dims->size() != 4 || depths->size() != 4) {
-    return absl::InvalidArgumentError("--tower_dims and --tower_depths need four stages each");
+  if (dims->size() != depths->size() || (dims->size() != 4 && dims->size() != 5)) {
+    return absl::InvalidArgumentError(
+        "--tower_dims and --tower_depths need four stages each (stem patch 4) or five (stem patch 2)");
   }
   p.vision_depths = *depths;
   p.vision_dims = *dims;
+  p.stem_patch = dims->size() == 4 ? 4 : 2;
   p.img_size = 224;
   p.layer_scale_init = 1e-6;
   p.max_crops = 2;
@@ -266,7 +271,7 @@ int main(int argc, char** argv) {
         if (!aux.ok()) return aux.status();
         std::cout << "  " << kind << ": cell accuracy (what, mark, label)";
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
-        std::cout << ", attention on the answer's cells " << static_cast<int>(100 * aux->attention_mass) << "%"
+        std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%"
                   << std::endl;
       }
     }

@@ -1,6 +1,7 @@
 #include "magma/train/synthetic_tasks.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <random>
@@ -21,15 +22,42 @@ model::TrainImage ToTrainImage(const vision::Crops& c) {
   return {crops, c.grid.rows, c.grid.cols};
 }
 
+// The path with its coordinates rounded to two decimals, as HAMSTER writes
+// them: the model learns numbers it can read off the image, not the
+// simulator's full-precision digits.
+std::vector<vision::PathWaypoint> TwoDecimals(std::vector<vision::PathWaypoint> path) {
+  for (auto& w : path) {
+    w.point.x = std::round(w.point.x * 100) / 100;
+    w.point.y = std::round(w.point.y * 100) / 100;
+  }
+  return path;
+}
+
 // Something drawn on an image, as the tower's cell heads should see it.
 struct CellItem {
   vision::PixelBox box;  // original pixels
   double cx = 0, cy = 0; // its centre
-  int what = 0;          // class of the "what" head (SyntheticTasks::CellClasses)
+  int what = 0;          // class of the "what" head (kWhat* below)
   int mark = 0;          // 0 none, 1 + Set-of-Mark id
   int text = 0;          // 0 none, 1 + index in UiLabels()
-  bool pointed = false;  // the answer is about it
+  int pointer = -1;      // the pointer group it belongs to (-1: none)
 };
+
+// Classes of the "what" cell head: none, then the UI looks (kind and shape)
+// x 8 colours, 6 block colours, 6 plate colours, the gripper open and
+// closed, and last a Set-of-Mark label.
+const std::vector<std::string>& UiLooks() {
+  static const std::vector<std::string> kLooks = {"button rectangle", "button rounded", "icon rectangle",
+                                                  "icon circle",      "checkbox rectangle", "text_field rectangle"};
+  return kLooks;
+}
+constexpr int kWhatUi = 1;
+constexpr int kWhatBlock = kWhatUi + 6 * 8;
+constexpr int kWhatPlate = kWhatBlock + 6;
+constexpr int kWhatGripperOpen = kWhatPlate + 6;
+constexpr int kWhatGripperClosed = kWhatGripperOpen + 1;
+constexpr int kWhatMarkLabel = kWhatGripperClosed + 1;
+constexpr int kWhatClasses = kWhatMarkLabel + 1;
 
 int IndexOf(const std::vector<std::string>& names, const std::string& name) {
   for (size_t i = 0; i < names.size(); ++i) {
@@ -50,7 +78,6 @@ int ColorIndex(const std::string& name) {
 // a cell holding a label's centre is about that label.
 std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<vision::Mark>& marks,
                               const std::vector<int>& about) {
-  static const std::vector<std::string> kinds = {"button", "icon", "checkbox", "text_field"};
   const bool marked = !marks.empty();
   std::vector<CellItem> items;
   for (size_t i = 0; i < marks.size() && i < screen.widgets.size(); ++i) {
@@ -59,9 +86,9 @@ std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<
     item.box = {l.x1, l.y1, l.x2, l.y2};
     item.cx = (l.x1 + l.x2) / 2;
     item.cy = (l.y1 + l.y2) / 2;
-    item.what = 47;  // a mark's label
+    item.what = kWhatMarkLabel;
     item.mark = marks[i].id >= 0 && marks[i].id < 10 ? 1 + marks[i].id : 0;
-    item.pointed = std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end();
+    if (std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end()) item.pointer = 0;
     items.push_back(item);
   }
   for (size_t i = 0; i < screen.widgets.size(); ++i) {
@@ -70,36 +97,37 @@ std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<
     item.box = w.box;
     item.cx = (w.box.x1 + w.box.x2) / 2;
     item.cy = (w.box.y1 + w.box.y2) / 2;
-    item.what = 1 + std::max(0, IndexOf(kinds, w.kind)) * 8 + ColorIndex(w.color);
+    item.what = kWhatUi + std::max(0, IndexOf(UiLooks(), w.kind + " " + w.shape)) * 8 + ColorIndex(w.color);
     item.mark = marked && i < 10 ? 1 + static_cast<int>(i) : 0;
     item.text = w.label.empty() ? 0 : 1 + std::max(0, IndexOf(worlds::UiLabels(), w.label));
-    item.pointed = std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end();
+    if (std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end()) item.pointer = 0;
     items.push_back(item);
   }
   return items;
 }
 
-std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, const std::vector<int>& about) {
-  // Priority order: the gripper, then blocks, then plates. `about` holds
-  // object indices, -1 for the gripper.
+std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, const std::vector<int>& groups) {
+  // Priority order: the gripper, then blocks, then plates. Pointer group k
+  // is object groups[k] (-1: the gripper).
   std::vector<CellItem> items;
   auto add = [&](const vision::NormPoint& c, double half, int what, int index) {
     CellItem item;
-    item.pointed = std::find(about.begin(), about.end(), index) != about.end();
+    const auto g = std::find(groups.begin(), groups.end(), index);
+    if (g != groups.end()) item.pointer = static_cast<int>(g - groups.begin());
     item.cx = c.x * size;
     item.cy = c.y * size;
     item.box = {item.cx - half * size, item.cy - half * size, item.cx + half * size, item.cy + half * size};
     item.what = what;
     items.push_back(item);
   };
-  add(scene.gripper, 0.03, scene.gripper_open ? 45 : 46, -1);
+  add(scene.gripper, 0.03, scene.gripper_open ? kWhatGripperOpen : kWhatGripperClosed, -1);
   for (size_t i = 0; i < scene.objects.size(); ++i) {
     const auto& o = scene.objects[i];
-    if (o.kind == "block") add(o.center, o.radius, 33 + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
+    if (o.kind == "block") add(o.center, o.radius, kWhatBlock + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
   }
   for (size_t i = 0; i < scene.objects.size(); ++i) {
     const auto& o = scene.objects[i];
-    if (o.kind == "plate") add(o.center, o.radius, 39 + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
+    if (o.kind == "plate") add(o.center, o.radius, kWhatPlate + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
   }
   return items;
 }
@@ -108,12 +136,16 @@ std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, cons
 // on its any-res grid): the first item whose centre falls in the cell, else
 // the first whose box holds the cell's centre; the offset of that centre
 // from the cell's, in cells, where an item's centre falls in the cell.
-void AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model::TrainImage* img) {
+// Returns, per pointer group, the cells that hold the centre of one of its
+// items or whose centre lies in one of its items' boxes.
+std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model::TrainImage* img) {
   const int64_t s = img->crops.size(2), f = s / 32, crops = img->crops.size(0);
   at::Tensor classes = at::zeros({crops, f, f, 3}, at::kLong);
   at::Tensor offsets = at::full({crops, f, f, 2}, std::numeric_limits<float>::quiet_NaN());
-  at::Tensor pointer = at::zeros({crops, f, f}, at::kBool);
-  auto pt = pointer.accessor<bool, 3>();
+  int groups = 0;
+  for (const auto& it : items) groups = std::max(groups, it.pointer + 1);
+  std::vector<at::Tensor> pointers;
+  for (int g = 0; g < groups; ++g) pointers.push_back(at::zeros({crops, f, f}, at::kBool));
   auto c = classes.accessor<int64_t, 4>();
   auto o = offsets.accessor<float, 4>();
   const double sx = static_cast<double>(size.width) / (img->cols * s);
@@ -126,6 +158,11 @@ void AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model:
         for (int64_t j = 0; j < f; ++j) {
           const double x0 = (q * s + j * 32) * sx, y0 = (r * s + i * 32) * sy;
           const double x = x0 + cell_w / 2, y = y0 + cell_h / 2;
+          for (const auto& it : items) {
+            const bool in = (it.cx >= x0 && it.cx < x0 + cell_w && it.cy >= y0 && it.cy < y0 + cell_h) ||
+                            (x >= it.box.x1 && x <= it.box.x2 && y >= it.box.y1 && y <= it.box.y2);
+            if (in && it.pointer >= 0) pointers[it.pointer].accessor<bool, 3>()[n][i][j] = true;
+          }
           const CellItem* hit = nullptr;
           bool centre = false;
           for (const auto& it : items) {
@@ -147,7 +184,6 @@ void AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model:
           c[n][i][j][0] = hit->what;
           c[n][i][j][1] = hit->mark;
           c[n][i][j][2] = hit->text;
-          pt[n][i][j] = hit->pointed;
           if (centre) {
             o[n][i][j][0] = static_cast<float>((hit->cx - x) / cell_w);
             o[n][i][j][1] = static_cast<float>((hit->cy - y) / cell_h);
@@ -158,16 +194,53 @@ void AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model:
   }
   img->cell_classes = classes;
   img->cell_offsets = offsets;
-  img->cell_pointer = pointer;
+  return pointers;
+}
+
+// The target tokens (first, count) that spell each `open`...`close` part of
+// `text` (which `ids` spell, perhaps followed by an end token), in order.
+std::vector<std::pair<int64_t, int64_t>> TokenSpans(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids,
+                                                    const std::string& text, char open, char close) {
+  // Where each token ends in the text.
+  std::vector<size_t> ends;
+  std::vector<int32_t> prefix;
+  for (int64_t id : ids) {
+    prefix.push_back(static_cast<int32_t>(id));
+    ends.push_back(tok.Decode(prefix).size());
+  }
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  for (size_t at = text.find(open); at != std::string::npos; at = text.find(open, at + 1)) {
+    const size_t end = text.find(close, at);
+    if (end == std::string::npos) break;
+    int64_t first = -1, last = -1;
+    size_t begin = 0;
+    for (size_t k = 0; k < ends.size(); ++k) {
+      if (ends[k] > at && begin <= end) {  // token k covers [begin, ends[k]) and meets [at, end]
+        if (first < 0) first = static_cast<int64_t>(k);
+        last = static_cast<int64_t>(k);
+      }
+      begin = ends[k];
+    }
+    if (first >= 0) spans.emplace_back(first, last - first + 1);
+  }
+  return spans;
+}
+
+// A pointer of `head` to the cells of pointer group `group` over the whole
+// answer (image 0 of the example).
+void PointAll(const std::vector<at::Tensor>& groups, int head, int group, model::TrainExample* e) {
+  if (group >= static_cast<int>(groups.size())) return;
+  model::TrainPointer p;
+  p.head = head;
+  p.cells = {groups[group]};
+  e->pointers.push_back(std::move(p));
 }
 
 }  // namespace
 
 const std::vector<int64_t>& SyntheticTasks::CellClasses() {
-  // what (none, 4 UI kinds x 8 colours, 6 block colours, 6 plate colours,
-  // gripper open/closed, a mark's label), Set-of-Mark id (none, 0..9),
-  // widget label (none, 20).
-  static const std::vector<int64_t> kClasses = {48, 11, 21};
+  // what (kWhat*), Set-of-Mark id (none, 0..9), widget label (none, 20).
+  static const std::vector<int64_t> kClasses = {kWhatClasses, 11, 21};
   return kClasses;
 }
 
@@ -206,7 +279,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Click(uint64_t seed) const {
   out.target_text = absl::StrCat("Mark: ", p->marks[in.target].id);
   auto e = ToExample(p->request, out.target_text);
   if (!e.ok()) return e.status();
-  AttachCellTargets(UiItems(screen, p->marks, {in.target}), screen.rgb.size(), &e->images[0]);
+  PointAll(AttachCellTargets(UiItems(screen, p->marks, {in.target}), screen.rgb.size(), &e->images[0]), 0, 0, &*e);
   out.example = *std::move(e);
   return out;
 }
@@ -215,9 +288,25 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   if (!ctx_->action_codec.has_value()) return absl::FailedPreconditionError("no action vocabulary");
   worlds::RobotScene scene = worlds::NewEpisode(seed, robot_);
   // Advance the expert a seeded number of steps so that every phase shows up.
+  // In half of the episodes its actions are perturbed (noise on the motion,
+  // now and then a wrong gripper command), so that the frames also show the
+  // states a learned policy drifts into - a missed grasp, a block dropped on
+  // the way - labelled with the expert's way back.
   std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
-  const int steps = static_cast<int>(rng() % 20);
-  for (int i = 0; i < steps && !worlds::Success(scene); ++i) worlds::Step(&scene, worlds::ExpertAction(scene, robot_), robot_);
+  const int steps = static_cast<int>(rng() % 24);
+  const bool perturbed = rng() % 2 == 0;
+  std::normal_distribution<double> noise(0.0, 0.6);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  for (int i = 0; i < steps && !worlds::Success(scene); ++i) {
+    auto a = worlds::ExpertAction(scene, robot_);
+    if (perturbed) {
+      a[0] += noise(rng);
+      a[1] += noise(rng);
+      if (unit(rng) < 0.15) a[6] = 1 - a[6];
+    }
+    worlds::Step(&scene, a, robot_);
+  }
+  if (worlds::Success(scene)) scene = worlds::NewEpisode(seed, robot_);
   const auto action = worlds::ExpertAction(scene, robot_);
   agent::ActTask task;
   task.image = worlds::RenderScene(scene, robot_);
@@ -234,7 +323,12 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   auto e = ToExample(p->request, "");
   if (!e.ok()) return e.status();
   const int goal = scene.held == scene.pick ? scene.place : scene.pick;
-  AttachCellTargets(TableItems(scene, robot_.image_size, {-1, goal}), task.image.size(), &e->images[0]);
+  // Head 0 looks at the goal (the block to pick, or the plate while
+  // carrying), head 1 at the gripper: the action is their difference.
+  const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}), task.image.size(),
+                                        &e->images[0]);
+  PointAll(groups, 0, 0, &*e);
+  PointAll(groups, 1, 1, &*e);
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");
   out.example = *std::move(e);
@@ -252,11 +346,22 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Path(uint64_t seed) const {
   if (!p.ok()) return p.status();
   SyntheticExample out;
   out.kind = TaskKind::kPath;
-  out.target_text = agent::FormatPathAnswer(worlds::ExpertPath(scene));
+  out.target_text = agent::FormatPathAnswer(TwoDecimals(worlds::ExpertPath(scene)));
   auto e = ToExample(p->request, out.target_text);
   if (!e.ok()) return e.status();
-  AttachCellTargets(TableItems(scene, robot_.image_size, {-1, scene.pick, scene.place}), task.image.size(),
-                    &e->images[0]);
+  // Head 0, while the model writes a waypoint "(x, y)", looks at what is
+  // there: the gripper, the block, the plate.
+  const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {-1, scene.pick, scene.place}),
+                                        task.image.size(), &e->images[0]);
+  const auto spans = TokenSpans(*ctx_->tokenizer, e->target_ids, out.target_text, '(', ')');
+  for (size_t k = 0; k < spans.size() && k < groups.size(); ++k) {
+    model::TrainPointer ptr;
+    ptr.head = 0;
+    ptr.first = spans[k].first;
+    ptr.count = spans[k].second;
+    ptr.cells = {groups[k]};
+    e->pointers.push_back(std::move(ptr));
+  }
   out.example = *std::move(e);
   return out;
 }
@@ -281,7 +386,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Question(uint64_t seed) const {
   out.target_text = q.answer;
   auto e = ToExample(*r, q.answer);
   if (!e.ok()) return e.status();
-  AttachCellTargets(UiItems(screen, marks, q.about), screen.rgb.size(), &e->images[0]);
+  PointAll(AttachCellTargets(UiItems(screen, marks, q.about), screen.rgb.size(), &e->images[0]), 0, 0, &*e);
   out.example = *std::move(e);
   return out;
 }
@@ -352,7 +457,7 @@ std::vector<std::string> SyntheticTasks::CorpusTexts(int screens) {
     const auto r = worlds::NewEpisode(static_cast<uint64_t>(i));
     out.push_back(joined(tokenizer::RobotActionContent(r.instruction)));
     out.push_back(agent::HamsterPathPrompt(r.instruction));
-    out.push_back(agent::FormatPathAnswer(worlds::ExpertPath(r)));
+    out.push_back(agent::FormatPathAnswer(TwoDecimals(worlds::ExpertPath(r))));
   }
   return out;
 }

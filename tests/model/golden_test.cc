@@ -350,5 +350,37 @@ TEST(LoaderTest, RandomPresetRoundTripsThroughShards) {
   EXPECT_EQ(out_of_vocab.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A five-stage tower with a 2x2 stem (timm's patch_size 2) keeps feature
+// rows 32 pixels apart: a 1x2 grid of 64-pixel crops still gives 2 rows of
+// 2 x 2 cells and a separator. Five stages behind a 4x4 stem would put them
+// 64 pixels apart, which the image token layout cannot hold.
+TEST(LoaderTest, FiveStageTowerWithAPatchTwoStem) {
+  auto preset = GetPreset("tiny");
+  ASSERT_TRUE(preset.ok());
+  preset->vision_dims = {8, 16, 32, 64, 128};
+  preset->vision_depths = {1, 1, 1, 1, 1};
+  preset->stem_patch = 2;
+  testing::TempDir dir;
+  ASSERT_TRUE(WriteRandomModel(*preset, 5, dir.File("two")).ok());
+  LoadOptions options;
+  options.dtype = "float32";
+  auto m = MagmaModel::Load(dir.File("two"), options);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->vision_dims(), preset->vision_dims);
+  at::manual_seed(2);
+  auto f = (*m)->EncodeImage(at::randn({2, 3, 64, 64}), 1, 2);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->size(0), (*m)->ImageTokenCount(1, 2));
+  EXPECT_EQ(f->size(0), 10);
+  EXPECT_TRUE(at::isfinite(*f).all().item<bool>());
+
+  preset->stem_patch = 4;
+  ASSERT_TRUE(WriteRandomModel(*preset, 5, dir.File("four")).ok());
+  auto bad = MagmaModel::Load(dir.File("four"), options);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("not 32 pixels apart"), std::string::npos) << bad.status();
+}
+
 }  // namespace
 }  // namespace magma::model

@@ -121,6 +121,59 @@ TEST(TrainerTest, LearnsAnAnswerThatOnlyTheImageGives) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ((*predicted)[i][0], batch[i].target_ids[0]) << i;
 }
 
+// Pointers teach chosen query heads where to look: head 0 at the first
+// crop's top-left cell for the whole answer, head 1 at the second crop's
+// bottom-right cell for the last two answer tokens. The tiny preset's 64-pixel
+// crops give 2x2 cells each; the image's 2 rows of 4 cells and a separator
+// after each row start at position 1 of the prompt.
+TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o;
+  o.learning_rate = 3e-3;
+  o.warmup_steps = 5;
+  o.total_steps = 80;
+  o.attention_loss_weight = 1.0;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok());
+  TrainExample e = Example();
+  TrainPointer a;
+  a.head = 0;
+  a.cells = {at::zeros({2, 2, 2}, at::kBool)};
+  a.cells[0][0][0][0] = true;
+  TrainPointer b;
+  b.head = 1;
+  b.first = 2;
+  b.count = 2;
+  b.cells = {at::zeros({2, 2, 2}, at::kBool)};
+  b.cells[0][1][1][1] = true;
+  e.pointers = {a, b};
+  const std::vector<TrainExample> batch = {e};
+  auto before = (*trainer)->Auxiliary(batch);
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(before->pointers, 2);
+  for (int i = 0; i < 80; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
+  auto after = (*trainer)->Auxiliary(batch);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->pointers, 2);
+  EXPECT_LT(before->attention_mass, 0.2);
+  EXPECT_GT(after->attention_mass, 0.9) << before->attention_mass << " -> " << after->attention_mass;
+  // The captured probabilities say the same per head: in the expanded
+  // prompt [bos, 2x(4 cells + separator), 44, 45, targets...], cell (crop
+  // 0, 0, 0) is position 1 and cell (crop 1, 1, 1) is position 1 + 5 + 3.
+  at::NoGradGuard no_grad;
+  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
+  ASSERT_TRUE(f.ok());
+  auto x = m->EmbedPrompt({1, 511, 44, 45, 100, 200, 300}, {*f});
+  ASSERT_TRUE(x.ok());
+  ASSERT_EQ(x->size(0), 16);
+  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
+  const at::Tensor probs = m->captured_attention()[0];  // [heads, T, T]
+  for (int64_t t = 12; t < 16; ++t) EXPECT_GT(probs[0][t][1].item<double>(), 0.8) << t;  // head 0, all targets
+  for (int64_t t = 14; t < 16; ++t) EXPECT_GT(probs[1][t][9].item<double>(), 0.8) << t;  // head 1, targets 2-3
+}
+
 // Saving weights and optimizer state mid-run, then loading both into a new
 // model and trainer, continues the run exactly.
 TEST(TrainerTest, ResumesExactly) {

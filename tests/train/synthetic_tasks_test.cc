@@ -1,9 +1,12 @@
 #include "magma/train/synthetic_tasks.h"
 
+#include <cmath>
+#include <cstdio>
 #include <map>
 
 #include <gtest/gtest.h>
 
+#include "magma/agent/path_answer.h"
 #include "magma/tokenizer/spm_trainer.h"
 #include "testing/temp_dir.h"
 
@@ -83,8 +86,9 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     ASSERT_EQ(img.cell_classes.sizes(), (std::vector<int64_t>{1, 2, 2, 3}));
     const auto scene = worlds::NewEpisode(seed);
     // The gripper starts at (0.5, 0.9) = pixel (128, 230.4): cell (1, 1),
-    // open (class 45), centre 0.5 cell left of and 0.3 cell below the cell's.
-    EXPECT_EQ(img.cell_classes[0][1][1][0].item<int64_t>(), 45);
+    // open (class 61: 1 + 6 UI looks x 8 colours + 6 blocks + 6 plates),
+    // centre 0.5 cell left of and 0.3 cell below the cell's.
+    EXPECT_EQ(img.cell_classes[0][1][1][0].item<int64_t>(), 61);
     EXPECT_NEAR(img.cell_offsets[0][1][1][0].item<float>(), -0.5, 1e-5);
     EXPECT_NEAR(img.cell_offsets[0][1][1][1].item<float>(), 0.3, 1e-5);
     // No marks and no labels on a tabletop.
@@ -101,6 +105,83 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
   auto click = tasks_->Click(3);
   ASSERT_TRUE(click.ok());
   EXPECT_GT(click->example.images[0].cell_classes.select(3, 1).max().item<int64_t>(), 0);
+}
+
+// Path answers carry two decimals, as HAMSTER writes them: seed 9's expert
+// path rounded by hand from the scene's centres.
+TEST_F(SyntheticTasksTest, PathTargetsHaveTwoDecimals) {
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    auto e = tasks_->Path(seed);
+    ASSERT_TRUE(e.ok()) << e.status();
+    auto parsed = agent::ParsePathAnswer(e->target_text);
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    const auto truth = worlds::ExpertPath(worlds::NewEpisode(seed));
+    ASSERT_EQ(parsed->size(), truth.size());
+    for (size_t i = 0; i < truth.size(); ++i) {
+      for (auto [got, want] : {std::pair{(*parsed)[i].point.x, truth[i].point.x},
+                               std::pair{(*parsed)[i].point.y, truth[i].point.y}}) {
+        EXPECT_NEAR(got * 100, std::round(got * 100), 1e-9) << e->target_text;
+        EXPECT_LE(std::abs(got - want), 0.005 + 1e-12) << e->target_text;
+      }
+    }
+  }
+  auto e = tasks_->Path(9);
+  ASSERT_TRUE(e.ok());
+  const auto s = worlds::NewEpisode(9);
+  auto two = [](double v) {
+    char buf[16];
+    std::snprintf(buf, sizeof(buf), "%.2f", v);
+    std::string t = buf;
+    while (t.back() == '0') t.pop_back();
+    if (t.back() == '.') t.pop_back();
+    return t;
+  };
+  const auto& block = s.objects[s.pick].center;
+  const auto& plate = s.objects[s.place].center;
+  // The gripper starts open at (0.5, 0.9): the answer's state before the
+  // first point is closed, so an open tag follows it.
+  EXPECT_EQ(e->target_text, "<ans>[(0.5, 0.9), <action>Open Gripper</action>, (" + two(block.x) + ", " + two(block.y) +
+                                "), <action>Close Gripper</action>, (" + two(plate.x) + ", " + two(plate.y) +
+                                "), <action>Open Gripper</action>]</ans>");
+}
+
+// Attention pointers: while writing waypoint k of a path, head 0 looks at
+// the gripper, the block, the plate; an action looks at the goal (head 0)
+// and the gripper (head 1). On the 2x2-cell test grid the gripper's start,
+// pixel (128, 230.4), is cell (1, 1).
+TEST_F(SyntheticTasksTest, PointersLookAtWhatTheAnswerIsAbout) {
+  for (uint64_t seed = 0; seed < 10; ++seed) {
+    auto e = tasks_->Path(seed);
+    ASSERT_TRUE(e.ok());
+    const auto& ptrs = e->example.pointers;
+    ASSERT_EQ(ptrs.size(), 3u);
+    int64_t end = 0;
+    for (const auto& p : ptrs) {
+      EXPECT_EQ(p.head, 0);
+      EXPECT_GE(p.first, end);  // in order, not overlapping
+      end = p.first + p.count;
+      std::vector<int32_t> ids(e->example.target_ids.begin() + p.first, e->example.target_ids.begin() + end);
+      const std::string text = ctx_->tokenizer->Decode(ids);
+      EXPECT_NE(text.find('('), std::string::npos) << text;
+      EXPECT_NE(text.find(')'), std::string::npos) << text;
+      EXPECT_EQ(text.find("Gripper"), std::string::npos) << text;
+      ASSERT_EQ(p.cells.size(), 1u);
+      EXPECT_GT(p.cells[0].sum().item<int64_t>(), 0);
+    }
+    EXPECT_TRUE(ptrs[0].cells[0][0][1][1].item<bool>());
+    EXPECT_FALSE(ptrs[0].cells[0][0][0][0].item<bool>());
+
+    auto act = tasks_->Act(seed);
+    ASSERT_TRUE(act.ok());
+    ASSERT_EQ(act->example.pointers.size(), 2u);
+    EXPECT_EQ(act->example.pointers[0].head, 0);
+    EXPECT_EQ(act->example.pointers[1].head, 1);
+    EXPECT_EQ(act->example.pointers[1].count, -1);
+  }
+  auto click = tasks_->Click(3);
+  ASSERT_TRUE(click.ok());
+  ASSERT_EQ(click->example.pointers.size(), 1u);
+  EXPECT_GT(click->example.pointers[0].cells[0].sum().item<int64_t>(), 0);
 }
 
 TEST_F(SyntheticTasksTest, PathAndQuestionTargetsDecodeToTheirText) {

@@ -173,9 +173,9 @@ class MagmaModel {
   // and Prefill record autograd graphs (use a fresh KvCache per forward).
   // FAILED_PRECONDITION unless loaded in float32 (dtype and vision_dtype).
   absl::StatusOr<std::vector<at::Tensor>> MakeTrainable();
-  // Training: keep the attention probabilities of the last layer's first
-  // query head from each ForwardBatch ([B, T, T], part of the autograd
-  // graph), for a loss that teaches that head where to look.
+  // Training: keep the last layer's attention probabilities from each
+  // ForwardBatch ([B, heads, T, T], part of the autograd graph), for a loss
+  // that teaches chosen query heads where to look.
   void SetCaptureAttention(bool on) { capture_attention_ = on; }
   const at::Tensor& captured_attention() const { return captured_attention_; }
   // While training, run the linear layers' products in bfloat16 (float32
@@ -216,6 +216,7 @@ class MagmaModel {
   int64_t vocab_size_ = 0;
   int64_t num_parameters_ = 0;
   std::vector<int64_t> vision_depths_, vision_dims_;
+  int64_t vision_patch_ = 4;  // the stem's kernel and stride
   std::unique_ptr<Checkpoint> checkpoint_;  // backs zero-copy weights
   std::unique_ptr<Weights> w_;
   bool training_ = false;

@@ -18,6 +18,9 @@ struct Preset {
   // Vision tower (ConvNeXt).
   std::vector<int64_t> vision_depths;
   std::vector<int64_t> vision_dims;
+  // The stem's kernel and stride; with the stages' halvings, feature rows
+  // must come out 32 pixels apart (4 with four stages, 2 with five).
+  int64_t stem_patch = 4;
   int64_t img_size = 512;   // crop side
   int64_t max_crops = 4;
   // ConvNeXt layer scale (gamma): 0 = near 1 (uniform 0.9..1.1, a tower

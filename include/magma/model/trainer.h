@@ -32,9 +32,9 @@ struct TrainOptions {
   // long before the language model learns to look at the image. Empty = off.
   std::vector<int64_t> cell_classes;
   double cell_loss_weight = 1.0;
-  // Attention supervision (training only): the last layer's first query
-  // head, at the positions that predict the answer, should attend to the
-  // image cells the answer is about (TrainImage::cell_pointer). Teaches the
+  // Attention supervision (training only): query heads of the last layer,
+  // at the positions that predict a span of the answer, should attend to
+  // the image cells that span is about (TrainExample::pointers). Teaches the
   // model where to look long before the answer loss alone would. 0 = off.
   double attention_loss_weight = 0;
 };
@@ -49,14 +49,24 @@ struct TrainImage {
   // classes [rows*cols, h, w, heads] int64 (-1 = no target) and offsets
   // [rows*cols, h, w, 2] float32 (NaN = no target).
   at::Tensor cell_classes, cell_offsets;
-  // Optional [rows*cols, h, w] bool: the cells the answer is about.
-  at::Tensor cell_pointer;
+};
+
+// Where one query head of the last layer should look while the model
+// predicts a span of the answer (TrainOptions::attention_loss_weight).
+struct TrainPointer {
+  int head = 0;
+  int64_t first = 0;   // first target token of the span
+  int64_t count = -1;  // its length; -1 = to the end of the target
+  // Per image of the example, [rows*cols, h, w] bool: the tower cells to
+  // look at (undefined: none in that image).
+  std::vector<at::Tensor> cells;
 };
 
 struct TrainExample {
   std::vector<int64_t> prompt_ids;   // with one image token per image
   std::vector<TrainImage> images;
   std::vector<int64_t> target_ids;   // what the model should answer (not empty)
+  std::vector<TrainPointer> pointers;
 };
 
 // How well the training-only heads do on a batch (see TrainOptions).
@@ -64,10 +74,10 @@ struct AuxiliaryReport {
   // Per cell head: share of cells with a non-zero target ("something is
   // here") whose argmax is that target.
   std::vector<double> cell_accuracy;
-  // Mean attention mass of the supervised head on the pointed cells, over
-  // the answer positions of examples that point somewhere.
+  // Mean attention mass of each supervised head on its pointed cells, over
+  // the positions of its span, averaged over the pointers.
   double attention_mass = 0;
-  int pointing_examples = 0;
+  int pointers = 0;
 };
 
 class Trainer {
