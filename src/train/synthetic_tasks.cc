@@ -13,6 +13,7 @@
 #include "absl/strings/str_split.h"
 #include "magma/agent/path_answer.h"
 #include "magma/tokenizer/chat.h"
+#include "magma/tokenizer/tokenizer.h"
 
 namespace magma::train {
 namespace {
@@ -146,6 +147,8 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
   for (const auto& it : items) groups = std::max(groups, it.pointer + 1);
   std::vector<at::Tensor> pointers;
   for (int g = 0; g < groups; ++g) pointers.push_back(at::zeros({crops, f, f}, at::kBool));
+  std::vector<at::TensorAccessor<bool, 3>> marks;
+  for (auto& p : pointers) marks.push_back(p.accessor<bool, 3>());
   auto c = classes.accessor<int64_t, 4>();
   auto o = offsets.accessor<float, 4>();
   const double sx = static_cast<double>(size.width) / (img->cols * s);
@@ -158,28 +161,19 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
         for (int64_t j = 0; j < f; ++j) {
           const double x0 = (q * s + j * 32) * sx, y0 = (r * s + i * 32) * sy;
           const double x = x0 + cell_w / 2, y = y0 + cell_h / 2;
+          auto centre_here = [&](const CellItem& it) {
+            return it.cx >= x0 && it.cx < x0 + cell_w && it.cy >= y0 && it.cy < y0 + cell_h;
+          };
+          auto covers_cell = [&](const CellItem& it) {
+            return x >= it.box.x1 && x <= it.box.x2 && y >= it.box.y1 && y <= it.box.y2;
+          };
           for (const auto& it : items) {
-            const bool in = (it.cx >= x0 && it.cx < x0 + cell_w && it.cy >= y0 && it.cy < y0 + cell_h) ||
-                            (x >= it.box.x1 && x <= it.box.x2 && y >= it.box.y1 && y <= it.box.y2);
-            if (in && it.pointer >= 0) pointers[it.pointer].accessor<bool, 3>()[n][i][j] = true;
+            if (it.pointer >= 0 && (centre_here(it) || covers_cell(it))) marks[it.pointer][n][i][j] = true;
           }
-          const CellItem* hit = nullptr;
-          bool centre = false;
-          for (const auto& it : items) {
-            if (it.cx >= x0 && it.cx < x0 + cell_w && it.cy >= y0 && it.cy < y0 + cell_h) {
-              hit = &it;
-              centre = true;
-              break;
-            }
-          }
-          if (hit == nullptr) {
-            for (const auto& it : items) {
-              if (x >= it.box.x1 && x <= it.box.x2 && y >= it.box.y1 && y <= it.box.y2) {
-                hit = &it;
-                break;
-              }
-            }
-          }
+          const auto by_centre = std::find_if(items.begin(), items.end(), centre_here);
+          const bool centre = by_centre != items.end();
+          const auto found = centre ? by_centre : std::find_if(items.begin(), items.end(), covers_cell);
+          const CellItem* hit = found == items.end() ? nullptr : &*found;
           if (hit == nullptr) continue;
           c[n][i][j][0] = hit->what;
           c[n][i][j][1] = hit->mark;
@@ -201,12 +195,13 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
 // `text` (which `ids` spell, perhaps followed by an end token), in order.
 std::vector<std::pair<int64_t, int64_t>> TokenSpans(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids,
                                                     const std::string& text, char open, char close) {
-  // Where each token ends in the text.
+  // Where each token ends in the text (ASCII answers: no byte is held back).
   std::vector<size_t> ends;
-  std::vector<int32_t> prefix;
+  tokenizer::IncrementalDecoder decoder(&tok);
+  size_t length = 0;
   for (int64_t id : ids) {
-    prefix.push_back(static_cast<int32_t>(id));
-    ends.push_back(tok.Decode(prefix).size());
+    length += decoder.Push(static_cast<int32_t>(id)).size();
+    ends.push_back(length);
   }
   std::vector<std::pair<int64_t, int64_t>> spans;
   for (size_t at = text.find(open); at != std::string::npos; at = text.find(open, at + 1)) {
