@@ -30,9 +30,15 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
   if (options.total_steps < 1 || options.warmup_steps < 0 || !(options.learning_rate > 0)) {
     return absl::InvalidArgumentError("training options: total_steps >= 1, warmup_steps >= 0, learning_rate > 0");
   }
+  const int64_t layers = model->config().text.num_layers;
+  if (options.attention_loss_weight > 0 && (options.attention_layer >= layers || options.attention_layer < -layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("attention_layer ", options.attention_layer, " is not one of the ",
+                                                   layers, " decoder layers (0..", layers - 1, ", or -1..-", layers,
+                                                   " from the end)"));
+  }
   auto params = model->MakeTrainable();
   if (!params.ok()) return params.status();
-  model->SetCaptureAttention(options.attention_loss_weight > 0);
+  model->SetCaptureAttention(options.attention_loss_weight > 0, options.attention_layer);
   return std::unique_ptr<Trainer>(new Trainer(model, options, *std::move(params)));
 }
 
@@ -286,7 +292,9 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
     if (!loss.ok()) return loss.status();
     (*loss + aux_loss).backward();
     last_aux_loss_ = aux_loss.item<double>();
-    if (options_.clip_norm > 0) torch::nn::utils::clip_grad_norm_(params_, options_.clip_norm);
+    last_grad_norm_ = options_.clip_norm > 0
+                          ? torch::nn::utils::clip_grad_norm_(params_, options_.clip_norm)
+                          : torch::nn::utils::clip_grad_norm_(params_, std::numeric_limits<double>::infinity());
     opt_->adamw.step();
     ++step_;
     return loss->item<double>();

@@ -29,6 +29,8 @@ ABSL_FLAG(std::string, server, "127.0.0.1:50051", "magma-serve address");
 ABSL_FLAG(int, screens, 500, "Click: screens");
 ABSL_FLAG(int, episodes, 200, "Act: robot episodes");
 ABSL_FLAG(int, max_steps, 60, "Act: steps per episode");
+ABSL_FLAG(int, log_episodes, 0,
+          "Act: print every step of the first N episodes (gripper, goal, the model's and the expert's action)");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");
 ABSL_FLAG(int, questions, 200, "Generate: questions");
 ABSL_FLAG(std::string, demo_dir, "",
@@ -171,6 +173,14 @@ int main(int argc, char** argv) {
       std::array<double, 7> a;
       for (int d = 0; d < 7; ++d) a[d] = resp.action(d);
       a[6] = (a[6] + 1) / 2;  // gripper dimension is passed through normalised: -1..1 -> 0..1
+      if (i < absl::GetFlag(FLAGS_log_episodes)) {
+        const auto expert = magma::worlds::ExpertAction(scene, ro);
+        const auto& goal = scene.objects[scene.held == scene.pick ? scene.place : scene.pick].center;
+        std::printf("episode %d step %d: gripper (%.3f, %.3f) %s held %d goal (%.3f, %.3f) | model dx %+.3f dy %+.3f "
+                    "grip %.2f | expert dx %+.3f dy %+.3f grip %.0f\n",
+                    i, step, scene.gripper.x, scene.gripper.y, scene.gripper_open ? "open" : "closed", scene.held,
+                    goal.x, goal.y, a[0], a[1], a[6], expert[0], expert[1], expert[6]);
+      }
       magma::worlds::Step(&scene, a, ro);
       held_pick = held_pick || scene.held == scene.pick;
     }

@@ -43,9 +43,13 @@ ABSL_FLAG(double, cell_loss, 1.0,
 ABSL_FLAG(double, attention_loss, 0.5,
           "Weight of the attention supervision (heads of the last layer look at what each part of the answer is "
           "about: the target element, the goal and the gripper, each waypoint's object)");
+ABSL_FLAG(int, attention_layer, -1,
+          "Decoder layer whose heads --attention_loss supervises (from 0; negative from the end, -1 = last)");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
+ABSL_FLAG(double, layer_scale_init, 1e-6,
+          "New models: initial ConvNeXt layer scale (timm's default 1e-6 starts every block as the identity)");
 ABSL_FLAG(std::vector<std::string>, tower_dims, std::vector<std::string>({"24", "48", "96", "192"}),
           "New models: ConvNeXt stage widths");
 ABSL_FLAG(std::vector<std::string>, tower_depths, std::vector<std::string>({"1", "1", "2", "1"}),
@@ -103,7 +107,7 @@ absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   p.vision_dims = *dims;
   p.stem_patch = dims->size() == 4 ? 4 : 2;
   p.img_size = 224;
-  p.layer_scale_init = 1e-6;
+  p.layer_scale_init = absl::GetFlag(FLAGS_layer_scale_init);
   p.max_crops = 2;
   p.hidden = 256;
   p.layers = 4;
@@ -220,6 +224,7 @@ int main(int argc, char** argv) {
     to.cell_loss_weight = absl::GetFlag(FLAGS_cell_loss);
   }
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
+  to.attention_layer = absl::GetFlag(FLAGS_attention_layer);
   auto trainer = magma::model::Trainer::Create(model->get(), to);
   if (!trainer.ok()) return Fail(trainer.status());
   if (start_step > 0) {
@@ -312,7 +317,8 @@ int main(int argc, char** argv) {
     const int64_t done = step + 1 - start_step, left = absl::GetFlag(FLAGS_steps) - step - 1;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (done % 10 == 0 || left == 0) {
-      std::cout << "step " << step + 1 << "/" << absl::GetFlag(FLAGS_steps) << " loss " << ema << " aux " << (*trainer)->last_aux_loss() << " lr "
+      std::cout << "step " << step + 1 << "/" << absl::GetFlag(FLAGS_steps) << " loss " << ema << " aux " << (*trainer)->last_aux_loss()
+                << " grad norm " << (*trainer)->last_grad_norm() << " lr "
                 << (*trainer)->learning_rate() << " | " << secs / done << " s/step, ETA " << left * secs / done / 60
                 << " min (data wait " << wait_secs / done << " s/step)" << std::endl;
     }

@@ -302,6 +302,17 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
     worlds::Step(&scene, a, robot_);
   }
   if (worlds::Success(scene)) scene = worlds::NewEpisode(seed, robot_);
+  // In half of the frames the gripper (with what it holds) is then moved to
+  // a random place on the table. Expert episodes all start at the same spot
+  // and head the same way, so a policy could learn "go up" without looking
+  // at the gripper; the expert labels any state, and scattered states make
+  // the action depend on where the gripper is and cover the places a
+  // learned policy overshoots to.
+  if (rng() % 2 == 0) {
+    std::uniform_real_distribution<double> place(0.02, 0.98);
+    scene.gripper = {place(rng), place(rng)};
+    if (scene.held >= 0) scene.objects[scene.held].center = scene.gripper;
+  }
   const auto action = worlds::ExpertAction(scene, robot_);
   agent::ActTask task;
   task.image = worlds::RenderScene(scene, robot_);

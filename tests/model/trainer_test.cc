@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include <ATen/ATen.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "magma/model/random_init.h"
@@ -172,6 +173,55 @@ TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
   const at::Tensor probs = m->captured_attention()[0];  // [heads, T, T]
   for (int64_t t = 12; t < 16; ++t) EXPECT_GT(probs[0][t][1].item<double>(), 0.8) << t;  // head 0, all targets
   for (int64_t t = 14; t < 16; ++t) EXPECT_GT(probs[1][t][9].item<double>(), 0.8) << t;  // head 1, targets 2-3
+}
+
+// The supervised layer can be any decoder layer: here the first of the tiny
+// preset's two, whose head 0 learns to look at the first crop's top-left
+// cell (prompt position 1) while the last layer is left alone. A layer the
+// model does not have is INVALID_ARGUMENT.
+TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o;
+  o.learning_rate = 3e-3;
+  o.warmup_steps = 5;
+  o.total_steps = 80;
+  o.attention_loss_weight = 1.0;
+  for (int bad : {2, -3}) {
+    o.attention_layer = bad;
+    auto t = Trainer::Create(m.get(), o);
+    ASSERT_FALSE(t.ok()) << bad;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(t.status().message(), ::testing::HasSubstr("2 decoder layers")) << t.status();
+  }
+  o.attention_layer = 0;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  TrainExample e = Example();
+  TrainPointer a;
+  a.head = 0;
+  a.cells = {at::zeros({2, 2, 2}, at::kBool)};
+  a.cells[0][0][0][0] = true;
+  e.pointers = {a};
+  const std::vector<TrainExample> batch = {e};
+  for (int i = 0; i < 80; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
+  at::NoGradGuard no_grad;
+  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
+  ASSERT_TRUE(f.ok());
+  auto x = m->EmbedPrompt({1, 511, 44, 45, 100, 200, 300}, {*f});
+  ASSERT_TRUE(x.ok());
+  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
+  const at::Tensor first = m->captured_attention()[0].clone();  // layer 0: [heads, T, T]
+  m->SetCaptureAttention(true, -1);
+  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
+  const at::Tensor last = m->captured_attention()[0];
+  double last_mass = 0;
+  for (int64_t t = 12; t < 16; ++t) {
+    EXPECT_GT(first[0][t][1].item<double>(), 0.8) << t;
+    last_mass += last[0][t][1].item<double>() / 4;
+  }
+  EXPECT_LT(last_mass, 0.5);  // the last layer was not taught to look there
 }
 
 // Saving weights and optimizer state mid-run, then loading both into a new

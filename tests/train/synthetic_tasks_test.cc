@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <optional>
 
 #include <gtest/gtest.h>
 
@@ -70,6 +71,41 @@ TEST_F(SyntheticTasksTest, ActTargetsAreSevenActionTokens) {
     // Action tokens are the reserved top of the base vocabulary: text never encodes to them.
     EXPECT_GE(e->example.target_ids[0], vocab_ - 256);
   }
+}
+
+// Robot frames do not only show the expert's own episodes, which stay
+// between the start, the block and the plate: the gripper is also found far
+// from all three, where the expert's label still heads for the goal. The
+// gripper's centre is read back from the cell targets (its class and offset
+// in the 2x2 cells of a 64-pixel crop).
+TEST_F(SyntheticTasksTest, ActFramesScatterTheGripperOverTheTable) {
+  int frames = 0, away = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    auto e = tasks_->Act(seed);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const auto& img = e->example.images[0];
+    ASSERT_EQ(img.cell_classes.size(1), 2);
+    std::optional<vision::NormPoint> gripper;
+    for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        const int64_t what = img.cell_classes[0][i][j][0].item<int64_t>();
+        const float ox = img.cell_offsets[0][i][j][0].item<float>(), oy = img.cell_offsets[0][i][j][1].item<float>();
+        if ((what == 61 || what == 62) && !std::isnan(ox)) gripper = vision::NormPoint{(j + 0.5 + ox) / 2, (i + 0.5 + oy) / 2};
+      }
+    }
+    ASSERT_TRUE(gripper.has_value()) << seed;
+    const worlds::RobotScene start = worlds::NewEpisode(seed, worlds::RobotWorldOptions{});
+    double x1 = start.gripper.x, x2 = x1, y1 = start.gripper.y, y2 = y1;
+    for (int k : {start.pick, start.place}) {
+      x1 = std::min(x1, start.objects[k].center.x), x2 = std::max(x2, start.objects[k].center.x);
+      y1 = std::min(y1, start.objects[k].center.y), y2 = std::max(y2, start.objects[k].center.y);
+    }
+    constexpr double kMargin = 0.15;
+    ++frames;
+    away += gripper->x < x1 - kMargin || gripper->x > x2 + kMargin || gripper->y < y1 - kMargin ||
+            gripper->y > y2 + kMargin;
+  }
+  EXPECT_GT(away, frames / 10) << away << " of " << frames;
 }
 
 // The tower's cell targets, checked on a case computed by hand: a 256x256

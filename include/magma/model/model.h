@@ -173,10 +173,14 @@ class MagmaModel {
   // and Prefill record autograd graphs (use a fresh KvCache per forward).
   // FAILED_PRECONDITION unless loaded in float32 (dtype and vision_dtype).
   absl::StatusOr<std::vector<at::Tensor>> MakeTrainable();
-  // Training: keep the last layer's attention probabilities from each
+  // Training: keep one layer's attention probabilities from each
   // ForwardBatch ([B, heads, T, T], part of the autograd graph), for a loss
-  // that teaches chosen query heads where to look.
-  void SetCaptureAttention(bool on) { capture_attention_ = on; }
+  // that teaches chosen query heads where to look. `layer` counts from 0;
+  // negative counts from the end (-1: the last layer); off by default.
+  void SetCaptureAttention(bool on, int layer = -1) {
+    capture_attention_ = on;
+    capture_layer_ = layer;
+  }
   const at::Tensor& captured_attention() const { return captured_attention_; }
   // While training, run the linear layers' products in bfloat16 (float32
   // accumulation; weights, optimizer state and everything else stay
@@ -222,6 +226,7 @@ class MagmaModel {
   bool training_ = false;
   bool bf16_training_matmuls_ = false;
   bool capture_attention_ = false;
+  int capture_layer_ = -1;
   mutable at::Tensor captured_attention_;
 };
 

@@ -32,11 +32,15 @@ struct TrainOptions {
   // long before the language model learns to look at the image. Empty = off.
   std::vector<int64_t> cell_classes;
   double cell_loss_weight = 1.0;
-  // Attention supervision (training only): query heads of the last layer,
-  // at the positions that predict a span of the answer, should attend to
-  // the image cells that span is about (TrainExample::pointers). Teaches the
-  // model where to look long before the answer loss alone would. 0 = off.
+  // Attention supervision (training only): query heads of one decoder
+  // layer, at the positions that predict a span of the answer, should attend
+  // to the image cells that span is about (TrainExample::pointers). Teaches
+  // the model where to look long before the answer loss alone would. 0 = off.
   double attention_loss_weight = 0;
+  // The supervised layer: from 0, or negative from the end (-1: the last).
+  // An earlier layer leaves the layers after it to turn what was read into
+  // the answer.
+  int attention_layer = -1;
 };
 
 struct TrainImage {
@@ -51,7 +55,7 @@ struct TrainImage {
   at::Tensor cell_classes, cell_offsets;
 };
 
-// Where one query head of the last layer should look while the model
+// Where one query head of the supervised layer should look while the model
 // predicts a span of the answer (TrainOptions::attention_loss_weight).
 struct TrainPointer {
   int head = 0;
@@ -112,6 +116,8 @@ class Trainer {
   int64_t step() const { return step_; }
   // The weighted auxiliary losses (cell heads, attention) of the last Step.
   double last_aux_loss() const { return last_aux_loss_; }
+  // Gradient norm of the last step, before clipping.
+  double last_grad_norm() const { return last_grad_norm_; }
   double learning_rate() const;
 
  private:
@@ -134,6 +140,7 @@ class Trainer {
   std::unique_ptr<Optimizer> opt_;
   int64_t step_ = 0;
   double last_aux_loss_ = 0;
+  double last_grad_norm_ = 0;
 };
 
 }  // namespace magma::model
