@@ -117,7 +117,9 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
   at::Tensor xs = (at::arange(w, at::kFloat) + 0.5) / static_cast<double>(w);
   at::Tensor ys = (at::arange(h, at::kFloat) + 0.5) / static_cast<double>(h);
   at::Tensor where = at::stack({xs.view({1, w}).expand({h, w}), ys.view({h, 1}).expand({h, w})}, -1);  // [h, w, 2]
-  loss = loss + 10.0 * (out.narrow(3, first + 2, 2) - where.unsqueeze(0)).pow(2).mean();
+  const at::Tensor where_error = out.narrow(3, first + 2, 2) - where.unsqueeze(0);
+  if (report != nullptr) report->where_error = where_error.abs().mean().item<double>();
+  loss = loss + 10.0 * where_error.pow(2).mean();
   return loss;
 }
 

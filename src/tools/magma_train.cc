@@ -47,6 +47,8 @@ ABSL_FLAG(int, attention_layer, -1,
           "Decoder layer whose heads --attention_loss supervises (from 0; negative from the end, -1 = last)");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
+ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");
+ABSL_FLAG(int, table_plates, 2, "Tabletop world: plates per scene");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
 ABSL_FLAG(double, layer_scale_init, 1e-6,
           "New models: initial ConvNeXt layer scale (timm's default 1e-6 starts every block as the identity)");
@@ -211,6 +213,11 @@ int main(int argc, char** argv) {
   if (!ctx.ok()) return Fail(ctx.status());
   magma::worlds::UiWorldOptions ui;
   magma::worlds::RobotWorldOptions robot;
+  robot.blocks = absl::GetFlag(FLAGS_table_blocks);
+  robot.plates = absl::GetFlag(FLAGS_table_plates);
+  if (robot.blocks < 1 || robot.plates < 1 || robot.blocks + robot.plates > 6) {
+    return Fail(absl::InvalidArgumentError("--table_blocks and --table_plates: at least 1 each, at most 6 objects"));
+  }
   const magma::train::SyntheticTasks tasks(&*ctx, ui, robot);
   auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return Fail(mix.status());
@@ -250,6 +257,9 @@ int main(int argc, char** argv) {
     for (const auto& e : held_out) batch.push_back(e.example);
     std::map<std::string, std::pair<int, int>> exact;   // kind -> (right, total)
     std::map<std::string, std::pair<int, int>> tokens;  // kind -> (right, total)
+    // Robot actions: of the x and y moves whose target is at least half a
+    // step, how many the predicted token sends the same way.
+    std::pair<int, int> heading{0, 0};
     for (size_t first = 0; first < batch.size(); first += 16) {
       const std::vector<magma::model::TrainExample> part(batch.begin() + first,
                                                          batch.begin() + std::min(batch.size(), first + 16));
@@ -264,6 +274,17 @@ int main(int argc, char** argv) {
         ++exact[kind].second;
         tokens[kind].first += right;
         tokens[kind].second += static_cast<int>(part[i].target_ids.size());
+        if (e.kind == magma::train::TaskKind::kAct && ctx->action_codec.has_value()) {
+          const auto& codec = *ctx->action_codec;
+          for (size_t d = 0; d < 2 && d < part[i].target_ids.size(); ++d) {
+            const double want = codec.BinCentre(codec.BinOfToken(part[i].target_ids[d]));
+            if (std::abs(want) < 0.5) continue;
+            const int64_t got_id = (*predicted)[i][d];
+            const double got = codec.IsActionToken(got_id) ? codec.BinCentre(codec.BinOfToken(got_id)) : 0.0;
+            heading.first += got * want > 0;
+            ++heading.second;
+          }
+        }
       }
     }
     if (!to.cell_classes.empty() || to.attention_loss_weight > 0) {
@@ -276,6 +297,7 @@ int main(int argc, char** argv) {
         if (!aux.ok()) return aux.status();
         std::cout << "  " << kind << ": cell accuracy (what, mark, label)";
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
+        std::cout << ", own position off by " << aux->where_error << " of the crop";
         std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%"
                   << std::endl;
       }
@@ -285,6 +307,7 @@ int main(int argc, char** argv) {
       std::cout << " " << kind << " exact " << n.first << "/" << n.second << " tokens "
                 << 100.0 * tokens[kind].first / tokens[kind].second << "%";
     }
+    if (heading.second > 0) std::cout << " | act heading " << heading.first << "/" << heading.second;
     std::cout << std::endl;
     return absl::OkStatus();
   };

@@ -1,6 +1,7 @@
 #include "magma/model/trainer.h"
 
 #include <filesystem>
+#include <limits>
 
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
@@ -222,6 +223,37 @@ TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
     last_mass += last[0][t][1].item<double>() / 4;
   }
   EXPECT_LT(last_mass, 0.5);  // the last layer was not taught to look there
+}
+
+// The cell heads: one class per tower cell (here the cell's index in its
+// crop, 1..4) and each cell's own position in its crop, read from the
+// tower's output; the report says how well both are read.
+TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o;
+  o.learning_rate = 3e-3;
+  o.warmup_steps = 5;
+  o.total_steps = 100;
+  o.cell_classes = {5};
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  TrainExample e = Example();
+  e.images[0].cell_classes = (at::arange(1, 5, at::kLong).view({1, 2, 2, 1})).repeat({2, 1, 1, 1});
+  e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
+  const std::vector<TrainExample> batch = {e};
+  auto before = (*trainer)->Auxiliary(batch);
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_EQ(before->cell_accuracy.size(), 1u);
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
+  auto after = (*trainer)->Auxiliary(batch);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->cell_accuracy[0], 1.0);
+  // Cell centres are at 0.25 and 0.75 of the crop: a head that knows
+  // nothing is off by about 0.25.
+  EXPECT_GT(before->where_error, 0.1);
+  EXPECT_LT(after->where_error, 0.05) << before->where_error;
 }
 
 // Saving weights and optimizer state mid-run, then loading both into a new

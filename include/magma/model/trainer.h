@@ -78,6 +78,9 @@ struct AuxiliaryReport {
   // Per cell head: share of cells with a non-zero target ("something is
   // here") whose argmax is that target.
   std::vector<double> cell_accuracy;
+  // Mean absolute error of the cells' own position in their crop (0..1)
+  // read from the tower's output.
+  double where_error = 0;
   // Mean attention mass of each supervised head on its pointed cells, over
   // the positions of its span, averaged over the pointers.
   double attention_mass = 0;
