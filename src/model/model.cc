@@ -886,13 +886,15 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
       at::Tensor scores = Product(qg, keys.expand({B, nkv, kv_len, hd}).transpose(-1, -2)) * scale;
       scores = scores.view({B, nkv, g, T, kv_len});  // [B, nkv, g, T, kv]
       at::Tensor probs = at::softmax(scores + bias, -1);
+      attn = Product(probs.view({B, nkv, g * T, kv_len}), values.expand({B, nkv, kv_len, hd}));  // [B, nkv, g*T, hd]
+      attn = attn.reshape({B, nh, T, hd});
       if (capture_attention_ && cache == nullptr &&
           static_cast<int64_t>(li) == (capture_layer_ < 0 ? static_cast<int64_t>(w.layers.size()) + capture_layer_
                                                             : static_cast<int64_t>(capture_layer_))) {
         captured_attention_ = probs.view({B, nh, T, kv_len});  // query head h = KV head h / g, row h % g
+        captured_head_outputs_ = attn;
       }
-      attn = Product(probs.view({B, nkv, g * T, kv_len}), values.expand({B, nkv, kv_len, hd}));  // [B, nkv, g*T, hd]
-      attn = attn.reshape({B, nh, T, hd}).permute({0, 2, 1, 3}).reshape({B, T, nh * hd});
+      attn = attn.permute({0, 2, 1, 3}).reshape({B, T, nh * hd});
     } else {
       at::Tensor& ck = cache->k_[li];
       at::Tensor& cv = cache->v_[li];

@@ -53,6 +53,13 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     params.push_back(cell_w_);
     params.push_back(cell_b_);
   }
+  if (options.position_loss_weight > 0 && options.attention_loss_weight > 0) {
+    const int64_t heads = model->config().text.num_heads, hd = model->config().text.head_dim;
+    position_w_ = (at::randn({heads, 2, hd}) / std::sqrt(static_cast<double>(hd))).set_requires_grad(true);
+    position_b_ = at::full({heads, 2}, 0.5).set_requires_grad(true);
+    params.push_back(position_w_);
+    params.push_back(position_b_);
+  }
   opt_ = std::make_unique<Optimizer>(params, options);
 }
 
@@ -249,6 +256,19 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
           }
           *aux_loss = *aux_loss - options_.attention_loss_weight * at::log(mass + 1e-6).mean() /
                                       static_cast<double>(batch.size());
+          if (position_w_.defined() && !std::isnan(ptr.x) && !std::isnan(ptr.y)) {
+            // What the head read should say where the pointed thing is.
+            at::Tensor h = model_->captured_head_outputs()[static_cast<int64_t>(k - first)][ptr.head].narrow(
+                0, answer + from, span);  // [span, hd]
+            at::Tensor where = at::linear(h, position_w_[ptr.head], position_b_[ptr.head]);  // [span, 2]
+            at::Tensor error = where - at::tensor({ptr.x, ptr.y}, at::kFloat).view({1, 2});
+            if (report != nullptr) {
+              report->position_error += error.abs().mean().item<double>();
+              ++report->positions;
+            }
+            *aux_loss = *aux_loss + options_.position_loss_weight * error.pow(2).mean() /
+                                        static_cast<double>(batch.size());
+          }
         }
       }
     }
@@ -313,6 +333,7 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     auto predicted = TargetLogits(batch, &aux, &report);
     if (!predicted.ok()) return predicted.status();
     if (report.pointers > 0) report.attention_mass /= report.pointers;
+    if (report.positions > 0) report.position_error /= report.positions;
     return report;
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("auxiliary report: ", e.what()));
@@ -326,6 +347,10 @@ absl::Status Trainer::SaveState(const std::string& path) const {
     if (cell_w_.defined()) {
       archive.write("cell_w", cell_w_);
       archive.write("cell_b", cell_b_);
+    }
+    if (position_w_.defined()) {
+      archive.write("position_w", position_w_);
+      archive.write("position_b", position_b_);
     }
     archive.write("magma_step", at::tensor(step_, at::kLong));
     archive.save_to(path);
@@ -347,6 +372,14 @@ absl::Status Trainer::RestoreState(const std::string& path) {
       at::NoGradGuard no_grad;
       cell_w_.copy_(w);
       cell_b_.copy_(b);
+    }
+    if (position_w_.defined()) {
+      at::Tensor w, b;
+      archive.read("position_w", w);
+      archive.read("position_b", b);
+      at::NoGradGuard no_grad;
+      position_w_.copy_(w);
+      position_b_.copy_(b);
     }
     at::Tensor step;
     archive.read("magma_step", step);

@@ -31,6 +31,8 @@ ABSL_FLAG(int, episodes, 200, "Act: robot episodes");
 ABSL_FLAG(int, max_steps, 60, "Act: steps per episode");
 ABSL_FLAG(int, log_episodes, 0,
           "Act: print every step of the first N episodes (gripper, goal, the model's and the expert's action)");
+ABSL_FLAG(int, table_blocks, 3, "Act and Trace: blocks per tabletop scene");
+ABSL_FLAG(int, table_plates, 2, "Act and Trace: plates per tabletop scene");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");
 ABSL_FLAG(int, questions, 200, "Generate: questions");
 ABSL_FLAG(std::string, demo_dir, "",
@@ -85,6 +87,11 @@ std::vector<cv::Point2d> Resample(const std::vector<cv::Point2d>& p, int n) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (const int b = absl::GetFlag(FLAGS_table_blocks), p = absl::GetFlag(FLAGS_table_plates);
+      b < 1 || p < 1 || b + p > 6) {
+    std::cerr << "magma-eval: --table_blocks and --table_plates need at least 1 each and at most 6 objects" << std::endl;
+    return 2;
+  }
   auto stub = AgentService::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
   const uint64_t base = absl::GetFlag(FLAGS_first_seed);
   const std::string demo = absl::GetFlag(FLAGS_demo_dir);
@@ -135,6 +142,8 @@ int main(int argc, char** argv) {
 
   // Closed-loop robot success.
   magma::worlds::RobotWorldOptions ro;
+  ro.blocks = absl::GetFlag(FLAGS_table_blocks);
+  ro.plates = absl::GetFlag(FLAGS_table_plates);
   int successes = 0, episodes = 0, grasped = 0;
   for (int i = 0; i < absl::GetFlag(FLAGS_episodes); ++i) {
     auto scene = magma::worlds::NewEpisode(base + i, ro);

@@ -45,6 +45,8 @@ ABSL_FLAG(double, attention_loss, 0.5,
           "about: the target element, the goal and the gripper, each waypoint's object)");
 ABSL_FLAG(int, attention_layer, -1,
           "Decoder layer whose heads --attention_loss supervises (from 0; negative from the end, -1 = last)");
+ABSL_FLAG(double, position_loss, 0,
+          "Weight of a read-out of where each attention pointer's item is from its head's output (0 = off)");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");
@@ -232,6 +234,7 @@ int main(int argc, char** argv) {
   }
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
   to.attention_layer = absl::GetFlag(FLAGS_attention_layer);
+  to.position_loss_weight = absl::GetFlag(FLAGS_position_loss);
   auto trainer = magma::model::Trainer::Create(model->get(), to);
   if (!trainer.ok()) return Fail(trainer.status());
   if (start_step > 0) {
@@ -298,7 +301,9 @@ int main(int argc, char** argv) {
         std::cout << "  " << kind << ": cell accuracy (what, mark, label)";
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
         std::cout << ", own position off by " << aux->where_error << " of the crop";
-        std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%"
+        std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%";
+        if (aux->positions > 0) std::cout << ", read where they look to " << aux->position_error;
+        std::cout
                   << std::endl;
       }
     }

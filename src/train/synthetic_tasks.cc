@@ -222,12 +222,16 @@ std::vector<std::pair<int64_t, int64_t>> TokenSpans(const tokenizer::Tokenizer& 
 }
 
 // A pointer of `head` to the cells of pointer group `group` over the whole
-// answer (image 0 of the example).
-void PointAll(const std::vector<at::Tensor>& groups, int head, int group, model::TrainExample* e) {
+// answer (image 0 of the example), whose item is at `where` (fractions of the
+// image).
+void PointAll(const std::vector<at::Tensor>& groups, int head, int group, const vision::NormPoint& where,
+              model::TrainExample* e) {
   if (group >= static_cast<int>(groups.size())) return;
   model::TrainPointer p;
   p.head = head;
   p.cells = {groups[group]};
+  p.x = where.x;
+  p.y = where.y;
   e->pointers.push_back(std::move(p));
 }
 
@@ -274,7 +278,10 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Click(uint64_t seed) const {
   out.target_text = absl::StrCat("Mark: ", p->marks[in.target].id);
   auto e = ToExample(p->request, out.target_text);
   if (!e.ok()) return e.status();
-  PointAll(AttachCellTargets(UiItems(screen, p->marks, {in.target}), screen.rgb.size(), &e->images[0]), 0, 0, &*e);
+  const auto& box = screen.widgets[in.target].box;
+  const vision::NormPoint centre{(box.x1 + box.x2) / 2 / screen.rgb.cols, (box.y1 + box.y2) / 2 / screen.rgb.rows};
+  PointAll(AttachCellTargets(UiItems(screen, p->marks, {in.target}), screen.rgb.size(), &e->images[0]), 0, 0, centre,
+           &*e);
   out.example = *std::move(e);
   return out;
 }
@@ -333,8 +340,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   // carrying), head 1 at the gripper: the action is their difference.
   const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}), task.image.size(),
                                         &e->images[0]);
-  PointAll(groups, 0, 0, &*e);
-  PointAll(groups, 1, 1, &*e);
+  PointAll(groups, 0, 0, scene.objects[goal].center, &*e);
+  PointAll(groups, 1, 1, scene.gripper, &*e);
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");
   out.example = *std::move(e);
@@ -366,6 +373,9 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Path(uint64_t seed) const {
     ptr.first = spans[k].first;
     ptr.count = spans[k].second;
     ptr.cells = {groups[k]};
+    const vision::NormPoint at = k == 0 ? scene.gripper : scene.objects[k == 1 ? scene.pick : scene.place].center;
+    ptr.x = at.x;
+    ptr.y = at.y;
     e->pointers.push_back(std::move(ptr));
   }
   out.example = *std::move(e);
@@ -392,7 +402,9 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Question(uint64_t seed) const {
   out.target_text = q.answer;
   auto e = ToExample(*r, q.answer);
   if (!e.ok()) return e.status();
-  PointAll(AttachCellTargets(UiItems(screen, marks, q.about), screen.rgb.size(), &e->images[0]), 0, 0, &*e);
+  // A question may be about several things: no one position to read.
+  const vision::NormPoint nowhere{std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
+  PointAll(AttachCellTargets(UiItems(screen, marks, q.about), screen.rgb.size(), &e->images[0]), 0, 0, nowhere, &*e);
   out.example = *std::move(e);
   return out;
 }

@@ -182,6 +182,9 @@ class MagmaModel {
     capture_layer_ = layer;
   }
   const at::Tensor& captured_attention() const { return captured_attention_; }
+  // The same layer's per-head attention outputs, before o_proj: [B, heads,
+  // T, head_dim] (part of the autograd graph).
+  const at::Tensor& captured_head_outputs() const { return captured_head_outputs_; }
   // While training, run the linear layers' products in bfloat16 (float32
   // accumulation; weights, optimizer state and everything else stay
   // float32). Several times faster on CPUs with AVX512-BF16.
@@ -228,6 +231,7 @@ class MagmaModel {
   bool capture_attention_ = false;
   int capture_layer_ = -1;
   mutable at::Tensor captured_attention_;
+  mutable at::Tensor captured_head_outputs_;
 };
 
 // Parses "float32" / "bfloat16".

@@ -7,6 +7,7 @@
 #define MAGMA_MODEL_TRAINER_H_
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -41,6 +42,12 @@ struct TrainOptions {
   // An earlier layer leaves the layers after it to turn what was read into
   // the answer.
   int attention_layer = -1;
+  // Weight of a linear read-out, per supervised head, of the position of
+  // what the head looks at (TrainPointer::x, y) from that head's output:
+  // teaches the values to carry where things are, which the answer needs
+  // (an action is the goal's position minus the gripper's). 0 = off; needs
+  // attention_loss_weight > 0.
+  double position_loss_weight = 0;
 };
 
 struct TrainImage {
@@ -64,6 +71,10 @@ struct TrainPointer {
   // Per image of the example, [rows*cols, h, w] bool: the tower cells to
   // look at (undefined: none in that image).
   std::vector<at::Tensor> cells;
+  // Where the pointed thing is in the first image, as fractions of its
+  // width and height (NaN: no position target).
+  double x = std::numeric_limits<double>::quiet_NaN();
+  double y = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct TrainExample {
@@ -85,6 +96,10 @@ struct AuxiliaryReport {
   // the positions of its span, averaged over the pointers.
   double attention_mass = 0;
   int pointers = 0;
+  // Mean absolute error of the pointed positions read from the heads'
+  // outputs (fractions of the image), over the pointers that have one.
+  double position_error = 0;
+  int positions = 0;
 };
 
 class Trainer {
@@ -139,7 +154,8 @@ class Trainer {
   MagmaModel* model_;
   TrainOptions options_;
   std::vector<at::Tensor> params_;
-  at::Tensor cell_w_, cell_b_;  // cell heads, [sum(classes) + 2, tower channels]
+  at::Tensor cell_w_, cell_b_;
+  at::Tensor position_w_, position_b_;  // [heads, 2, head_dim], [heads, 2]  // cell heads, [sum(classes) + 2, tower channels]
   std::unique_ptr<Optimizer> opt_;
   int64_t step_ = 0;
   double last_aux_loss_ = 0;
