@@ -340,18 +340,18 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
   }
 }
 
+std::vector<std::pair<const char*, at::Tensor>> Trainer::TrainingHeads() const {
+  std::vector<std::pair<const char*, at::Tensor>> heads;
+  if (cell_w_.defined()) heads.insert(heads.end(), {{"cell_w", cell_w_}, {"cell_b", cell_b_}});
+  if (position_w_.defined()) heads.insert(heads.end(), {{"position_w", position_w_}, {"position_b", position_b_}});
+  return heads;
+}
+
 absl::Status Trainer::SaveState(const std::string& path) const {
   try {
     torch::serialize::OutputArchive archive;
     opt_->adamw.save(archive);
-    if (cell_w_.defined()) {
-      archive.write("cell_w", cell_w_);
-      archive.write("cell_b", cell_b_);
-    }
-    if (position_w_.defined()) {
-      archive.write("position_w", position_w_);
-      archive.write("position_b", position_b_);
-    }
+    for (const auto& [name, head] : TrainingHeads()) archive.write(name, head);
     archive.write("magma_step", at::tensor(step_, at::kLong));
     archive.save_to(path);
     return absl::OkStatus();
@@ -365,21 +365,11 @@ absl::Status Trainer::RestoreState(const std::string& path) {
     torch::serialize::InputArchive archive;
     archive.load_from(path);
     opt_->adamw.load(archive);
-    if (cell_w_.defined()) {
-      at::Tensor w, b;
-      archive.read("cell_w", w);
-      archive.read("cell_b", b);
+    for (const auto& [name, head] : TrainingHeads()) {
+      at::Tensor saved;
+      archive.read(name, saved);
       at::NoGradGuard no_grad;
-      cell_w_.copy_(w);
-      cell_b_.copy_(b);
-    }
-    if (position_w_.defined()) {
-      at::Tensor w, b;
-      archive.read("position_w", w);
-      archive.read("position_b", b);
-      at::NoGradGuard no_grad;
-      position_w_.copy_(w);
-      position_b_.copy_(b);
+      head.copy_(saved);
     }
     at::Tensor step;
     archive.read("magma_step", step);

@@ -33,14 +33,47 @@ TrainExample Example() {
   return e;
 }
 
+// The schedule most tests train with: learning rate 3e-3 after 5 warm-up steps.
+TrainOptions Schedule(int64_t steps) {
+  TrainOptions o;
+  o.learning_rate = 3e-3;
+  o.warmup_steps = 5;
+  o.total_steps = steps;
+  return o;
+}
+
+// A pointer of `head` to one tower cell of Example()'s image (2 crops of
+// 2x2 cells), for the whole answer.
+TrainPointer PointAt(int head, int crop, int row, int col) {
+  TrainPointer p;
+  p.head = head;
+  p.cells = {at::zeros({2, 2, 2}, at::kBool)};
+  p.cells[0][crop][row][col] = true;
+  return p;
+}
+
+// The attention the model captures on Example()'s image with the prompt
+// [bos, image, 44, 45] and answer tokens 100 200 300: [heads, T, T], where
+// the expanded prompt is [bos, 2x(4 cells + separator), 44, 45, targets...]
+// (cell (crop 0, 0, 0) at position 1, cell (crop 1, 1, 1) at 1 + 5 + 3).
+at::Tensor CapturedAttention(MagmaModel* m, const TrainExample& e) {
+  at::NoGradGuard no_grad;
+  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
+  EXPECT_TRUE(f.ok());
+  if (!f.ok()) return {};
+  auto x = m->EmbedPrompt({1, 511, 44, 45, 100, 200, 300}, {*f});
+  EXPECT_TRUE(x.ok());
+  if (!x.ok()) return {};
+  EXPECT_EQ(x->size(0), 16);
+  EXPECT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
+  return m->captured_attention()[0].clone();
+}
+
 TEST(TrainerTest, MemorisesOneExample) {
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "float32");
   ASSERT_NE(m, nullptr);
-  TrainOptions o;
-  o.learning_rate = 3e-3;
-  o.warmup_steps = 5;
-  o.total_steps = 60;
+  TrainOptions o = Schedule(60);
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   const std::vector<TrainExample> batch = {Example()};
@@ -132,25 +165,15 @@ TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "float32");
   ASSERT_NE(m, nullptr);
-  TrainOptions o;
-  o.learning_rate = 3e-3;
-  o.warmup_steps = 5;
-  o.total_steps = 80;
+  TrainOptions o = Schedule(80);
   o.attention_loss_weight = 1.0;
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok());
   TrainExample e = Example();
-  TrainPointer a;
-  a.head = 0;
-  a.cells = {at::zeros({2, 2, 2}, at::kBool)};
-  a.cells[0][0][0][0] = true;
-  TrainPointer b;
-  b.head = 1;
+  TrainPointer b = PointAt(1, 1, 1, 1);
   b.first = 2;
   b.count = 2;
-  b.cells = {at::zeros({2, 2, 2}, at::kBool)};
-  b.cells[0][1][1][1] = true;
-  e.pointers = {a, b};
+  e.pointers = {PointAt(0, 0, 0, 0), b};
   const std::vector<TrainExample> batch = {e};
   auto before = (*trainer)->Auxiliary(batch);
   ASSERT_TRUE(before.ok()) << before.status();
@@ -161,17 +184,9 @@ TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
   EXPECT_EQ(after->pointers, 2);
   EXPECT_LT(before->attention_mass, 0.2);
   EXPECT_GT(after->attention_mass, 0.9) << before->attention_mass << " -> " << after->attention_mass;
-  // The captured probabilities say the same per head: in the expanded
-  // prompt [bos, 2x(4 cells + separator), 44, 45, targets...], cell (crop
-  // 0, 0, 0) is position 1 and cell (crop 1, 1, 1) is position 1 + 5 + 3.
-  at::NoGradGuard no_grad;
-  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
-  ASSERT_TRUE(f.ok());
-  auto x = m->EmbedPrompt({1, 511, 44, 45, 100, 200, 300}, {*f});
-  ASSERT_TRUE(x.ok());
-  ASSERT_EQ(x->size(0), 16);
-  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
-  const at::Tensor probs = m->captured_attention()[0];  // [heads, T, T]
+  // The captured probabilities say the same per head.
+  const at::Tensor probs = CapturedAttention(m.get(), e);
+  ASSERT_TRUE(probs.defined());
   for (int64_t t = 12; t < 16; ++t) EXPECT_GT(probs[0][t][1].item<double>(), 0.8) << t;  // head 0, all targets
   for (int64_t t = 14; t < 16; ++t) EXPECT_GT(probs[1][t][9].item<double>(), 0.8) << t;  // head 1, targets 2-3
 }
@@ -184,10 +199,7 @@ TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "float32");
   ASSERT_NE(m, nullptr);
-  TrainOptions o;
-  o.learning_rate = 3e-3;
-  o.warmup_steps = 5;
-  o.total_steps = 80;
+  TrainOptions o = Schedule(80);
   o.attention_loss_weight = 1.0;
   for (int bad : {2, -3}) {
     o.attention_layer = bad;
@@ -200,23 +212,13 @@ TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();
-  TrainPointer a;
-  a.head = 0;
-  a.cells = {at::zeros({2, 2, 2}, at::kBool)};
-  a.cells[0][0][0][0] = true;
-  e.pointers = {a};
+  e.pointers = {PointAt(0, 0, 0, 0)};
   const std::vector<TrainExample> batch = {e};
   for (int i = 0; i < 80; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
-  at::NoGradGuard no_grad;
-  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
-  ASSERT_TRUE(f.ok());
-  auto x = m->EmbedPrompt({1, 511, 44, 45, 100, 200, 300}, {*f});
-  ASSERT_TRUE(x.ok());
-  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
-  const at::Tensor first = m->captured_attention()[0].clone();  // layer 0: [heads, T, T]
+  const at::Tensor first = CapturedAttention(m.get(), e);  // layer 0
   m->SetCaptureAttention(true, -1);
-  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
-  const at::Tensor last = m->captured_attention()[0];
+  const at::Tensor last = CapturedAttention(m.get(), e);
+  ASSERT_TRUE(first.defined() && last.defined());
   double last_mass = 0;
   for (int64_t t = 12; t < 16; ++t) {
     EXPECT_GT(first[0][t][1].item<double>(), 0.8) << t;
@@ -232,10 +234,7 @@ TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "float32");
   ASSERT_NE(m, nullptr);
-  TrainOptions o;
-  o.learning_rate = 3e-3;
-  o.warmup_steps = 5;
-  o.total_steps = 100;
+  TrainOptions o = Schedule(100);
   o.cell_classes = {5};
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
@@ -264,10 +263,7 @@ TEST(TrainerTest, PointedHeadsLearnToSayWhereTheyLook) {
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "float32");
   ASSERT_NE(m, nullptr);
-  TrainOptions o;
-  o.learning_rate = 3e-3;
-  o.warmup_steps = 5;
-  o.total_steps = 150;
+  TrainOptions o = Schedule(150);
   o.attention_loss_weight = 1.0;
   o.position_loss_weight = 10.0;
   auto trainer = Trainer::Create(m.get(), o);
@@ -276,10 +272,7 @@ TEST(TrainerTest, PointedHeadsLearnToSayWhereTheyLook) {
   for (int i = 0; i < 2; ++i) {
     TrainExample e = Example();
     e.prompt_ids[1] = 17 + i;  // the instruction says which cell to look at
-    TrainPointer a;
-    a.head = 0;
-    a.cells = {at::zeros({2, 2, 2}, at::kBool)};
-    a.cells[0][i][i][i] = true;  // crop 0 top-left, or crop 1 bottom-right
+    TrainPointer a = PointAt(0, i, i, i);  // crop 0 top-left, or crop 1 bottom-right
     a.x = i == 0 ? 0.125 : 0.875;
     a.y = i == 0 ? 0.25 : 0.75;
     e.pointers = {a};

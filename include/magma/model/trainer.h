@@ -154,8 +154,11 @@ class Trainer {
   MagmaModel* model_;
   TrainOptions options_;
   std::vector<at::Tensor> params_;
-  at::Tensor cell_w_, cell_b_;
-  at::Tensor position_w_, position_b_;  // [heads, 2, head_dim], [heads, 2]  // cell heads, [sum(classes) + 2, tower channels]
+  at::Tensor cell_w_, cell_b_;          // cell heads, [sum(classes) + 4, tower channels], [sum(classes) + 4]
+  at::Tensor position_w_, position_b_;  // pointer position read-out, [heads, 2, head_dim], [heads, 2]
+  // The training-only heads above that are in use, by their names in
+  // optimizer.pt (handles sharing the heads' storage).
+  std::vector<std::pair<const char*, at::Tensor>> TrainingHeads() const;
   std::unique_ptr<Optimizer> opt_;
   int64_t step_ = 0;
   double last_aux_loss_ = 0;
