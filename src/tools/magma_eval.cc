@@ -87,9 +87,11 @@ std::vector<cv::Point2d> Resample(const std::vector<cv::Point2d>& p, int n) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  if (const int b = absl::GetFlag(FLAGS_table_blocks), p = absl::GetFlag(FLAGS_table_plates);
-      b < 1 || p < 1 || b + p > 6) {
-    std::cerr << "magma-eval: --table_blocks and --table_plates need at least 1 each and at most 6 objects" << std::endl;
+  magma::worlds::RobotWorldOptions ro;
+  ro.blocks = absl::GetFlag(FLAGS_table_blocks);
+  ro.plates = absl::GetFlag(FLAGS_table_plates);
+  if (auto s = magma::worlds::CheckOptions(ro); !s.ok()) {
+    std::cerr << "magma-eval: --table_blocks / --table_plates: " << s.message() << std::endl;
     return 2;
   }
   auto stub = AgentService::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
@@ -141,9 +143,6 @@ int main(int argc, char** argv) {
             << " screens)" << std::endl;
 
   // Closed-loop robot success.
-  magma::worlds::RobotWorldOptions ro;
-  ro.blocks = absl::GetFlag(FLAGS_table_blocks);
-  ro.plates = absl::GetFlag(FLAGS_table_plates);
   int successes = 0, episodes = 0, grasped = 0;
   for (int i = 0; i < absl::GetFlag(FLAGS_episodes); ++i) {
     auto scene = magma::worlds::NewEpisode(base + i, ro);

@@ -184,6 +184,10 @@ int main(int argc, char** argv) {
   (void)magma::log::SetLevel("warn");
   const std::string dir = absl::GetFlag(FLAGS_out);
   if (dir.empty()) return Fail(absl::InvalidArgumentError("--out is required"));
+  magma::worlds::RobotWorldOptions robot;
+  robot.blocks = absl::GetFlag(FLAGS_table_blocks);
+  robot.plates = absl::GetFlag(FLAGS_table_plates);
+  if (auto s = magma::worlds::CheckOptions(robot); !s.ok()) return Fail(s);  // before anything is written
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   int64_t start_step = 0;
   double prior_seconds = 0;  // training time before a resume
@@ -214,12 +218,6 @@ int main(int argc, char** argv) {
                                            std::nullopt);
   if (!ctx.ok()) return Fail(ctx.status());
   magma::worlds::UiWorldOptions ui;
-  magma::worlds::RobotWorldOptions robot;
-  robot.blocks = absl::GetFlag(FLAGS_table_blocks);
-  robot.plates = absl::GetFlag(FLAGS_table_plates);
-  if (robot.blocks < 1 || robot.plates < 1 || robot.blocks + robot.plates > 6) {
-    return Fail(absl::InvalidArgumentError("--table_blocks and --table_plates: at least 1 each, at most 6 objects"));
-  }
   const magma::train::SyntheticTasks tasks(&*ctx, ui, robot);
   auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return Fail(mix.status());

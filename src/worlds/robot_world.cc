@@ -6,6 +6,7 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "magma/worlds/ui_world.h"
 
 namespace magma::worlds {
@@ -30,6 +31,16 @@ constexpr double kArrive = 0.02;
 const std::vector<std::string>& TableColors() {
   static const std::vector<std::string> kColors = {"red", "green", "blue", "yellow", "purple", "orange"};
   return kColors;
+}
+
+absl::Status CheckOptions(const RobotWorldOptions& o) {
+  const int colors = static_cast<int>(TableColors().size());
+  if (o.blocks < 1 || o.plates < 1 || o.blocks + o.plates > colors) {
+    return absl::InvalidArgumentError(absl::StrCat("a tabletop needs at least 1 block and 1 plate and at most ", colors,
+                                                   " objects (one per colour); got ", o.blocks, " blocks and ",
+                                                   o.plates, " plates"));
+  }
+  return absl::OkStatus();
 }
 
 RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& o) {

@@ -120,6 +120,25 @@ TEST(UiWorldTest, QuestionsAnswerWhatTheScreenShows) {
   EXPECT_GE(seen.size(), 10u);
 }
 
+// Scenes need a block and a plate, and one colour per object: six in all.
+TEST(RobotWorldTest, OptionsNeedABlockAPlateAndAColourEach) {
+  RobotWorldOptions o;
+  EXPECT_TRUE(CheckOptions(o).ok());
+  o.blocks = 1;
+  o.plates = 1;
+  EXPECT_TRUE(CheckOptions(o).ok());
+  o.blocks = 4;
+  o.plates = 2;
+  EXPECT_TRUE(CheckOptions(o).ok());
+  for (const auto& [blocks, plates] : std::vector<std::pair<int, int>>{{0, 2}, {3, 0}, {5, 2}, {-1, 3}}) {
+    o.blocks = blocks;
+    o.plates = plates;
+    const absl::Status s = CheckOptions(o);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << blocks << " " << plates;
+    EXPECT_NE(s.message().find("at most 6 objects"), std::string::npos) << s;
+  }
+}
+
 TEST(RobotWorldTest, ExpertSolvesEveryEpisode) {
   RobotWorldOptions o;
   for (uint64_t seed = 0; seed < 200; ++seed) {

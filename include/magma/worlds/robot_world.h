@@ -13,6 +13,7 @@
 
 #include <opencv2/core.hpp>
 
+#include "absl/status/status.h"
 #include "magma/vision/geometry.h"
 #include "magma/vision/overlay.h"
 
@@ -47,6 +48,11 @@ struct RobotWorldOptions {
 
 // The colours of blocks and plates.
 const std::vector<std::string>& TableColors();
+
+// OK unless a scene of `options` cannot be built: INVALID_ARGUMENT when there
+// are no blocks, no plates, or more objects than colours (instructions name
+// objects by colour).
+absl::Status CheckOptions(const RobotWorldOptions& options);
 
 RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& options = {});
 
