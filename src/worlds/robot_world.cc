@@ -23,8 +23,10 @@ cv::Scalar ColorOf(const std::string& name) {
 
 // Closing the gripper grasps a block whose centre is this close.
 constexpr double kReach = 0.05;
-// The expert closes or opens once this close to its goal.
-constexpr double kArrive = 0.02;
+// The expert moves in half steps and closes or opens once this close to its
+// goal, in units of max_step: after its last move each axis is within a
+// quarter step, so the gripper is within sqrt(2)/4 = 0.354 steps.
+constexpr double kArriveSteps = 0.375;
 
 }  // namespace
 
@@ -134,10 +136,13 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
   const vision::NormPoint goal = carrying ? s.objects[s.place].center : s.objects[s.pick].center;
   const double dx = goal.x - s.gripper.x, dy = goal.y - s.gripper.y;
   const double d = std::hypot(dx, dy);
-  if (d > kArrive) {
-    // Toward the goal, at most one full step per axis.
-    a[0] = std::clamp(dx / o.max_step, -1.0, 1.0);
-    a[1] = std::clamp(dy / o.max_step, -1.0, 1.0);
+  if (d > kArriveSteps * o.max_step) {
+    // Toward the goal, at most one full step per axis, in half steps: five
+    // moves per axis (-1, -1/2, 0, 1/2, 1), each common enough in the
+    // demonstrations for a policy to learn when to take it.
+    auto move = [&](double delta) { return std::clamp(std::round(2 * delta / o.max_step) / 2, -1.0, 1.0); };
+    a[0] = move(dx);
+    a[1] = move(dy);
     a[6] = carrying ? 0 : 1;  // keep holding while carrying
     return a;
   }

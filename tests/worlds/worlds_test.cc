@@ -1,3 +1,4 @@
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -151,6 +152,34 @@ TEST(RobotWorldTest, ExpertSolvesEveryEpisode) {
     }
     EXPECT_TRUE(Success(s)) << "seed " << seed << ": " << s.instruction;
   }
+}
+
+TEST(RobotWorldTest, ExpertMovesInHalfSteps) {
+  // Every move of every episode is -1, -1/2, 0, 1/2 or 1 per axis; near the
+  // goal the half steps and zeros show up, and the expert closes within
+  // 0.375 steps (0.03), inside grasp reach (0.05).
+  RobotWorldOptions o;
+  std::map<double, int> moves;
+  int closes = 0;
+  for (uint64_t seed = 0; seed < 100; ++seed) {
+    RobotScene s = NewEpisode(seed, o);
+    for (int step = 0; step < 60 && !Success(s); ++step) {
+      const auto a = ExpertAction(s, o);
+      for (int d = 0; d < 2; ++d) ++moves[a[d]];
+      if (a[6] == 0 && s.held < 0) {
+        ++closes;
+        EXPECT_LE(std::hypot(s.gripper.x - s.objects[s.pick].center.x, s.gripper.y - s.objects[s.pick].center.y),
+                  0.03 + 1e-9);
+      }
+      Step(&s, a, o);
+    }
+  }
+  for (const auto& [move, count] : moves) {
+    EXPECT_TRUE(move == -1 || move == -0.5 || move == 0 || move == 0.5 || move == 1) << move;
+  }
+  EXPECT_EQ(moves.size(), 5u);
+  EXPECT_GT(moves[0.5] + moves[-0.5], 20);
+  EXPECT_GE(closes, 100);
 }
 
 TEST(RobotWorldTest, ExpertStillSucceedsThroughTheActionTokens) {
