@@ -888,11 +888,16 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
       at::Tensor probs = at::softmax(scores + bias, -1);
       attn = Product(probs.view({B, nkv, g * T, kv_len}), values.expand({B, nkv, kv_len, hd}));  // [B, nkv, g*T, hd]
       attn = attn.reshape({B, nh, T, hd});
-      if (capture_attention_ && cache == nullptr &&
-          static_cast<int64_t>(li) == (capture_layer_ < 0 ? static_cast<int64_t>(w.layers.size()) + capture_layer_
-                                                            : static_cast<int64_t>(capture_layer_))) {
+      const auto is_layer = [&](int layer) {
+        return static_cast<int64_t>(li) ==
+               (layer < 0 ? static_cast<int64_t>(w.layers.size()) + layer : static_cast<int64_t>(layer));
+      };
+      if (capture_attention_ && cache == nullptr && is_layer(capture_layer_)) {
         captured_attention_ = probs.view({B, nh, T, kv_len});  // query head h = KV head h / g, row h % g
         captured_head_outputs_ = attn;
+      }
+      if (capture_word_attention_ && cache == nullptr && is_layer(capture_word_layer_)) {
+        captured_word_attention_ = probs.view({B, nh, T, kv_len});
       }
       attn = attn.permute({0, 2, 1, 3}).reshape({B, T, nh * hd});
     } else {

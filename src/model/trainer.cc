@@ -38,7 +38,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
   }
   auto params = model->MakeTrainable();
   if (!params.ok()) return params.status();
+  if (options.word_loss_weight > 0 && (options.word_layer >= layers || options.word_layer < -layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("word_layer ", options.word_layer, " is not one of the ", layers,
+                                                   " decoder layers (0..", layers - 1, ", or -1..-", layers,
+                                                   " from the end)"));
+  }
   model->SetCaptureAttention(options.attention_loss_weight > 0, options.attention_layer);
+  model->SetCaptureWordAttention(options.word_loss_weight > 0, options.word_layer);
   return std::unique_ptr<Trainer>(new Trainer(model, options, *std::move(params)));
 }
 
@@ -168,6 +174,28 @@ std::vector<int64_t> PointerPositions(const TrainExample& e, const std::vector<a
   return out;
 }
 
+// Positions, in the expanded sequence of `e`, of the prompt tokens `words`
+// (indices into e.prompt_ids; every image token before one stands for its
+// image's embeddings).
+std::vector<int64_t> WordPositions(const TrainExample& e, const std::vector<int64_t>& words, const MagmaModel& model) {
+  std::vector<int64_t> out;
+  int64_t pos = 0;
+  size_t m = 0, next = 0;
+  for (int64_t i = 0; i < static_cast<int64_t>(e.prompt_ids.size()) && next < words.size(); ++i) {
+    if (words[next] == i) {
+      out.push_back(pos);
+      ++next;
+    }
+    if (e.prompt_ids[i] == model.image_token_id() && m < e.images.size()) {
+      pos += model.ImageTokenCount(e.images[m].rows, e.images[m].cols);
+      ++m;
+    } else {
+      ++pos;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<TrainExample>& batch,
@@ -238,6 +266,25 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       const int64_t t = static_cast<int64_t>(e.target_ids.size());
       const int64_t answer = lengths[order[k]] - t;  // positions that predict the target tokens
       predicted[order[k]] = (*logits)[static_cast<int64_t>(k - first)].narrow(0, answer, t);
+      if (aux_loss != nullptr && options_.word_loss_weight > 0) {
+        // Each pointer's head, in the word layer, from the positions that
+        // predict its span, should rest on the words naming its thing.
+        const at::Tensor& probs = model_->captured_word_attention();  // [B, heads, T, T]
+        for (const TrainPointer& ptr : e.pointers) {
+          const int64_t from = std::min(ptr.first, t);
+          const int64_t span = ptr.count < 0 ? t - from : std::min(ptr.count, t - from);
+          if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1) || ptr.words.empty()) continue;
+          const std::vector<int64_t> words = WordPositions(e, ptr.words, *model_);
+          at::Tensor a = probs[static_cast<int64_t>(k - first)][ptr.head].narrow(0, answer + from, span);
+          at::Tensor mass = a.index_select(1, at::tensor(words, at::kLong)).sum(1);
+          if (report != nullptr) {
+            report->word_mass += mass.mean().item<double>();
+            ++report->word_pointers;
+          }
+          *aux_loss = *aux_loss -
+                      options_.word_loss_weight * at::log(mass + 1e-6).mean() / static_cast<double>(batch.size());
+        }
+      }
       if (aux_loss != nullptr && options_.attention_loss_weight > 0) {
         // Each pointer's head, from the positions that predict its span,
         // should rest on the span's cells.
@@ -334,6 +381,7 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     if (!predicted.ok()) return predicted.status();
     if (report.pointers > 0) report.attention_mass /= report.pointers;
     if (report.positions > 0) report.position_error /= report.positions;
+    if (report.word_pointers > 0) report.word_mass /= report.word_pointers;
     return report;
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("auxiliary report: ", e.what()));

@@ -47,6 +47,10 @@ ABSL_FLAG(int, attention_layer, -1,
           "Decoder layer whose heads --attention_loss supervises (from 0; negative from the end, -1 = last)");
 ABSL_FLAG(double, position_loss, 0,
           "Weight of a read-out of where each attention pointer's item is from its head's output (0 = off)");
+ABSL_FLAG(double, word_loss, 0,
+          "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
+          "naming what they look for: \"red block\", \"Settings\"); 0 = off");
+ABSL_FLAG(int, word_layer, 1, "Decoder layer whose heads --word_loss supervises (from 0; negative from the end)");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");
@@ -233,6 +237,8 @@ int main(int argc, char** argv) {
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
   to.attention_layer = absl::GetFlag(FLAGS_attention_layer);
   to.position_loss_weight = absl::GetFlag(FLAGS_position_loss);
+  to.word_loss_weight = absl::GetFlag(FLAGS_word_loss);
+  to.word_layer = absl::GetFlag(FLAGS_word_layer);
   auto trainer = magma::model::Trainer::Create(model->get(), to);
   if (!trainer.ok()) return Fail(trainer.status());
   if (start_step > 0) {
@@ -301,6 +307,7 @@ int main(int argc, char** argv) {
         std::cout << ", own position off by " << aux->where_error << " of the crop";
         std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%";
         if (aux->positions > 0) std::cout << ", read where they look to " << aux->position_error;
+        if (aux->word_pointers > 0) std::cout << ", on their words " << static_cast<int>(100 * aux->word_mass) << "%";
         std::cout
                   << std::endl;
       }

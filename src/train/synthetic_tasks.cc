@@ -221,17 +221,42 @@ std::vector<std::pair<int64_t, int64_t>> TokenSpans(const tokenizer::Tokenizer& 
   return spans;
 }
 
+// Indices of the tokens of `ids` (a prompt) that spell the last occurrence of
+// `phrase` in its text (empty if it does not occur).
+std::vector<int64_t> WordTokens(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids,
+                                const std::string& phrase) {
+  std::string text;
+  std::vector<size_t> ends;
+  tokenizer::IncrementalDecoder decoder(&tok);
+  for (int64_t id : ids) {
+    text += decoder.Push(static_cast<int32_t>(id));
+    ends.push_back(text.size());
+  }
+  std::vector<int64_t> out;
+  const size_t at = phrase.empty() ? std::string::npos : text.rfind(phrase);
+  if (at == std::string::npos) return out;
+  size_t begin = 0;
+  for (size_t k = 0; k < ends.size(); ++k) {
+    if (ends[k] > at && begin < at + phrase.size() && ends[k] > begin) out.push_back(static_cast<int64_t>(k));
+    begin = ends[k];
+  }
+  return out;
+}
+
+std::string NameOf(const worlds::TableObject& o) { return o.color + " " + o.kind; }
+
 // A pointer of `head` to the cells of pointer group `group` over the whole
 // answer (image 0 of the example), whose item is at `where` (fractions of the
 // image).
 void PointAll(const std::vector<at::Tensor>& groups, int head, int group, const vision::NormPoint& where,
-              model::TrainExample* e) {
+              model::TrainExample* e, std::vector<int64_t> words = {}) {
   if (group >= static_cast<int>(groups.size())) return;
   model::TrainPointer p;
   p.head = head;
   p.cells = {groups[group]};
   p.x = where.x;
   p.y = where.y;
+  p.words = std::move(words);
   e->pointers.push_back(std::move(p));
 }
 
@@ -281,7 +306,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Click(uint64_t seed) const {
   const auto& box = screen.widgets[in.target].box;
   const vision::NormPoint centre{(box.x1 + box.x2) / 2 / screen.rgb.cols, (box.y1 + box.y2) / 2 / screen.rgb.rows};
   PointAll(AttachCellTargets(UiItems(screen, p->marks, {in.target}), screen.rgb.size(), &e->images[0]), 0, 0, centre,
-           &*e);
+           &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, in.names));
   out.example = *std::move(e);
   return out;
 }
@@ -340,7 +365,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   // carrying), head 1 at the gripper: the action is their difference.
   const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}), task.image.size(),
                                         &e->images[0]);
-  PointAll(groups, 0, 0, scene.objects[goal].center, &*e);
+  PointAll(groups, 0, 0, scene.objects[goal].center, &*e,
+           WordTokens(*ctx_->tokenizer, e->prompt_ids, NameOf(scene.objects[goal])));
   PointAll(groups, 1, 1, scene.gripper, &*e);
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");
@@ -376,6 +402,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Path(uint64_t seed) const {
     const vision::NormPoint at = k == 0 ? scene.gripper : scene.objects[k == 1 ? scene.pick : scene.place].center;
     ptr.x = at.x;
     ptr.y = at.y;
+    if (k > 0) ptr.words = WordTokens(*ctx_->tokenizer, e->prompt_ids, NameOf(scene.objects[k == 1 ? scene.pick : scene.place]));
     e->pointers.push_back(std::move(ptr));
   }
   out.example = *std::move(e);
@@ -404,7 +431,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Question(uint64_t seed) const {
   if (!e.ok()) return e.status();
   // A question may be about several things: no one position to read.
   const vision::NormPoint nowhere{std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
-  PointAll(AttachCellTargets(UiItems(screen, marks, q.about), screen.rgb.size(), &e->images[0]), 0, 0, nowhere, &*e);
+  PointAll(AttachCellTargets(UiItems(screen, marks, q.about), screen.rgb.size(), &e->images[0]), 0, 0, nowhere, &*e,
+           WordTokens(*ctx_->tokenizer, e->prompt_ids, q.names));
   out.example = *std::move(e);
   return out;
 }

@@ -151,14 +151,15 @@ std::vector<UiInstruction> Instructions(const UiScreen& screen) {
     const auto& w = screen.widgets[i];
     const int target = static_cast<int>(i);
     if (!w.label.empty() && by_label[w.label] == 1) {
-      if (w.kind == "button") out.push_back({"click " + w.label, target});
-      if (w.kind == "checkbox") out.push_back({"check " + w.label, target});
-      if (w.kind == "text_field") out.push_back({"type in the " + w.label + " field", target});
+      if (w.kind == "button") out.push_back({"click " + w.label, target, w.label});
+      if (w.kind == "checkbox") out.push_back({"check " + w.label, target, w.label});
+      if (w.kind == "text_field") out.push_back({"type in the " + w.label + " field", target, w.label + " field"});
     }
     const std::string look = w.color + " " + w.shape + " " + w.kind;
     if (by_look[look] == 1) {
       const std::string kind = w.kind == "text_field" ? "text field" : w.kind;
-      out.push_back({"click the " + w.color + " " + w.shape + " " + kind, target});
+      const std::string names = w.color + " " + w.shape + " " + kind;
+      out.push_back({"click the " + names, target, names});
     }
   }
   return out;
@@ -208,7 +209,8 @@ UiQuestion AskAbout(const UiScreen& screen, uint64_t seed) {
           q.about.push_back(static_cast<int>(i));
         }
       }
-      q.question = "Is there a " + color + " " + (w.kind == "text_field" ? std::string("text field") : w.kind) + "?";
+      q.names = color + " " + (w.kind == "text_field" ? std::string("text field") : w.kind);
+      q.question = "Is there a " + q.names + "?";
       q.answer = present ? "Yes." : "No.";
       break;
     }
@@ -217,13 +219,15 @@ UiQuestion AskAbout(const UiScreen& screen, uint64_t seed) {
       int same = 0;
       for (const auto& x : screen.widgets) same += DescribeWidget(x) == DescribeWidget(w);
       if (w.kind == "icon" || same > 1) break;  // counting instead, below
+      q.names = DescribeWidget(w).substr(4);  // without "the "
       q.question = "What color is " + DescribeWidget(w) + "?";
       q.answer = w.color;
       q.about = {static_cast<int>(index)};
       break;
     }
     default:
-      q.question = "What is at mark " + std::to_string(index) + "?";
+      q.names = "mark " + std::to_string(index);
+      q.question = "What is at " + q.names + "?";
       q.answer = DescribeWidget(w);
       q.answer[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(q.answer[0])));
       q.answer += ".";
@@ -238,6 +242,7 @@ UiQuestion AskAbout(const UiScreen& screen, uint64_t seed) {
       ++n;
       q.about.push_back(static_cast<int>(i));
     }
+    q.names = "buttons";
     q.question = "How many buttons are there?";
     q.answer = std::to_string(n);
   }

@@ -227,6 +227,54 @@ TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
   EXPECT_LT(last_mass, 0.5);  // the last layer was not taught to look there
 }
 
+// Word pointers teach a chosen layer's heads which prompt words to read:
+// head 0 of the first layer, from every answer position, at the prompt token
+// after the image (Example()'s prompt [bos, 17, image, 44, 45]: token 44 is
+// prompt index 3 and position 2 + 10 = 12 once the image's ten embeddings
+// stand in for its token). A layer the model does not have is
+// INVALID_ARGUMENT.
+TEST(TrainerTest, WordPointersTeachTheWordLayer) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o = Schedule(80);
+  o.word_loss_weight = 1.0;
+  o.word_layer = 2;
+  auto bad = Trainer::Create(m.get(), o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), ::testing::HasSubstr("word_layer 2 is not one of the 2 decoder layers"));
+  o.word_layer = 0;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  TrainExample e = Example();
+  TrainPointer p;
+  p.head = 0;
+  p.words = {3};
+  e.pointers = {p};
+  const std::vector<TrainExample> batch = {e};
+  auto before = (*trainer)->Auxiliary(batch);
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(before->word_pointers, 1);
+  EXPECT_EQ(before->pointers, 0);  // no cell supervision asked for
+  for (int i = 0; i < 80; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
+  auto after = (*trainer)->Auxiliary(batch);
+  ASSERT_TRUE(after.ok());
+  EXPECT_LT(before->word_mass, 0.3);
+  EXPECT_GT(after->word_mass, 0.9) << before->word_mass << " -> " << after->word_mass;
+  // The same in the probabilities the model keeps, from the positions that
+  // predict the four answer tokens (13: token 45, then the first three).
+  at::NoGradGuard no_grad;
+  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
+  ASSERT_TRUE(f.ok());
+  auto x = m->EmbedPrompt({1, 17, 511, 44, 45, 100, 200, 300}, {*f});
+  ASSERT_TRUE(x.ok());
+  ASSERT_EQ(x->size(0), 17);
+  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
+  const at::Tensor probs = m->captured_word_attention()[0];
+  for (int64_t t = 13; t < 17; ++t) EXPECT_GT(probs[0][t][12].item<double>(), 0.8) << t;
+}
+
 // The cell heads: one class per tower cell (here the cell's index in its
 // crop, 1..4) and each cell's own position in its crop, read from the
 // tower's output; the report says how well both are read.

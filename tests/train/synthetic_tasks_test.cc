@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <regex>
 
 #include <gtest/gtest.h>
 
@@ -218,6 +219,60 @@ TEST_F(SyntheticTasksTest, PointersLookAtWhatTheAnswerIsAbout) {
   ASSERT_TRUE(click.ok());
   ASSERT_EQ(click->example.pointers.size(), 1u);
   EXPECT_GT(click->example.pointers[0].cells[0].sum().item<int64_t>(), 0);
+}
+
+// Pointers also name the prompt words of what they look for: the goal's
+// colour and kind in an act prompt, the block and then the plate while a path
+// is written (not the gripper's start), the words of a click instruction
+// that pick the element, the thing a question asks about.
+TEST_F(SyntheticTasksTest, PointersNameTheirWords) {
+  auto words = [&](const model::TrainExample& e, const model::TrainPointer& p) {
+    std::vector<int32_t> ids;
+    for (int64_t i : p.words) ids.push_back(static_cast<int32_t>(e.prompt_ids[i]));
+    std::string text = ctx_->tokenizer->Decode(ids);
+    while (!text.empty() && text.front() == ' ') text.erase(0, 1);
+    return text;
+  };
+  const std::regex object("(red|green|blue|yellow|purple|orange) (block|plate)");
+  for (uint64_t seed = 0; seed < 10; ++seed) {
+    auto path = tasks_->Path(seed);
+    ASSERT_TRUE(path.ok());
+    const auto& ptrs = path->example.pointers;
+    ASSERT_EQ(ptrs.size(), 3u);
+    EXPECT_TRUE(ptrs[0].words.empty());
+    const std::string block = words(path->example, ptrs[1]), plate = words(path->example, ptrs[2]);
+    EXPECT_TRUE(std::regex_match(block, object) && block.find("block") != std::string::npos) << block;
+    EXPECT_TRUE(std::regex_match(plate, object) && plate.find("plate") != std::string::npos) << plate;
+    const std::string prompt = ctx_->tokenizer->Decode(
+        std::vector<int32_t>(path->example.prompt_ids.begin(), path->example.prompt_ids.end()));
+    EXPECT_NE(prompt.find("the " + block + " on the " + plate), std::string::npos) << prompt;
+
+    auto act = tasks_->Act(seed);
+    ASSERT_TRUE(act.ok());
+    const std::string goal = words(act->example, act->example.pointers[0]);
+    EXPECT_TRUE(std::regex_match(goal, object)) << goal;
+    EXPECT_TRUE(act->example.pointers[1].words.empty());  // the gripper is not named
+
+    auto click = tasks_->Click(seed);
+    ASSERT_TRUE(click.ok());
+    const std::string named = words(click->example, click->example.pointers[0]);
+    const std::string instruction = ctx_->tokenizer->Decode(
+        std::vector<int32_t>(click->example.prompt_ids.begin(), click->example.prompt_ids.end()));
+    EXPECT_FALSE(named.empty());
+    EXPECT_EQ(named.find("click"), std::string::npos) << named;
+    EXPECT_NE(instruction.find(named), std::string::npos) << named;
+  }
+  int questions = 0;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    auto q = tasks_->Question(seed);
+    ASSERT_TRUE(q.ok());
+    for (const auto& p : q->example.pointers) {
+      const std::string named = words(q->example, p);
+      EXPECT_FALSE(named.empty());
+      questions += !named.empty();
+    }
+  }
+  EXPECT_GT(questions, 10);
 }
 
 TEST_F(SyntheticTasksTest, PathAndQuestionTargetsDecodeToTheirText) {

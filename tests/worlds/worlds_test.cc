@@ -52,6 +52,11 @@ TEST(UiWorldTest, InstructionsNameExactlyOneWidget) {
       const bool by_label = !w.label.empty() && in.text.find(w.label) != std::string::npos;
       const bool by_look = in.text.find(w.color + " " + w.shape) != std::string::npos;
       EXPECT_TRUE(by_label || by_look) << in.text;
+      // `names` is the part of the text that does it.
+      EXPECT_EQ(in.names, by_label && w.kind == "text_field" ? w.label + " field"
+                          : by_label                         ? w.label
+                                                             : in.text.substr(10)) << in.text;
+      EXPECT_NE(in.text.find(in.names), std::string::npos) << in.text;
       ++total;
     }
     for (const auto& [text, t] : targets) EXPECT_EQ(t.size(), 1u) << "'" << text << "' is ambiguous, seed " << seed;
@@ -92,14 +97,17 @@ TEST(UiWorldTest, QuestionsAnswerWhatTheScreenShows) {
   for (uint64_t seed = 0; seed < 200; ++seed) {
     const UiQuestion q = AskAbout(screen, seed);
     seen.insert(q.question);
+    EXPECT_NE(q.question.find(q.names), std::string::npos) << q.question;
     if (q.question == "How many buttons are there?") {
       EXPECT_EQ(q.answer, "2");
+      EXPECT_EQ(q.names, "buttons");
     } else if (q.question.rfind("Is there a ", 0) == 0) {
       const bool yes = q.question == "Is there a red button?" || q.question == "Is there a blue button?" ||
                        q.question == "Is there a green icon?" || q.question == "Is there a gray text field?";
       EXPECT_EQ(q.answer, yes ? "Yes." : "No.") << q.question;
     } else if (q.question == "What color is the Save button?") {
       EXPECT_EQ(q.answer, "red");
+      EXPECT_EQ(q.names, "Save button");
     } else if (q.question == "What color is the Open button?") {
       EXPECT_EQ(q.answer, "blue");
     } else if (q.question == "What color is the Search field?") {
@@ -107,6 +115,7 @@ TEST(UiWorldTest, QuestionsAnswerWhatTheScreenShows) {
     } else if (q.question == "What is at mark 0?") {
       EXPECT_EQ(q.answer, "The Save button.");
       EXPECT_TRUE(q.with_marks);
+      EXPECT_EQ(q.names, "mark 0");
     } else if (q.question == "What is at mark 2?") {
       EXPECT_EQ(q.answer, "The green circle icon.");
     } else if (q.question == "What is at mark 3?") {

@@ -182,6 +182,14 @@ class MagmaModel {
     capture_layer_ = layer;
   }
   const at::Tensor& captured_attention() const { return captured_attention_; }
+  // Training: also keep a second layer's attention probabilities
+  // (captured_word_attention, [B, heads, T, T]), for a loss that teaches
+  // heads which prompt words to read; off by default.
+  void SetCaptureWordAttention(bool on, int layer = 1) {
+    capture_word_attention_ = on;
+    capture_word_layer_ = layer;
+  }
+  const at::Tensor& captured_word_attention() const { return captured_word_attention_; }
   // The same layer's per-head attention outputs, before o_proj: [B, heads,
   // T, head_dim] (part of the autograd graph).
   const at::Tensor& captured_head_outputs() const { return captured_head_outputs_; }
@@ -230,6 +238,9 @@ class MagmaModel {
   bool bf16_training_matmuls_ = false;
   bool capture_attention_ = false;
   int capture_layer_ = -1;
+  bool capture_word_attention_ = false;
+  int capture_word_layer_ = 1;
+  mutable at::Tensor captured_word_attention_;
   mutable at::Tensor captured_attention_;
   mutable at::Tensor captured_head_outputs_;
 };

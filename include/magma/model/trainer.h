@@ -48,6 +48,14 @@ struct TrainOptions {
   // (an action is the goal's position minus the gripper's). 0 = off; needs
   // attention_loss_weight > 0.
   double position_loss_weight = 0;
+  // Word attention supervision (training only): the same query heads, in an
+  // earlier layer (word_layer), at the positions that predict the span,
+  // should attend to the prompt words that name what the span is about
+  // (TrainPointer::words: "red block" in "put the red block on the blue
+  // plate"). Teaches the answer positions which words to carry into the
+  // query that finds the thing in the image. 0 = off.
+  double word_loss_weight = 0;
+  int word_layer = 1;
 };
 
 struct TrainImage {
@@ -75,6 +83,9 @@ struct TrainPointer {
   // width and height (NaN: no position target).
   double x = std::numeric_limits<double>::quiet_NaN();
   double y = std::numeric_limits<double>::quiet_NaN();
+  // Indices into TrainExample::prompt_ids of the tokens of the words that
+  // name the pointed thing (empty: none).
+  std::vector<int64_t> words;
 };
 
 struct TrainExample {
@@ -100,6 +111,9 @@ struct AuxiliaryReport {
   // outputs (fractions of the image), over the pointers that have one.
   double position_error = 0;
   int positions = 0;
+  // Mean attention mass of the word layer's heads on their words.
+  double word_mass = 0;
+  int word_pointers = 0;
 };
 
 class Trainer {

@@ -44,6 +44,7 @@ UiScreen RenderScreen(uint64_t seed, const UiWorldOptions& options = {});
 struct UiInstruction {
   std::string text;  // e.g. "open Settings", "click the red circle button"
   int target = 0;    // index into UiScreen::widgets
+  std::string names;  // the words of `text` that name the target: "Settings", "red circle button"
 };
 
 // Instructions that each identify exactly one widget of `screen` (by label,
@@ -58,6 +59,7 @@ struct UiQuestion {
   // marked (ids from 0 in widget order, as DrawSetOfMarks numbers them).
   bool with_marks = false;
   std::vector<int> about;  // the widgets the answer is about (indices)
+  std::string names;       // the words of `question` that name them: "red button", "mark 3"
 };
 
 // One of: how many buttons; is there a <colour> <kind> (yes/no); what colour
