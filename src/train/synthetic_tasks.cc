@@ -135,8 +135,9 @@ std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, cons
 
 // Targets of every tower output cell of `img` (crops of an image of `size`
 // on its any-res grid): the first item whose centre falls in the cell, else
-// the first whose box holds the cell's centre; the offset of that centre
-// from the cell's, in cells, where an item's centre falls in the cell.
+// the first whose box holds the cell's centre; the offset of that item's
+// centre from the cell's, in cells (so that every cell of a large item, not
+// only the one holding its centre, says where the item is).
 // Returns, per pointer group, the cells that hold the centre of one of its
 // items or whose centre lies in one of its items' boxes.
 std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model::TrainImage* img) {
@@ -178,10 +179,8 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
           c[n][i][j][0] = hit->what;
           c[n][i][j][1] = hit->mark;
           c[n][i][j][2] = hit->text;
-          if (centre) {
-            o[n][i][j][0] = static_cast<float>((hit->cx - x) / cell_w);
-            o[n][i][j][1] = static_cast<float>((hit->cy - y) / cell_h);
-          }
+          o[n][i][j][0] = static_cast<float>((hit->cx - x) / cell_w);
+          o[n][i][j][1] = static_cast<float>((hit->cy - y) / cell_h);
         }
       }
     }

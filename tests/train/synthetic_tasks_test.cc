@@ -113,6 +113,7 @@ TEST_F(SyntheticTasksTest, ActFramesScatterTheGripperOverTheTable) {
 // tabletop on a 1x1 grid of 64-pixel crops has 2x2 tower cells of 128
 // original pixels each.
 TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
+  int outside = 0;  // cells whose item's centre lies outside them
   for (uint64_t seed = 0; seed < 40; ++seed) {
     auto e = tasks_->Path(seed);
     ASSERT_TRUE(e.ok());
@@ -135,8 +136,42 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     for (int k = 0; k < 3; ++k) {
       EXPECT_LT(img.cell_classes.select(3, k).max().item<int64_t>(), SyntheticTasks::CellClasses()[k]);
     }
-    (void)scene;
+    // Every cell with an offset points at the centre of the gripper, a
+    // block or a plate, also cells that only lie under an item's box.
+    for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        const float ox = img.cell_offsets[0][i][j][0].item<float>(), oy = img.cell_offsets[0][i][j][1].item<float>();
+        if (std::isnan(ox)) continue;
+        const double x = (j + 0.5 + ox) / 2, y = (i + 0.5 + oy) / 2;
+        bool found = std::hypot(x - scene.gripper.x, y - scene.gripper.y) < 1e-4;
+        for (const auto& o : scene.objects) found = found || std::hypot(x - o.center.x, y - o.center.y) < 1e-4;
+        EXPECT_TRUE(found) << seed << ": cell " << i << "," << j << " points at " << x << "," << y;
+      }
+    }
   }
+  // On screens (two 64-pixel crops of 2x2 cells: cells of 112 original
+  // pixels) a wide widget also lies under cells that do not hold its centre;
+  // those cells point at its centre too.
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    auto e = tasks_->Click(seed);
+    ASSERT_TRUE(e.ok());
+    const auto screen = worlds::RenderScreen(seed);
+    const auto& img = e->example.images[0];
+    ASSERT_EQ(img.cols, 2);
+    for (int q = 0; q < 2; ++q) {
+      for (int i = 0; i < 2; ++i) {
+        for (int j = 0; j < 2; ++j) {
+          const float ox = img.cell_offsets[q][i][j][0].item<float>(), oy = img.cell_offsets[q][i][j][1].item<float>();
+          if (std::isnan(ox) || (std::abs(ox) <= 0.5 && std::abs(oy) <= 0.5)) continue;
+          const double x = (2 * q + j + 0.5 + ox) * 112, y = (i + 0.5 + oy) * 112;
+          for (const auto& w : screen.widgets) {
+            outside += std::hypot(x - (w.box.x1 + w.box.x2) / 2, y - (w.box.y1 + w.box.y2) / 2) < 1e-3;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(outside, 0);
   // On a marked screen some cell carries a mark id, and the target widget's
   // centre cell carries its mark.
   auto click = tasks_->Click(3);
