@@ -89,9 +89,11 @@ cv::Mat RenderScene(const RobotScene& s, const RobotWorldOptions& o) {
     cv::rectangle(img, cv::Rect(c.x - r, c.y - r, 2 * r, 2 * r), ColorOf(obj.color), cv::FILLED);
     cv::rectangle(img, cv::Rect(c.x - r, c.y - r, 2 * r, 2 * r), cv::Scalar(40, 40, 40), 1);
   }
-  // The gripper: two fingers, apart when open.
+  // The gripper: two fingers, apart when open (a U seen from above) and
+  // pressed together into one bar when closed (a T), so that whether it
+  // holds something is plain at the tower's resolution.
   const cv::Point g = px(s.gripper);
-  const int spread = s.gripper_open ? n / 22 : n / 45;
+  const int spread = s.gripper_open ? n / 22 : 1;
   const cv::Scalar steel(70, 70, 80);
   cv::rectangle(img, cv::Rect(g.x - spread - 3, g.y - 10, 4, 20), steel, cv::FILLED);
   cv::rectangle(img, cv::Rect(g.x + spread - 1, g.y - 10, 4, 20), steel, cv::FILLED);
