@@ -190,32 +190,44 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
   return pointers;
 }
 
+// The text `ids` decode to; `ends` receives where each token ends in it.
+std::string DecodeWithEnds(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids, std::vector<size_t>* ends) {
+  std::string text;
+  tokenizer::IncrementalDecoder decoder(&tok);
+  for (int64_t id : ids) {
+    text += decoder.Push(static_cast<int32_t>(id));
+    ends->push_back(text.size());
+  }
+  return text;
+}
+
+// The tokens (first, count) that meet the characters [from, to) of a text
+// whose tokens end at `ends`; count 0 if none does.
+std::pair<int64_t, int64_t> TokensMeeting(const std::vector<size_t>& ends, size_t from, size_t to) {
+  int64_t first = -1, last = -1;
+  size_t begin = 0;
+  for (size_t k = 0; k < ends.size(); ++k) {
+    if (ends[k] > from && begin < to) {  // token k covers [begin, ends[k])
+      if (first < 0) first = static_cast<int64_t>(k);
+      last = static_cast<int64_t>(k);
+    }
+    begin = ends[k];
+  }
+  return first < 0 ? std::make_pair(int64_t{0}, int64_t{0}) : std::make_pair(first, last - first + 1);
+}
+
 // The target tokens (first, count) that spell each `open`...`close` part of
 // `text` (which `ids` spell, perhaps followed by an end token), in order.
 std::vector<std::pair<int64_t, int64_t>> TokenSpans(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids,
                                                     const std::string& text, char open, char close) {
-  // Where each token ends in the text (ASCII answers: no byte is held back).
-  std::vector<size_t> ends;
-  tokenizer::IncrementalDecoder decoder(&tok);
-  size_t length = 0;
-  for (int64_t id : ids) {
-    length += decoder.Push(static_cast<int32_t>(id)).size();
-    ends.push_back(length);
-  }
+  std::vector<size_t> ends;  // ASCII answers: no byte is held back
+  DecodeWithEnds(tok, ids, &ends);
   std::vector<std::pair<int64_t, int64_t>> spans;
   for (size_t at = text.find(open); at != std::string::npos; at = text.find(open, at + 1)) {
     const size_t end = text.find(close, at);
     if (end == std::string::npos) break;
-    int64_t first = -1, last = -1;
-    size_t begin = 0;
-    for (size_t k = 0; k < ends.size(); ++k) {
-      if (ends[k] > at && begin <= end) {  // token k covers [begin, ends[k]) and meets [at, end]
-        if (first < 0) first = static_cast<int64_t>(k);
-        last = static_cast<int64_t>(k);
-      }
-      begin = ends[k];
-    }
-    if (first >= 0) spans.emplace_back(first, last - first + 1);
+    const auto span = TokensMeeting(ends, at, end + 1);
+    if (span.second > 0) spans.push_back(span);
   }
   return spans;
 }
@@ -224,21 +236,13 @@ std::vector<std::pair<int64_t, int64_t>> TokenSpans(const tokenizer::Tokenizer& 
 // `phrase` in its text (empty if it does not occur).
 std::vector<int64_t> WordTokens(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids,
                                 const std::string& phrase) {
-  std::string text;
   std::vector<size_t> ends;
-  tokenizer::IncrementalDecoder decoder(&tok);
-  for (int64_t id : ids) {
-    text += decoder.Push(static_cast<int32_t>(id));
-    ends.push_back(text.size());
-  }
+  const std::string text = DecodeWithEnds(tok, ids, &ends);
   std::vector<int64_t> out;
   const size_t at = phrase.empty() ? std::string::npos : text.rfind(phrase);
   if (at == std::string::npos) return out;
-  size_t begin = 0;
-  for (size_t k = 0; k < ends.size(); ++k) {
-    if (ends[k] > at && begin < at + phrase.size() && ends[k] > begin) out.push_back(static_cast<int64_t>(k));
-    begin = ends[k];
-  }
+  const auto [first, count] = TokensMeeting(ends, at, at + phrase.size());
+  for (int64_t k = first; k < first + count; ++k) out.push_back(k);
   return out;
 }
 
