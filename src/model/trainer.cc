@@ -31,18 +31,21 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
     return absl::InvalidArgumentError("training options: total_steps >= 1, warmup_steps >= 0, learning_rate > 0");
   }
   const int64_t layers = model->config().text.num_layers;
-  if (options.attention_loss_weight > 0 && (options.attention_layer >= layers || options.attention_layer < -layers)) {
-    return absl::InvalidArgumentError(absl::StrCat("attention_layer ", options.attention_layer, " is not one of the ",
-                                                   layers, " decoder layers (0..", layers - 1, ", or -1..-", layers,
+  // A supervised layer, from 0 or negative from the end, must exist.
+  auto check_layer = [layers](const char* option, int layer) {
+    if (layer < layers && layer >= -layers) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(option, " ", layer, " is not one of the ", layers,
+                                                   " decoder layers (0..", layers - 1, ", or -1..-", layers,
                                                    " from the end)"));
+  };
+  if (options.attention_loss_weight > 0) {
+    if (auto s = check_layer("attention_layer", options.attention_layer); !s.ok()) return s;
+  }
+  if (options.word_loss_weight > 0) {
+    if (auto s = check_layer("word_layer", options.word_layer); !s.ok()) return s;
   }
   auto params = model->MakeTrainable();
   if (!params.ok()) return params.status();
-  if (options.word_loss_weight > 0 && (options.word_layer >= layers || options.word_layer < -layers)) {
-    return absl::InvalidArgumentError(absl::StrCat("word_layer ", options.word_layer, " is not one of the ", layers,
-                                                   " decoder layers (0..", layers - 1, ", or -1..-", layers,
-                                                   " from the end)"));
-  }
   model->SetCaptureAttention(options.attention_loss_weight > 0, options.attention_layer);
   model->SetCaptureWordAttention(options.word_loss_weight > 0, options.word_layer);
   return std::unique_ptr<Trainer>(new Trainer(model, options, *std::move(params)));
@@ -138,21 +141,36 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
 
 namespace {
 
+// Where each prompt token of `e` starts in the expanded sequence (an image
+// token stands for its image's embeddings).
+std::vector<int64_t> PromptStarts(const TrainExample& e, const MagmaModel& model) {
+  std::vector<int64_t> starts;
+  int64_t pos = 0;
+  size_t m = 0;
+  for (int64_t id : e.prompt_ids) {
+    starts.push_back(pos);
+    if (id == model.image_token_id() && m < e.images.size()) {
+      pos += model.ImageTokenCount(e.images[m].rows, e.images[m].cols);
+      ++m;
+    } else {
+      ++pos;
+    }
+  }
+  return starts;
+}
+
 // Positions, in the expanded sequence of `e`, of the tower cells that
 // `cells` marks in each image (an image's embeddings are feature rows, each
 // followed by a separator: cell (crop r,q; i,j) of an R x C grid of f x f
 // cells is at (r*f + i) * (C*f + 1) + q*f + j from the image's start).
 std::vector<int64_t> PointerPositions(const TrainExample& e, const std::vector<at::Tensor>& cells,
                                       const MagmaModel& model) {
-  const int64_t image_token = model.image_token_id();
+  const std::vector<int64_t> starts = PromptStarts(e, model);
   std::vector<int64_t> out;
-  int64_t pos = 0;
   size_t m = 0;
-  for (int64_t id : e.prompt_ids) {
-    if (id != image_token || m >= e.images.size()) {
-      ++pos;
-      continue;
-    }
+  for (size_t k = 0; k < e.prompt_ids.size(); ++k) {
+    if (e.prompt_ids[k] != model.image_token_id() || m >= e.images.size()) continue;
+    const int64_t pos = starts[k];
     const TrainImage& img = e.images[m];
     const int64_t f = img.crops.size(2) / 32;
     const int64_t width = img.cols * f + 1;
@@ -169,29 +187,17 @@ std::vector<int64_t> PointerPositions(const TrainExample& e, const std::vector<a
       }
     }
     ++m;
-    pos += model.ImageTokenCount(img.rows, img.cols);
   }
   return out;
 }
 
 // Positions, in the expanded sequence of `e`, of the prompt tokens `words`
-// (indices into e.prompt_ids; every image token before one stands for its
-// image's embeddings).
+// (indices into e.prompt_ids).
 std::vector<int64_t> WordPositions(const TrainExample& e, const std::vector<int64_t>& words, const MagmaModel& model) {
+  const std::vector<int64_t> starts = PromptStarts(e, model);
   std::vector<int64_t> out;
-  int64_t pos = 0;
-  size_t m = 0, next = 0;
-  for (int64_t i = 0; i < static_cast<int64_t>(e.prompt_ids.size()) && next < words.size(); ++i) {
-    if (words[next] == i) {
-      out.push_back(pos);
-      ++next;
-    }
-    if (e.prompt_ids[i] == model.image_token_id() && m < e.images.size()) {
-      pos += model.ImageTokenCount(e.images[m].rows, e.images[m].cols);
-      ++m;
-    } else {
-      ++pos;
-    }
+  for (int64_t w : words) {
+    if (w >= 0 && w < static_cast<int64_t>(starts.size())) out.push_back(starts[w]);
   }
   return out;
 }
@@ -266,17 +272,29 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       const int64_t t = static_cast<int64_t>(e.target_ids.size());
       const int64_t answer = lengths[order[k]] - t;  // positions that predict the target tokens
       predicted[order[k]] = (*logits)[static_cast<int64_t>(k - first)].narrow(0, answer, t);
+      // The answer tokens (from, count) of a pointer's span.
+      auto span_of = [t](const TrainPointer& ptr) {
+        const int64_t from = std::min(ptr.first, t);
+        return std::make_pair(from, ptr.count < 0 ? t - from : std::min(ptr.count, t - from));
+      };
+      // The attention of the pointer's head in `probs` ([B, heads, T, T]),
+      // from the positions that predict its span, summed over `positions`:
+      // [span]; undefined when there is nothing to supervise.
+      auto mass_on = [&](const at::Tensor& probs, const TrainPointer& ptr, const std::vector<int64_t>& positions) {
+        const auto [from, span] = span_of(ptr);
+        if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1) || positions.empty()) return at::Tensor();
+        return probs[static_cast<int64_t>(k - first)][ptr.head]
+            .narrow(0, answer + from, span)
+            .index_select(1, at::tensor(positions, at::kLong))
+            .sum(1);
+      };
       if (aux_loss != nullptr && options_.word_loss_weight > 0) {
         // Each pointer's head, in the word layer, from the positions that
         // predict its span, should rest on the words naming its thing.
-        const at::Tensor& probs = model_->captured_word_attention();  // [B, heads, T, T]
         for (const TrainPointer& ptr : e.pointers) {
-          const int64_t from = std::min(ptr.first, t);
-          const int64_t span = ptr.count < 0 ? t - from : std::min(ptr.count, t - from);
-          if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1) || ptr.words.empty()) continue;
-          const std::vector<int64_t> words = WordPositions(e, ptr.words, *model_);
-          at::Tensor a = probs[static_cast<int64_t>(k - first)][ptr.head].narrow(0, answer + from, span);
-          at::Tensor mass = a.index_select(1, at::tensor(words, at::kLong)).sum(1);
+          const at::Tensor mass =
+              mass_on(model_->captured_word_attention(), ptr, WordPositions(e, ptr.words, *model_));
+          if (!mass.defined()) continue;
           if (report != nullptr) {
             report->word_mass += mass.mean().item<double>();
             ++report->word_pointers;
@@ -288,15 +306,10 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       if (aux_loss != nullptr && options_.attention_loss_weight > 0) {
         // Each pointer's head, from the positions that predict its span,
         // should rest on the span's cells.
-        const at::Tensor& probs = model_->captured_attention();  // [B, heads, T, T]
         for (const TrainPointer& ptr : e.pointers) {
-          const int64_t from = std::min(ptr.first, t);
-          const int64_t span = ptr.count < 0 ? t - from : std::min(ptr.count, t - from);
-          if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1)) continue;
-          const std::vector<int64_t> cells = PointerPositions(e, ptr.cells, *model_);
-          if (cells.empty()) continue;
-          at::Tensor a = probs[static_cast<int64_t>(k - first)][ptr.head].narrow(0, answer + from, span);
-          at::Tensor mass = a.index_select(1, at::tensor(cells, at::kLong)).sum(1);
+          const at::Tensor mass =
+              mass_on(model_->captured_attention(), ptr, PointerPositions(e, ptr.cells, *model_));
+          if (!mass.defined()) continue;
           if (report != nullptr) {
             report->attention_mass += mass.mean().item<double>();
             ++report->pointers;
@@ -305,6 +318,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
                                       static_cast<double>(batch.size());
           if (position_w_.defined() && !std::isnan(ptr.x) && !std::isnan(ptr.y)) {
             // What the head read should say where the pointed thing is.
+            const auto [from, span] = span_of(ptr);
             at::Tensor h = model_->captured_head_outputs()[static_cast<int64_t>(k - first)][ptr.head].narrow(
                 0, answer + from, span);  // [span, hd]
             at::Tensor where = at::linear(h, position_w_[ptr.head], position_b_[ptr.head]);  // [span, 2]
