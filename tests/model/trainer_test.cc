@@ -2,6 +2,8 @@
 
 #include <filesystem>
 #include <limits>
+#include <optional>
+#include <utility>
 
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
@@ -67,6 +69,25 @@ at::Tensor CapturedAttention(MagmaModel* m, const TrainExample& e) {
   EXPECT_EQ(x->size(0), 16);
   EXPECT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
   return m->captured_attention()[0].clone();
+}
+
+// The auxiliary report of `batch` before and after `steps` training steps on
+// it (nothing, with a test failure, if a call fails).
+std::optional<std::pair<AuxiliaryReport, AuxiliaryReport>> TrainAndReport(Trainer* trainer,
+                                                                         const std::vector<TrainExample>& batch,
+                                                                         int steps) {
+  auto before = trainer->Auxiliary(batch);
+  EXPECT_TRUE(before.ok()) << before.status();
+  if (!before.ok()) return std::nullopt;
+  for (int i = 0; i < steps; ++i) {
+    const auto loss = trainer->Step(batch);
+    EXPECT_TRUE(loss.ok()) << loss.status();
+    if (!loss.ok()) return std::nullopt;
+  }
+  auto after = trainer->Auxiliary(batch);
+  EXPECT_TRUE(after.ok()) << after.status();
+  if (!after.ok()) return std::nullopt;
+  return std::make_pair(*std::move(before), *std::move(after));
 }
 
 TEST(TrainerTest, MemorisesOneExample) {
@@ -175,15 +196,13 @@ TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
   b.count = 2;
   e.pointers = {PointAt(0, 0, 0, 0), b};
   const std::vector<TrainExample> batch = {e};
-  auto before = (*trainer)->Auxiliary(batch);
-  ASSERT_TRUE(before.ok()) << before.status();
-  EXPECT_EQ(before->pointers, 2);
-  for (int i = 0; i < 80; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
-  auto after = (*trainer)->Auxiliary(batch);
-  ASSERT_TRUE(after.ok());
-  EXPECT_EQ(after->pointers, 2);
-  EXPECT_LT(before->attention_mass, 0.2);
-  EXPECT_GT(after->attention_mass, 0.9) << before->attention_mass << " -> " << after->attention_mass;
+  const auto reports = TrainAndReport(trainer->get(), batch, 80);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_EQ(before.pointers, 2);
+  EXPECT_EQ(after.pointers, 2);
+  EXPECT_LT(before.attention_mass, 0.2);
+  EXPECT_GT(after.attention_mass, 0.9) << before.attention_mass << " -> " << after.attention_mass;
   // The captured probabilities say the same per head.
   const at::Tensor probs = CapturedAttention(m.get(), e);
   ASSERT_TRUE(probs.defined());
@@ -253,15 +272,13 @@ TEST(TrainerTest, WordPointersTeachTheWordLayer) {
   p.words = {3};
   e.pointers = {p};
   const std::vector<TrainExample> batch = {e};
-  auto before = (*trainer)->Auxiliary(batch);
-  ASSERT_TRUE(before.ok()) << before.status();
-  EXPECT_EQ(before->word_pointers, 1);
-  EXPECT_EQ(before->pointers, 0);  // no cell supervision asked for
-  for (int i = 0; i < 80; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
-  auto after = (*trainer)->Auxiliary(batch);
-  ASSERT_TRUE(after.ok());
-  EXPECT_LT(before->word_mass, 0.3);
-  EXPECT_GT(after->word_mass, 0.9) << before->word_mass << " -> " << after->word_mass;
+  const auto reports = TrainAndReport(trainer->get(), batch, 80);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_EQ(before.word_pointers, 1);
+  EXPECT_EQ(before.pointers, 0);  // no cell supervision asked for
+  EXPECT_LT(before.word_mass, 0.3);
+  EXPECT_GT(after.word_mass, 0.9) << before.word_mass << " -> " << after.word_mass;
   // The same in the probabilities the model keeps, from the positions that
   // predict the four answer tokens (13: token 45, then the first three).
   at::NoGradGuard no_grad;
@@ -290,17 +307,15 @@ TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
   e.images[0].cell_classes = (at::arange(1, 5, at::kLong).view({1, 2, 2, 1})).repeat({2, 1, 1, 1});
   e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
   const std::vector<TrainExample> batch = {e};
-  auto before = (*trainer)->Auxiliary(batch);
-  ASSERT_TRUE(before.ok()) << before.status();
-  ASSERT_EQ(before->cell_accuracy.size(), 1u);
-  for (int i = 0; i < 100; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
-  auto after = (*trainer)->Auxiliary(batch);
-  ASSERT_TRUE(after.ok());
-  EXPECT_EQ(after->cell_accuracy[0], 1.0);
+  const auto reports = TrainAndReport(trainer->get(), batch, 100);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  ASSERT_EQ(before.cell_accuracy.size(), 1u);
+  EXPECT_EQ(after.cell_accuracy[0], 1.0);
   // Cell centres are at 0.25 and 0.75 of the crop: a head that knows
   // nothing is off by about 0.25.
-  EXPECT_GT(before->where_error, 0.1);
-  EXPECT_LT(after->where_error, 0.05) << before->where_error;
+  EXPECT_GT(before.where_error, 0.1);
+  EXPECT_LT(after.where_error, 0.05) << before.where_error;
 }
 
 // With a position loss, what a supervised head reads carries where its item
@@ -326,14 +341,12 @@ TEST(TrainerTest, PointedHeadsLearnToSayWhereTheyLook) {
     e.pointers = {a};
     batch.push_back(e);
   }
-  auto before = (*trainer)->Auxiliary(batch);
-  ASSERT_TRUE(before.ok()) << before.status();
-  EXPECT_EQ(before->positions, 2);
-  for (int i = 0; i < 150; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
-  auto after = (*trainer)->Auxiliary(batch);
-  ASSERT_TRUE(after.ok());
-  EXPECT_GT(before->position_error, 0.1);
-  EXPECT_LT(after->position_error, 0.05) << before->position_error;
+  const auto reports = TrainAndReport(trainer->get(), batch, 150);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_EQ(before.positions, 2);
+  EXPECT_GT(before.position_error, 0.1);
+  EXPECT_LT(after.position_error, 0.05) << before.position_error;
 }
 
 // Saving weights and optimizer state mid-run, then loading both into a new
