@@ -26,11 +26,11 @@ struct Trainer::Optimizer {
   torch::optim::AdamW adamw;
 };
 
-absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, const TrainOptions& options) {
+absl::Status CheckTrainOptions(const TrainOptions& options, int64_t decoder_layers) {
   if (options.total_steps < 1 || options.warmup_steps < 0 || !(options.learning_rate > 0)) {
     return absl::InvalidArgumentError("training options: total_steps >= 1, warmup_steps >= 0, learning_rate > 0");
   }
-  const int64_t layers = model->config().text.num_layers;
+  const int64_t layers = decoder_layers;
   // A supervised layer, from 0 or negative from the end, must exist.
   auto check_layer = [layers](const char* option, int layer) {
     if (layer < layers && layer >= -layers) return absl::OkStatus();
@@ -44,6 +44,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
   if (options.word_loss_weight > 0) {
     if (auto s = check_layer("word_layer", options.word_layer); !s.ok()) return s;
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, const TrainOptions& options) {
+  if (auto s = CheckTrainOptions(options, model->config().text.num_layers); !s.ok()) return s;
   auto params = model->MakeTrainable();
   if (!params.ok()) return params.status();
   model->SetCaptureAttention(options.attention_loss_weight > 0, options.attention_layer);
@@ -280,27 +285,36 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       // The attention of the pointer's head in `probs` ([B, heads, T, T]),
       // from the positions that predict its span, summed over `positions`:
       // [span]; undefined when there is nothing to supervise.
-      auto mass_on = [&](const at::Tensor& probs, const TrainPointer& ptr, const std::vector<int64_t>& positions) {
+      // The attention of a pointer's head on `positions`, [span, positions],
+      // from the positions that predict its span.
+      auto attention_on = [&](const at::Tensor& probs, const TrainPointer& ptr, const std::vector<int64_t>& positions) {
         const auto [from, span] = span_of(ptr);
         if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1) || positions.empty()) return at::Tensor();
         return probs[static_cast<int64_t>(k - first)][ptr.head]
             .narrow(0, answer + from, span)
-            .index_select(1, at::tensor(positions, at::kLong))
-            .sum(1);
+            .index_select(1, at::tensor(positions, at::kLong));
+      };
+      auto mass_on = [&](const at::Tensor& probs, const TrainPointer& ptr, const std::vector<int64_t>& positions) {
+        const at::Tensor on = attention_on(probs, ptr, positions);
+        return on.defined() ? on.sum(1) : on;
       };
       if (aux_loss != nullptr && options_.word_loss_weight > 0) {
         // Each pointer's head, in the word layer, from the positions that
-        // predict its span, should rest on the words naming its thing.
+        // predict its span, should read every word naming its thing, in
+        // equal shares: a loss on their total mass alone is met by reading
+        // only the word every example shares ("block"), not the one that
+        // tells the things apart ("red").
         for (const TrainPointer& ptr : e.pointers) {
-          const at::Tensor mass =
-              mass_on(model_->captured_word_attention(), ptr, WordPositions(e, ptr.words, *model_));
-          if (!mass.defined()) continue;
+          const at::Tensor on =
+              attention_on(model_->captured_word_attention(), ptr, WordPositions(e, ptr.words, *model_));
+          if (!on.defined()) continue;
           if (report != nullptr) {
-            report->word_mass += mass.mean().item<double>();
+            report->word_mass += on.sum(1).mean().item<double>();
+            report->word_least += std::get<0>(on.min(1)).mean().item<double>() * on.size(1);
             ++report->word_pointers;
           }
           *aux_loss = *aux_loss -
-                      options_.word_loss_weight * at::log(mass + 1e-6).mean() / static_cast<double>(batch.size());
+                      options_.word_loss_weight * at::log(on + 1e-6).mean() / static_cast<double>(batch.size());
         }
       }
       if (aux_loss != nullptr && options_.attention_loss_weight > 0) {
@@ -311,8 +325,15 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
               mass_on(model_->captured_attention(), ptr, PointerPositions(e, ptr.cells, *model_));
           if (!mass.defined()) continue;
           if (report != nullptr) {
-            report->attention_mass += mass.mean().item<double>();
+            const double m = mass.mean().item<double>();
+            report->attention_mass += m;
             ++report->pointers;
+            if (report->head_mass.size() <= static_cast<size_t>(ptr.head)) {
+              report->head_mass.resize(ptr.head + 1, 0.0);
+              report->head_pointers.resize(ptr.head + 1, 0);
+            }
+            report->head_mass[ptr.head] += m;
+            ++report->head_pointers[ptr.head];
           }
           *aux_loss = *aux_loss - options_.attention_loss_weight * at::log(mass + 1e-6).mean() /
                                       static_cast<double>(batch.size());
@@ -394,8 +415,14 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     auto predicted = TargetLogits(batch, &aux, &report);
     if (!predicted.ok()) return predicted.status();
     if (report.pointers > 0) report.attention_mass /= report.pointers;
+    for (size_t h = 0; h < report.head_mass.size(); ++h) {
+      if (report.head_pointers[h] > 0) report.head_mass[h] /= report.head_pointers[h];
+    }
     if (report.positions > 0) report.position_error /= report.positions;
-    if (report.word_pointers > 0) report.word_mass /= report.word_pointers;
+    if (report.word_pointers > 0) {
+      report.word_mass /= report.word_pointers;
+      report.word_least /= report.word_pointers;
+    }
     return report;
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("auxiliary report: ", e.what()));

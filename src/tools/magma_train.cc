@@ -95,6 +95,8 @@ absl::StatusOr<std::vector<int64_t>> Integers(const std::vector<std::string>& te
   return out;
 }
 
+constexpr int64_t kDecoderLayers = 4;
+
 // The architecture of the embedded model: small enough to train on two
 // cores, the same module layout as Magma-8B. The tower's stages come from
 // --tower_dims / --tower_depths (default: the shipped model's); five stages
@@ -118,7 +120,7 @@ absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   p.layer_scale_init = absl::GetFlag(FLAGS_layer_scale_init);
   p.max_crops = 2;
   p.hidden = 256;
-  p.layers = 4;
+  p.layers = kDecoderLayers;
   p.heads = 4;
   p.kv_heads = 2;
   p.intermediate = 640;
@@ -193,6 +195,19 @@ int main(int argc, char** argv) {
   robot.plates = absl::GetFlag(FLAGS_table_plates);
   if (auto s = magma::worlds::CheckOptions(robot); !s.ok()) return Fail(s);  // before anything is written
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
+  magma::model::TrainOptions to;
+  to.learning_rate = absl::GetFlag(FLAGS_lr);
+  to.warmup_steps = absl::GetFlag(FLAGS_warmup);
+  to.total_steps = absl::GetFlag(FLAGS_steps);
+  if (absl::GetFlag(FLAGS_cell_loss) > 0) {
+    to.cell_classes = magma::train::SyntheticTasks::CellClasses();
+    to.cell_loss_weight = absl::GetFlag(FLAGS_cell_loss);
+  }
+  to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
+  to.attention_layer = absl::GetFlag(FLAGS_attention_layer);
+  to.position_loss_weight = absl::GetFlag(FLAGS_position_loss);
+  to.word_loss_weight = absl::GetFlag(FLAGS_word_loss);
+  to.word_layer = absl::GetFlag(FLAGS_word_layer);
   int64_t start_step = 0;
   double prior_seconds = 0;  // training time before a resume
   const bool existing = absl::GetFlag(FLAGS_resume) || absl::GetFlag(FLAGS_report_only);
@@ -206,6 +221,9 @@ int main(int argc, char** argv) {
     prior_seconds = state.value("train_seconds", 0.0);
     std::cout << "resuming at step " << start_step << "\n";
   } else {
+    // A new model has the preset's layers: check the options against them
+    // before anything is written (a resumed one is checked on load).
+    if (auto s = magma::model::CheckTrainOptions(to, kDecoderLayers); !s.ok()) return Fail(s);
     fs::create_directories(dir);
     if (auto s = CreateModel(dir, absl::GetFlag(FLAGS_seed)); !s.ok()) return Fail(s);
   }
@@ -226,19 +244,6 @@ int main(int argc, char** argv) {
   auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return Fail(mix.status());
 
-  magma::model::TrainOptions to;
-  to.learning_rate = absl::GetFlag(FLAGS_lr);
-  to.warmup_steps = absl::GetFlag(FLAGS_warmup);
-  to.total_steps = absl::GetFlag(FLAGS_steps);
-  if (absl::GetFlag(FLAGS_cell_loss) > 0) {
-    to.cell_classes = magma::train::SyntheticTasks::CellClasses();
-    to.cell_loss_weight = absl::GetFlag(FLAGS_cell_loss);
-  }
-  to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
-  to.attention_layer = absl::GetFlag(FLAGS_attention_layer);
-  to.position_loss_weight = absl::GetFlag(FLAGS_position_loss);
-  to.word_loss_weight = absl::GetFlag(FLAGS_word_loss);
-  to.word_layer = absl::GetFlag(FLAGS_word_layer);
   auto trainer = magma::model::Trainer::Create(model->get(), to);
   if (!trainer.ok()) return Fail(trainer.status());
   if (start_step > 0) {
@@ -306,8 +311,18 @@ int main(int argc, char** argv) {
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
         std::cout << ", own position off by " << aux->where_error << " of the crop";
         std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%";
+        if (aux->head_mass.size() > 1) {
+          std::cout << " (head";
+          for (size_t h = 0; h < aux->head_mass.size(); ++h) {
+            if (aux->head_pointers[h] > 0) std::cout << " " << h << ": " << static_cast<int>(100 * aux->head_mass[h]) << "%";
+          }
+          std::cout << ")";
+        }
         if (aux->positions > 0) std::cout << ", read where they look to " << aux->position_error;
-        if (aux->word_pointers > 0) std::cout << ", on their words " << static_cast<int>(100 * aux->word_mass) << "%";
+        if (aux->word_pointers > 0) {
+          std::cout << ", on their words " << static_cast<int>(100 * aux->word_mass) << "% (evenness "
+                    << static_cast<int>(100 * aux->word_least) << "%)";
+        }
         std::cout
                   << std::endl;
       }

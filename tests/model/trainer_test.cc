@@ -203,6 +203,12 @@ TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
   EXPECT_EQ(after.pointers, 2);
   EXPECT_LT(before.attention_mass, 0.2);
   EXPECT_GT(after.attention_mass, 0.9) << before.attention_mass << " -> " << after.attention_mass;
+  // The report also gives each head's own mass.
+  ASSERT_EQ(after.head_mass.size(), 2u);
+  EXPECT_EQ(after.head_pointers, (std::vector<int>{1, 1}));
+  EXPECT_GT(after.head_mass[0], 0.9);
+  EXPECT_GT(after.head_mass[1], 0.9);
+  EXPECT_NEAR(after.attention_mass, (after.head_mass[0] + after.head_mass[1]) / 2, 1e-6);
   // The captured probabilities say the same per head.
   const at::Tensor probs = CapturedAttention(m.get(), e);
   ASSERT_TRUE(probs.defined());
@@ -244,6 +250,33 @@ TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
     last_mass += last[0][t][1].item<double>() / 4;
   }
   EXPECT_LT(last_mass, 0.5);  // the last layer was not taught to look there
+}
+
+// The same checks without a model, for callers that check before they write
+// one: layers count from 0 or back from -1, and a layer flag only matters
+// when its loss is on.
+TEST(TrainerTest, OptionsAreCheckedAgainstALayerCount) {
+  TrainOptions o = Schedule(10);
+  EXPECT_TRUE(CheckTrainOptions(o, 4).ok());
+  o.attention_loss_weight = 1.0;
+  for (int good : {0, 3, -1, -4}) {
+    o.attention_layer = good;
+    EXPECT_TRUE(CheckTrainOptions(o, 4).ok()) << good;
+  }
+  for (int bad : {4, -5}) {
+    o.attention_layer = bad;
+    const absl::Status s = CheckTrainOptions(o, 4);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(s.message(), ::testing::HasSubstr("4 decoder layers")) << s;
+  }
+  o.attention_layer = -1;
+  o.word_layer = 9;  // ignored while the word loss is off
+  EXPECT_TRUE(CheckTrainOptions(o, 4).ok());
+  o.word_loss_weight = 0.5;
+  EXPECT_EQ(CheckTrainOptions(o, 4).code(), absl::StatusCode::kInvalidArgument);
+  o.word_layer = 1;
+  o.total_steps = 0;
+  EXPECT_EQ(CheckTrainOptions(o, 4).code(), absl::StatusCode::kInvalidArgument);
 }
 
 // Word pointers teach a chosen layer's heads which prompt words to read:
@@ -290,6 +323,42 @@ TEST(TrainerTest, WordPointersTeachTheWordLayer) {
   ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
   const at::Tensor probs = m->captured_word_attention()[0];
   for (int64_t t = 13; t < 17; ++t) EXPECT_GT(probs[0][t][12].item<double>(), 0.8) << t;
+}
+
+// A pointer named by several words reads each of them, in equal shares:
+// here prompt token 17 (index 1, position 1) and token 44 (index 3, position
+// 12), so about half of head 0's attention on each rather than all of it on
+// whichever is easier to find.
+TEST(TrainerTest, WordPointersReadEveryWord) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o = Schedule(80);
+  o.word_loss_weight = 1.0;
+  o.word_layer = 0;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  TrainExample e = Example();
+  TrainPointer p;
+  p.head = 0;
+  p.words = {1, 3};
+  e.pointers = {p};
+  const auto reports = TrainAndReport(trainer->get(), {e}, 80);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_GT(after.word_mass, 0.9) << before.word_mass << " -> " << after.word_mass;
+  EXPECT_GT(after.word_least, 0.8) << before.word_least << " -> " << after.word_least;
+  at::NoGradGuard no_grad;
+  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
+  ASSERT_TRUE(f.ok());
+  auto x = m->EmbedPrompt({1, 17, 511, 44, 45, 100, 200, 300}, {*f});
+  ASSERT_TRUE(x.ok());
+  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
+  const at::Tensor probs = m->captured_word_attention()[0];
+  for (int64_t t = 13; t < 17; ++t) {
+    EXPECT_NEAR(probs[0][t][1].item<double>(), 0.5, 0.1) << t;
+    EXPECT_NEAR(probs[0][t][12].item<double>(), 0.5, 0.1) << t;
+  }
 }
 
 // The cell heads: one class per tower cell (here the cell's index in its

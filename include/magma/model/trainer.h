@@ -52,8 +52,8 @@ struct TrainOptions {
   // earlier layer (word_layer), at the positions that predict the span,
   // should attend to the prompt words that name what the span is about
   // (TrainPointer::words: "red block" in "put the red block on the blue
-  // plate"). Teaches the answer positions which words to carry into the
-  // query that finds the thing in the image. 0 = off.
+  // plate"), each word in an equal share. Teaches the answer positions which
+  // words to carry into the query that finds the thing in the image. 0 = off.
   double word_loss_weight = 0;
   int word_layer = 1;
 };
@@ -107,14 +107,27 @@ struct AuxiliaryReport {
   // the positions of its span, averaged over the pointers.
   double attention_mass = 0;
   int pointers = 0;
+  // The same per supervised head (index = head; heads without a pointer in
+  // the batch have 0 pointers).
+  std::vector<double> head_mass;
+  std::vector<int> head_pointers;
   // Mean absolute error of the pointed positions read from the heads'
   // outputs (fractions of the image), over the pointers that have one.
   double position_error = 0;
   int positions = 0;
   // Mean attention mass of the word layer's heads on their words.
   double word_mass = 0;
+  // The least-read word's share times the number of words (1 = every word
+  // read alike, 0 = some word not read).
+  double word_least = 0;
   int word_pointers = 0;
 };
+
+// OK if `options` can train a model with `decoder_layers` decoder layers:
+// INVALID_ARGUMENT for a bad schedule or a supervised layer the model lacks.
+// Trainer::Create checks the same; callers that build the model themselves
+// can check first, before anything is written.
+absl::Status CheckTrainOptions(const TrainOptions& options, int64_t decoder_layers);
 
 class Trainer {
  public:
