@@ -58,7 +58,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
 
 Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at::Tensor> params)
     : model_(model), options_(options), params_(params) {
-  int64_t outputs = 4;  // + offsets (2) + the cell's own position in its crop (2)
+  // Classes + offsets (2 per item) + the cell's own position in its crop (2).
+  int64_t outputs = 2 * options.cell_offset_items + 2;
   for (int64_t n : options.cell_classes) outputs += n;
   if (!options.cell_classes.empty()) {
     const int64_t channels = model->vision_dims().back();
@@ -94,18 +95,25 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
   const int64_t n = features.size(0), h = features.size(2), w = features.size(3);
   std::vector<at::Tensor> classes, offsets;
   const int64_t heads = static_cast<int64_t>(options_.cell_classes.size());
+  const int64_t offset_dims = 2 * options_.cell_offset_items;
   for (const TrainImage* img : images) {
     const int64_t crops = img->crops.size(0);
     if (img->cell_classes.defined()) {
       classes.push_back(img->cell_classes);
-      offsets.push_back(img->cell_offsets);
+      // Items an image gives no offsets for have none to learn.
+      at::Tensor o = img->cell_offsets;
+      if (o.size(3) < offset_dims) {
+        o = at::cat({o, at::full({crops, h, w, offset_dims - o.size(3)}, std::numeric_limits<float>::quiet_NaN())},
+                    3);
+      }
+      offsets.push_back(o.narrow(3, 0, offset_dims));
     } else {
       classes.push_back(at::full({crops, h, w, heads}, -1, at::kLong));
-      offsets.push_back(at::full({crops, h, w, 2}, std::numeric_limits<float>::quiet_NaN()));
+      offsets.push_back(at::full({crops, h, w, offset_dims}, std::numeric_limits<float>::quiet_NaN()));
     }
   }
   at::Tensor target = at::cat(classes).view({n, h, w, heads});
-  at::Tensor target_offsets = at::cat(offsets).view({n, h, w, 2});
+  at::Tensor target_offsets = at::cat(offsets).view({n, h, w, offset_dims});
   at::Tensor loss = at::zeros({}, at::kFloat);
   int64_t first = 0;
   for (int64_t k = 0; k < heads; ++k) {
@@ -127,18 +135,22 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
            kEmptyCellWeight * (ce * empty).sum() / empty.sum().clamp_min(1);
     first += m;
   }
-  at::Tensor has = target_offsets.select(3, 0).isnan().logical_not();
-  if (has.any().item<bool>()) {
-    at::Tensor pred = out.narrow(3, first, 2).index({has});
-    loss = loss + 10.0 * (pred - target_offsets.index({has})).pow(2).mean();
+  for (int64_t d = 0; d < offset_dims; d += 2) {
+    const at::Tensor item = target_offsets.narrow(3, d, 2);
+    at::Tensor has = item.select(3, 0).isnan().logical_not();
+    if (has.any().item<bool>()) {
+      at::Tensor pred = out.narrow(3, first + d, 2).index({has});
+      loss = loss + 10.0 * (pred - item.index({has})).pow(2).mean();
+    }
   }
+  first += offset_dims;
   // Where each cell is in its crop (x, y in 0..1): a convolutional tower
   // only knows from its borders, and the language model reads positions from
   // what it attends to.
   at::Tensor xs = (at::arange(w, at::kFloat) + 0.5) / static_cast<double>(w);
   at::Tensor ys = (at::arange(h, at::kFloat) + 0.5) / static_cast<double>(h);
   at::Tensor where = at::stack({xs.view({1, w}).expand({h, w}), ys.view({h, 1}).expand({h, w})}, -1);  // [h, w, 2]
-  const at::Tensor where_error = out.narrow(3, first + 2, 2) - where.unsqueeze(0);
+  const at::Tensor where_error = out.narrow(3, first, 2) - where.unsqueeze(0);
   if (report != nullptr) report->where_error = where_error.abs().mean().item<double>();
   loss = loss + 10.0 * where_error.pow(2).mean();
   return loss;

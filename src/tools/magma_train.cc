@@ -201,6 +201,7 @@ int main(int argc, char** argv) {
   to.total_steps = absl::GetFlag(FLAGS_steps);
   if (absl::GetFlag(FLAGS_cell_loss) > 0) {
     to.cell_classes = magma::train::SyntheticTasks::CellClasses();
+    to.cell_offset_items = magma::train::SyntheticTasks::CellOffsetItems();
     to.cell_loss_weight = absl::GetFlag(FLAGS_cell_loss);
   }
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
@@ -307,7 +308,7 @@ int main(int argc, char** argv) {
         auto aux = (*trainer)->Auxiliary(std::vector<magma::model::TrainExample>(
             examples.begin(), examples.begin() + std::min<size_t>(examples.size(), 16)));
         if (!aux.ok()) return aux.status();
-        std::cout << "  " << kind << ": cell accuracy (what, mark, label)";
+        std::cout << "  " << kind << ": cell accuracy (what, mark, label, beneath)";
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
         std::cout << ", own position off by " << aux->where_error << " of the crop";
         std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%";

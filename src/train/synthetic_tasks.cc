@@ -137,13 +137,16 @@ std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, cons
 // on its any-res grid): the first item whose centre falls in the cell, else
 // the first whose box holds the cell's centre; the offset of that item's
 // centre from the cell's, in cells (so that every cell of a large item, not
-// only the one holding its centre, says where the item is).
+// only the one holding its centre, says where the item is); and, found the
+// same way among the other items, what lies beneath it and its offset (a
+// block under the gripper, a widget under its mark label), so that a thing
+// does not vanish from the cells where something covers it.
 // Returns, per pointer group, the cells that hold the centre of one of its
 // items or whose centre lies in one of its items' boxes.
 std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model::TrainImage* img) {
   const int64_t s = img->crops.size(2), f = s / 32, crops = img->crops.size(0);
-  at::Tensor classes = at::zeros({crops, f, f, 3}, at::kLong);
-  at::Tensor offsets = at::full({crops, f, f, 2}, std::numeric_limits<float>::quiet_NaN());
+  at::Tensor classes = at::zeros({crops, f, f, 4}, at::kLong);
+  at::Tensor offsets = at::full({crops, f, f, 4}, std::numeric_limits<float>::quiet_NaN());
   int groups = 0;
   for (const auto& it : items) groups = std::max(groups, it.pointer + 1);
   std::vector<at::Tensor> pointers;
@@ -171,16 +174,33 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
           for (const auto& it : items) {
             if (it.pointer >= 0 && (centre_here(it) || covers_cell(it))) marks[it.pointer][n][i][j] = true;
           }
-          const auto by_centre = std::find_if(items.begin(), items.end(), centre_here);
-          const bool centre = by_centre != items.end();
-          const auto found = centre ? by_centre : std::find_if(items.begin(), items.end(), covers_cell);
-          const CellItem* hit = found == items.end() ? nullptr : &*found;
+          // The item on top, and the one beneath it (the block under the
+          // gripper): each the first whose centre is here, else the first
+          // that covers the cell's centre.
+          const CellItem* layer[2] = {nullptr, nullptr};
+          for (const CellItem*& pick : layer) {
+            auto free = [&](const CellItem& it) { return &it != layer[0]; };
+            for (const auto& it : items) {
+              if (free(it) && centre_here(it)) {
+                pick = &it;
+                break;
+              }
+            }
+            for (const auto& it : items) {
+              if (pick == nullptr && free(it) && covers_cell(it)) pick = &it;
+            }
+            if (pick == nullptr) break;
+          }
+          const CellItem* hit = layer[0];
           if (hit == nullptr) continue;
           c[n][i][j][0] = hit->what;
           c[n][i][j][1] = hit->mark;
           c[n][i][j][2] = hit->text;
-          o[n][i][j][0] = static_cast<float>((hit->cx - x) / cell_w);
-          o[n][i][j][1] = static_cast<float>((hit->cy - y) / cell_h);
+          for (int k = 0; k < 2 && layer[k] != nullptr; ++k) {
+            o[n][i][j][2 * k] = static_cast<float>((layer[k]->cx - x) / cell_w);
+            o[n][i][j][2 * k + 1] = static_cast<float>((layer[k]->cy - y) / cell_h);
+          }
+          if (layer[1] != nullptr) c[n][i][j][3] = layer[1]->what;
         }
       }
     }
@@ -265,9 +285,12 @@ void PointAll(const std::vector<at::Tensor>& groups, int head, int group, const 
 
 }  // namespace
 
+int SyntheticTasks::CellOffsetItems() { return 2; }
+
 const std::vector<int64_t>& SyntheticTasks::CellClasses() {
-  // what (kWhat*), Set-of-Mark id (none, 0..9), widget label (none, 20).
-  static const std::vector<int64_t> kClasses = {kWhatClasses, 11, 21};
+  // what (kWhat*), Set-of-Mark id (none, 0..9), widget label (none, 20),
+  // what lies beneath the item on top (kWhat*).
+  static const std::vector<int64_t> kClasses = {kWhatClasses, 11, 21, kWhatClasses};
   return kClasses;
 }
 

@@ -114,6 +114,7 @@ TEST_F(SyntheticTasksTest, ActFramesScatterTheGripperOverTheTable) {
 // original pixels each.
 TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
   int outside = 0;  // cells whose item's centre lies outside them
+  int beneath = 0;  // cells with something under the item on top
   for (uint64_t seed = 0; seed < 40; ++seed) {
     auto e = tasks_->Path(seed);
     ASSERT_TRUE(e.ok());
@@ -121,7 +122,8 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     ASSERT_EQ(img.rows, 1);
     ASSERT_EQ(img.cols, 1);
     ASSERT_TRUE(img.cell_classes.defined());
-    ASSERT_EQ(img.cell_classes.sizes(), (std::vector<int64_t>{1, 2, 2, 3}));
+    ASSERT_EQ(img.cell_classes.sizes(), (std::vector<int64_t>{1, 2, 2, 4}));
+    ASSERT_EQ(img.cell_offsets.sizes(), (std::vector<int64_t>{1, 2, 2, 4}));
     const auto scene = worlds::NewEpisode(seed);
     // The gripper starts at (0.5, 0.9) = pixel (128, 230.4): cell (1, 1),
     // open (class 61: 1 + 6 UI looks x 8 colours + 6 blocks + 6 plates),
@@ -133,8 +135,32 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     EXPECT_EQ(img.cell_classes.select(3, 1).max().item<int64_t>(), 0);
     EXPECT_EQ(img.cell_classes.select(3, 2).max().item<int64_t>(), 0);
     // Every class is within its head.
-    for (int k = 0; k < 3; ++k) {
+    for (int k = 0; k < 4; ++k) {
       EXPECT_LT(img.cell_classes.select(3, k).max().item<int64_t>(), SyntheticTasks::CellClasses()[k]);
+    }
+    // What lies beneath the item on top: its class and offset name one
+    // block (class 49 + colour) or plate (55 + colour) of the scene, not the
+    // item on top.
+    for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < 2; ++j) {
+        const int64_t under = img.cell_classes[0][i][j][3].item<int64_t>();
+        const float ox = img.cell_offsets[0][i][j][2].item<float>(), oy = img.cell_offsets[0][i][j][3].item<float>();
+        EXPECT_EQ(under == 0, std::isnan(ox)) << seed;
+        if (under == 0) continue;
+        ++beneath;
+        const double x = (j + 0.5 + ox) / 2, y = (i + 0.5 + oy) / 2;
+        int matches = 0;
+        for (const auto& o : scene.objects) {
+          const int colour = static_cast<int>(std::find(worlds::TableColors().begin(), worlds::TableColors().end(),
+                                                        o.color) - worlds::TableColors().begin());
+          matches += std::hypot(x - o.center.x, y - o.center.y) < 1e-4 &&
+                     under == (o.kind == "block" ? 49 : 55) + colour;
+        }
+        EXPECT_EQ(matches, 1) << seed << ": cell " << i << "," << j << " has " << under << " beneath at " << x << "," << y;
+        EXPECT_FALSE(std::abs(ox - img.cell_offsets[0][i][j][0].item<float>()) < 1e-6 &&
+                     std::abs(oy - img.cell_offsets[0][i][j][1].item<float>()) < 1e-6 &&
+                     under == img.cell_classes[0][i][j][0].item<int64_t>());
+      }
     }
     // Every cell with an offset points at the centre of the gripper, a
     // block or a plate, also cells that only lie under an item's box.
@@ -172,6 +198,7 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     }
   }
   EXPECT_GT(outside, 0);
+  EXPECT_GT(beneath, 0);
   // On a marked screen some cell carries a mark id, and the target widget's
   // centre cell carries its mark.
   auto click = tasks_->Click(3);

@@ -29,9 +29,12 @@ struct TrainOptions {
   // Auxiliary supervision of the vision tower (training only; the heads are
   // not part of the checkpoint): a linear read-out of every tower output
   // cell, one classification head per entry (its number of classes), two
-  // regressed offsets and the cell's own position in its crop. Gives a tower trained from scratch a dense signal
-  // long before the language model learns to look at the image. Empty = off.
+  // regressed offsets per item (cell_offset_items: the item on top and, from
+  // 2, what lies beneath it) and the cell's own position in its crop. Gives a
+  // tower trained from scratch a dense signal long before the language model
+  // learns to look at the image. Empty = off.
   std::vector<int64_t> cell_classes;
+  int cell_offset_items = 1;
   double cell_loss_weight = 1.0;
   // Attention supervision (training only): query heads of one decoder
   // layer, at the positions that predict a span of the answer, should attend
@@ -66,7 +69,8 @@ struct TrainImage {
   int rows = 1, cols = 1;
   // Optional targets of the cell heads, per crop and tower output cell:
   // classes [rows*cols, h, w, heads] int64 (-1 = no target) and offsets
-  // [rows*cols, h, w, 2] float32 (NaN = no target).
+  // [rows*cols, h, w, 2 * TrainOptions::cell_offset_items] float32, x and y
+  // per item (NaN = no target).
   at::Tensor cell_classes, cell_offsets;
 };
 

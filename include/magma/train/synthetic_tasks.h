@@ -55,6 +55,9 @@ class SyntheticTasks {
   // Classes of the tower's cell heads (TrainOptions::cell_classes) that
   // every example's images carry targets for (TrainImage::cell_classes).
   static const std::vector<int64_t>& CellClasses();
+  // Items per cell with regressed offsets (TrainOptions::cell_offset_items):
+  // the one on top and the one beneath it.
+  static int CellOffsetItems();
 
   // Texts that appear in prompts and answers (for training a tokenizer).
   static std::vector<std::string> CorpusTexts(int screens);
