@@ -139,8 +139,11 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
     const at::Tensor item = target_offsets.narrow(3, d, 2);
     at::Tensor has = item.select(3, 0).isnan().logical_not();
     if (has.any().item<bool>()) {
-      at::Tensor pred = out.narrow(3, first + d, 2).index({has});
-      loss = loss + 10.0 * (pred - item.index({has})).pow(2).mean();
+      at::Tensor error = out.narrow(3, first + d, 2).index({has}) - item.index({has});
+      loss = loss + 10.0 * error.pow(2).mean();
+      if (report != nullptr) report->offset_error.push_back(error.abs().mean().item<double>());
+    } else if (report != nullptr) {
+      report->offset_error.push_back(std::numeric_limits<double>::quiet_NaN());
     }
   }
   first += offset_dims;

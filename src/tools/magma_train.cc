@@ -310,7 +310,9 @@ int main(int argc, char** argv) {
         if (!aux.ok()) return aux.status();
         std::cout << "  " << kind << ": cell accuracy (what, mark, label, beneath)";
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
-        std::cout << ", own position off by " << aux->where_error << " of the crop";
+        std::cout << ", centres off by";
+        for (double e : aux->offset_error) std::cout << " " << e;
+        std::cout << " cells, own position off by " << aux->where_error << " of the crop";
         std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%";
         if (aux->head_mass.size() > 1) {
           std::cout << " (head";

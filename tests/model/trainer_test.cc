@@ -385,6 +385,39 @@ TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
   // nothing is off by about 0.25.
   EXPECT_GT(before.where_error, 0.1);
   EXPECT_LT(after.where_error, 0.05) << before.where_error;
+  ASSERT_EQ(after.offset_error.size(), 1u);
+  EXPECT_TRUE(std::isnan(after.offset_error[0]));  // no offsets to learn
+}
+
+// Two offset items per cell: each cell learns where the item on top and the
+// one beneath it are (here every cell of crop 0 says (0.25, -0.25) and
+// (-0.5, 0.5); crop 1 has (0.1, 0.1) on top and nothing beneath). Images
+// that give only the first item's offsets leave the second unsupervised.
+TEST(TrainerTest, CellHeadsLearnWhatLiesBeneath) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o = Schedule(100);
+  o.cell_classes = {5};
+  o.cell_offset_items = 2;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  TrainExample e = Example();
+  e.images[0].cell_classes = at::ones({2, 2, 2, 1}, at::kLong);
+  at::Tensor offsets = at::full({2, 2, 2, 4}, std::numeric_limits<float>::quiet_NaN());
+  offsets[0] = at::tensor({0.25f, -0.25f, -0.5f, 0.5f}).view({1, 1, 4}).expand({2, 2, 4});
+  offsets[1].narrow(2, 0, 2).fill_(0.1f);
+  e.images[0].cell_offsets = offsets;
+  TrainExample only_top = Example();
+  only_top.images[0].cell_classes = at::ones({2, 2, 2, 1}, at::kLong);
+  only_top.images[0].cell_offsets = offsets.narrow(3, 0, 2).clone();  // the same image, the same items on top
+  const auto reports = TrainAndReport(trainer->get(), {e, only_top}, 100);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  ASSERT_EQ(after.offset_error.size(), 2u);
+  EXPECT_GT(before.offset_error[1], 0.2);
+  EXPECT_LT(after.offset_error[0], 0.05) << before.offset_error[0];
+  EXPECT_LT(after.offset_error[1], 0.05) << before.offset_error[1];
 }
 
 // With a position loss, what a supervised head reads carries where its item

@@ -104,6 +104,9 @@ struct AuxiliaryReport {
   // Per cell head: share of cells with a non-zero target ("something is
   // here") whose argmax is that target.
   std::vector<double> cell_accuracy;
+  // Per offset item (the one on top, then beneath): mean absolute error of
+  // the regressed centre offsets, in cells (NaN: no target in the batch).
+  std::vector<double> offset_error;
   // Mean absolute error of the cells' own position in their crop (0..1)
   // read from the tower's output.
   double where_error = 0;
