@@ -308,7 +308,7 @@ int main(int argc, char** argv) {
         auto aux = (*trainer)->Auxiliary(std::vector<magma::model::TrainExample>(
             examples.begin(), examples.begin() + std::min<size_t>(examples.size(), 16)));
         if (!aux.ok()) return aux.status();
-        std::cout << "  " << kind << ": cell accuracy (what, mark, label, beneath)";
+        std::cout << "  " << kind << ": cell accuracy (what, mark, label, overlay)";
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
         std::cout << ", centres off by";
         for (double e : aux->offset_error) std::cout << " " << e;

@@ -42,6 +42,8 @@ struct CellItem {
   int mark = 0;          // 0 none, 1 + Set-of-Mark id
   int text = 0;          // 0 none, 1 + index in UiLabels()
   int pointer = -1;      // the pointer group it belongs to (-1: none)
+  // Drawn over things rather than a thing itself: the gripper, a mark label.
+  bool overlay = false;
 };
 
 // Classes of the "what" cell head: none, then the UI looks (kind and shape)
@@ -88,6 +90,7 @@ std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<
     item.cx = (l.x1 + l.x2) / 2;
     item.cy = (l.y1 + l.y2) / 2;
     item.what = kWhatMarkLabel;
+    item.overlay = true;
     item.mark = marks[i].id >= 0 && marks[i].id < 10 ? 1 + marks[i].id : 0;
     if (std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end()) item.pointer = 0;
     items.push_back(item);
@@ -122,6 +125,7 @@ std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, cons
     items.push_back(item);
   };
   add(scene.gripper, 0.03, scene.gripper_open ? kWhatGripperOpen : kWhatGripperClosed, -1);
+  items.back().overlay = true;
   for (size_t i = 0; i < scene.objects.size(); ++i) {
     const auto& o = scene.objects[i];
     if (o.kind == "block") add(o.center, o.radius, kWhatBlock + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
@@ -134,13 +138,15 @@ std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, cons
 }
 
 // Targets of every tower output cell of `img` (crops of an image of `size`
-// on its any-res grid): the first item whose centre falls in the cell, else
-// the first whose box holds the cell's centre; the offset of that item's
-// centre from the cell's, in cells (so that every cell of a large item, not
-// only the one holding its centre, says where the item is); and, found the
-// same way among the other items, what lies beneath it and its offset (a
-// block under the gripper, a widget under its mark label), so that a thing
-// does not vanish from the cells where something covers it.
+// on its any-res grid), in two slots: the thing in the cell (a widget, a
+// block, a plate) and the overlay on it (the gripper, a mark label), each
+// the first whose centre falls in the cell, else the first whose box holds
+// the cell's centre. The "what" head names the thing, with its label; the
+// overlay head the overlay; the mark head the overlay's mark, else the
+// thing's. Each slot regresses the offset of its item's centre from the
+// cell's, in cells, so that every cell of a large item says where the item
+// is, and a block under the gripper does not vanish from its cells: the
+// thing's position stays in one slot and the gripper's in the other.
 // Returns, per pointer group, the cells that hold the centre of one of its
 // items or whose centre lies in one of its items' boxes.
 std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model::TrainImage* img) {
@@ -174,33 +180,31 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
           for (const auto& it : items) {
             if (it.pointer >= 0 && (centre_here(it) || covers_cell(it))) marks[it.pointer][n][i][j] = true;
           }
-          // The item on top, and the one beneath it (the block under the
-          // gripper): each the first whose centre is here, else the first
-          // that covers the cell's centre.
-          const CellItem* layer[2] = {nullptr, nullptr};
-          for (const CellItem*& pick : layer) {
-            auto free = [&](const CellItem& it) { return &it != layer[0]; };
+          const CellItem* slot[2] = {nullptr, nullptr};  // thing, overlay
+          for (int k = 0; k < 2; ++k) {
+            auto in_slot = [&](const CellItem& it) { return it.overlay == (k == 1); };
             for (const auto& it : items) {
-              if (free(it) && centre_here(it)) {
-                pick = &it;
+              if (in_slot(it) && centre_here(it)) {
+                slot[k] = &it;
                 break;
               }
             }
             for (const auto& it : items) {
-              if (pick == nullptr && free(it) && covers_cell(it)) pick = &it;
+              if (slot[k] == nullptr && in_slot(it) && covers_cell(it)) slot[k] = &it;
             }
-            if (pick == nullptr) break;
           }
-          const CellItem* hit = layer[0];
-          if (hit == nullptr) continue;
-          c[n][i][j][0] = hit->what;
-          c[n][i][j][1] = hit->mark;
-          c[n][i][j][2] = hit->text;
-          for (int k = 0; k < 2 && layer[k] != nullptr; ++k) {
-            o[n][i][j][2 * k] = static_cast<float>((layer[k]->cx - x) / cell_w);
-            o[n][i][j][2 * k + 1] = static_cast<float>((layer[k]->cy - y) / cell_h);
+          const CellItem *thing = slot[0], *overlay = slot[1];
+          if (thing != nullptr) {
+            c[n][i][j][0] = thing->what;
+            c[n][i][j][2] = thing->text;
           }
-          if (layer[1] != nullptr) c[n][i][j][3] = layer[1]->what;
+          if (overlay != nullptr) c[n][i][j][3] = overlay->what;
+          c[n][i][j][1] = overlay != nullptr && overlay->mark > 0 ? overlay->mark : thing != nullptr ? thing->mark : 0;
+          for (int k = 0; k < 2; ++k) {
+            if (slot[k] == nullptr) continue;
+            o[n][i][j][2 * k] = static_cast<float>((slot[k]->cx - x) / cell_w);
+            o[n][i][j][2 * k + 1] = static_cast<float>((slot[k]->cy - y) / cell_h);
+          }
         }
       }
     }
@@ -288,8 +292,8 @@ void PointAll(const std::vector<at::Tensor>& groups, int head, int group, const 
 int SyntheticTasks::CellOffsetItems() { return 2; }
 
 const std::vector<int64_t>& SyntheticTasks::CellClasses() {
-  // what (kWhat*), Set-of-Mark id (none, 0..9), widget label (none, 20),
-  // what lies beneath the item on top (kWhat*).
+  // what thing (kWhat*), Set-of-Mark id (none, 0..9), widget label (none,
+  // 20), what overlay (kWhat*: the gripper open or closed, a mark label).
   static const std::vector<int64_t> kClasses = {kWhatClasses, 11, 21, kWhatClasses};
   return kClasses;
 }

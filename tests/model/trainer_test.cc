@@ -389,11 +389,12 @@ TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
   EXPECT_TRUE(std::isnan(after.offset_error[0]));  // no offsets to learn
 }
 
-// Two offset items per cell: each cell learns where the item on top and the
-// one beneath it are (here every cell of crop 0 says (0.25, -0.25) and
-// (-0.5, 0.5); crop 1 has (0.1, 0.1) on top and nothing beneath). Images
-// that give only the first item's offsets leave the second unsupervised.
-TEST(TrainerTest, CellHeadsLearnWhatLiesBeneath) {
+// Two offset slots per cell (say a thing and the overlay on it): each cell
+// learns where both are (here every cell of crop 0 says (0.25, -0.25) and
+// (-0.5, 0.5); crop 1 has (0.1, 0.1) in the first slot and nothing in the
+// second). Images that give only the first slot leave the second
+// unsupervised.
+TEST(TrainerTest, CellHeadsLearnTwoOffsetSlots) {
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "float32");
   ASSERT_NE(m, nullptr);

@@ -89,8 +89,8 @@ TEST_F(SyntheticTasksTest, ActFramesScatterTheGripperOverTheTable) {
     std::optional<vision::NormPoint> gripper;
     for (int i = 0; i < 2; ++i) {
       for (int j = 0; j < 2; ++j) {
-        const int64_t what = img.cell_classes[0][i][j][0].item<int64_t>();
-        const float ox = img.cell_offsets[0][i][j][0].item<float>(), oy = img.cell_offsets[0][i][j][1].item<float>();
+        const int64_t what = img.cell_classes[0][i][j][3].item<int64_t>();  // the overlay slot
+        const float ox = img.cell_offsets[0][i][j][2].item<float>(), oy = img.cell_offsets[0][i][j][3].item<float>();
         if ((what == 61 || what == 62) && !std::isnan(ox)) gripper = vision::NormPoint{(j + 0.5 + ox) / 2, (i + 0.5 + oy) / 2};
       }
     }
@@ -114,7 +114,7 @@ TEST_F(SyntheticTasksTest, ActFramesScatterTheGripperOverTheTable) {
 // original pixels each.
 TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
   int outside = 0;  // cells whose item's centre lies outside them
-  int beneath = 0;  // cells with something under the item on top
+  int both = 0;     // cells holding a thing and the gripper
   for (uint64_t seed = 0; seed < 40; ++seed) {
     auto e = tasks_->Path(seed);
     ASSERT_TRUE(e.ok());
@@ -127,10 +127,11 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     const auto scene = worlds::NewEpisode(seed);
     // The gripper starts at (0.5, 0.9) = pixel (128, 230.4): cell (1, 1),
     // open (class 61: 1 + 6 UI looks x 8 colours + 6 blocks + 6 plates),
-    // centre 0.5 cell left of and 0.3 cell below the cell's.
-    EXPECT_EQ(img.cell_classes[0][1][1][0].item<int64_t>(), 61);
-    EXPECT_NEAR(img.cell_offsets[0][1][1][0].item<float>(), -0.5, 1e-5);
-    EXPECT_NEAR(img.cell_offsets[0][1][1][1].item<float>(), 0.3, 1e-5);
+    // centre 0.5 cell left of and 0.3 cell below the cell's; it is an
+    // overlay, in the second slot.
+    EXPECT_EQ(img.cell_classes[0][1][1][3].item<int64_t>(), 61);
+    EXPECT_NEAR(img.cell_offsets[0][1][1][2].item<float>(), -0.5, 1e-5);
+    EXPECT_NEAR(img.cell_offsets[0][1][1][3].item<float>(), 0.3, 1e-5);
     // No marks and no labels on a tabletop.
     EXPECT_EQ(img.cell_classes.select(3, 1).max().item<int64_t>(), 0);
     EXPECT_EQ(img.cell_classes.select(3, 2).max().item<int64_t>(), 0);
@@ -138,40 +139,33 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     for (int k = 0; k < 4; ++k) {
       EXPECT_LT(img.cell_classes.select(3, k).max().item<int64_t>(), SyntheticTasks::CellClasses()[k]);
     }
-    // What lies beneath the item on top: its class and offset name one
-    // block (class 49 + colour) or plate (55 + colour) of the scene, not the
-    // item on top.
     for (int i = 0; i < 2; ++i) {
       for (int j = 0; j < 2; ++j) {
-        const int64_t under = img.cell_classes[0][i][j][3].item<int64_t>();
-        const float ox = img.cell_offsets[0][i][j][2].item<float>(), oy = img.cell_offsets[0][i][j][3].item<float>();
-        EXPECT_EQ(under == 0, std::isnan(ox)) << seed;
-        if (under == 0) continue;
-        ++beneath;
-        const double x = (j + 0.5 + ox) / 2, y = (i + 0.5 + oy) / 2;
-        int matches = 0;
-        for (const auto& o : scene.objects) {
-          const int colour = static_cast<int>(std::find(worlds::TableColors().begin(), worlds::TableColors().end(),
-                                                        o.color) - worlds::TableColors().begin());
-          matches += std::hypot(x - o.center.x, y - o.center.y) < 1e-4 &&
-                     under == (o.kind == "block" ? 49 : 55) + colour;
-        }
-        EXPECT_EQ(matches, 1) << seed << ": cell " << i << "," << j << " has " << under << " beneath at " << x << "," << y;
-        EXPECT_FALSE(std::abs(ox - img.cell_offsets[0][i][j][0].item<float>()) < 1e-6 &&
-                     std::abs(oy - img.cell_offsets[0][i][j][1].item<float>()) < 1e-6 &&
-                     under == img.cell_classes[0][i][j][0].item<int64_t>());
-      }
-    }
-    // Every cell with an offset points at the centre of the gripper, a
-    // block or a plate, also cells that only lie under an item's box.
-    for (int i = 0; i < 2; ++i) {
-      for (int j = 0; j < 2; ++j) {
+        // The thing slot: its class and offset name one block (class 49 +
+        // colour) or plate (55 + colour) of the scene, also in cells that
+        // only lie under its box or hold the gripper too.
+        const int64_t what = img.cell_classes[0][i][j][0].item<int64_t>();
         const float ox = img.cell_offsets[0][i][j][0].item<float>(), oy = img.cell_offsets[0][i][j][1].item<float>();
-        if (std::isnan(ox)) continue;
-        const double x = (j + 0.5 + ox) / 2, y = (i + 0.5 + oy) / 2;
-        bool found = std::hypot(x - scene.gripper.x, y - scene.gripper.y) < 1e-4;
-        for (const auto& o : scene.objects) found = found || std::hypot(x - o.center.x, y - o.center.y) < 1e-4;
-        EXPECT_TRUE(found) << seed << ": cell " << i << "," << j << " points at " << x << "," << y;
+        EXPECT_EQ(what == 0, std::isnan(ox)) << seed;
+        if (what != 0) {
+          const double x = (j + 0.5 + ox) / 2, y = (i + 0.5 + oy) / 2;
+          int matches = 0;
+          for (const auto& o : scene.objects) {
+            const int colour = static_cast<int>(std::find(worlds::TableColors().begin(), worlds::TableColors().end(),
+                                                          o.color) - worlds::TableColors().begin());
+            matches += std::hypot(x - o.center.x, y - o.center.y) < 1e-4 && what == (o.kind == "block" ? 49 : 55) + colour;
+          }
+          EXPECT_EQ(matches, 1) << seed << ": cell " << i << "," << j << " has " << what << " at " << x << "," << y;
+        }
+        // The overlay slot: only the gripper (61 open), at its centre.
+        const int64_t over = img.cell_classes[0][i][j][3].item<int64_t>();
+        const float gx = img.cell_offsets[0][i][j][2].item<float>(), gy = img.cell_offsets[0][i][j][3].item<float>();
+        EXPECT_EQ(over == 0, std::isnan(gx)) << seed;
+        if (over == 0) continue;
+        EXPECT_EQ(over, 61);
+        EXPECT_NEAR((j + 0.5 + gx) / 2, scene.gripper.x, 1e-4);
+        EXPECT_NEAR((i + 0.5 + gy) / 2, scene.gripper.y, 1e-4);
+        both += what != 0;
       }
     }
   }
@@ -198,12 +192,14 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     }
   }
   EXPECT_GT(outside, 0);
-  EXPECT_GT(beneath, 0);
+  EXPECT_GT(both, 0);
   // On a marked screen some cell carries a mark id, and the target widget's
   // centre cell carries its mark.
   auto click = tasks_->Click(3);
   ASSERT_TRUE(click.ok());
   EXPECT_GT(click->example.images[0].cell_classes.select(3, 1).max().item<int64_t>(), 0);
+  // Its mark labels are overlays (class 63), in the second slot.
+  EXPECT_EQ(click->example.images[0].cell_classes.select(3, 3).max().item<int64_t>(), 63);
 }
 
 // Path answers carry two decimals, as HAMSTER writes them: seed 9's expert

@@ -29,8 +29,8 @@ struct TrainOptions {
   // Auxiliary supervision of the vision tower (training only; the heads are
   // not part of the checkpoint): a linear read-out of every tower output
   // cell, one classification head per entry (its number of classes), two
-  // regressed offsets per item (cell_offset_items: the item on top and, from
-  // 2, what lies beneath it) and the cell's own position in its crop. Gives a
+  // regressed offsets per item slot (cell_offset_items, e.g. the thing in the
+  // cell and an overlay on it) and the cell's own position in its crop. Gives a
   // tower trained from scratch a dense signal long before the language model
   // learns to look at the image. Empty = off.
   std::vector<int64_t> cell_classes;
@@ -104,7 +104,7 @@ struct AuxiliaryReport {
   // Per cell head: share of cells with a non-zero target ("something is
   // here") whose argmax is that target.
   std::vector<double> cell_accuracy;
-  // Per offset item (the one on top, then beneath): mean absolute error of
+  // Per offset item slot (TrainOptions::cell_offset_items): mean absolute error of
   // the regressed centre offsets, in cells (NaN: no target in the batch).
   std::vector<double> offset_error;
   // Mean absolute error of the cells' own position in their crop (0..1)

@@ -56,7 +56,7 @@ class SyntheticTasks {
   // every example's images carry targets for (TrainImage::cell_classes).
   static const std::vector<int64_t>& CellClasses();
   // Items per cell with regressed offsets (TrainOptions::cell_offset_items):
-  // the one on top and the one beneath it.
+  // the thing in the cell and the overlay on it (the gripper, a mark label).
   static int CellOffsetItems();
 
   // Texts that appear in prompts and answers (for training a tokenizer).
