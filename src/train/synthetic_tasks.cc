@@ -77,8 +77,7 @@ int ColorIndex(const std::string& name) {
   return 0;
 }
 
-// The widgets of `screen`, after the labels of `marks` (when marked) so that
-// a cell holding a label's centre is about that label.
+// The labels of `marks` (when marked; overlays) and the widgets of `screen`.
 std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<vision::Mark>& marks,
                               const std::vector<int>& about) {
   const bool marked = !marks.empty();
@@ -111,8 +110,9 @@ std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<
 }
 
 std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, const std::vector<int>& groups) {
-  // Priority order: the gripper, then blocks, then plates. Pointer group k
-  // is object groups[k] (-1: the gripper).
+  // The gripper (an overlay), then blocks before plates: a block on a plate
+  // is the thing in its cells. Pointer group k is object groups[k] (-1: the
+  // gripper).
   std::vector<CellItem> items;
   auto add = [&](const vision::NormPoint& c, double half, int what, int index) {
     CellItem item;
