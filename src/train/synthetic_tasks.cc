@@ -272,6 +272,12 @@ std::vector<int64_t> WordTokens(const tokenizer::Tokenizer& tok, const std::vect
 
 std::string NameOf(const worlds::TableObject& o) { return o.color + " " + o.kind; }
 
+// The query head that points at the gripper in robot frames: with the
+// embedded model's 4 query heads on 2 key/value heads, head 2 reads other
+// keys and values than the goal's head 0, so the goal's keys need not also
+// tell where the gripper is.
+constexpr int kGripperHead = 2;
+
 // A pointer of `head` to the cells of pointer group `group` over the whole
 // answer (image 0 of the example), whose item is at `where` (fractions of the
 // image).
@@ -392,12 +398,13 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   if (!e.ok()) return e.status();
   const int goal = scene.held == scene.pick ? scene.place : scene.pick;
   // Head 0 looks at the goal (the block to pick, or the plate while
-  // carrying), head 1 at the gripper: the action is their difference.
+  // carrying), head kGripperHead at the gripper: the action is their
+  // difference.
   const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}), task.image.size(),
                                         &e->images[0]);
   PointAll(groups, 0, 0, scene.objects[goal].center, &*e,
            WordTokens(*ctx_->tokenizer, e->prompt_ids, NameOf(scene.objects[goal])));
-  PointAll(groups, 1, 1, scene.gripper, &*e);
+  PointAll(groups, kGripperHead, 1, scene.gripper, &*e);
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");
   out.example = *std::move(e);

@@ -242,7 +242,7 @@ TEST_F(SyntheticTasksTest, PathTargetsHaveTwoDecimals) {
 
 // Attention pointers: while writing waypoint k of a path, head 0 looks at
 // the gripper, the block, the plate; an action looks at the goal (head 0)
-// and the gripper (head 1). On the 2x2-cell test grid the gripper's start,
+// and the gripper (head 2). On the 2x2-cell test grid the gripper's start,
 // pixel (128, 230.4), is cell (1, 1).
 TEST_F(SyntheticTasksTest, PointersLookAtWhatTheAnswerIsAbout) {
   for (uint64_t seed = 0; seed < 10; ++seed) {
@@ -270,7 +270,7 @@ TEST_F(SyntheticTasksTest, PointersLookAtWhatTheAnswerIsAbout) {
     ASSERT_TRUE(act.ok());
     ASSERT_EQ(act->example.pointers.size(), 2u);
     EXPECT_EQ(act->example.pointers[0].head, 0);
-    EXPECT_EQ(act->example.pointers[1].head, 1);
+    EXPECT_EQ(act->example.pointers[1].head, 2);  // the other key/value group
     EXPECT_EQ(act->example.pointers[1].count, -1);
   }
   auto click = tasks_->Click(3);
