@@ -26,11 +26,10 @@ struct Trainer::Optimizer {
   torch::optim::AdamW adamw;
 };
 
-absl::Status CheckTrainOptions(const TrainOptions& options, int64_t decoder_layers) {
+absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
   if (options.total_steps < 1 || options.warmup_steps < 0 || !(options.learning_rate > 0)) {
     return absl::InvalidArgumentError("training options: total_steps >= 1, warmup_steps >= 0, learning_rate > 0");
   }
-  const int64_t layers = decoder_layers;
   // A supervised layer, from 0 or negative from the end, must exist.
   auto check_layer = [layers](const char* option, int layer) {
     if (layer < layers && layer >= -layers) return absl::OkStatus();
@@ -297,11 +296,10 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         const int64_t from = std::min(ptr.first, t);
         return std::make_pair(from, ptr.count < 0 ? t - from : std::min(ptr.count, t - from));
       };
-      // The attention of the pointer's head in `probs` ([B, heads, T, T]),
-      // from the positions that predict its span, summed over `positions`:
-      // [span]; undefined when there is nothing to supervise.
-      // The attention of a pointer's head on `positions`, [span, positions],
-      // from the positions that predict its span.
+      // The attention of the pointer's head in `probs` ([B, heads, T, T]) on
+      // `positions`, from the positions that predict its span: [span,
+      // positions]; undefined when there is nothing to supervise. mass_on
+      // sums it over `positions`.
       auto attention_on = [&](const at::Tensor& probs, const TrainPointer& ptr, const std::vector<int64_t>& positions) {
         const auto [from, span] = span_of(ptr);
         if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1) || positions.empty()) return at::Tensor();
