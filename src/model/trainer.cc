@@ -298,18 +298,13 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       };
       // The attention of the pointer's head in `probs` ([B, heads, T, T]) on
       // `positions`, from the positions that predict its span: [span,
-      // positions]; undefined when there is nothing to supervise. mass_on
-      // sums it over `positions`.
+      // positions]; undefined when there is nothing to supervise.
       auto attention_on = [&](const at::Tensor& probs, const TrainPointer& ptr, const std::vector<int64_t>& positions) {
         const auto [from, span] = span_of(ptr);
         if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1) || positions.empty()) return at::Tensor();
         return probs[static_cast<int64_t>(k - first)][ptr.head]
             .narrow(0, answer + from, span)
             .index_select(1, at::tensor(positions, at::kLong));
-      };
-      auto mass_on = [&](const at::Tensor& probs, const TrainPointer& ptr, const std::vector<int64_t>& positions) {
-        const at::Tensor on = attention_on(probs, ptr, positions);
-        return on.defined() ? on.sum(1) : on;
       };
       if (aux_loss != nullptr && options_.word_loss_weight > 0) {
         // Each pointer's head, in the word layer, from the positions that
@@ -334,9 +329,9 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         // Each pointer's head, from the positions that predict its span,
         // should rest on the span's cells.
         for (const TrainPointer& ptr : e.pointers) {
-          const at::Tensor mass =
-              mass_on(model_->captured_attention(), ptr, PointerPositions(e, ptr.cells, *model_));
-          if (!mass.defined()) continue;
+          const at::Tensor on = attention_on(model_->captured_attention(), ptr, PointerPositions(e, ptr.cells, *model_));
+          if (!on.defined()) continue;
+          const at::Tensor mass = on.sum(1);
           if (report != nullptr) {
             const double m = mass.mean().item<double>();
             report->attention_mass += m;

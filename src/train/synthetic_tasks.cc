@@ -151,8 +151,10 @@ std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, cons
 // items or whose centre lies in one of its items' boxes.
 std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model::TrainImage* img) {
   const int64_t s = img->crops.size(2), f = s / 32, crops = img->crops.size(0);
-  at::Tensor classes = at::zeros({crops, f, f, 4}, at::kLong);
-  at::Tensor offsets = at::full({crops, f, f, 4}, std::numeric_limits<float>::quiet_NaN());
+  const auto heads = static_cast<int64_t>(SyntheticTasks::CellClasses().size());
+  at::Tensor classes = at::zeros({crops, f, f, heads}, at::kLong);
+  at::Tensor offsets =
+      at::full({crops, f, f, 2 * SyntheticTasks::CellOffsetItems()}, std::numeric_limits<float>::quiet_NaN());
   int groups = 0;
   for (const auto& it : items) groups = std::max(groups, it.pointer + 1);
   std::vector<at::Tensor> pointers;
@@ -182,16 +184,13 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
           }
           const CellItem* slot[2] = {nullptr, nullptr};  // thing, overlay
           for (int k = 0; k < 2; ++k) {
-            auto in_slot = [&](const CellItem& it) { return it.overlay == (k == 1); };
-            for (const auto& it : items) {
-              if (in_slot(it) && centre_here(it)) {
-                slot[k] = &it;
-                break;
-              }
-            }
-            for (const auto& it : items) {
-              if (slot[k] == nullptr && in_slot(it) && covers_cell(it)) slot[k] = &it;
-            }
+            auto first_in_slot = [&](const auto& test) {
+              return std::find_if(items.begin(), items.end(),
+                                  [&](const CellItem& it) { return it.overlay == (k == 1) && test(it); });
+            };
+            auto found = first_in_slot(centre_here);
+            if (found == items.end()) found = first_in_slot(covers_cell);
+            if (found != items.end()) slot[k] = &*found;
           }
           const CellItem *thing = slot[0], *overlay = slot[1];
           if (thing != nullptr) {

@@ -58,17 +58,27 @@ TrainPointer PointAt(int head, int crop, int row, int col) {
 // [bos, image, 44, 45] and answer tokens 100 200 300: [heads, T, T], where
 // the expanded prompt is [bos, 2x(4 cells + separator), 44, 45, targets...]
 // (cell (crop 0, 0, 0) at position 1, cell (crop 1, 1, 1) at 1 + 5 + 3).
-at::Tensor CapturedAttention(MagmaModel* m, const TrainExample& e) {
+at::Tensor Captured(MagmaModel* m, const TrainExample& e, const std::vector<int64_t>& prompt, bool words) {
   at::NoGradGuard no_grad;
   auto f = m->EncodeImage(e.images[0].crops, 1, 2);
   EXPECT_TRUE(f.ok());
   if (!f.ok()) return {};
-  auto x = m->EmbedPrompt({1, 511, 44, 45, 100, 200, 300}, {*f});
+  auto x = m->EmbedPrompt(prompt, {*f});
   EXPECT_TRUE(x.ok());
   if (!x.ok()) return {};
-  EXPECT_EQ(x->size(0), 16);
+  EXPECT_EQ(x->size(0), static_cast<int64_t>(prompt.size()) + 9);  // the image token stands for ten embeddings
   EXPECT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
-  return m->captured_attention()[0].clone();
+  return (words ? m->captured_word_attention() : m->captured_attention())[0].clone();
+}
+
+at::Tensor CapturedAttention(MagmaModel* m, const TrainExample& e) {
+  return Captured(m, e, {1, 511, 44, 45, 100, 200, 300}, false);
+}
+
+// The word layer's probabilities for Example() with token 17 before the
+// image: prompt [bos, 17, image, 44, 45] and three answer tokens.
+at::Tensor CapturedWordAttention(MagmaModel* m, const TrainExample& e) {
+  return Captured(m, e, {1, 17, 511, 44, 45, 100, 200, 300}, true);
 }
 
 // The auxiliary report of `batch` before and after `steps` training steps on
@@ -314,14 +324,8 @@ TEST(TrainerTest, WordPointersTeachTheWordLayer) {
   EXPECT_GT(after.word_mass, 0.9) << before.word_mass << " -> " << after.word_mass;
   // The same in the probabilities the model keeps, from the positions that
   // predict the four answer tokens (13: token 45, then the first three).
-  at::NoGradGuard no_grad;
-  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
-  ASSERT_TRUE(f.ok());
-  auto x = m->EmbedPrompt({1, 17, 511, 44, 45, 100, 200, 300}, {*f});
-  ASSERT_TRUE(x.ok());
-  ASSERT_EQ(x->size(0), 17);
-  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
-  const at::Tensor probs = m->captured_word_attention()[0];
+  const at::Tensor probs = CapturedWordAttention(m.get(), e);
+  ASSERT_TRUE(probs.defined());
   for (int64_t t = 13; t < 17; ++t) EXPECT_GT(probs[0][t][12].item<double>(), 0.8) << t;
 }
 
@@ -348,13 +352,8 @@ TEST(TrainerTest, WordPointersReadEveryWord) {
   const auto& [before, after] = *reports;
   EXPECT_GT(after.word_mass, 0.9) << before.word_mass << " -> " << after.word_mass;
   EXPECT_GT(after.word_least, 0.8) << before.word_least << " -> " << after.word_least;
-  at::NoGradGuard no_grad;
-  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
-  ASSERT_TRUE(f.ok());
-  auto x = m->EmbedPrompt({1, 17, 511, 44, 45, 100, 200, 300}, {*f});
-  ASSERT_TRUE(x.ok());
-  ASSERT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
-  const at::Tensor probs = m->captured_word_attention()[0];
+  const at::Tensor probs = CapturedWordAttention(m.get(), e);
+  ASSERT_TRUE(probs.defined());
   for (int64_t t = 13; t < 17; ++t) {
     EXPECT_NEAR(probs[0][t][1].item<double>(), 0.5, 0.1) << t;
     EXPECT_NEAR(probs[0][t][12].item<double>(), 0.5, 0.1) << t;
