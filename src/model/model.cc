@@ -650,6 +650,24 @@ absl::Status MagmaModel::SaveWeights(const std::string& path) {
 
 // ---------------------------------------------------------------- vision
 
+int64_t MagmaModel::CaptureIndex(int layer) const {
+  const int64_t n = static_cast<int64_t>(w_->layers.size());
+  const int64_t index = layer < 0 ? n + layer : layer;
+  return index >= 0 && index < n ? index : -1;
+}
+
+const at::Tensor& MagmaModel::captured_attention(int layer) const {
+  static const at::Tensor kNone;
+  const int64_t i = CaptureIndex(layer);
+  return i >= 0 && i < static_cast<int64_t>(captured_attention_.size()) ? captured_attention_[i] : kNone;
+}
+
+const at::Tensor& MagmaModel::captured_head_outputs(int layer) const {
+  static const at::Tensor kNone;
+  const int64_t i = CaptureIndex(layer);
+  return i >= 0 && i < static_cast<int64_t>(captured_head_outputs_.size()) ? captured_head_outputs_[i] : kNone;
+}
+
 int64_t MagmaModel::ImageTokenCount(int grid_rows, int grid_cols) const {
   const int64_t side = config_.preprocess.base_img_size / 32;
   return grid_rows * side * (grid_cols * side + 1);
@@ -888,16 +906,14 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
       at::Tensor probs = at::softmax(scores + bias, -1);
       attn = Product(probs.view({B, nkv, g * T, kv_len}), values.expand({B, nkv, kv_len, hd}));  // [B, nkv, g*T, hd]
       attn = attn.reshape({B, nh, T, hd});
-      const auto is_layer = [&](int layer) {
-        return static_cast<int64_t>(li) ==
-               (layer < 0 ? static_cast<int64_t>(w.layers.size()) + layer : static_cast<int64_t>(layer));
-      };
-      if (capture_attention_ && cache == nullptr && is_layer(capture_layer_)) {
-        captured_attention_ = probs.view({B, nh, T, kv_len});  // query head h = KV head h / g, row h % g
-        captured_head_outputs_ = attn;
-      }
-      if (capture_word_attention_ && cache == nullptr && is_layer(capture_word_layer_)) {
-        captured_word_attention_ = probs.view({B, nh, T, kv_len});
+      if (cache == nullptr && !capture_layers_.empty()) {
+        captured_attention_.resize(w.layers.size());
+        captured_head_outputs_.resize(w.layers.size());
+        const bool keep = std::any_of(capture_layers_.begin(), capture_layers_.end(),
+                                      [&](int layer) { return CaptureIndex(layer) == static_cast<int64_t>(li); });
+        // Query head h = KV head h / g, row h % g.
+        captured_attention_[li] = keep ? probs.view({B, nh, T, kv_len}) : at::Tensor();
+        captured_head_outputs_[li] = keep ? attn : at::Tensor();
       }
       attn = attn.permute({0, 2, 1, 3}).reshape({B, T, nh * hd});
     } else {

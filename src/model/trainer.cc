@@ -43,6 +43,9 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
   if (options.word_loss_weight > 0) {
     if (auto s = check_layer("word_layer", options.word_layer); !s.ok()) return s;
   }
+  if (options.ground_loss_weight > 0) {
+    if (auto s = check_layer("ground_layer", options.ground_layer); !s.ok()) return s;
+  }
   return absl::OkStatus();
 }
 
@@ -50,8 +53,11 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
   if (auto s = CheckTrainOptions(options, model->config().text.num_layers); !s.ok()) return s;
   auto params = model->MakeTrainable();
   if (!params.ok()) return params.status();
-  model->SetCaptureAttention(options.attention_loss_weight > 0, options.attention_layer);
-  model->SetCaptureWordAttention(options.word_loss_weight > 0, options.word_layer);
+  std::vector<int> captured;
+  if (options.attention_loss_weight > 0) captured.push_back(options.attention_layer);
+  if (options.word_loss_weight > 0) captured.push_back(options.word_layer);
+  if (options.ground_loss_weight > 0) captured.push_back(options.ground_layer);
+  model->SetCaptureLayers(std::move(captured));
   return std::unique_ptr<Trainer>(new Trainer(model, options, *std::move(params)));
 }
 
@@ -67,12 +73,18 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     params.push_back(cell_w_);
     params.push_back(cell_b_);
   }
-  if (options.position_loss_weight > 0 && options.attention_loss_weight > 0) {
+  // A position read-out per query head: [heads, 2, head_dim] and [heads, 2].
+  auto position_head = [&](at::Tensor* w, at::Tensor* b) {
     const int64_t heads = model->config().text.num_heads, hd = model->config().text.head_dim;
-    position_w_ = (at::randn({heads, 2, hd}) / std::sqrt(static_cast<double>(hd))).set_requires_grad(true);
-    position_b_ = at::full({heads, 2}, 0.5).set_requires_grad(true);
-    params.push_back(position_w_);
-    params.push_back(position_b_);
+    *w = (at::randn({heads, 2, hd}) / std::sqrt(static_cast<double>(hd))).set_requires_grad(true);
+    *b = at::full({heads, 2}, 0.5).set_requires_grad(true);
+    params.push_back(*w);
+    params.push_back(*b);
+  };
+  if (options.position_loss_weight > 0 && options.attention_loss_weight > 0) position_head(&position_w_, &position_b_);
+  if (options.position_loss_weight > 0 && options.ground_loss_weight > 0) {
+    position_head(&ground_position_w_, &ground_position_b_);
+    if (options.word_loss_weight > 0) position_head(&word_position_w_, &word_position_b_);
   }
   opt_ = std::make_unique<Optimizer>(params, options);
 }
@@ -306,6 +318,25 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             .narrow(0, answer + from, span)
             .index_select(1, at::tensor(positions, at::kLong));
       };
+      // What `ptr`'s head in `layer` read, from the positions that predict
+      // its span, should say where the pointed thing is (read-out `w`, `b`).
+      // `rows`: the query positions (default: those that predict the span).
+      auto read_position = [&](const TrainPointer& ptr, int layer, const at::Tensor& w, const at::Tensor& b,
+                               double* error_sum, int* count, const std::vector<int64_t>& rows = {}) {
+        if (std::isnan(ptr.x) || std::isnan(ptr.y)) return;
+        const auto [from, span] = span_of(ptr);
+        if (rows.empty() && span <= 0) return;
+        const at::Tensor all = model_->captured_head_outputs(layer)[static_cast<int64_t>(k - first)][ptr.head];
+        at::Tensor h = rows.empty() ? all.narrow(0, answer + from, span)
+                                    : all.index_select(0, at::tensor(rows, at::kLong));  // [rows, hd]
+        at::Tensor where = at::linear(h, w[ptr.head], b[ptr.head]);                    // [rows, 2]
+        at::Tensor error = where - at::tensor({ptr.x, ptr.y}, at::kFloat).view({1, 2});
+        if (error_sum != nullptr) {
+          *error_sum += error.abs().mean().item<double>();
+          ++*count;
+        }
+        *aux_loss = *aux_loss + options_.position_loss_weight * error.pow(2).mean() / static_cast<double>(batch.size());
+      };
       if (aux_loss != nullptr && options_.word_loss_weight > 0) {
         // Each pointer's head, in the word layer, from the positions that
         // predict its span, should read every word naming its thing, in
@@ -314,7 +345,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         // tells the things apart ("red").
         for (const TrainPointer& ptr : e.pointers) {
           const at::Tensor on =
-              attention_on(model_->captured_word_attention(), ptr, WordPositions(e, ptr.words, *model_));
+              attention_on(model_->captured_attention(options_.word_layer), ptr, WordPositions(e, ptr.words, *model_));
           if (!on.defined()) continue;
           if (report != nullptr) {
             report->word_mass += on.sum(1).mean().item<double>();
@@ -323,13 +354,42 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
           }
           *aux_loss = *aux_loss -
                       options_.word_loss_weight * at::log(on + 1e-6).mean() / static_cast<double>(batch.size());
+          if (word_position_w_.defined() && !ptr.cells.empty()) {
+            read_position(ptr, options_.word_layer, word_position_w_, word_position_b_,
+                          report ? &report->word_position_error : nullptr, report ? &report->word_positions : nullptr);
+          }
+        }
+      }
+      if (aux_loss != nullptr && options_.ground_loss_weight > 0) {
+        // Each pointer's head, in the ground layer, at every word naming its
+        // thing, should look at the thing's cells.
+        for (const TrainPointer& ptr : e.pointers) {
+          const at::Tensor& probs = model_->captured_attention(options_.ground_layer);
+          const std::vector<int64_t> words = WordPositions(e, ptr.words, *model_);
+          const std::vector<int64_t> cells = PointerPositions(e, ptr.cells, *model_);
+          if (words.empty() || cells.empty() || ptr.head < 0 || ptr.head >= probs.size(1)) continue;
+          const at::Tensor mass = probs[static_cast<int64_t>(k - first)][ptr.head]
+                                      .index_select(0, at::tensor(words, at::kLong))
+                                      .index_select(1, at::tensor(cells, at::kLong))
+                                      .sum(1);
+          if (report != nullptr) {
+            report->ground_mass += mass.mean().item<double>();
+            ++report->ground_pointers;
+          }
+          *aux_loss = *aux_loss - options_.ground_loss_weight * at::log(mass + 1e-6).mean() /
+                                      static_cast<double>(batch.size());
+          if (ground_position_w_.defined()) {
+            read_position(ptr, options_.ground_layer, ground_position_w_, ground_position_b_,
+                          report ? &report->ground_position_error : nullptr,
+                          report ? &report->ground_positions : nullptr, words);
+          }
         }
       }
       if (aux_loss != nullptr && options_.attention_loss_weight > 0) {
         // Each pointer's head, from the positions that predict its span,
         // should rest on the span's cells.
         for (const TrainPointer& ptr : e.pointers) {
-          const at::Tensor on = attention_on(model_->captured_attention(), ptr, PointerPositions(e, ptr.cells, *model_));
+          const at::Tensor on = attention_on(model_->captured_attention(options_.attention_layer), ptr, PointerPositions(e, ptr.cells, *model_));
           if (!on.defined()) continue;
           const at::Tensor mass = on.sum(1);
           if (report != nullptr) {
@@ -338,26 +398,32 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             ++report->pointers;
             if (report->head_mass.size() <= static_cast<size_t>(ptr.head)) {
               report->head_mass.resize(ptr.head + 1, 0.0);
+              report->head_others.resize(ptr.head + 1, 0.0);
               report->head_pointers.resize(ptr.head + 1, 0);
             }
             report->head_mass[ptr.head] += m;
             ++report->head_pointers[ptr.head];
+            // The other things' cells: named by the first cell head, not pointed at.
+            std::vector<at::Tensor> others;
+            for (size_t i = 0; i < e.images.size(); ++i) {
+              const TrainImage& img = e.images[i];
+              if (!img.cell_classes.defined()) {
+                others.emplace_back();
+                continue;
+              }
+              at::Tensor thing = img.cell_classes.select(3, 0) > 0;
+              if (i < ptr.cells.size() && ptr.cells[i].defined()) thing = thing.logical_and(ptr.cells[i].logical_not());
+              others.push_back(thing);
+            }
+            const at::Tensor off =
+                attention_on(model_->captured_attention(options_.attention_layer), ptr, PointerPositions(e, others, *model_));
+            if (off.defined()) report->head_others[ptr.head] += off.sum(1).mean().item<double>();
           }
           *aux_loss = *aux_loss - options_.attention_loss_weight * at::log(mass + 1e-6).mean() /
                                       static_cast<double>(batch.size());
-          if (position_w_.defined() && !std::isnan(ptr.x) && !std::isnan(ptr.y)) {
-            // What the head read should say where the pointed thing is.
-            const auto [from, span] = span_of(ptr);
-            at::Tensor h = model_->captured_head_outputs()[static_cast<int64_t>(k - first)][ptr.head].narrow(
-                0, answer + from, span);  // [span, hd]
-            at::Tensor where = at::linear(h, position_w_[ptr.head], position_b_[ptr.head]);  // [span, 2]
-            at::Tensor error = where - at::tensor({ptr.x, ptr.y}, at::kFloat).view({1, 2});
-            if (report != nullptr) {
-              report->position_error += error.abs().mean().item<double>();
-              ++report->positions;
-            }
-            *aux_loss = *aux_loss + options_.position_loss_weight * error.pow(2).mean() /
-                                        static_cast<double>(batch.size());
+          if (position_w_.defined()) {
+            read_position(ptr, options_.attention_layer, position_w_, position_b_,
+                          report ? &report->position_error : nullptr, report ? &report->positions : nullptr);
           }
         }
       }
@@ -424,9 +490,15 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     if (!predicted.ok()) return predicted.status();
     if (report.pointers > 0) report.attention_mass /= report.pointers;
     for (size_t h = 0; h < report.head_mass.size(); ++h) {
-      if (report.head_pointers[h] > 0) report.head_mass[h] /= report.head_pointers[h];
+      if (report.head_pointers[h] > 0) {
+        report.head_mass[h] /= report.head_pointers[h];
+        report.head_others[h] /= report.head_pointers[h];
+      }
     }
     if (report.positions > 0) report.position_error /= report.positions;
+    if (report.ground_pointers > 0) report.ground_mass /= report.ground_pointers;
+    if (report.word_positions > 0) report.word_position_error /= report.word_positions;
+    if (report.ground_positions > 0) report.ground_position_error /= report.ground_positions;
     if (report.word_pointers > 0) {
       report.word_mass /= report.word_pointers;
       report.word_least /= report.word_pointers;
@@ -441,6 +513,12 @@ std::vector<std::pair<const char*, at::Tensor>> Trainer::TrainingHeads() const {
   std::vector<std::pair<const char*, at::Tensor>> heads;
   if (cell_w_.defined()) heads.insert(heads.end(), {{"cell_w", cell_w_}, {"cell_b", cell_b_}});
   if (position_w_.defined()) heads.insert(heads.end(), {{"position_w", position_w_}, {"position_b", position_b_}});
+  if (ground_position_w_.defined()) {
+    heads.insert(heads.end(), {{"ground_position_w", ground_position_w_}, {"ground_position_b", ground_position_b_}});
+  }
+  if (word_position_w_.defined()) {
+    heads.insert(heads.end(), {{"word_position_w", word_position_w_}, {"word_position_b", word_position_b_}});
+  }
   return heads;
 }
 

@@ -51,6 +51,11 @@ ABSL_FLAG(double, word_loss, 0,
           "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
           "naming what they look for: \"red block\", \"Settings\"); 0 = off");
 ABSL_FLAG(int, word_layer, 1, "Decoder layer whose heads --word_loss supervises (from 0; negative from the end)");
+ABSL_FLAG(double, ground_loss, 0,
+          "Weight of the grounding supervision (the same heads, in --ground_layer, at the prompt words naming a "
+          "thing, look at that thing's cells); 0 = off");
+ABSL_FLAG(int, ground_layer, 0,
+          "Decoder layer whose heads --ground_loss supervises (from 0; negative from the end; before --word_layer)");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");
@@ -209,6 +214,8 @@ int main(int argc, char** argv) {
   to.position_loss_weight = absl::GetFlag(FLAGS_position_loss);
   to.word_loss_weight = absl::GetFlag(FLAGS_word_loss);
   to.word_layer = absl::GetFlag(FLAGS_word_layer);
+  to.ground_loss_weight = absl::GetFlag(FLAGS_ground_loss);
+  to.ground_layer = absl::GetFlag(FLAGS_ground_layer);
   int64_t start_step = 0;
   double prior_seconds = 0;  // training time before a resume
   const bool existing = absl::GetFlag(FLAGS_resume) || absl::GetFlag(FLAGS_report_only);
@@ -306,7 +313,7 @@ int main(int argc, char** argv) {
       for (const auto& e : held_out) by_kind[KindName(e.kind)].push_back(e.example);
       for (const auto& [kind, examples] : by_kind) {
         auto aux = (*trainer)->Auxiliary(std::vector<magma::model::TrainExample>(
-            examples.begin(), examples.begin() + std::min<size_t>(examples.size(), 16)));
+            examples.begin(), examples.begin() + std::min<size_t>(examples.size(), 48)));
         if (!aux.ok()) return aux.status();
         std::cout << "  " << kind << ": cell accuracy (what, mark, label, overlay)";
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
@@ -317,11 +324,19 @@ int main(int argc, char** argv) {
         if (aux->head_mass.size() > 1) {
           std::cout << " (head";
           for (size_t h = 0; h < aux->head_mass.size(); ++h) {
-            if (aux->head_pointers[h] > 0) std::cout << " " << h << ": " << static_cast<int>(100 * aux->head_mass[h]) << "%";
+            if (aux->head_pointers[h] == 0) continue;
+            std::cout << " " << h << ": " << static_cast<int>(100 * aux->head_mass[h]) << "%, other things "
+                      << static_cast<int>(100 * aux->head_others[h]) << "%;";
           }
           std::cout << ")";
         }
         if (aux->positions > 0) std::cout << ", read where they look to " << aux->position_error;
+        if (aux->ground_pointers > 0) {
+          std::cout << ", naming words on their things " << static_cast<int>(100 * aux->ground_mass) << "%";
+          if (aux->ground_positions > 0) std::cout << " (where: " << aux->ground_position_error;
+          if (aux->word_positions > 0) std::cout << ", read from the words: " << aux->word_position_error;
+          if (aux->ground_positions > 0) std::cout << ")";
+        }
         if (aux->word_pointers > 0) {
           std::cout << ", on their words " << static_cast<int>(100 * aux->word_mass) << "% (evenness "
                     << static_cast<int>(100 * aux->word_least) << "%)";

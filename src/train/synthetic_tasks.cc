@@ -256,20 +256,29 @@ std::vector<std::pair<int64_t, int64_t>> TokenSpans(const tokenizer::Tokenizer& 
 }
 
 // Indices of the tokens of `ids` (a prompt) that spell the last occurrence of
-// `phrase` in its text (empty if it does not occur).
+// `phrase` in its text, or only its first `length` characters (empty if it
+// does not occur).
 std::vector<int64_t> WordTokens(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids,
-                                const std::string& phrase) {
+                                const std::string& phrase, size_t length = std::string::npos) {
   std::vector<size_t> ends;
   const std::string text = DecodeWithEnds(tok, ids, &ends);
   std::vector<int64_t> out;
   const size_t at = phrase.empty() ? std::string::npos : text.rfind(phrase);
   if (at == std::string::npos) return out;
-  const auto [first, count] = TokensMeeting(ends, at, at + phrase.size());
+  const auto [first, count] = TokensMeeting(ends, at, at + std::min(length, phrase.size()));
   for (int64_t k = first; k < first + count; ++k) out.push_back(k);
   return out;
 }
 
 std::string NameOf(const worlds::TableObject& o) { return o.color + " " + o.kind; }
+
+// The prompt tokens that tell `o` apart from the other things on the table:
+// its colour in "put the red block on the blue plate" (a scene has one
+// thing per colour).
+std::vector<int64_t> NamingTokens(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids,
+                                  const worlds::TableObject& o) {
+  return WordTokens(tok, ids, NameOf(o), o.color.size());
+}
 
 // The query head that points at the gripper in robot frames: with the
 // embedded model's 4 query heads on 2 key/value heads, head 2 reads other
@@ -402,7 +411,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}), task.image.size(),
                                         &e->images[0]);
   PointAll(groups, 0, 0, scene.objects[goal].center, &*e,
-           WordTokens(*ctx_->tokenizer, e->prompt_ids, NameOf(scene.objects[goal])));
+           NamingTokens(*ctx_->tokenizer, e->prompt_ids, scene.objects[goal]));
   PointAll(groups, kGripperHead, 1, scene.gripper, &*e);
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");
@@ -438,7 +447,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Path(uint64_t seed) const {
     const vision::NormPoint at = k == 0 ? scene.gripper : scene.objects[k == 1 ? scene.pick : scene.place].center;
     ptr.x = at.x;
     ptr.y = at.y;
-    if (k > 0) ptr.words = WordTokens(*ctx_->tokenizer, e->prompt_ids, NameOf(scene.objects[k == 1 ? scene.pick : scene.place]));
+    if (k > 0) ptr.words = NamingTokens(*ctx_->tokenizer, e->prompt_ids, scene.objects[k == 1 ? scene.pick : scene.place]);
     e->pointers.push_back(std::move(ptr));
   }
   out.example = *std::move(e);

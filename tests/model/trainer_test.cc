@@ -57,8 +57,9 @@ TrainPointer PointAt(int head, int crop, int row, int col) {
 // The attention the model captures on Example()'s image with the prompt
 // [bos, image, 44, 45] and answer tokens 100 200 300: [heads, T, T], where
 // the expanded prompt is [bos, 2x(4 cells + separator), 44, 45, targets...]
-// (cell (crop 0, 0, 0) at position 1, cell (crop 1, 1, 1) at 1 + 5 + 3).
-at::Tensor Captured(MagmaModel* m, const TrainExample& e, const std::vector<int64_t>& prompt, bool words) {
+// (cell (crop 0, 0, 0) at position 1, cell (crop 1, 1, 1) at 1 + 5 + 3),
+// in decoder layer `layer`.
+at::Tensor Captured(MagmaModel* m, const TrainExample& e, const std::vector<int64_t>& prompt, int layer) {
   at::NoGradGuard no_grad;
   auto f = m->EncodeImage(e.images[0].crops, 1, 2);
   EXPECT_TRUE(f.ok());
@@ -68,17 +69,20 @@ at::Tensor Captured(MagmaModel* m, const TrainExample& e, const std::vector<int6
   if (!x.ok()) return {};
   EXPECT_EQ(x->size(0), static_cast<int64_t>(prompt.size()) + 9);  // the image token stands for ten embeddings
   EXPECT_TRUE(m->ForwardBatch(x->unsqueeze(0)).ok());
-  return (words ? m->captured_word_attention() : m->captured_attention())[0].clone();
+  const at::Tensor& probs = m->captured_attention(layer);
+  EXPECT_TRUE(probs.defined()) << "layer " << layer << " not captured";
+  return probs.defined() ? probs[0].clone() : at::Tensor();
 }
 
-at::Tensor CapturedAttention(MagmaModel* m, const TrainExample& e) {
-  return Captured(m, e, {1, 511, 44, 45, 100, 200, 300}, false);
+at::Tensor CapturedAttention(MagmaModel* m, const TrainExample& e, int layer = -1) {
+  return Captured(m, e, {1, 511, 44, 45, 100, 200, 300}, layer);
 }
 
 // The word layer's probabilities for Example() with token 17 before the
-// image: prompt [bos, 17, image, 44, 45] and three answer tokens.
+// image: prompt [bos, 17, image, 44, 45] and three answer tokens (the word
+// tests supervise layer 0).
 at::Tensor CapturedWordAttention(MagmaModel* m, const TrainExample& e) {
-  return Captured(m, e, {1, 17, 511, 44, 45, 100, 200, 300}, true);
+  return Captured(m, e, {1, 17, 511, 44, 45, 100, 200, 300}, 0);
 }
 
 // The auxiliary report of `batch` before and after `steps` training steps on
@@ -250,9 +254,9 @@ TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
   e.pointers = {PointAt(0, 0, 0, 0)};
   const std::vector<TrainExample> batch = {e};
   for (int i = 0; i < 80; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
-  const at::Tensor first = CapturedAttention(m.get(), e);  // layer 0
-  m->SetCaptureAttention(true, -1);
-  const at::Tensor last = CapturedAttention(m.get(), e);
+  const at::Tensor first = CapturedAttention(m.get(), e, 0);
+  m->SetCaptureLayers({-1});
+  const at::Tensor last = CapturedAttention(m.get(), e, -1);
   ASSERT_TRUE(first.defined() && last.defined());
   double last_mass = 0;
   for (int64_t t = 12; t < 16; ++t) {
@@ -285,8 +289,45 @@ TEST(TrainerTest, OptionsAreCheckedAgainstALayerCount) {
   o.word_loss_weight = 0.5;
   EXPECT_EQ(CheckTrainOptions(o, 4).code(), absl::StatusCode::kInvalidArgument);
   o.word_layer = 1;
+  o.ground_layer = 4;  // ignored while the grounding loss is off
+  EXPECT_TRUE(CheckTrainOptions(o, 4).ok());
+  o.ground_loss_weight = 1.0;
+  const absl::Status ground = CheckTrainOptions(o, 4);
+  EXPECT_EQ(ground.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ground.message(), ::testing::HasSubstr("ground_layer 4")) << ground;
+  o.ground_layer = 0;
   o.total_steps = 0;
   EXPECT_EQ(CheckTrainOptions(o, 4).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Grounding teaches the words that name a thing to look at it: head 1 of the
+// first layer, at prompt token 44 (index 3, position 12, after the image),
+// learns to rest on the second crop's bottom-right cell (position 2 + 5 +
+// 3 = 10), the cell its pointer names.
+TEST(TrainerTest, GroundingTeachesNamingWordsWhereTheirThingIs) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o = Schedule(80);
+  o.ground_loss_weight = 1.0;
+  o.ground_layer = 0;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  TrainExample e = Example();
+  TrainPointer p = PointAt(1, 1, 1, 1);
+  p.words = {3};
+  e.pointers = {p};
+  const auto reports = TrainAndReport(trainer->get(), {e}, 80);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_EQ(before.ground_pointers, 1);
+  EXPECT_EQ(before.pointers, 0);       // no answer-position supervision asked for
+  EXPECT_EQ(before.word_pointers, 0);
+  EXPECT_LT(before.ground_mass, 0.3);
+  EXPECT_GT(after.ground_mass, 0.9) << before.ground_mass << " -> " << after.ground_mass;
+  const at::Tensor probs = Captured(m.get(), e, {1, 17, 511, 44, 45, 100, 200, 300}, 0);
+  ASSERT_TRUE(probs.defined());
+  EXPECT_GT(probs[1][12][10].item<double>(), 0.8);
 }
 
 // Word pointers teach a chosen layer's heads which prompt words to read:
@@ -358,6 +399,52 @@ TEST(TrainerTest, WordPointersReadEveryWord) {
     EXPECT_NEAR(probs[0][t][1].item<double>(), 0.5, 0.1) << t;
     EXPECT_NEAR(probs[0][t][12].item<double>(), 0.5, 0.1) << t;
   }
+}
+
+// With a position loss, grounding also reads where the named thing is from
+// the ground head's output at its word and from the word head's output at the
+// answer positions (where the answer gets it from the word): both errors start
+// near the read-outs' initial guess (the middle of the image, here 0.4 off)
+// and fall once trained. Without grounding there are no such read-outs.
+TEST(TrainerTest, GroundedWordsCarryWhereTheirThingIs) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o = Schedule(80);
+  o.position_loss_weight = 1.0;
+  o.word_loss_weight = 1.0;
+  o.word_layer = 1;
+  o.ground_layer = 0;
+  TrainExample e = Example();
+  TrainPointer p = PointAt(1, 1, 1, 1);
+  p.words = {3};
+  p.x = 0.9;
+  p.y = 0.1;
+  e.pointers = {p};
+  {
+    auto other = Tiny(dir.File("m2"), "float32");
+    ASSERT_NE(other, nullptr);
+    auto plain = Trainer::Create(other.get(), o);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    auto report = (*plain)->Auxiliary({e});
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(report->word_pointers, 1);
+    EXPECT_EQ(report->word_positions, 0);
+    EXPECT_EQ(report->ground_positions, 0);
+  }
+  o.ground_loss_weight = 1.0;
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  const auto reports = TrainAndReport(trainer->get(), {e}, 80);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_EQ(before.ground_positions, 1);
+  EXPECT_EQ(before.word_positions, 1);
+  EXPECT_GT(before.ground_position_error, 0.2);
+  EXPECT_GT(before.word_position_error, 0.2);
+  EXPECT_LT(after.ground_position_error, 0.05) << before.ground_position_error;
+  EXPECT_LT(after.word_position_error, 0.05) << before.word_position_error;
+  EXPECT_GT(after.ground_mass, 0.9);
 }
 
 // The cell heads: one class per tower cell (here the cell's index in its

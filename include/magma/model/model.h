@@ -173,26 +173,16 @@ class MagmaModel {
   // and Prefill record autograd graphs (use a fresh KvCache per forward).
   // FAILED_PRECONDITION unless loaded in float32 (dtype and vision_dtype).
   absl::StatusOr<std::vector<at::Tensor>> MakeTrainable();
-  // Training: keep one layer's attention probabilities from each
-  // ForwardBatch ([B, heads, T, T], part of the autograd graph), for a loss
-  // that teaches chosen query heads where to look. `layer` counts from 0;
-  // negative counts from the end (-1: the last layer); off by default.
-  void SetCaptureAttention(bool on, int layer = -1) {
-    capture_attention_ = on;
-    capture_layer_ = layer;
-  }
-  const at::Tensor& captured_attention() const { return captured_attention_; }
-  // Training: also keep a second layer's attention probabilities
-  // (captured_word_attention, [B, heads, T, T]), for a loss that teaches
-  // heads which prompt words to read; off by default.
-  void SetCaptureWordAttention(bool on, int layer = 1) {
-    capture_word_attention_ = on;
-    capture_word_layer_ = layer;
-  }
-  const at::Tensor& captured_word_attention() const { return captured_word_attention_; }
-  // The same layer's per-head attention outputs, before o_proj: [B, heads,
-  // T, head_dim] (part of the autograd graph).
-  const at::Tensor& captured_head_outputs() const { return captured_head_outputs_; }
+  // Training: keep the attention probabilities ([B, heads, T, T]) and the
+  // per-head outputs before o_proj ([B, heads, T, head_dim]) of `layers`
+  // from each ForwardBatch, as part of the autograd graph, for losses that
+  // teach chosen query heads where to look. Layers count from 0; negative
+  // counts from the end (-1: the last layer). Empty (the default) = off.
+  void SetCaptureLayers(std::vector<int> layers) { capture_layers_ = std::move(layers); }
+  // The captured tensors of `layer` (as SetCaptureLayers counts it) from
+  // the last ForwardBatch; undefined when that layer is not captured.
+  const at::Tensor& captured_attention(int layer) const;
+  const at::Tensor& captured_head_outputs(int layer) const;
   // While training, run the linear layers' products in bfloat16 (float32
   // accumulation; weights, optimizer state and everything else stay
   // float32). Several times faster on CPUs with AVX512-BF16.
@@ -236,13 +226,11 @@ class MagmaModel {
   std::unique_ptr<Weights> w_;
   bool training_ = false;
   bool bf16_training_matmuls_ = false;
-  bool capture_attention_ = false;
-  int capture_layer_ = -1;
-  bool capture_word_attention_ = false;
-  int capture_word_layer_ = 1;
-  mutable at::Tensor captured_word_attention_;
-  mutable at::Tensor captured_attention_;
-  mutable at::Tensor captured_head_outputs_;
+  std::vector<int> capture_layers_;
+  // Layer index from 0 of a SetCaptureLayers layer (-1: no such layer).
+  int64_t CaptureIndex(int layer) const;
+  // Per decoder layer (undefined where not captured).
+  mutable std::vector<at::Tensor> captured_attention_, captured_head_outputs_;
 };
 
 // Parses "float32" / "bfloat16".

@@ -59,6 +59,18 @@ struct TrainOptions {
   // words to carry into the query that finds the thing in the image. 0 = off.
   double word_loss_weight = 0;
   int word_layer = 1;
+  // Grounding supervision (training only): the same query heads, in
+  // ground_layer, at each prompt word that names the pointed thing
+  // (TrainPointer::words), should attend to that thing's cells. The image
+  // comes before the prompt's words, so a word can look at what it names;
+  // the answer positions then find the thing by reading the words
+  // (word_layer after ground_layer), instead of matching "red" against the
+  // cells themselves. 0 = off.
+  // With position_loss_weight, the word heads' outputs at the answer
+  // positions also get a position read-out: the words carry where their
+  // thing is once they look at it.
+  double ground_loss_weight = 0;
+  int ground_layer = 0;
 };
 
 struct TrainImage {
@@ -118,6 +130,11 @@ struct AuxiliaryReport {
   // the batch have 0 pointers).
   std::vector<double> head_mass;
   std::vector<int> head_pointers;
+  // Per supervised head, its mean mass on the cells of the other things in
+  // the image (cells whose first cell head names something, outside the
+  // pointed cells): a head that finds things but not the named one rests
+  // here.
+  std::vector<double> head_others;
   // Mean absolute error of the pointed positions read from the heads'
   // outputs (fractions of the image), over the pointers that have one.
   double position_error = 0;
@@ -128,6 +145,17 @@ struct AuxiliaryReport {
   // read alike, 0 = some word not read).
   double word_least = 0;
   int word_pointers = 0;
+  // Mean attention mass of the ground layer's heads, at the naming words,
+  // on the named thing's cells.
+  double ground_mass = 0;
+  int ground_pointers = 0;
+  // Mean absolute error of the pointed positions read from the word heads'
+  // outputs at the answer positions (with grounding and a position loss).
+  double word_position_error = 0;
+  int word_positions = 0;
+  // The same read from the ground heads' outputs at the naming words.
+  double ground_position_error = 0;
+  int ground_positions = 0;
 };
 
 // OK if `options` can train a model with `decoder_layers` decoder layers:
@@ -190,6 +218,8 @@ class Trainer {
   std::vector<at::Tensor> params_;
   at::Tensor cell_w_, cell_b_;          // cell heads, [sum(classes) + 4, tower channels], [sum(classes) + 4]
   at::Tensor position_w_, position_b_;  // pointer position read-out, [heads, 2, head_dim], [heads, 2]
+  at::Tensor word_position_w_, word_position_b_;  // the same from the word heads (grounding on)
+  at::Tensor ground_position_w_, ground_position_b_;  // and from the ground heads at the naming words
   // The training-only heads above that are in use, by their names in
   // optimizer.pt (handles sharing the heads' storage).
   std::vector<std::pair<const char*, at::Tensor>> TrainingHeads() const;
