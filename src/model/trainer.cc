@@ -233,6 +233,24 @@ std::vector<int64_t> WordPositions(const TrainExample& e, const std::vector<int6
   return out;
 }
 
+// Per image of `e`, the cells of the things `ptr` does not point at: cells
+// whose first cell head names something, outside the pointer's cells
+// (undefined: no cell targets in that image).
+std::vector<at::Tensor> OtherThings(const TrainExample& e, const TrainPointer& ptr) {
+  std::vector<at::Tensor> others;
+  for (size_t i = 0; i < e.images.size(); ++i) {
+    const TrainImage& img = e.images[i];
+    if (!img.cell_classes.defined()) {
+      others.emplace_back();
+      continue;
+    }
+    at::Tensor thing = img.cell_classes.select(3, 0) > 0;
+    if (i < ptr.cells.size() && ptr.cells[i].defined()) thing = thing.logical_and(ptr.cells[i].logical_not());
+    others.push_back(thing);
+  }
+  return others;
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<TrainExample>& batch,
@@ -354,7 +372,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
           }
           *aux_loss = *aux_loss -
                       options_.word_loss_weight * at::log(on + 1e-6).mean() / static_cast<double>(batch.size());
-          if (word_position_w_.defined() && !ptr.cells.empty()) {
+          if (word_position_w_.defined()) {
             read_position(ptr, options_.word_layer, word_position_w_, word_position_b_,
                           report ? &report->word_position_error : nullptr, report ? &report->word_positions : nullptr);
           }
@@ -403,20 +421,8 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             }
             report->head_mass[ptr.head] += m;
             ++report->head_pointers[ptr.head];
-            // The other things' cells: named by the first cell head, not pointed at.
-            std::vector<at::Tensor> others;
-            for (size_t i = 0; i < e.images.size(); ++i) {
-              const TrainImage& img = e.images[i];
-              if (!img.cell_classes.defined()) {
-                others.emplace_back();
-                continue;
-              }
-              at::Tensor thing = img.cell_classes.select(3, 0) > 0;
-              if (i < ptr.cells.size() && ptr.cells[i].defined()) thing = thing.logical_and(ptr.cells[i].logical_not());
-              others.push_back(thing);
-            }
-            const at::Tensor off =
-                attention_on(model_->captured_attention(options_.attention_layer), ptr, PointerPositions(e, others, *model_));
+            const at::Tensor off = attention_on(model_->captured_attention(options_.attention_layer), ptr,
+                                                PointerPositions(e, OtherThings(e, ptr), *model_));
             if (off.defined()) report->head_others[ptr.head] += off.sum(1).mean().item<double>();
           }
           *aux_loss = *aux_loss - options_.attention_loss_weight * at::log(mass + 1e-6).mean() /

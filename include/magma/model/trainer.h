@@ -66,9 +66,10 @@ struct TrainOptions {
   // the answer positions then find the thing by reading the words
   // (word_layer after ground_layer), instead of matching "red" against the
   // cells themselves. 0 = off.
-  // With position_loss_weight, the word heads' outputs at the answer
-  // positions also get a position read-out: the words carry where their
-  // thing is once they look at it.
+  // With position_loss_weight, the ground heads' outputs at the naming words
+  // and the word heads' outputs at the answer positions get position
+  // read-outs too: the words carry where their thing is once they look at
+  // it, and the answer takes it from them.
   double ground_loss_weight = 0;
   int ground_layer = 0;
 };
