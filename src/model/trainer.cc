@@ -347,7 +347,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         const at::Tensor all = model_->captured_head_outputs(layer)[static_cast<int64_t>(k - first)][ptr.head];
         at::Tensor h = rows.empty() ? all.narrow(0, answer + from, span)
                                     : all.index_select(0, at::tensor(rows, at::kLong));  // [rows, hd]
-        at::Tensor where = at::linear(h, w[ptr.head], b[ptr.head]);                    // [rows, 2]
+        at::Tensor where = at::linear(h, w[ptr.head], b[ptr.head]);                      // [rows, 2]
         at::Tensor error = where - at::tensor({ptr.x, ptr.y}, at::kFloat).view({1, 2});
         if (error_sum != nullptr) {
           *error_sum += error.abs().mean().item<double>();
@@ -394,8 +394,8 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             report->ground_mass += mass.mean().item<double>();
             ++report->ground_pointers;
           }
-          *aux_loss = *aux_loss - options_.ground_loss_weight * at::log(mass + 1e-6).mean() /
-                                      static_cast<double>(batch.size());
+          *aux_loss =
+              *aux_loss - options_.ground_loss_weight * at::log(mass + 1e-6).mean() / static_cast<double>(batch.size());
           if (ground_position_w_.defined()) {
             read_position(ptr, options_.ground_layer, ground_position_w_, ground_position_b_,
                           report ? &report->ground_position_error : nullptr,
@@ -407,7 +407,8 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         // Each pointer's head, from the positions that predict its span,
         // should rest on the span's cells.
         for (const TrainPointer& ptr : e.pointers) {
-          const at::Tensor on = attention_on(model_->captured_attention(options_.attention_layer), ptr, PointerPositions(e, ptr.cells, *model_));
+          const at::Tensor on = attention_on(model_->captured_attention(options_.attention_layer), ptr,
+                                             PointerPositions(e, ptr.cells, *model_));
           if (!on.defined()) continue;
           const at::Tensor mass = on.sum(1);
           if (report != nullptr) {

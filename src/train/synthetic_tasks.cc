@@ -447,7 +447,9 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Path(uint64_t seed) const {
     const vision::NormPoint at = k == 0 ? scene.gripper : scene.objects[k == 1 ? scene.pick : scene.place].center;
     ptr.x = at.x;
     ptr.y = at.y;
-    if (k > 0) ptr.words = NamingTokens(*ctx_->tokenizer, e->prompt_ids, scene.objects[k == 1 ? scene.pick : scene.place]);
+    if (k > 0) {
+      ptr.words = NamingTokens(*ctx_->tokenizer, e->prompt_ids, scene.objects[k == 1 ? scene.pick : scene.place]);
+    }
     e->pointers.push_back(std::move(ptr));
   }
   out.example = *std::move(e);

@@ -321,7 +321,7 @@ TEST(TrainerTest, GroundingTeachesNamingWordsWhereTheirThingIs) {
   ASSERT_TRUE(reports.has_value());
   const auto& [before, after] = *reports;
   EXPECT_EQ(before.ground_pointers, 1);
-  EXPECT_EQ(before.pointers, 0);       // no answer-position supervision asked for
+  EXPECT_EQ(before.pointers, 0);  // no answer-position supervision asked for
   EXPECT_EQ(before.word_pointers, 0);
   EXPECT_LT(before.ground_mass, 0.3);
   EXPECT_GT(after.ground_mass, 0.9) << before.ground_mass << " -> " << after.ground_mass;

@@ -310,8 +310,8 @@ TEST_F(SyntheticTasksTest, PointersNameTheirWords) {
     ASSERT_TRUE(act.ok());
     const std::string goal = words(act->example, act->example.pointers[0]);
     EXPECT_TRUE(std::regex_match(goal, color)) << goal;
-    const std::string instruction_of_act = ctx_->tokenizer->Decode(
-        std::vector<int32_t>(act->example.prompt_ids.begin(), act->example.prompt_ids.end()));
+    const std::string instruction_of_act =
+        ctx_->tokenizer->Decode(std::vector<int32_t>(act->example.prompt_ids.begin(), act->example.prompt_ids.end()));
     EXPECT_TRUE(instruction_of_act.find("the " + goal + " block") != std::string::npos ||
                 instruction_of_act.find("the " + goal + " plate") != std::string::npos)
         << goal << " in " << instruction_of_act;

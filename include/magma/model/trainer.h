@@ -219,7 +219,7 @@ class Trainer {
   std::vector<at::Tensor> params_;
   at::Tensor cell_w_, cell_b_;          // cell heads, [sum(classes) + 4, tower channels], [sum(classes) + 4]
   at::Tensor position_w_, position_b_;  // pointer position read-out, [heads, 2, head_dim], [heads, 2]
-  at::Tensor word_position_w_, word_position_b_;  // the same from the word heads (grounding on)
+  at::Tensor word_position_w_, word_position_b_;      // the same from the word heads (grounding on)
   at::Tensor ground_position_w_, ground_position_b_;  // and from the ground heads at the naming words
   // The training-only heads above that are in use, by their names in
   // optimizer.pt (handles sharing the heads' storage).
