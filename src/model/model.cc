@@ -656,16 +656,22 @@ int64_t MagmaModel::CaptureIndex(int layer) const {
   return index >= 0 && index < n ? index : -1;
 }
 
-const at::Tensor& MagmaModel::captured_attention(int layer) const {
+namespace {
+
+// captured[i], or an undefined tensor when i is out of range.
+const at::Tensor& CapturedAt(const std::vector<at::Tensor>& captured, int64_t i) {
   static const at::Tensor kNone;
-  const int64_t i = CaptureIndex(layer);
-  return i >= 0 && i < static_cast<int64_t>(captured_attention_.size()) ? captured_attention_[i] : kNone;
+  return i >= 0 && i < static_cast<int64_t>(captured.size()) ? captured[i] : kNone;
+}
+
+}  // namespace
+
+const at::Tensor& MagmaModel::captured_attention(int layer) const {
+  return CapturedAt(captured_attention_, CaptureIndex(layer));
 }
 
 const at::Tensor& MagmaModel::captured_head_outputs(int layer) const {
-  static const at::Tensor kNone;
-  const int64_t i = CaptureIndex(layer);
-  return i >= 0 && i < static_cast<int64_t>(captured_head_outputs_.size()) ? captured_head_outputs_[i] : kNone;
+  return CapturedAt(captured_head_outputs_, CaptureIndex(layer));
 }
 
 int64_t MagmaModel::ImageTokenCount(int grid_rows, int grid_cols) const {

@@ -26,25 +26,48 @@ struct Trainer::Optimizer {
   torch::optim::AdamW adamw;
 };
 
+namespace {
+
+// A decoder layer a training loss supervises.
+struct SupervisedLayer {
+  const char* option;
+  int layer;
+};
+
+// The layers the losses that are on supervise: cell pointers, word
+// pointers, grounding.
+std::vector<SupervisedLayer> SupervisedLayers(const TrainOptions& o) {
+  std::vector<SupervisedLayer> out;
+  if (o.attention_loss_weight > 0) out.push_back({"attention_layer", o.attention_layer});
+  if (o.word_loss_weight > 0) out.push_back({"word_layer", o.word_layer});
+  if (o.ground_loss_weight > 0) out.push_back({"ground_layer", o.ground_layer});
+  return out;
+}
+
+// `layer` counted from 0 (negative: from the end of `layers`).
+int64_t FromFirst(int layer, int64_t layers) { return layer < 0 ? layers + layer : layer; }
+
+}  // namespace
+
 absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
   if (options.total_steps < 1 || options.warmup_steps < 0 || !(options.learning_rate > 0)) {
     return absl::InvalidArgumentError("training options: total_steps >= 1, warmup_steps >= 0, learning_rate > 0");
   }
   // A supervised layer, from 0 or negative from the end, must exist.
-  auto check_layer = [layers](const char* option, int layer) {
-    if (layer < layers && layer >= -layers) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(option, " ", layer, " is not one of the ", layers,
-                                                   " decoder layers (0..", layers - 1, ", or -1..-", layers,
-                                                   " from the end)"));
-  };
-  if (options.attention_loss_weight > 0) {
-    if (auto s = check_layer("attention_layer", options.attention_layer); !s.ok()) return s;
+  for (const auto& [option, layer] : SupervisedLayers(options)) {
+    if (layer >= layers || layer < -layers) {
+      return absl::InvalidArgumentError(absl::StrCat(option, " ", layer, " is not one of the ", layers,
+                                                     " decoder layers (0..", layers - 1, ", or -1..-", layers,
+                                                     " from the end)"));
+    }
   }
-  if (options.word_loss_weight > 0) {
-    if (auto s = check_layer("word_layer", options.word_layer); !s.ok()) return s;
-  }
-  if (options.ground_loss_weight > 0) {
-    if (auto s = check_layer("ground_layer", options.ground_layer); !s.ok()) return s;
+  // The answer reads the grounded words in a later layer than the one in
+  // which they look at their things.
+  if (options.ground_loss_weight > 0 && options.word_loss_weight > 0 &&
+      FromFirst(options.ground_layer, layers) >= FromFirst(options.word_layer, layers)) {
+    return absl::InvalidArgumentError(absl::StrCat("ground_layer ", options.ground_layer,
+                                                   " must come before word_layer ", options.word_layer, " (of ",
+                                                   layers, " decoder layers)"));
   }
   return absl::OkStatus();
 }
@@ -54,9 +77,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
   auto params = model->MakeTrainable();
   if (!params.ok()) return params.status();
   std::vector<int> captured;
-  if (options.attention_loss_weight > 0) captured.push_back(options.attention_layer);
-  if (options.word_loss_weight > 0) captured.push_back(options.word_layer);
-  if (options.ground_loss_weight > 0) captured.push_back(options.ground_layer);
+  for (const auto& supervised : SupervisedLayers(options)) captured.push_back(supervised.layer);
   model->SetCaptureLayers(std::move(captured));
   return std::unique_ptr<Trainer>(new Trainer(model, options, *std::move(params)));
 }
@@ -316,99 +337,112 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
     }
     auto logits = model_->ForwardBatch(at::stack(group));
     if (!logits.ok()) return logits.status();
+    if (aux_loss != nullptr) {
+      for (const auto& [option, layer] : SupervisedLayers(options_)) {
+        if (!model_->captured_attention(layer).defined()) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "decoder layer ", layer, " (", option, ") was not captured: the model's captures were changed "
+              "after the trainer was created"));
+        }
+      }
+    }
     for (size_t k = first; k < last; ++k) {
       const auto& e = batch[order[k]];
+      const int64_t b = static_cast<int64_t>(k - first);  // row in this forward
       const int64_t t = static_cast<int64_t>(e.target_ids.size());
       const int64_t answer = lengths[order[k]] - t;  // positions that predict the target tokens
-      predicted[order[k]] = (*logits)[static_cast<int64_t>(k - first)].narrow(0, answer, t);
-      // The answer tokens (from, count) of a pointer's span.
-      auto span_of = [t](const TrainPointer& ptr) {
+      predicted[order[k]] = (*logits)[b].narrow(0, answer, t);
+      if (aux_loss == nullptr) continue;
+      const double per_example = 1.0 / static_cast<double>(batch.size());
+      // The positions that predict the answer tokens of a pointer's span.
+      auto span_rows = [&](const TrainPointer& ptr) {
         const int64_t from = std::min(ptr.first, t);
-        return std::make_pair(from, ptr.count < 0 ? t - from : std::min(ptr.count, t - from));
+        const int64_t count = ptr.count < 0 ? t - from : std::min(ptr.count, t - from);
+        std::vector<int64_t> rows;
+        for (int64_t i = 0; i < count; ++i) rows.push_back(answer + from + i);
+        return rows;
       };
-      // The attention of the pointer's head in `probs` ([B, heads, T, T]) on
-      // `positions`, from the positions that predict its span: [span,
-      // positions]; undefined when there is nothing to supervise.
-      auto attention_on = [&](const at::Tensor& probs, const TrainPointer& ptr, const std::vector<int64_t>& positions) {
-        const auto [from, span] = span_of(ptr);
-        if (span <= 0 || ptr.head < 0 || ptr.head >= probs.size(1) || positions.empty()) return at::Tensor();
-        return probs[static_cast<int64_t>(k - first)][ptr.head]
-            .narrow(0, answer + from, span)
+      // The attention of `ptr`'s head in `layer`, from `rows` to
+      // `positions`: [rows, positions]; undefined when there is nothing to
+      // supervise.
+      auto attention_at = [&](int layer, const TrainPointer& ptr, const std::vector<int64_t>& rows,
+                              const std::vector<int64_t>& positions) {
+        const at::Tensor& probs = model_->captured_attention(layer);
+        if (rows.empty() || positions.empty() || ptr.head < 0 || ptr.head >= probs.size(1)) return at::Tensor();
+        return probs[b][ptr.head]
+            .index_select(0, at::tensor(rows, at::kLong))
             .index_select(1, at::tensor(positions, at::kLong));
       };
-      // What `ptr`'s head in `layer` read, from the positions that predict
-      // its span, should say where the pointed thing is (read-out `w`, `b`).
-      // `rows`: the query positions (default: those that predict the span).
-      auto read_position = [&](const TrainPointer& ptr, int layer, const at::Tensor& w, const at::Tensor& b,
-                               double* error_sum, int* count, const std::vector<int64_t>& rows = {}) {
-        if (std::isnan(ptr.x) || std::isnan(ptr.y)) return;
-        const auto [from, span] = span_of(ptr);
-        if (rows.empty() && span <= 0) return;
-        const at::Tensor all = model_->captured_head_outputs(layer)[static_cast<int64_t>(k - first)][ptr.head];
-        at::Tensor h = rows.empty() ? all.narrow(0, answer + from, span)
-                                    : all.index_select(0, at::tensor(rows, at::kLong));  // [rows, hd]
-        at::Tensor where = at::linear(h, w[ptr.head], b[ptr.head]);                      // [rows, 2]
-        at::Tensor error = where - at::tensor({ptr.x, ptr.y}, at::kFloat).view({1, 2});
-        if (error_sum != nullptr) {
+      // Adds `weight` times the mean of -log(`p`) to the auxiliary loss.
+      auto add_log_loss = [&](double weight, const at::Tensor& p) {
+        *aux_loss = *aux_loss - weight * at::log(p + 1e-6).mean() * per_example;
+      };
+      // What `ptr`'s head in `layer` read at `rows` should say where the
+      // pointed thing is (read-out `w`, `b`).
+      auto read_position = [&](const TrainPointer& ptr, int layer, const std::vector<int64_t>& rows,
+                               const at::Tensor& w, const at::Tensor& bias, double* error_sum, int* count) {
+        if (std::isnan(ptr.x) || std::isnan(ptr.y) || rows.empty()) return;
+        const at::Tensor h = model_->captured_head_outputs(layer)[b][ptr.head].index_select(
+            0, at::tensor(rows, at::kLong));                                          // [rows, hd]
+        const at::Tensor where = at::linear(h, w[ptr.head], bias[ptr.head]);          // [rows, 2]
+        const at::Tensor error = where - at::tensor({ptr.x, ptr.y}, at::kFloat).view({1, 2});
+        if (report != nullptr) {
           *error_sum += error.abs().mean().item<double>();
           ++*count;
         }
-        *aux_loss = *aux_loss + options_.position_loss_weight * error.pow(2).mean() / static_cast<double>(batch.size());
+        *aux_loss = *aux_loss + options_.position_loss_weight * error.pow(2).mean() * per_example;
       };
-      if (aux_loss != nullptr && options_.word_loss_weight > 0) {
-        // Each pointer's head, in the word layer, from the positions that
-        // predict its span, should read every word naming its thing, in
-        // equal shares: a loss on their total mass alone is met by reading
-        // only the word every example shares ("block"), not the one that
-        // tells the things apart ("red").
-        for (const TrainPointer& ptr : e.pointers) {
-          const at::Tensor on =
-              attention_on(model_->captured_attention(options_.word_layer), ptr, WordPositions(e, ptr.words, *model_));
-          if (!on.defined()) continue;
-          if (report != nullptr) {
-            report->word_mass += on.sum(1).mean().item<double>();
-            report->word_least += std::get<0>(on.min(1)).mean().item<double>() * on.size(1);
-            ++report->word_pointers;
-          }
-          *aux_loss = *aux_loss -
-                      options_.word_loss_weight * at::log(on + 1e-6).mean() / static_cast<double>(batch.size());
-          if (word_position_w_.defined()) {
-            read_position(ptr, options_.word_layer, word_position_w_, word_position_b_,
-                          report ? &report->word_position_error : nullptr, report ? &report->word_positions : nullptr);
-          }
-        }
-      }
-      if (aux_loss != nullptr && options_.ground_loss_weight > 0) {
-        // Each pointer's head, in the ground layer, at every word naming its
-        // thing, should look at the thing's cells.
-        for (const TrainPointer& ptr : e.pointers) {
-          const at::Tensor& probs = model_->captured_attention(options_.ground_layer);
-          const std::vector<int64_t> words = WordPositions(e, ptr.words, *model_);
-          const std::vector<int64_t> cells = PointerPositions(e, ptr.cells, *model_);
-          if (words.empty() || cells.empty() || ptr.head < 0 || ptr.head >= probs.size(1)) continue;
-          const at::Tensor mass = probs[static_cast<int64_t>(k - first)][ptr.head]
-                                      .index_select(0, at::tensor(words, at::kLong))
-                                      .index_select(1, at::tensor(cells, at::kLong))
-                                      .sum(1);
-          if (report != nullptr) {
-            report->ground_mass += mass.mean().item<double>();
-            ++report->ground_pointers;
-          }
-          *aux_loss =
-              *aux_loss - options_.ground_loss_weight * at::log(mass + 1e-6).mean() / static_cast<double>(batch.size());
-          if (ground_position_w_.defined()) {
-            read_position(ptr, options_.ground_layer, ground_position_w_, ground_position_b_,
-                          report ? &report->ground_position_error : nullptr,
-                          report ? &report->ground_positions : nullptr, words);
+      for (const TrainPointer& ptr : e.pointers) {
+        const std::vector<int64_t> rows = span_rows(ptr);
+        const std::vector<int64_t> cells = PointerPositions(e, ptr.cells, *model_);
+        const std::vector<int64_t> words = WordPositions(e, ptr.words, *model_);
+        if (options_.word_loss_weight > 0) {
+          // The head, in the word layer, from the positions that predict its
+          // span, should read every word naming its thing, in equal shares:
+          // a loss on their total mass alone is met by reading only the
+          // easiest word of a name ("button" in "red circle button"), not
+          // the ones that tell the things apart.
+          const at::Tensor on = attention_at(options_.word_layer, ptr, rows, words);
+          if (on.defined()) {
+            if (report != nullptr) {
+              report->word_mass += on.sum(1).mean().item<double>();
+              report->word_least += std::get<0>(on.min(1)).mean().item<double>() * on.size(1);
+              ++report->word_pointers;
+            }
+            add_log_loss(options_.word_loss_weight, on);
+            if (word_position_w_.defined()) {
+              read_position(ptr, options_.word_layer, rows, word_position_w_, word_position_b_,
+                            report ? &report->word_position_error : nullptr, report ? &report->word_positions : nullptr);
+            }
           }
         }
-      }
-      if (aux_loss != nullptr && options_.attention_loss_weight > 0) {
-        // Each pointer's head, from the positions that predict its span,
-        // should rest on the span's cells.
-        for (const TrainPointer& ptr : e.pointers) {
-          const at::Tensor on = attention_on(model_->captured_attention(options_.attention_layer), ptr,
-                                             PointerPositions(e, ptr.cells, *model_));
+        if (options_.ground_loss_weight > 0 && !cells.empty()) {
+          // The head, in the ground layer, at every word naming its thing,
+          // should look at the thing's cells. Only words after the cells
+          // can (attention is causal).
+          std::vector<int64_t> after;
+          for (int64_t w : words) {
+            if (w > cells.back()) after.push_back(w);
+          }
+          const at::Tensor on = attention_at(options_.ground_layer, ptr, after, cells);
+          if (on.defined()) {
+            const at::Tensor mass = on.sum(1);
+            if (report != nullptr) {
+              report->ground_mass += mass.mean().item<double>();
+              ++report->ground_pointers;
+            }
+            add_log_loss(options_.ground_loss_weight, mass);
+            if (ground_position_w_.defined()) {
+              read_position(ptr, options_.ground_layer, after, ground_position_w_, ground_position_b_,
+                            report ? &report->ground_position_error : nullptr,
+                            report ? &report->ground_positions : nullptr);
+            }
+          }
+        }
+        if (options_.attention_loss_weight > 0) {
+          // The head, from the positions that predict its span, should rest
+          // on the span's cells.
+          const at::Tensor on = attention_at(options_.attention_layer, ptr, rows, cells);
           if (!on.defined()) continue;
           const at::Tensor mass = on.sum(1);
           if (report != nullptr) {
@@ -417,19 +451,22 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             ++report->pointers;
             if (report->head_mass.size() <= static_cast<size_t>(ptr.head)) {
               report->head_mass.resize(ptr.head + 1, 0.0);
-              report->head_others.resize(ptr.head + 1, 0.0);
               report->head_pointers.resize(ptr.head + 1, 0);
+              report->head_others.resize(ptr.head + 1, 0.0);
+              report->head_others_pointers.resize(ptr.head + 1, 0);
             }
             report->head_mass[ptr.head] += m;
             ++report->head_pointers[ptr.head];
-            const at::Tensor off = attention_on(model_->captured_attention(options_.attention_layer), ptr,
-                                                PointerPositions(e, OtherThings(e, ptr), *model_));
-            if (off.defined()) report->head_others[ptr.head] += off.sum(1).mean().item<double>();
+            const at::Tensor off =
+                attention_at(options_.attention_layer, ptr, rows, PointerPositions(e, OtherThings(e, ptr), *model_));
+            if (off.defined()) {
+              report->head_others[ptr.head] += off.sum(1).mean().item<double>();
+              ++report->head_others_pointers[ptr.head];
+            }
           }
-          *aux_loss = *aux_loss - options_.attention_loss_weight * at::log(mass + 1e-6).mean() /
-                                      static_cast<double>(batch.size());
+          add_log_loss(options_.attention_loss_weight, mass);
           if (position_w_.defined()) {
-            read_position(ptr, options_.attention_layer, position_w_, position_b_,
+            read_position(ptr, options_.attention_layer, rows, position_w_, position_b_,
                           report ? &report->position_error : nullptr, report ? &report->positions : nullptr);
           }
         }
@@ -495,21 +532,23 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     at::Tensor aux;
     auto predicted = TargetLogits(batch, &aux, &report);
     if (!predicted.ok()) return predicted.status();
-    if (report.pointers > 0) report.attention_mass /= report.pointers;
+    // Sums to means over their counts.
+    auto mean = [](double* sum, int n) { *sum = n > 0 ? *sum / n : 0.0; };
+    mean(&report.attention_mass, report.pointers);
     for (size_t h = 0; h < report.head_mass.size(); ++h) {
-      if (report.head_pointers[h] > 0) {
-        report.head_mass[h] /= report.head_pointers[h];
-        report.head_others[h] /= report.head_pointers[h];
+      mean(&report.head_mass[h], report.head_pointers[h]);
+      if (report.head_others_pointers[h] > 0) {
+        report.head_others[h] /= report.head_others_pointers[h];
+      } else {
+        report.head_others[h] = std::numeric_limits<double>::quiet_NaN();
       }
     }
-    if (report.positions > 0) report.position_error /= report.positions;
-    if (report.ground_pointers > 0) report.ground_mass /= report.ground_pointers;
-    if (report.word_positions > 0) report.word_position_error /= report.word_positions;
-    if (report.ground_positions > 0) report.ground_position_error /= report.ground_positions;
-    if (report.word_pointers > 0) {
-      report.word_mass /= report.word_pointers;
-      report.word_least /= report.word_pointers;
-    }
+    mean(&report.position_error, report.positions);
+    mean(&report.ground_mass, report.ground_pointers);
+    mean(&report.ground_position_error, report.ground_positions);
+    mean(&report.word_position_error, report.word_positions);
+    mean(&report.word_mass, report.word_pointers);
+    mean(&report.word_least, report.word_pointers);
     return report;
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("auxiliary report: ", e.what()));

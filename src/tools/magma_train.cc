@@ -5,6 +5,7 @@
 //   magma-train --out models/magma-tiny [--steps 3000] [--batch 8] [--lr 2e-3]
 //               [--checkpoint_every 250] [--resume] [--seed 1] [--threads 2]
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -49,7 +50,7 @@ ABSL_FLAG(double, position_loss, 0,
           "Weight of a read-out of where each attention pointer's item is from its head's output (0 = off)");
 ABSL_FLAG(double, word_loss, 0,
           "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
-          "naming what they look for: \"red block\", \"Settings\"); 0 = off");
+          "naming what they look for: \"red\" for the red block, \"Settings\"); 0 = off");
 ABSL_FLAG(int, word_layer, 1, "Decoder layer whose heads --word_loss supervises (from 0; negative from the end)");
 ABSL_FLAG(double, ground_loss, 0,
           "Weight of the grounding supervision (the same heads, in --ground_layer, at the prompt words naming a "
@@ -307,8 +308,10 @@ int main(int argc, char** argv) {
         }
       }
     }
-    if (!to.cell_classes.empty() || to.attention_loss_weight > 0) {
-      // What the training-only heads see, per task kind.
+    if (!to.cell_classes.empty() || to.attention_loss_weight > 0 || to.word_loss_weight > 0 ||
+        to.ground_loss_weight > 0) {
+      // What the training-only heads see, per task kind (up to 48 held-out
+      // examples of each).
       std::map<std::string, std::vector<magma::model::TrainExample>> by_kind;
       for (const auto& e : held_out) by_kind[KindName(e.kind)].push_back(e.example);
       for (const auto& [kind, examples] : by_kind) {
@@ -322,27 +325,29 @@ int main(int argc, char** argv) {
         std::cout << " cells, own position off by " << aux->where_error << " of the crop";
         std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%";
         if (aux->head_mass.size() > 1) {
-          std::cout << " (head";
+          const char* sep = " (";
           for (size_t h = 0; h < aux->head_mass.size(); ++h) {
             if (aux->head_pointers[h] == 0) continue;
-            std::cout << " " << h << ": " << static_cast<int>(100 * aux->head_mass[h]) << "%, other things "
-                      << static_cast<int>(100 * aux->head_others[h]) << "%;";
+            std::cout << sep << "head " << h << ": " << static_cast<int>(100 * aux->head_mass[h]) << "%";
+            if (!std::isnan(aux->head_others[h])) {
+              std::cout << " [other things " << static_cast<int>(100 * aux->head_others[h]) << "%]";
+            }
+            sep = ", ";
           }
           std::cout << ")";
         }
         if (aux->positions > 0) std::cout << ", read where they look to " << aux->position_error;
         if (aux->ground_pointers > 0) {
           std::cout << ", naming words on their things " << static_cast<int>(100 * aux->ground_mass) << "%";
-          if (aux->ground_positions > 0) std::cout << " (where: " << aux->ground_position_error;
-          if (aux->word_positions > 0) std::cout << ", read from the words: " << aux->word_position_error;
-          if (aux->ground_positions > 0) std::cout << ")";
+          if (aux->ground_positions > 0) std::cout << " (where read there to " << aux->ground_position_error << ")";
         }
         if (aux->word_pointers > 0) {
           std::cout << ", on their words " << static_cast<int>(100 * aux->word_mass) << "% (evenness "
-                    << static_cast<int>(100 * aux->word_least) << "%)";
+                    << static_cast<int>(100 * aux->word_least) << "%";
+          if (aux->word_positions > 0) std::cout << ", where read from them to " << aux->word_position_error;
+          std::cout << ")";
         }
-        std::cout
-                  << std::endl;
+        std::cout << std::endl;
       }
     }
     std::cout << "held-out at step " << step << ":";

@@ -178,7 +178,11 @@ class MagmaModel {
   // from each ForwardBatch, as part of the autograd graph, for losses that
   // teach chosen query heads where to look. Layers count from 0; negative
   // counts from the end (-1: the last layer). Empty (the default) = off.
-  void SetCaptureLayers(std::vector<int> layers) { capture_layers_ = std::move(layers); }
+  void SetCaptureLayers(std::vector<int> layers) {
+    capture_layers_ = std::move(layers);
+    captured_attention_.clear();
+    captured_head_outputs_.clear();
+  }
   // The captured tensors of `layer` (as SetCaptureLayers counts it) from
   // the last ForwardBatch; undefined when that layer is not captured.
   const at::Tensor& captured_attention(int layer) const;

@@ -49,13 +49,14 @@ struct TrainOptions {
   // what the head looks at (TrainPointer::x, y) from that head's output:
   // teaches the values to carry where things are, which the answer needs
   // (an action is the goal's position minus the gripper's). 0 = off; needs
-  // attention_loss_weight > 0.
+  // attention_loss_weight > 0 (and reads the ground and word heads too when
+  // ground_loss_weight > 0, see there).
   double position_loss_weight = 0;
   // Word attention supervision (training only): the same query heads, in an
   // earlier layer (word_layer), at the positions that predict the span,
   // should attend to the prompt words that name what the span is about
-  // (TrainPointer::words: "red block" in "put the red block on the blue
-  // plate"), each word in an equal share. Teaches the answer positions which
+  // (TrainPointer::words: "red" in "put the red block on the blue plate",
+  // "red circle button" on a screen), each word in an equal share. Teaches the answer positions which
   // words to carry into the query that finds the thing in the image. 0 = off.
   double word_loss_weight = 0;
   int word_layer = 1;
@@ -64,8 +65,9 @@ struct TrainOptions {
   // (TrainPointer::words), should attend to that thing's cells. The image
   // comes before the prompt's words, so a word can look at what it names;
   // the answer positions then find the thing by reading the words
-  // (word_layer after ground_layer), instead of matching "red" against the
-  // cells themselves. 0 = off.
+  // (word_layer after ground_layer, checked), instead of matching "red"
+  // against the cells themselves. Words before the pointed cells cannot
+  // look at them and are left out. 0 = off.
   // With position_loss_weight, the ground heads' outputs at the naming words
   // and the word heads' outputs at the answer positions get position
   // read-outs too: the words carry where their thing is once they look at
@@ -87,8 +89,10 @@ struct TrainImage {
   at::Tensor cell_classes, cell_offsets;
 };
 
-// Where one query head of the supervised layer should look while the model
-// predicts a span of the answer (TrainOptions::attention_loss_weight).
+// Where one query head should look while the model predicts a span of the
+// answer (TrainOptions::attention_loss_weight, in attention_layer), which
+// prompt words it should read first (word_loss_weight, word_layer) and what
+// those words name (ground_loss_weight, ground_layer).
 struct TrainPointer {
   int head = 0;
   int64_t first = 0;   // first target token of the span
@@ -134,8 +138,9 @@ struct AuxiliaryReport {
   // Per supervised head, its mean mass on the cells of the other things in
   // the image (cells whose first cell head names something, outside the
   // pointed cells): a head that finds things but not the named one rests
-  // here.
+  // here. Over the pointers whose images have cell targets (NaN: none).
   std::vector<double> head_others;
+  std::vector<int> head_others_pointers;
   // Mean absolute error of the pointed positions read from the heads'
   // outputs (fractions of the image), over the pointers that have one.
   double position_error = 0;
