@@ -650,10 +650,9 @@ absl::Status MagmaModel::SaveWeights(const std::string& path) {
 
 // ---------------------------------------------------------------- vision
 
-int64_t MagmaModel::CaptureIndex(int layer) const {
-  const int64_t n = static_cast<int64_t>(w_->layers.size());
-  const int64_t index = layer < 0 ? n + layer : layer;
-  return index >= 0 && index < n ? index : -1;
+int64_t LayerIndex(int layer, int64_t layers) {
+  const int64_t index = layer < 0 ? layers + layer : layer;
+  return index >= 0 && index < layers ? index : -1;
 }
 
 namespace {
@@ -667,11 +666,11 @@ const at::Tensor& CapturedAt(const std::vector<at::Tensor>& captured, int64_t i)
 }  // namespace
 
 const at::Tensor& MagmaModel::captured_attention(int layer) const {
-  return CapturedAt(captured_attention_, CaptureIndex(layer));
+  return CapturedAt(captured_attention_, LayerIndex(layer, static_cast<int64_t>(w_->layers.size())));
 }
 
 const at::Tensor& MagmaModel::captured_head_outputs(int layer) const {
-  return CapturedAt(captured_head_outputs_, CaptureIndex(layer));
+  return CapturedAt(captured_head_outputs_, LayerIndex(layer, static_cast<int64_t>(w_->layers.size())));
 }
 
 int64_t MagmaModel::ImageTokenCount(int grid_rows, int grid_cols) const {
@@ -915,8 +914,9 @@ at::Tensor MagmaModel::RunDecoder(at::Tensor x, const at::Tensor& positions, KvC
       if (cache == nullptr && !capture_layers_.empty()) {
         captured_attention_.resize(w.layers.size());
         captured_head_outputs_.resize(w.layers.size());
-        const bool keep = std::any_of(capture_layers_.begin(), capture_layers_.end(),
-                                      [&](int layer) { return CaptureIndex(layer) == static_cast<int64_t>(li); });
+        const bool keep = std::any_of(capture_layers_.begin(), capture_layers_.end(), [&](int layer) {
+          return LayerIndex(layer, static_cast<int64_t>(w.layers.size())) == static_cast<int64_t>(li);
+        });
         // Query head h = KV head h / g, row h % g.
         captured_attention_[li] = keep ? probs.view({B, nh, T, kv_len}) : at::Tensor();
         captured_head_outputs_[li] = keep ? attn : at::Tensor();

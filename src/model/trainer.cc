@@ -44,9 +44,6 @@ std::vector<SupervisedLayer> SupervisedLayers(const TrainOptions& o) {
   return out;
 }
 
-// `layer` counted from 0 (negative: from the end of `layers`).
-int64_t FromFirst(int layer, int64_t layers) { return layer < 0 ? layers + layer : layer; }
-
 }  // namespace
 
 absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
@@ -55,7 +52,7 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
   }
   // A supervised layer, from 0 or negative from the end, must exist.
   for (const auto& [option, layer] : SupervisedLayers(options)) {
-    if (layer >= layers || layer < -layers) {
+    if (LayerIndex(layer, layers) < 0) {
       return absl::InvalidArgumentError(absl::StrCat(option, " ", layer, " is not one of the ", layers,
                                                      " decoder layers (0..", layers - 1, ", or -1..-", layers,
                                                      " from the end)"));
@@ -64,7 +61,7 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
   // The answer reads the grounded words in a later layer than the one in
   // which they look at their things.
   if (options.ground_loss_weight > 0 && options.word_loss_weight > 0 &&
-      FromFirst(options.ground_layer, layers) >= FromFirst(options.word_layer, layers)) {
+      LayerIndex(options.ground_layer, layers) >= LayerIndex(options.word_layer, layers)) {
     return absl::InvalidArgumentError(absl::StrCat("ground_layer ", options.ground_layer,
                                                    " must come before word_layer ", options.word_layer, " (of ",
                                                    layers, " decoder layers)"));
@@ -532,16 +529,12 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     at::Tensor aux;
     auto predicted = TargetLogits(batch, &aux, &report);
     if (!predicted.ok()) return predicted.status();
-    // Sums to means over their counts.
-    auto mean = [](double* sum, int n) { *sum = n > 0 ? *sum / n : 0.0; };
+    // Sums to means over their counts (`none` when there is nothing).
+    auto mean = [](double* sum, int n, double none = 0.0) { *sum = n > 0 ? *sum / n : none; };
     mean(&report.attention_mass, report.pointers);
     for (size_t h = 0; h < report.head_mass.size(); ++h) {
       mean(&report.head_mass[h], report.head_pointers[h]);
-      if (report.head_others_pointers[h] > 0) {
-        report.head_others[h] /= report.head_others_pointers[h];
-      } else {
-        report.head_others[h] = std::numeric_limits<double>::quiet_NaN();
-      }
+      mean(&report.head_others[h], report.head_others_pointers[h], std::numeric_limits<double>::quiet_NaN());
     }
     mean(&report.position_error, report.positions);
     mean(&report.ground_mass, report.ground_pointers);

@@ -231,11 +231,13 @@ class MagmaModel {
   bool training_ = false;
   bool bf16_training_matmuls_ = false;
   std::vector<int> capture_layers_;
-  // Layer index from 0 of a SetCaptureLayers layer (-1: no such layer).
-  int64_t CaptureIndex(int layer) const;
   // Per decoder layer (undefined where not captured).
   mutable std::vector<at::Tensor> captured_attention_, captured_head_outputs_;
 };
+
+// Index from 0 of decoder layer `layer` of `layers`, counted from 0 or,
+// negative, from the end (-1: the last); -1 when there is no such layer.
+int64_t LayerIndex(int layer, int64_t layers);
 
 // Parses "float32" / "bfloat16".
 absl::StatusOr<at::ScalarType> ParseDType(const std::string& name);

@@ -56,8 +56,9 @@ struct TrainOptions {
   // earlier layer (word_layer), at the positions that predict the span,
   // should attend to the prompt words that name what the span is about
   // (TrainPointer::words: "red" in "put the red block on the blue plate",
-  // "red circle button" on a screen), each word in an equal share. Teaches the answer positions which
-  // words to carry into the query that finds the thing in the image. 0 = off.
+  // "red circle button" on a screen), each word in an equal share. Teaches
+  // the answer positions which words to carry into the query that finds the
+  // thing in the image. 0 = off.
   double word_loss_weight = 0;
   int word_layer = 1;
   // Grounding supervision (training only): the same query heads, in
