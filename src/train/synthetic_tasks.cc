@@ -378,17 +378,30 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
     worlds::Step(&scene, a, robot_);
   }
   if (worlds::Success(scene)) scene = worlds::NewEpisode(seed, robot_);
-  // In half of the frames the gripper (with what it holds) is then moved to
-  // a random place on the table. Expert episodes all start at the same spot
-  // and head the same way, so a policy could learn "go up" without looking
-  // at the gripper; the expert labels any state, and scattered states make
-  // the action depend on where the gripper is and cover the places a
-  // learned policy overshoots to.
-  if (rng() % 2 == 0) {
+  // In half of the frames the gripper (with what it holds) is then moved:
+  // anywhere on the table in a quarter, near its goal (within two steps per
+  // axis) in another. Expert episodes all start at the same spot and head the
+  // same way, so a policy could learn "go up" without looking at the
+  // gripper; the expert labels any state, and scattered states make the
+  // action depend on where the gripper is and cover the places a learned
+  // policy overshoots to. Near the goal one half step decides between moving
+  // on, grasping and releasing, and a wrong guess there costs the episode.
+  const int where = static_cast<int>(rng() % 4);
+  if (where >= 2) {
     std::uniform_real_distribution<double> place(0.02, 0.98);
-    scene.gripper = {place(rng), place(rng)};
+    if (where == 2) {
+      scene.gripper = {place(rng), place(rng)};
+    } else {
+      const int goal = scene.held == scene.pick ? scene.place : scene.pick;
+      std::uniform_real_distribution<double> offset(-2 * robot_.max_step, 2 * robot_.max_step);
+      const vision::NormPoint g = scene.objects[goal].center;
+      scene.gripper = {std::clamp(g.x + offset(rng), 0.02, 0.98), std::clamp(g.y + offset(rng), 0.02, 0.98)};
+    }
     if (scene.held >= 0) scene.objects[scene.held].center = scene.gripper;
   }
+  // In a quarter of the frames with nothing held the gripper is closed on
+  // nothing, as after a grasp a little off the block: the expert opens it.
+  if (scene.held < 0 && rng() % 4 == 0) scene.gripper_open = false;
   const auto action = worlds::ExpertAction(scene, robot_);
   agent::ActTask task;
   task.image = worlds::RenderScene(scene, robot_);

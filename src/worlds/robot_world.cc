@@ -148,7 +148,10 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
     a[6] = carrying ? 0 : 1;  // keep holding while carrying
     return a;
   }
-  a[6] = carrying ? 1 : 0;  // at the block: close; at the plate: open
+  // At the plate: open. At the block: close - unless the gripper is already
+  // closed on nothing (a missed grasp), which only grasps again after it has
+  // been opened, so open first.
+  a[6] = carrying || !s.gripper_open ? 1 : 0;
   return a;
 }
 

@@ -106,7 +106,9 @@ TEST_F(SyntheticTasksTest, ActFramesScatterTheGripperOverTheTable) {
     away += gripper->x < x1 - kMargin || gripper->x > x2 + kMargin || gripper->y < y1 - kMargin ||
             gripper->y > y2 + kMargin;
   }
-  EXPECT_GT(away, frames / 10) << away << " of " << frames;
+  // A quarter of the frames put the gripper anywhere on the table (about
+  // half of those land outside the box).
+  EXPECT_GT(away, frames / 20) << away << " of " << frames;
 }
 
 // The tower's cell targets, checked on a case computed by hand: a 256x256

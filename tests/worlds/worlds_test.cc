@@ -1,5 +1,6 @@
 #include <cmath>
 #include <map>
+#include <random>
 #include <set>
 
 #include <gtest/gtest.h>
@@ -160,6 +161,55 @@ TEST(RobotWorldTest, ExpertSolvesEveryEpisode) {
       ++steps;
     }
     EXPECT_TRUE(Success(s)) << "seed " << seed << ": " << s.instruction;
+  }
+}
+
+TEST(RobotWorldTest, ExpertRecoversFromAMissedGrasp) {
+  RobotWorldOptions o;
+  RobotScene s = NewEpisode(3, o);
+  const vision::NormPoint block = s.objects[s.pick].center;
+  // Closed on nothing, right over the block: closing again would grasp
+  // nothing (only an open gripper grasps), so the expert opens in place...
+  s.gripper = block;
+  s.gripper_open = false;
+  auto a = ExpertAction(s, o);
+  EXPECT_EQ(a[0], 0);
+  EXPECT_EQ(a[1], 0);
+  EXPECT_EQ(a[6], 1);
+  Step(&s, a, o);
+  EXPECT_TRUE(s.gripper_open);
+  // ...then closes and holds the block.
+  a = ExpertAction(s, o);
+  EXPECT_EQ(a[6], 0);
+  Step(&s, a, o);
+  EXPECT_EQ(s.held, s.pick);
+  // Closed on nothing a step and a half to the right of the block: it opens
+  // while it moves back (one full step, then half a step).
+  s = NewEpisode(3, o);
+  s.gripper = {block.x + 1.5 * o.max_step, block.y};
+  s.gripper_open = false;
+  a = ExpertAction(s, o);
+  EXPECT_EQ(a[0], -1);
+  EXPECT_EQ(a[1], 0);
+  EXPECT_EQ(a[6], 1);
+}
+
+TEST(RobotWorldTest, ExpertSucceedsFromScatteredStates) {
+  // The states a drifting policy leaves behind: the gripper anywhere, open or
+  // closed, holding the block or not.
+  RobotWorldOptions o;
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> place(0.02, 0.98);
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    RobotScene s = NewEpisode(seed, o);
+    s.gripper = {place(rng), place(rng)};
+    s.gripper_open = rng() % 2 == 0;
+    if (!s.gripper_open && rng() % 2 == 0) {
+      s.held = s.pick;
+      s.objects[s.pick].center = s.gripper;
+    }
+    for (int step = 0; step < 60 && !Success(s); ++step) Step(&s, ExpertAction(s, o), o);
+    EXPECT_TRUE(Success(s)) << "seed " << seed;
   }
 }
 

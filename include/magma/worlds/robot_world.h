@@ -69,7 +69,8 @@ void Step(RobotScene* scene, const std::array<double, 7>& action, const RobotWor
 bool Success(const RobotScene& scene);
 
 // The expert's next action: go to the block, close, carry it to the plate,
-// open. Values in [-1, 1] (gripper 0 or 1).
+// open. From any other state it goes back to that plan (a gripper closed on
+// nothing opens before it closes again). Values in [-1, 1] (gripper 0 or 1).
 std::array<double, 7> ExpertAction(const RobotScene& scene, const RobotWorldOptions& options = {});
 
 // The expert's whole path as HAMSTER waypoints: start, the block (gripper
