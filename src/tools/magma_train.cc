@@ -105,9 +105,10 @@ constexpr int64_t kDecoderLayers = 4;
 
 // The architecture of the embedded model: small enough to train on two
 // cores, the same module layout as Magma-8B. The tower's stages come from
-// --tower_dims / --tower_depths (default: the shipped model's); five stages
-// start from a 2x2 stem, so that the first runs at half the resolution of a
-// 4x4 stem's and small text keeps its strokes.
+// --tower_dims / --tower_depths (default: four stages; the shipped model has
+// the five of its card); five stages start from a 2x2 stem, so that the
+// first runs at half the resolution of a 4x4 stem's and small text keeps its
+// strokes.
 absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   magma::model::Preset p;
   p.name = "agent-tiny";

@@ -386,13 +386,15 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   // action depend on where the gripper is and cover the places a learned
   // policy overshoots to. Near the goal one half step decides between moving
   // on, grasping and releasing, and a wrong guess there costs the episode.
+  // The goal: the block to pick, or the plate while carrying.
+  const int goal = scene.held == scene.pick ? scene.place : scene.pick;
+  constexpr int kAnywhere = 2, kNearGoal = 3;
   const int where = static_cast<int>(rng() % 4);
-  if (where >= 2) {
+  if (where == kAnywhere || where == kNearGoal) {
     std::uniform_real_distribution<double> place(0.02, 0.98);
-    if (where == 2) {
+    if (where == kAnywhere) {
       scene.gripper = {place(rng), place(rng)};
     } else {
-      const int goal = scene.held == scene.pick ? scene.place : scene.pick;
       std::uniform_real_distribution<double> offset(-2 * robot_.max_step, 2 * robot_.max_step);
       const vision::NormPoint g = scene.objects[goal].center;
       scene.gripper = {std::clamp(g.x + offset(rng), 0.02, 0.98), std::clamp(g.y + offset(rng), 0.02, 0.98)};
@@ -417,9 +419,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   out.kind = TaskKind::kAct;
   auto e = ToExample(p->request, "");
   if (!e.ok()) return e.status();
-  const int goal = scene.held == scene.pick ? scene.place : scene.pick;
-  // Head 0 looks at the goal (the block to pick, or the plate while
-  // carrying), head kGripperHead at the gripper: the action is their
+  // Head 0 looks at the goal, head kGripperHead at the gripper: the action is their
   // difference.
   const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}), task.image.size(),
                                         &e->images[0]);

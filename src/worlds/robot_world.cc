@@ -21,8 +21,6 @@ cv::Scalar ColorOf(const std::string& name) {
   return cv::Scalar(128, 128, 128);
 }
 
-// Closing the gripper grasps a block whose centre is this close.
-constexpr double kReach = 0.05;
 // The expert moves in half steps and closes or opens once this close to its
 // goal, in units of max_step: after its last move each axis is within a
 // quarter step, so the gripper is within sqrt(2)/4 = 0.354 steps.
@@ -110,7 +108,7 @@ void Step(RobotScene* s, const std::array<double, 7>& a, const RobotWorldOptions
   if (!open && s->gripper_open) {
     // Closing grasps the nearest block within reach.
     int best = -1;
-    double best_d = kReach;
+    double best_d = kGraspReach;
     for (size_t i = 0; i < s->objects.size(); ++i) {
       const double d = Dist(s->objects[i].center, s->gripper);
       if (s->objects[i].kind == "block" && d <= best_d) {

@@ -46,6 +46,10 @@ struct RobotWorldOptions {
   double max_step = 0.08;
 };
 
+// Closing the gripper grasps a block whose centre is this close to it
+// (normalised units).
+inline constexpr double kGraspReach = 0.05;
+
 // The colours of blocks and plates.
 const std::vector<std::string>& TableColors();
 
