@@ -419,8 +419,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   out.kind = TaskKind::kAct;
   auto e = ToExample(p->request, "");
   if (!e.ok()) return e.status();
-  // Head 0 looks at the goal, head kGripperHead at the gripper: the action is their
-  // difference.
+  // Head 0 looks at the goal, head kGripperHead at the gripper: the action
+  // is their difference.
   const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}), task.image.size(),
                                         &e->images[0]);
   PointAll(groups, 0, 0, scene.objects[goal].center, &*e,
