@@ -50,6 +50,23 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
   if (options.total_steps < 1 || options.warmup_steps < 0 || !(options.learning_rate > 0)) {
     return absl::InvalidArgumentError("training options: total_steps >= 1, warmup_steps >= 0, learning_rate > 0");
   }
+  if (!options.cell_head_weights.empty() && options.cell_head_weights.size() != options.cell_classes.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("training options: ", options.cell_head_weights.size(),
+                                                   " cell head weights for ", options.cell_classes.size(),
+                                                   " cell heads"));
+  }
+  for (double w : options.cell_head_weights) {
+    if (!(w >= 0)) return absl::InvalidArgumentError("training options: cell head weights must be >= 0");
+  }
+  if (options.solo_cell_steps < 0 ||
+      (options.solo_cell_steps > 0 &&
+       (options.solo_cell_head < 0 || options.solo_cell_head >= static_cast<int>(options.cell_classes.size())))) {
+    return absl::InvalidArgumentError(absl::StrCat("training options: solo cell head ", options.solo_cell_head,
+                                                   " is not one of the ", options.cell_classes.size(), " cell heads"));
+  }
+  if (!(options.cell_offset_weight >= 0) || !(options.cell_where_weight >= 0) || !(options.clip_norm >= 0)) {
+    return absl::InvalidArgumentError("training options: cell offset and where weights and clip_norm must be >= 0");
+  }
   // A supervised layer, from 0 or negative from the end, must exist.
   for (const auto& [option, layer] : SupervisedLayers(options)) {
     if (LayerIndex(layer, layers) < 0) {
@@ -160,8 +177,11 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
     at::Tensor ce = at::cross_entropy_loss(out.narrow(3, first, m).reshape({-1, m}), t.clamp_min(0), {},
                                            at::Reduction::None);
     at::Tensor named = (t > 0).to(at::kFloat), empty = t.eq(0).to(at::kFloat);
-    loss = loss + (ce * named).sum() / named.sum().clamp_min(1) +
-           kEmptyCellWeight * (ce * empty).sum() / empty.sum().clamp_min(1);
+    const double weight = solo_                                ? (k == options_.solo_cell_head ? 1.0 : 0.0)
+                          : options_.cell_head_weights.empty() ? 1.0
+                                                               : options_.cell_head_weights[k];
+    loss = loss + weight * ((ce * named).sum() / named.sum().clamp_min(1) +
+                            kEmptyCellWeight * (ce * empty).sum() / empty.sum().clamp_min(1));
     first += m;
   }
   for (int64_t d = 0; d < offset_dims; d += 2) {
@@ -169,7 +189,7 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
     at::Tensor has = item.select(3, 0).isnan().logical_not();
     if (has.any().item<bool>()) {
       at::Tensor error = out.narrow(3, first + d, 2).index({has}) - item.index({has});
-      loss = loss + 10.0 * error.pow(2).mean();
+      if (!solo_) loss = loss + options_.cell_offset_weight * error.pow(2).mean();
       if (report != nullptr) report->offset_error.push_back(error.abs().mean().item<double>());
     } else if (report != nullptr) {
       report->offset_error.push_back(std::numeric_limits<double>::quiet_NaN());
@@ -184,7 +204,7 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
   at::Tensor where = at::stack({xs.view({1, w}).expand({h, w}), ys.view({h, 1}).expand({h, w})}, -1);  // [h, w, 2]
   const at::Tensor where_error = out.narrow(3, first, 2) - where.unsqueeze(0);
   if (report != nullptr) report->where_error = where_error.abs().mean().item<double>();
-  loss = loss + 10.0 * where_error.pow(2).mean();
+  if (!solo_) loss = loss + options_.cell_where_weight * where_error.pow(2).mean();
   return loss;
 }
 
@@ -334,7 +354,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
     }
     auto logits = model_->ForwardBatch(at::stack(group));
     if (!logits.ok()) return logits.status();
-    if (aux_loss != nullptr) {
+    if (aux_loss != nullptr && !solo_) {
       for (const auto& [option, layer] : SupervisedLayers(options_)) {
         if (!model_->captured_attention(layer).defined()) {
           return absl::FailedPreconditionError(absl::StrCat(
@@ -507,7 +527,9 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
     }
     opt_->adamw.zero_grad();
     at::Tensor aux_loss;
+    solo_ = step_ < options_.solo_cell_steps;
     auto loss = BatchLoss(batch, &aux_loss);
+    solo_ = false;
     if (!loss.ok()) return loss.status();
     (*loss + aux_loss).backward();
     last_aux_loss_ = aux_loss.item<double>();

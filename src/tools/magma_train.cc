@@ -41,6 +41,17 @@ ABSL_FLAG(int64_t, eval_every, 250, "Steps between held-out accuracy reports (0 
 ABSL_FLAG(std::string, mix, "click=4,act=3,path=1,question=2", "Relative weights of the training tasks");
 ABSL_FLAG(double, cell_loss, 1.0,
           "Weight of the vision tower's auxiliary per-cell loss (what is where, marks, labels); 0 = off");
+ABSL_FLAG(std::vector<std::string>, cell_head_weights, {},
+          "Weights of the cell heads inside --cell_loss, in the order what, mark, label, overlay (empty = all 1)");
+ABSL_FLAG(double, cell_offset_weight, 10, "Weight of the cell heads' centre-offset regression inside --cell_loss");
+ABSL_FLAG(double, cell_where_weight, 10, "Weight of the cells' own-position read-out inside --cell_loss");
+ABSL_FLAG(bool, marks_on_things, true,
+          "The mark cell head names a marked widget's mark in the widget's cells too (false: only where its label "
+          "is drawn)");
+ABSL_FLAG(int64_t, marks_first, 0,
+          "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone, no "
+          "other training-only loss); 0 = none");
+ABSL_FLAG(double, clip_norm, 1.0, "Gradient-norm clipping limit (0 = off)");
 ABSL_FLAG(double, attention_loss, 0.5,
           "Weight of the attention supervision (heads of the last layer look at what each part of the answer is "
           "about: the target element, the goal and the gripper, each waypoint's object)");
@@ -210,7 +221,19 @@ int main(int argc, char** argv) {
     to.cell_classes = magma::train::SyntheticTasks::CellClasses();
     to.cell_offset_items = magma::train::SyntheticTasks::CellOffsetItems();
     to.cell_loss_weight = absl::GetFlag(FLAGS_cell_loss);
+    for (const std::string& t : absl::GetFlag(FLAGS_cell_head_weights)) {
+      double w = 0;
+      if (!absl::SimpleAtod(t, &w)) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("--cell_head_weights: '", t, "' is not a number")));
+      }
+      to.cell_head_weights.push_back(w);
+    }
+    to.cell_offset_weight = absl::GetFlag(FLAGS_cell_offset_weight);
+    to.cell_where_weight = absl::GetFlag(FLAGS_cell_where_weight);
+    to.solo_cell_steps = absl::GetFlag(FLAGS_marks_first);
+    to.solo_cell_head = 1;  // CellClasses(): what, mark, label, overlay
   }
+  to.clip_norm = absl::GetFlag(FLAGS_clip_norm);
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
   to.attention_layer = absl::GetFlag(FLAGS_attention_layer);
   to.position_loss_weight = absl::GetFlag(FLAGS_position_loss);
@@ -250,7 +273,7 @@ int main(int argc, char** argv) {
                                            std::nullopt);
   if (!ctx.ok()) return Fail(ctx.status());
   magma::worlds::UiWorldOptions ui;
-  const magma::train::SyntheticTasks tasks(&*ctx, ui, robot);
+  const magma::train::SyntheticTasks tasks(&*ctx, ui, robot, absl::GetFlag(FLAGS_marks_on_things));
   auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return Fail(mix.status());
 

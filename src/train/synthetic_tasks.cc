@@ -77,9 +77,10 @@ int ColorIndex(const std::string& name) {
   return 0;
 }
 
-// The labels of `marks` (when marked; overlays) and the widgets of `screen`.
+// The labels of `marks` (when marked; overlays) and the widgets of `screen`
+// (with their marks when `marks_on_things`).
 std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<vision::Mark>& marks,
-                              const std::vector<int>& about) {
+                              const std::vector<int>& about, bool marks_on_things) {
   const bool marked = !marks.empty();
   std::vector<CellItem> items;
   for (size_t i = 0; i < marks.size() && i < screen.widgets.size(); ++i) {
@@ -101,7 +102,7 @@ std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<
     item.cx = (w.box.x1 + w.box.x2) / 2;
     item.cy = (w.box.y1 + w.box.y2) / 2;
     item.what = kWhatUi + std::max(0, IndexOf(UiLooks(), w.kind + " " + w.shape)) * 8 + ColorIndex(w.color);
-    item.mark = marked && i < 10 ? 1 + static_cast<int>(i) : 0;
+    item.mark = marks_on_things && marked && i < 10 ? 1 + static_cast<int>(i) : 0;
     item.text = w.label.empty() ? 0 : 1 + std::max(0, IndexOf(worlds::UiLabels(), w.label));
     if (std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end()) item.pointer = 0;
     items.push_back(item);
@@ -313,8 +314,8 @@ const std::vector<int64_t>& SyntheticTasks::CellClasses() {
 }
 
 SyntheticTasks::SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
-                               const worlds::RobotWorldOptions& robot)
-    : ctx_(ctx), ui_(ui), robot_(robot) {}
+                               const worlds::RobotWorldOptions& robot, bool marks_on_things)
+    : ctx_(ctx), ui_(ui), robot_(robot), marks_on_things_(marks_on_things) {}
 
 absl::StatusOr<model::TrainExample> SyntheticTasks::ToExample(const engine::GenerationRequest& r,
                                                               const std::string& answer) const {
@@ -349,8 +350,9 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Click(uint64_t seed) const {
   if (!e.ok()) return e.status();
   const auto& box = screen.widgets[in.target].box;
   const vision::NormPoint centre{(box.x1 + box.x2) / 2 / screen.rgb.cols, (box.y1 + box.y2) / 2 / screen.rgb.rows};
-  PointAll(AttachCellTargets(UiItems(screen, p->marks, {in.target}), screen.rgb.size(), &e->images[0]), 0, 0, centre,
-           &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, in.names));
+  PointAll(
+      AttachCellTargets(UiItems(screen, p->marks, {in.target}, marks_on_things_), screen.rgb.size(), &e->images[0]), 0,
+      0, centre, &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, in.names));
   out.example = *std::move(e);
   return out;
 }
@@ -491,8 +493,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Question(uint64_t seed) const {
   if (!e.ok()) return e.status();
   // A question may be about several things: no one position to read.
   const vision::NormPoint nowhere{std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
-  PointAll(AttachCellTargets(UiItems(screen, marks, q.about), screen.rgb.size(), &e->images[0]), 0, 0, nowhere, &*e,
-           WordTokens(*ctx_->tokenizer, e->prompt_ids, q.names));
+  PointAll(AttachCellTargets(UiItems(screen, marks, q.about, marks_on_things_), screen.rgb.size(), &e->images[0]), 0, 0,
+           nowhere, &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, q.names));
   out.example = *std::move(e);
   return out;
 }

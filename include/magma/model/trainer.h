@@ -36,6 +36,21 @@ struct TrainOptions {
   std::vector<int64_t> cell_classes;
   int cell_offset_items = 1;
   double cell_loss_weight = 1.0;
+  // Weight of each cell head's classification loss (empty = 1 for every
+  // head, else one per cell_classes entry), of the offset regression and of
+  // the cells' own position, all inside cell_loss_weight. A head at 0 still
+  // gets its accuracy reported.
+  std::vector<double> cell_head_weights;
+  double cell_offset_weight = 10.0;
+  double cell_where_weight = 10.0;
+  // A first phase in which the tower learns one thing alone: for the first
+  // solo_cell_steps steps the only training-only loss is cell head
+  // solo_cell_head's classification (no other head, offsets, cell
+  // positions or attention losses; the answer loss as always). Small
+  // strokes (mark numbers) are learned there that a tower learning colours
+  // and kinds at the same time does not pick up. 0 = no such phase.
+  int64_t solo_cell_steps = 0;
+  int solo_cell_head = 0;
   // Attention supervision (training only): query heads of one decoder
   // layer, at the positions that predict a span of the answer, should attend
   // to the image cells that span is about (TrainExample::pointers). Teaches
@@ -232,6 +247,7 @@ class Trainer {
   std::vector<std::pair<const char*, at::Tensor>> TrainingHeads() const;
   std::unique_ptr<Optimizer> opt_;
   int64_t step_ = 0;
+  bool solo_ = false;  // in the solo phase (TrainOptions::solo_cell_steps) during Step
   double last_aux_loss_ = 0;
   double last_grad_norm_ = 0;
 };

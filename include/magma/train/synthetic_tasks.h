@@ -34,9 +34,11 @@ struct SyntheticExample {
 
 class SyntheticTasks {
  public:
-  // `ctx` must outlive this object.
+  // `ctx` must outlive this object. With `marks_on_things`, the mark cell
+  // head names a marked widget's mark in the widget's cells too, not only
+  // in its label's.
   SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
-                 const worlds::RobotWorldOptions& robot);
+                 const worlds::RobotWorldOptions& robot, bool marks_on_things = true);
 
   // A Set-of-Mark screen and an instruction; target "Mark: N".
   absl::StatusOr<SyntheticExample> Click(uint64_t seed) const;
@@ -68,6 +70,7 @@ class SyntheticTasks {
   const agent::TaskContext* ctx_;
   worlds::UiWorldOptions ui_;
   worlds::RobotWorldOptions robot_;
+  bool marks_on_things_;
 };
 
 }  // namespace magma::train
