@@ -493,6 +493,66 @@ TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
   EXPECT_TRUE(std::isnan(after.offset_error[0]));  // no offsets to learn
 }
 
+// Cell head weights, offsets, positions and the solo phase are checked
+// against the cell heads.
+TEST(TrainerTest, CellOptionsAreChecked) {
+  TrainOptions o = Schedule(10);
+  o.cell_classes = {5, 3};
+  o.cell_head_weights = {1.0, 0.0};
+  o.solo_cell_steps = 5;
+  o.solo_cell_head = 1;
+  EXPECT_TRUE(CheckTrainOptions(o, 4).ok());
+  o.cell_head_weights = {1.0};
+  const absl::Status count = CheckTrainOptions(o, 4);
+  EXPECT_EQ(count.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(count.message(), ::testing::HasSubstr("1 cell head weights for 2 cell heads")) << count;
+  o.cell_head_weights = {1.0, -1.0};
+  EXPECT_EQ(CheckTrainOptions(o, 4).code(), absl::StatusCode::kInvalidArgument);
+  o.cell_head_weights = {};
+  o.solo_cell_head = 2;
+  const absl::Status solo = CheckTrainOptions(o, 4);
+  EXPECT_EQ(solo.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(solo.message(), ::testing::HasSubstr("solo cell head 2 is not one of the 2 cell heads")) << solo;
+  o.solo_cell_steps = 0;  // no solo phase: the head is not used
+  EXPECT_TRUE(CheckTrainOptions(o, 4).ok());
+  o.cell_where_weight = -1;
+  EXPECT_EQ(CheckTrainOptions(o, 4).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// In the solo phase only the chosen cell head learns: with two heads that
+// each name every cell of Example()'s image (targets 1..4 and 4..1), 60 solo
+// steps of head 1 teach head 1 and leave head 0 and the cells' positions as
+// they were; the same steps without the phase teach both.
+TEST(TrainerTest, SoloPhaseTeachesOneCellHeadAlone) {
+  TrainExample e = Example();
+  const at::Tensor up = at::arange(1, 5, at::kLong).view({1, 2, 2, 1}).repeat({2, 1, 1, 1});
+  e.images[0].cell_classes = at::cat({up, 5 - up}, 3);
+  e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
+  for (const int64_t solo : {60, 0}) {
+    testing::TempDir dir;
+    auto m = Tiny(dir.File("m"), "float32");
+    ASSERT_NE(m, nullptr);
+    TrainOptions o = Schedule(60);
+    o.cell_classes = {5, 5};
+    o.solo_cell_steps = solo;
+    o.solo_cell_head = 1;
+    auto trainer = Trainer::Create(m.get(), o);
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    const auto reports = TrainAndReport(trainer->get(), {e}, 60);
+    ASSERT_TRUE(reports.has_value());
+    const auto& [before, after] = *reports;
+    ASSERT_EQ(after.cell_accuracy.size(), 2u);
+    EXPECT_EQ(after.cell_accuracy[1], 1.0) << solo;
+    if (solo > 0) {
+      EXPECT_LT(after.cell_accuracy[0], 1.0);
+      EXPECT_GT(after.where_error, 0.1) << before.where_error;
+    } else {
+      EXPECT_EQ(after.cell_accuracy[0], 1.0);
+      EXPECT_LT(after.where_error, 0.1) << before.where_error;
+    }
+  }
+}
+
 // Two offset slots per cell (say a thing and the overlay on it): each cell
 // learns where both are (here every cell of crop 0 says (0.25, -0.25) and
 // (-0.5, 0.5); crop 1 has (0.1, 0.1) in the first slot and nothing in the

@@ -202,6 +202,19 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
   EXPECT_GT(click->example.images[0].cell_classes.select(3, 1).max().item<int64_t>(), 0);
   // Its mark labels are overlays (class 63), in the second slot.
   EXPECT_EQ(click->example.images[0].cell_classes.select(3, 3).max().item<int64_t>(), 63);
+  // Widget cells without a label carry their widget's mark too; without
+  // marks on things, only label cells carry one.
+  const SyntheticTasks labels_only(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{},
+                                   /*marks_on_things=*/false);
+  auto bare = labels_only.Click(3);
+  ASSERT_TRUE(bare.ok());
+  for (const auto* e : {&*click, &*bare}) {
+    const at::Tensor classes = e->example.images[0].cell_classes;
+    const at::Tensor marked = classes.select(3, 1).gt(0), label = classes.select(3, 3).eq(63);
+    EXPECT_GT(label.sum().item<int64_t>(), 0);
+    EXPECT_TRUE(marked.masked_select(label).all().item<bool>());  // every label cell names its mark
+    EXPECT_EQ(marked.logical_and(label.logical_not()).any().item<bool>(), e == &*click);
+  }
 }
 
 // Path answers carry two decimals, as HAMSTER writes them: seed 9's expert
