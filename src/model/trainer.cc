@@ -527,9 +527,13 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
     }
     opt_->adamw.zero_grad();
     at::Tensor aux_loss;
+    // The solo phase holds for this step's losses only, also when they throw.
+    struct SoloPhase {
+      bool* on;
+      ~SoloPhase() { *on = false; }
+    } phase{&solo_};
     solo_ = step_ < options_.solo_cell_steps;
     auto loss = BatchLoss(batch, &aux_loss);
-    solo_ = false;
     if (!loss.ok()) return loss.status();
     (*loss + aux_loss).backward();
     last_aux_loss_ = aux_loss.item<double>();

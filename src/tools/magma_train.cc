@@ -231,7 +231,9 @@ int main(int argc, char** argv) {
     to.cell_offset_weight = absl::GetFlag(FLAGS_cell_offset_weight);
     to.cell_where_weight = absl::GetFlag(FLAGS_cell_where_weight);
     to.solo_cell_steps = absl::GetFlag(FLAGS_marks_first);
-    to.solo_cell_head = 1;  // CellClasses(): what, mark, label, overlay
+    to.solo_cell_head = magma::train::SyntheticTasks::kMarkCellHead;
+  } else if (!absl::GetFlag(FLAGS_cell_head_weights).empty() || absl::GetFlag(FLAGS_marks_first) > 0) {
+    return Fail(absl::InvalidArgumentError("--cell_head_weights and --marks_first need the cell heads (--cell_loss > 0)"));
   }
   to.clip_norm = absl::GetFlag(FLAGS_clip_norm);
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);

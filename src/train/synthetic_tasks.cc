@@ -199,7 +199,7 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
             c[n][i][j][2] = thing->text;
           }
           if (overlay != nullptr) c[n][i][j][3] = overlay->what;
-          c[n][i][j][1] = overlay != nullptr && overlay->mark > 0 ? overlay->mark : thing != nullptr ? thing->mark : 0;
+          c[n][i][j][SyntheticTasks::kMarkCellHead] = overlay != nullptr && overlay->mark > 0 ? overlay->mark : thing != nullptr ? thing->mark : 0;
           for (int k = 0; k < 2; ++k) {
             if (slot[k] == nullptr) continue;
             o[n][i][j][2 * k] = static_cast<float>((slot[k]->cx - x) / cell_w);

@@ -57,6 +57,8 @@ class SyntheticTasks {
   // Classes of the tower's cell heads (TrainOptions::cell_classes) that
   // every example's images carry targets for (TrainImage::cell_classes).
   static const std::vector<int64_t>& CellClasses();
+  // The entry of CellClasses() that names Set-of-Mark ids.
+  static constexpr int kMarkCellHead = 1;
   // Items per cell with regressed offsets (TrainOptions::cell_offset_items):
   // the thing in the cell and the overlay on it (the gripper, a mark label).
   static int CellOffsetItems();
