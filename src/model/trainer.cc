@@ -64,6 +64,12 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
     return absl::InvalidArgumentError(absl::StrCat("training options: solo cell head ", options.solo_cell_head,
                                                    " is not one of the ", options.cell_classes.size(), " cell heads"));
   }
+  if (!(options.mark_loss_weight >= 0) ||
+      (options.mark_loss_weight > 0 && (options.mark_classes < 1 || !(options.attention_loss_weight > 0)))) {
+    return absl::InvalidArgumentError(
+        "training options: mark_loss_weight must be >= 0; a mark read-out needs mark_classes >= 1 and the attention "
+        "loss on (it reads the supervised heads)");
+  }
   if (!(options.cell_offset_weight >= 0) || !(options.cell_where_weight >= 0) || !(options.clip_norm >= 0)) {
     return absl::InvalidArgumentError("training options: cell offset and where weights and clip_norm must be >= 0");
   }
@@ -109,17 +115,23 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     params.push_back(cell_b_);
   }
   // A position read-out per query head: [heads, 2, head_dim] and [heads, 2].
-  auto position_head = [&](at::Tensor* w, at::Tensor* b) {
+  // A read-out of `outputs` numbers per query head: [heads, outputs,
+  // head_dim] and [heads, outputs] (biases at `bias`).
+  auto head_readout = [&](int64_t outputs, double bias, at::Tensor* w, at::Tensor* b) {
     const int64_t heads = model->config().text.num_heads, hd = model->config().text.head_dim;
-    *w = (at::randn({heads, 2, hd}) / std::sqrt(static_cast<double>(hd))).set_requires_grad(true);
-    *b = at::full({heads, 2}, 0.5).set_requires_grad(true);
+    *w = (at::randn({heads, outputs, hd}) / std::sqrt(static_cast<double>(hd))).set_requires_grad(true);
+    *b = at::full({heads, outputs}, bias).set_requires_grad(true);
     params.push_back(*w);
     params.push_back(*b);
   };
+  auto position_head = [&](at::Tensor* w, at::Tensor* b) { head_readout(2, 0.5, w, b); };
   if (options.position_loss_weight > 0 && options.attention_loss_weight > 0) position_head(&position_w_, &position_b_);
   if (options.position_loss_weight > 0 && options.ground_loss_weight > 0) {
     position_head(&ground_position_w_, &ground_position_b_);
     if (options.word_loss_weight > 0) position_head(&word_position_w_, &word_position_b_);
+  }
+  if (options.mark_loss_weight > 0 && options.attention_loss_weight > 0) {
+    head_readout(options.mark_classes, 0.0, &mark_w_, &mark_b_);
   }
   opt_ = std::make_unique<Optimizer>(params, options);
 }
@@ -486,6 +498,19 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             read_position(ptr, options_.attention_layer, rows, position_w_, position_b_,
                           report ? &report->position_error : nullptr, report ? &report->positions : nullptr);
           }
+          if (mark_w_.defined() && ptr.mark >= 0 && ptr.mark < options_.mark_classes && !rows.empty()) {
+            // What the head reads at its span should name the pointed
+            // thing's mark.
+            const at::Tensor h = model_->captured_head_outputs(options_.attention_layer)[b][ptr.head].index_select(
+                0, at::tensor(rows, at::kLong));                                         // [rows, hd]
+            const at::Tensor logits = at::linear(h, mark_w_[ptr.head], mark_b_[ptr.head]);  // [rows, classes]
+            const at::Tensor want = at::full({static_cast<int64_t>(rows.size())}, ptr.mark, at::kLong);
+            if (report != nullptr) {
+              report->mark_accuracy += logits.argmax(1).eq(want).to(at::kFloat).mean().item<double>();
+              ++report->marks;
+            }
+            *aux_loss = *aux_loss + options_.mark_loss_weight * at::cross_entropy_loss(logits, want) * per_example;
+          }
         }
       }
     }
@@ -563,6 +588,7 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
       mean(&report.head_others[h], report.head_others_pointers[h], std::numeric_limits<double>::quiet_NaN());
     }
     mean(&report.position_error, report.positions);
+    mean(&report.mark_accuracy, report.marks);
     mean(&report.ground_mass, report.ground_pointers);
     mean(&report.ground_position_error, report.ground_positions);
     mean(&report.word_position_error, report.word_positions);
@@ -578,6 +604,7 @@ std::vector<std::pair<const char*, at::Tensor>> Trainer::TrainingHeads() const {
   std::vector<std::pair<const char*, at::Tensor>> heads;
   if (cell_w_.defined()) heads.insert(heads.end(), {{"cell_w", cell_w_}, {"cell_b", cell_b_}});
   if (position_w_.defined()) heads.insert(heads.end(), {{"position_w", position_w_}, {"position_b", position_b_}});
+  if (mark_w_.defined()) heads.insert(heads.end(), {{"mark_w", mark_w_}, {"mark_b", mark_b_}});
   if (ground_position_w_.defined()) {
     heads.insert(heads.end(), {{"ground_position_w", ground_position_w_}, {"ground_position_b", ground_position_b_}});
   }

@@ -49,8 +49,8 @@ ABSL_FLAG(bool, marks_on_things, true,
           "The mark cell head names a marked widget's mark in the widget's cells too (false: only where its label "
           "is drawn)");
 ABSL_FLAG(int64_t, marks_first, 0,
-          "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone, no "
-          "other training-only loss); 0 = none");
+          "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
+          "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
 ABSL_FLAG(double, clip_norm, 1.0, "Gradient-norm clipping limit (0 = off)");
 ABSL_FLAG(double, attention_loss, 0.5,
           "Weight of the attention supervision (heads of the last layer look at what each part of the answer is "
@@ -59,6 +59,9 @@ ABSL_FLAG(int, attention_layer, -1,
           "Decoder layer whose heads --attention_loss supervises (from 0; negative from the end, -1 = last)");
 ABSL_FLAG(double, position_loss, 0,
           "Weight of a read-out of where each attention pointer's item is from its head's output (0 = off)");
+ABSL_FLAG(double, mark_loss, 0,
+          "Weight of a read-out of the target's mark number (0-9) from the pointer head's output on click screens "
+          "(needs --attention_loss > 0; 0 = off)");
 ABSL_FLAG(double, word_loss, 0,
           "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
           "naming what they look for: \"red\" for the red block, \"Settings\"); 0 = off");
@@ -239,6 +242,7 @@ int main(int argc, char** argv) {
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
   to.attention_layer = absl::GetFlag(FLAGS_attention_layer);
   to.position_loss_weight = absl::GetFlag(FLAGS_position_loss);
+  to.mark_loss_weight = absl::GetFlag(FLAGS_mark_loss);
   to.word_loss_weight = absl::GetFlag(FLAGS_word_loss);
   to.word_layer = absl::GetFlag(FLAGS_word_layer);
   to.ground_loss_weight = absl::GetFlag(FLAGS_ground_loss);
@@ -363,6 +367,7 @@ int main(int argc, char** argv) {
           std::cout << ")";
         }
         if (aux->positions > 0) std::cout << ", read where they look to " << aux->position_error;
+        if (aux->marks > 0) std::cout << ", read the mark there " << static_cast<int>(100 * aux->mark_accuracy) << "%";
         if (aux->ground_pointers > 0) {
           std::cout << ", naming words on their things " << static_cast<int>(100 * aux->ground_mass) << "%";
           if (aux->ground_positions > 0) std::cout << " (where read there to " << aux->ground_position_error << ")";

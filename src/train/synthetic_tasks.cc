@@ -353,6 +353,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Click(uint64_t seed) const {
   PointAll(
       AttachCellTargets(UiItems(screen, p->marks, {in.target}, marks_on_things_), screen.rgb.size(), &e->images[0]), 0,
       0, centre, &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, in.names));
+  // The number the answer names, for the pointer's mark read-out.
+  if (!e->pointers.empty()) e->pointers.back().mark = p->marks[in.target].id;
   out.example = *std::move(e);
   return out;
 }

@@ -618,6 +618,44 @@ TEST(TrainerTest, PointedHeadsLearnToSayWhereTheyLook) {
   EXPECT_LT(after.position_error, 0.05) << before.position_error;
 }
 
+// With a mark read-out, a pointed head's output learns to name the pointed
+// thing's class: two examples look at different cells (the instruction
+// tells which) whose things carry marks 3 and 7. A read-out without the
+// attention loss it reads through is INVALID_ARGUMENT.
+TEST(TrainerTest, PointedHeadsLearnToNameTheMarkThere) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o = Schedule(120);
+  o.mark_loss_weight = 1.0;
+  EXPECT_EQ(CheckTrainOptions(o, 2).code(), absl::StatusCode::kInvalidArgument);
+  o.attention_loss_weight = 1.0;
+  ASSERT_TRUE(CheckTrainOptions(o, 2).ok());
+  at::manual_seed(7);
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  std::vector<TrainExample> batch;
+  for (int i = 0; i < 2; ++i) {
+    TrainExample e = Example();
+    e.prompt_ids[1] = 17 + i;
+    TrainPointer a = PointAt(0, i, i, i);
+    a.mark = i == 0 ? 3 : 7;
+    e.pointers = {a};
+    batch.push_back(e);
+  }
+  // A pointer without a mark adds nothing to read.
+  TrainExample unmarked = Example();
+  unmarked.pointers = {PointAt(1, 1, 0, 1)};
+  batch.push_back(unmarked);
+  const auto reports = TrainAndReport(trainer->get(), batch, 120);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_EQ(before.marks, 2);
+  EXPECT_EQ(after.marks, 2);
+  EXPECT_LT(before.mark_accuracy, 0.6);
+  EXPECT_GT(after.mark_accuracy, 0.99) << before.mark_accuracy;
+}
+
 // Saving weights and optimizer state mid-run, then loading both into a new
 // model and trainer, continues the run exactly.
 TEST(TrainerTest, ResumesExactly) {

@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "magma/agent/path_answer.h"
 #include "magma/tokenizer/spm_trainer.h"
 #include "testing/temp_dir.h"
@@ -288,10 +289,18 @@ TEST_F(SyntheticTasksTest, PointersLookAtWhatTheAnswerIsAbout) {
     EXPECT_EQ(act->example.pointers[1].head, 2);  // the other key/value group
     EXPECT_EQ(act->example.pointers[1].count, -1);
   }
-  auto click = tasks_->Click(3);
-  ASSERT_TRUE(click.ok());
-  ASSERT_EQ(click->example.pointers.size(), 1u);
-  EXPECT_GT(click->example.pointers[0].cells[0].sum().item<int64_t>(), 0);
+  for (uint64_t seed = 0; seed < 10; ++seed) {
+    auto click = tasks_->Click(seed);
+    if (!click.ok()) continue;  // a screen with no unambiguous instruction
+    ASSERT_EQ(click->example.pointers.size(), 1u);
+    EXPECT_GT(click->example.pointers[0].cells[0].sum().item<int64_t>(), 0);
+    // The click pointer's mark is the number the answer names.
+    EXPECT_EQ(absl::StrCat("Mark: ", click->example.pointers[0].mark), click->target_text);
+    // Other tasks have no mark to read.
+    auto act = tasks_->Act(seed);
+    ASSERT_TRUE(act.ok());
+    for (const auto& p : act->example.pointers) EXPECT_EQ(p.mark, -1);
+  }
 }
 
 // Pointers also name the prompt words of what they look for: the goal's

@@ -43,12 +43,13 @@ struct TrainOptions {
   std::vector<double> cell_head_weights;
   double cell_offset_weight = 10.0;
   double cell_where_weight = 10.0;
-  // A first phase in which the tower learns one thing alone: for the first
-  // solo_cell_steps steps the only training-only loss is cell head
-  // solo_cell_head's classification (no other head, offsets, cell
-  // positions or attention losses; the answer loss as always). Small
-  // strokes (mark numbers) are learned there that a tower learning colours
-  // and kinds at the same time does not pick up. 0 = no such phase.
+  // A first phase in which the tower's cell heads learn one thing alone:
+  // for the first solo_cell_steps steps the only cell loss is cell head
+  // solo_cell_head's classification (no other head, offsets or cell
+  // positions; the decoder's attention, position and mark losses and the
+  // answer loss as always). Small strokes (mark numbers) are learned there
+  // that a tower learning colours and kinds at the same time does not pick
+  // up. 0 = no such phase.
   int64_t solo_cell_steps = 0;
   int solo_cell_head = 0;
   // Attention supervision (training only): query heads of one decoder
@@ -67,6 +68,14 @@ struct TrainOptions {
   // attention_loss_weight > 0 (and reads the ground and word heads too when
   // ground_loss_weight > 0, see there).
   double position_loss_weight = 0;
+  // Weight of a linear read-out, per supervised head, of the pointed
+  // thing's class (TrainPointer::mark, one of mark_classes: the Set-of-Mark
+  // id a click answer names) from that head's output at the span's
+  // positions, cross-entropy: teaches the head to rest where the number is
+  // drawn and its values to carry the number into the answer. 0 = off;
+  // needs attention_loss_weight > 0.
+  double mark_loss_weight = 0;
+  int64_t mark_classes = 10;
   // Word attention supervision (training only): the same query heads, in an
   // earlier layer (word_layer), at the positions that predict the span,
   // should attend to the prompt words that name what the span is about
@@ -123,6 +132,9 @@ struct TrainPointer {
   // Indices into TrainExample::prompt_ids of the tokens of the words that
   // name the pointed thing (empty: none).
   std::vector<int64_t> words;
+  // The pointed thing's class for the mark read-out
+  // (TrainOptions::mark_loss_weight; -1: none).
+  int64_t mark = -1;
 };
 
 struct TrainExample {
@@ -161,6 +173,10 @@ struct AuxiliaryReport {
   // outputs (fractions of the image), over the pointers that have one.
   double position_error = 0;
   int positions = 0;
+  // Share of the span positions whose mark read-out names the pointed
+  // thing's class, over the pointers that have one.
+  double mark_accuracy = 0;
+  int marks = 0;
   // Mean attention mass of the word layer's heads on their words.
   double word_mass = 0;
   // The least-read word's share times the number of words (1 = every word
@@ -240,6 +256,7 @@ class Trainer {
   std::vector<at::Tensor> params_;
   at::Tensor cell_w_, cell_b_;          // cell heads, [sum(classes) + 4, tower channels], [sum(classes) + 4]
   at::Tensor position_w_, position_b_;  // pointer position read-out, [heads, 2, head_dim], [heads, 2]
+  at::Tensor mark_w_, mark_b_;          // pointer mark read-out, [heads, mark_classes, head_dim], [heads, mark_classes]
   at::Tensor word_position_w_, word_position_b_;      // the same from the word heads (grounding on)
   at::Tensor ground_position_w_, ground_position_b_;  // and from the ground heads at the naming words
   // The training-only heads above that are in use, by their names in
