@@ -502,7 +502,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             // What the head reads at its span should name the pointed
             // thing's mark.
             const at::Tensor h = model_->captured_head_outputs(options_.attention_layer)[b][ptr.head].index_select(
-                0, at::tensor(rows, at::kLong));                                         // [rows, hd]
+                0, at::tensor(rows, at::kLong));                                            // [rows, hd]
             const at::Tensor logits = at::linear(h, mark_w_[ptr.head], mark_b_[ptr.head]);  // [rows, classes]
             const at::Tensor want = at::full({static_cast<int64_t>(rows.size())}, ptr.mark, at::kLong);
             if (report != nullptr) {
