@@ -498,9 +498,11 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             read_position(ptr, options_.attention_layer, rows, position_w_, position_b_,
                           report ? &report->position_error : nullptr, report ? &report->positions : nullptr);
           }
-          if (mark_w_.defined() && ptr.mark >= 0 && ptr.mark < options_.mark_classes && !rows.empty()) {
+          if (mark_w_.defined() && !solo_ && ptr.mark >= 0 && ptr.mark < options_.mark_classes && !rows.empty()) {
             // What the head reads at its span should name the pointed
-            // thing's mark.
+            // thing's mark (after the solo phase: its gradient reaches the
+            // tower through the values and would keep the numbers from being
+            // learned there).
             const at::Tensor h = model_->captured_head_outputs(options_.attention_layer)[b][ptr.head].index_select(
                 0, at::tensor(rows, at::kLong));                                            // [rows, hd]
             const at::Tensor logits = at::linear(h, mark_w_[ptr.head], mark_b_[ptr.head]);  // [rows, classes]

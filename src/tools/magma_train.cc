@@ -61,7 +61,7 @@ ABSL_FLAG(double, position_loss, 0,
           "Weight of a read-out of where each attention pointer's item is from its head's output (0 = off)");
 ABSL_FLAG(double, mark_loss, 0,
           "Weight of a read-out of the target's mark number (0-9) from the pointer head's output on click screens "
-          "(needs --attention_loss > 0; 0 = off)");
+          "after the --marks_first phase (needs --attention_loss > 0; 0 = off)");
 ABSL_FLAG(double, word_loss, 0,
           "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
           "naming what they look for: \"red\" for the red block, \"Settings\"); 0 = off");

@@ -656,6 +656,39 @@ TEST(TrainerTest, PointedHeadsLearnToNameTheMarkThere) {
   EXPECT_GT(after.mark_accuracy, 0.99) << before.mark_accuracy;
 }
 
+// The mark read-out waits for the end of the solo phase: two trainers from
+// the same weights, with and without it, take the same first (solo) step,
+// and only the second adds the read-out's loss.
+TEST(TrainerTest, MarkReadOutWaitsForTheSoloPhase) {
+  TrainExample e = Example();
+  e.images[0].cell_classes = at::arange(1, 5, at::kLong).view({1, 2, 2, 1}).repeat({2, 1, 1, 1});
+  e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
+  TrainPointer a = PointAt(0, 0, 1, 1);
+  a.mark = 3;
+  e.pointers = {a};
+  std::vector<std::pair<double, double>> aux;  // per trainer: aux losses of steps 1 and 2
+  for (const double mark_loss : {1.0, 0.0}) {
+    testing::TempDir dir;
+    auto m = Tiny(dir.File("m"), "float32");
+    ASSERT_NE(m, nullptr);
+    TrainOptions o = Schedule(10);
+    o.cell_classes = {5};
+    o.solo_cell_steps = 1;
+    o.attention_loss_weight = 1.0;
+    o.mark_loss_weight = mark_loss;
+    at::manual_seed(11);
+    auto trainer = Trainer::Create(m.get(), o);
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    ASSERT_TRUE((*trainer)->Step({e}).ok());
+    const double first = (*trainer)->last_aux_loss();
+    ASSERT_TRUE((*trainer)->Step({e}).ok());
+    aux.emplace_back(first, (*trainer)->last_aux_loss());
+  }
+  EXPECT_NEAR(aux[0].first, aux[1].first, 1e-5);
+  // Ten classes from a fresh read-out: a cross-entropy near log(10).
+  EXPECT_GT(aux[0].second - aux[1].second, 1.0) << aux[0].second << " vs " << aux[1].second;
+}
+
 // Saving weights and optimizer state mid-run, then loading both into a new
 // model and trainer, continues the run exactly.
 TEST(TrainerTest, ResumesExactly) {

@@ -46,8 +46,8 @@ struct TrainOptions {
   // A first phase in which the tower's cell heads learn one thing alone:
   // for the first solo_cell_steps steps the only cell loss is cell head
   // solo_cell_head's classification (no other head, offsets or cell
-  // positions; the decoder's attention, position and mark losses and the
-  // answer loss as always). Small strokes (mark numbers) are learned there
+  // positions, no mark read-out; the decoder's attention and position
+  // losses and the answer loss as always). Small strokes (mark numbers) are learned there
   // that a tower learning colours and kinds at the same time does not pick
   // up. 0 = no such phase.
   int64_t solo_cell_steps = 0;
@@ -72,8 +72,8 @@ struct TrainOptions {
   // thing's class (TrainPointer::mark, one of mark_classes: the Set-of-Mark
   // id a click answer names) from that head's output at the span's
   // positions, cross-entropy: teaches the head to rest where the number is
-  // drawn and its values to carry the number into the answer. 0 = off;
-  // needs attention_loss_weight > 0.
+  // drawn and its values to carry the number into the answer. Off in the
+  // solo phase (solo_cell_steps). 0 = off; needs attention_loss_weight > 0.
   double mark_loss_weight = 0;
   int64_t mark_classes = 10;
   // Word attention supervision (training only): the same query heads, in an
