@@ -114,7 +114,6 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     params.push_back(cell_w_);
     params.push_back(cell_b_);
   }
-  // A position read-out per query head: [heads, 2, head_dim] and [heads, 2].
   // A read-out of `outputs` numbers per query head: [heads, outputs,
   // head_dim] and [heads, outputs] (biases at `bias`).
   auto head_readout = [&](int64_t outputs, double bias, at::Tensor* w, at::Tensor* b) {
@@ -124,7 +123,7 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     params.push_back(*w);
     params.push_back(*b);
   };
-  auto position_head = [&](at::Tensor* w, at::Tensor* b) { head_readout(2, 0.5, w, b); };
+  auto position_head = [&](at::Tensor* w, at::Tensor* b) { head_readout(2, 0.5, w, b); };  // x, y
   if (options.position_loss_weight > 0 && options.attention_loss_weight > 0) position_head(&position_w_, &position_b_);
   if (options.position_loss_weight > 0 && options.ground_loss_weight > 0) {
     position_head(&ground_position_w_, &ground_position_b_);

@@ -47,9 +47,9 @@ struct TrainOptions {
   // for the first solo_cell_steps steps the only cell loss is cell head
   // solo_cell_head's classification (no other head, offsets or cell
   // positions, no mark read-out; the decoder's attention and position
-  // losses and the answer loss as always). Small strokes (mark numbers) are learned there
-  // that a tower learning colours and kinds at the same time does not pick
-  // up. 0 = no such phase.
+  // losses and the answer loss as always). Small strokes (mark numbers)
+  // are learned there that a tower learning colours and kinds at the same
+  // time does not pick up. 0 = no such phase.
   int64_t solo_cell_steps = 0;
   int solo_cell_head = 0;
   // Attention supervision (training only): query heads of one decoder
