@@ -18,6 +18,19 @@ namespace {
 // cell head.
 constexpr double kEmptyCellWeight = 0.2;
 
+// Sets the trainer's solo-phase flag for one pass over a batch and clears it
+// after, also when the pass throws.
+class SoloPhase {
+ public:
+  SoloPhase(bool* flag, bool on) : flag_(flag) { *flag_ = on; }
+  ~SoloPhase() { *flag_ = false; }
+  SoloPhase(const SoloPhase&) = delete;
+  SoloPhase& operator=(const SoloPhase&) = delete;
+
+ private:
+  bool* flag_;
+};
+
 }  // namespace
 
 struct Trainer::Optimizer {
@@ -365,7 +378,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
     }
     auto logits = model_->ForwardBatch(at::stack(group));
     if (!logits.ok()) return logits.status();
-    if (aux_loss != nullptr && !solo_) {
+    if (aux_loss != nullptr) {
       for (const auto& [option, layer] : SupervisedLayers(options_)) {
         if (!model_->captured_attention(layer).defined()) {
           return absl::FailedPreconditionError(absl::StrCat(
@@ -554,11 +567,7 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
     opt_->adamw.zero_grad();
     at::Tensor aux_loss;
     // The solo phase holds for this step's losses only, also when they throw.
-    struct SoloPhase {
-      bool* on;
-      ~SoloPhase() { *on = false; }
-    } phase{&solo_};
-    solo_ = step_ < options_.solo_cell_steps;
+    const SoloPhase phase(&solo_, step_ < options_.solo_cell_steps);
     auto loss = BatchLoss(batch, &aux_loss);
     if (!loss.ok()) return loss.status();
     (*loss + aux_loss).backward();
@@ -579,6 +588,9 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     at::NoGradGuard no_grad;
     AuxiliaryReport report;
     at::Tensor aux;
+    // The heads as the current step trains them: in the solo phase, no mark
+    // read-out to report.
+    const SoloPhase phase(&solo_, step_ < options_.solo_cell_steps);
     auto predicted = TargetLogits(batch, &aux, &report);
     if (!predicted.ok()) return predicted.status();
     // Sums to means over their counts (`none` when there is nothing).

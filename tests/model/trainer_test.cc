@@ -699,9 +699,16 @@ TEST(TrainerTest, ResumesExactly) {
   o.learning_rate = 2e-3;
   o.warmup_steps = 2;
   o.total_steps = 8;
+  // With a training-only head (the mark read-out), saved and restored too.
+  o.attention_loss_weight = 1.0;
+  o.mark_loss_weight = 1.0;
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok());
-  const std::vector<TrainExample> batch = {Example()};
+  TrainExample e = Example();
+  TrainPointer p = PointAt(0, 0, 1, 1);
+  p.mark = 3;
+  e.pointers = {p};
+  const std::vector<TrainExample> batch = {e};
   for (int i = 0; i < 3; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
   const std::string out = dir.File("ckpt");
   std::filesystem::create_directories(out);
@@ -710,8 +717,11 @@ TEST(TrainerTest, ResumesExactly) {
   }
   ASSERT_TRUE(m->SaveWeights(out + "/model.safetensors").ok());
   ASSERT_TRUE((*trainer)->SaveState(out + "/optimizer.pt").ok());
-  std::vector<double> continued;
-  for (int i = 0; i < 3; ++i) continued.push_back(*(*trainer)->Step(batch));
+  std::vector<double> continued, continued_aux;
+  for (int i = 0; i < 3; ++i) {
+    continued.push_back(*(*trainer)->Step(batch));
+    continued_aux.push_back((*trainer)->last_aux_loss());
+  }
 
   LoadOptions lo;
   lo.dtype = "float32";
@@ -726,6 +736,7 @@ TEST(TrainerTest, ResumesExactly) {
     auto loss = (*t2)->Step(batch);
     ASSERT_TRUE(loss.ok());
     EXPECT_NEAR(*loss, continued[i], 1e-6) << "step " << i;
+    EXPECT_NEAR((*t2)->last_aux_loss(), continued_aux[i], 1e-5) << "step " << i;
   }
   EXPECT_EQ((*t2)->RestoreState(dir.File("missing.pt")).code(), absl::StatusCode::kInvalidArgument);
 }
