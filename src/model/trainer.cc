@@ -142,9 +142,8 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     position_head(&ground_position_w_, &ground_position_b_);
     if (options.word_loss_weight > 0) position_head(&word_position_w_, &word_position_b_);
   }
-  if (options.mark_loss_weight > 0 && options.attention_loss_weight > 0) {
-    head_readout(options.mark_classes, 0.0, &mark_w_, &mark_b_);
-  }
+  if (options.mark_loss_weight > 0)
+    head_readout(options.mark_classes, 0.0, &mark_w_, &mark_b_);  // checked: attention on
   opt_ = std::make_unique<Optimizer>(params, options);
 }
 
@@ -418,13 +417,16 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       auto add_log_loss = [&](double weight, const at::Tensor& p) {
         *aux_loss = *aux_loss - weight * at::log(p + 1e-6).mean() * per_example;
       };
+      // The output of `ptr`'s head in `layer` at `rows`: [rows, head_dim].
+      auto head_output_at = [&](int layer, const TrainPointer& ptr, const std::vector<int64_t>& rows) {
+        return model_->captured_head_outputs(layer)[b][ptr.head].index_select(0, at::tensor(rows, at::kLong));
+      };
       // What `ptr`'s head in `layer` read at `rows` should say where the
       // pointed thing is (read-out `w`, `b`).
       auto read_position = [&](const TrainPointer& ptr, int layer, const std::vector<int64_t>& rows,
                                const at::Tensor& w, const at::Tensor& bias, double* error_sum, int* count) {
         if (std::isnan(ptr.x) || std::isnan(ptr.y) || rows.empty()) return;
-        const at::Tensor h = model_->captured_head_outputs(layer)[b][ptr.head].index_select(
-            0, at::tensor(rows, at::kLong));                                          // [rows, hd]
+        const at::Tensor h = head_output_at(layer, ptr, rows);                        // [rows, hd]
         const at::Tensor where = at::linear(h, w[ptr.head], bias[ptr.head]);          // [rows, 2]
         const at::Tensor error = where - at::tensor({ptr.x, ptr.y}, at::kFloat).view({1, 2});
         if (report != nullptr) {
@@ -515,9 +517,8 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             // thing's mark (after the solo phase: its gradient reaches the
             // tower through the values and would keep the numbers from being
             // learned there).
-            const at::Tensor h = model_->captured_head_outputs(options_.attention_layer)[b][ptr.head].index_select(
-                0, at::tensor(rows, at::kLong));                                            // [rows, hd]
-            const at::Tensor logits = at::linear(h, mark_w_[ptr.head], mark_b_[ptr.head]);  // [rows, classes]
+            const at::Tensor logits = at::linear(head_output_at(options_.attention_layer, ptr, rows), mark_w_[ptr.head],
+                                                 mark_b_[ptr.head]);  // [rows, classes]
             const at::Tensor want = at::full({static_cast<int64_t>(rows.size())}, ptr.mark, at::kLong);
             if (report != nullptr) {
               report->mark_accuracy += logits.argmax(1).eq(want).to(at::kFloat).mean().item<double>();
