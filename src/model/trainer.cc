@@ -142,8 +142,8 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     position_head(&ground_position_w_, &ground_position_b_);
     if (options.word_loss_weight > 0) position_head(&word_position_w_, &word_position_b_);
   }
-  if (options.mark_loss_weight > 0)
-    head_readout(options.mark_classes, 0.0, &mark_w_, &mark_b_);  // checked: attention on
+  // The options check makes sure the attention loss it reads through is on.
+  if (options.mark_loss_weight > 0) head_readout(options.mark_classes, 0.0, &mark_w_, &mark_b_);
   opt_ = std::make_unique<Optimizer>(params, options);
 }
 
