@@ -83,6 +83,15 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
         "training options: mark_loss_weight must be >= 0; a mark read-out needs mark_classes >= 1 and the attention "
         "loss on (it reads the supervised heads)");
   }
+  if (!(options.look_loss_weight >= 0) ||
+      (options.look_loss_weight > 0 && (options.look_classes.empty() || !(options.attention_loss_weight > 0)))) {
+    return absl::InvalidArgumentError(
+        "training options: look_loss_weight must be >= 0; look read-outs need look_classes and the attention loss "
+        "on (they read the supervised heads)");
+  }
+  for (int64_t c : options.look_classes) {
+    if (c < 1) return absl::InvalidArgumentError("training options: every look read-out needs >= 1 class");
+  }
   if (!(options.cell_offset_weight >= 0) || !(options.cell_where_weight >= 0) || !(options.clip_norm >= 0)) {
     return absl::InvalidArgumentError("training options: cell offset and where weights and clip_norm must be >= 0");
   }
@@ -143,7 +152,17 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     if (options.word_loss_weight > 0) position_head(&word_position_w_, &word_position_b_);
   }
   // The options check makes sure the attention loss it reads through is on.
-  if (options.mark_loss_weight > 0) head_readout(options.mark_classes, 0.0, &mark_w_, &mark_b_);
+  auto class_readout = [&](std::string name, int look, double weight, int64_t classes) {
+    ClassReadOut r{std::move(name), look, weight, classes, {}, {}};
+    head_readout(classes, 0.0, &r.w, &r.b);
+    class_readouts_.push_back(std::move(r));
+  };
+  if (options.mark_loss_weight > 0) class_readout("mark", -1, options.mark_loss_weight, options.mark_classes);
+  if (options.look_loss_weight > 0) {
+    for (size_t k = 0; k < options.look_classes.size(); ++k) {
+      class_readout(absl::StrCat("look", k), static_cast<int>(k), options.look_loss_weight, options.look_classes[k]);
+    }
+  }
   opt_ = std::make_unique<Optimizer>(params, options);
 }
 
@@ -512,19 +531,30 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
             read_position(ptr, options_.attention_layer, rows, position_w_, position_b_,
                           report ? &report->position_error : nullptr, report ? &report->positions : nullptr);
           }
-          if (mark_w_.defined() && !solo_ && ptr.mark >= 0 && ptr.mark < options_.mark_classes && !rows.empty()) {
-            // What the head reads at its span should name the pointed
-            // thing's mark (after the solo phase: its gradient reaches the
-            // tower through the values and would keep the numbers from being
-            // learned there).
-            const at::Tensor logits = at::linear(head_output_at(options_.attention_layer, ptr, rows), mark_w_[ptr.head],
-                                                 mark_b_[ptr.head]);  // [rows, classes]
-            const at::Tensor want = at::full({static_cast<int64_t>(rows.size())}, ptr.mark, at::kLong);
+          // What the head reads at its span should name the pointed
+          // thing's classes: its mark, its looks (after the solo phase: the
+          // gradient reaches the tower through the values and would keep the
+          // numbers from being learned there).
+          for (size_t k = 0; k < class_readouts_.size() && !solo_ && !rows.empty(); ++k) {
+            const ClassReadOut& r = class_readouts_[k];
+            const int64_t want_class = r.look < 0                                  ? ptr.mark
+                                       : r.look < static_cast<int>(ptr.looks.size()) ? ptr.looks[r.look]
+                                                                                     : -1;
+            if (want_class < 0 || want_class >= r.classes) continue;
+            const at::Tensor logits =
+                at::linear(head_output_at(options_.attention_layer, ptr, rows), r.w[ptr.head], r.b[ptr.head]);
+            const at::Tensor want = at::full({static_cast<int64_t>(rows.size())}, want_class, at::kLong);
             if (report != nullptr) {
-              report->mark_accuracy += logits.argmax(1).eq(want).to(at::kFloat).mean().item<double>();
-              ++report->marks;
+              const double right = logits.argmax(1).eq(want).to(at::kFloat).mean().item<double>();
+              if (r.look < 0) {
+                report->mark_accuracy += right;
+                ++report->marks;
+              } else {
+                report->look_accuracy[r.look] += right;
+                ++report->looks[r.look];
+              }
             }
-            *aux_loss = *aux_loss + options_.mark_loss_weight * at::cross_entropy_loss(logits, want) * per_example;
+            *aux_loss = *aux_loss + r.weight * at::cross_entropy_loss(logits, want) * per_example;
           }
         }
       }
@@ -589,9 +619,13 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     at::NoGradGuard no_grad;
     AuxiliaryReport report;
     at::Tensor aux;
-    // The heads as the current step trains them: in the solo phase, no mark
-    // read-out to report.
+    // The heads as the current step trains them: in the solo phase, no
+    // class read-outs to report.
     const SoloPhase phase(&solo_, step_ < options_.solo_cell_steps);
+    if (options_.look_loss_weight > 0) {
+      report.look_accuracy.assign(options_.look_classes.size(), 0.0);
+      report.looks.assign(options_.look_classes.size(), 0);
+    }
     auto predicted = TargetLogits(batch, &aux, &report);
     if (!predicted.ok()) return predicted.status();
     // Sums to means over their counts (`none` when there is nothing).
@@ -603,6 +637,7 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     }
     mean(&report.position_error, report.positions);
     mean(&report.mark_accuracy, report.marks);
+    for (size_t k = 0; k < report.looks.size(); ++k) mean(&report.look_accuracy[k], report.looks[k]);
     mean(&report.ground_mass, report.ground_pointers);
     mean(&report.ground_position_error, report.ground_positions);
     mean(&report.word_position_error, report.word_positions);
@@ -614,11 +649,11 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
   }
 }
 
-std::vector<std::pair<const char*, at::Tensor>> Trainer::TrainingHeads() const {
-  std::vector<std::pair<const char*, at::Tensor>> heads;
+std::vector<std::pair<std::string, at::Tensor>> Trainer::TrainingHeads() const {
+  std::vector<std::pair<std::string, at::Tensor>> heads;
   if (cell_w_.defined()) heads.insert(heads.end(), {{"cell_w", cell_w_}, {"cell_b", cell_b_}});
   if (position_w_.defined()) heads.insert(heads.end(), {{"position_w", position_w_}, {"position_b", position_b_}});
-  if (mark_w_.defined()) heads.insert(heads.end(), {{"mark_w", mark_w_}, {"mark_b", mark_b_}});
+  for (const auto& r : class_readouts_) heads.insert(heads.end(), {{r.name + "_w", r.w}, {r.name + "_b", r.b}});
   if (ground_position_w_.defined()) {
     heads.insert(heads.end(), {{"ground_position_w", ground_position_w_}, {"ground_position_b", ground_position_b_}});
   }

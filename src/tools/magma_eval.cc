@@ -35,6 +35,7 @@ ABSL_FLAG(int, table_blocks, 3, "Act and Trace: blocks per tabletop scene");
 ABSL_FLAG(int, table_plates, 2, "Act and Trace: plates per tabletop scene");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");
 ABSL_FLAG(int, questions, 200, "Generate: questions");
+ABSL_FLAG(int, log_questions, 0, "Generate: print the first N questions with the expected and the model's answer");
 ABSL_FLAG(std::string, demo_dir, "",
           "Write the first screen's Set-of-Mark image and the first robot episode's frames, each with the "
           "model's 2D path drawn, here");
@@ -272,6 +273,10 @@ int main(int argc, char** argv) {
                              : q.question.rfind("Is there", 0) == 0  ? "yes/no"
                                                                      : "color";
     const bool ok = normal(resp.text()) == normal(q.answer);
+    if (i < absl::GetFlag(FLAGS_log_questions)) {
+      std::cout << (ok ? "  right " : "  wrong ") << q.question << " expected \"" << q.answer << "\" answered \""
+                << resp.text() << "\"" << std::endl;
+    }
     ++asked;
     right += ok;
     by_kind[kind].first += ok;

@@ -62,6 +62,10 @@ ABSL_FLAG(double, position_loss, 0,
 ABSL_FLAG(double, mark_loss, 0,
           "Weight of a read-out of the target's mark number (0-9) from the pointer head's output on click screens "
           "after the --marks_first phase (needs --attention_loss > 0; 0 = off)");
+ABSL_FLAG(double, look_loss, 0,
+          "Weight of read-outs of how the pointed widget looks (kind, shape and colour; label) from the pointer "
+          "head's output on questions about one widget, after the --marks_first phase (needs --attention_loss > 0; "
+          "0 = off)");
 ABSL_FLAG(double, word_loss, 0,
           "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
           "naming what they look for: \"red\" for the red block, \"Settings\"); 0 = off");
@@ -243,6 +247,8 @@ int main(int argc, char** argv) {
   to.attention_layer = absl::GetFlag(FLAGS_attention_layer);
   to.position_loss_weight = absl::GetFlag(FLAGS_position_loss);
   to.mark_loss_weight = absl::GetFlag(FLAGS_mark_loss);
+  to.look_loss_weight = absl::GetFlag(FLAGS_look_loss);
+  if (to.look_loss_weight > 0) to.look_classes = magma::train::SyntheticTasks::LookClasses();
   to.word_loss_weight = absl::GetFlag(FLAGS_word_loss);
   to.word_layer = absl::GetFlag(FLAGS_word_layer);
   to.ground_loss_weight = absl::GetFlag(FLAGS_ground_loss);
@@ -368,6 +374,11 @@ int main(int argc, char** argv) {
         }
         if (aux->positions > 0) std::cout << ", read where they look to " << aux->position_error;
         if (aux->marks > 0) std::cout << ", read the mark there " << static_cast<int>(100 * aux->mark_accuracy) << "%";
+        for (size_t k = 0; k < aux->looks.size(); ++k) {
+          if (aux->looks[k] == 0) continue;
+          std::cout << (k == 0 ? ", read the look there " : ", the label ")
+                    << static_cast<int>(100 * aux->look_accuracy[k]) << "%";
+        }
         if (aux->ground_pointers > 0) {
           std::cout << ", naming words on their things " << static_cast<int>(100 * aux->ground_mass) << "%";
           if (aux->ground_positions > 0) std::cout << " (where read there to " << aux->ground_position_error << ")";

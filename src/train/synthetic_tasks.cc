@@ -77,6 +77,14 @@ int ColorIndex(const std::string& name) {
   return 0;
 }
 
+// The classes of the "what" and label cell heads for a widget.
+int WidgetWhat(const worlds::UiWidget& w) {
+  return kWhatUi + std::max(0, IndexOf(UiLooks(), w.kind + " " + w.shape)) * 8 + ColorIndex(w.color);
+}
+int WidgetText(const worlds::UiWidget& w) {
+  return w.label.empty() ? 0 : 1 + std::max(0, IndexOf(worlds::UiLabels(), w.label));
+}
+
 // The labels of `marks` (when marked; overlays) and the widgets of `screen`
 // (with their marks when `marks_on_things`).
 std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<vision::Mark>& marks,
@@ -101,9 +109,9 @@ std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<
     item.box = w.box;
     item.cx = (w.box.x1 + w.box.x2) / 2;
     item.cy = (w.box.y1 + w.box.y2) / 2;
-    item.what = kWhatUi + std::max(0, IndexOf(UiLooks(), w.kind + " " + w.shape)) * 8 + ColorIndex(w.color);
+    item.what = WidgetWhat(w);
     item.mark = marks_on_things && marked && i < 10 ? 1 + static_cast<int>(i) : 0;
-    item.text = w.label.empty() ? 0 : 1 + std::max(0, IndexOf(worlds::UiLabels(), w.label));
+    item.text = WidgetText(w);
     if (std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end()) item.pointer = 0;
     items.push_back(item);
   }
@@ -313,6 +321,11 @@ const std::vector<int64_t>& SyntheticTasks::CellClasses() {
   return kClasses;
 }
 
+const std::vector<int64_t>& SyntheticTasks::LookClasses() {
+  static const std::vector<int64_t> kClasses = {CellClasses()[0], CellClasses()[2]};
+  return kClasses;
+}
+
 SyntheticTasks::SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
                                const worlds::RobotWorldOptions& robot, bool marks_on_things)
     : ctx_(ctx), ui_(ui), robot_(robot), marks_on_things_(marks_on_things) {}
@@ -497,6 +510,12 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Question(uint64_t seed) const {
   const vision::NormPoint nowhere{std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
   PointAll(AttachCellTargets(UiItems(screen, marks, q.about, marks_on_things_), screen.rgb.size(), &e->images[0]), 0, 0,
            nowhere, &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, q.names));
+  // About one widget (its colour, what is at its mark): the answer names
+  // how it looks.
+  if (q.answers_look && !e->pointers.empty()) {
+    const auto& w = screen.widgets[q.about[0]];
+    e->pointers.back().looks = {WidgetWhat(w), WidgetText(w)};
+  }
   out.example = *std::move(e);
   return out;
 }

@@ -223,6 +223,7 @@ UiQuestion AskAbout(const UiScreen& screen, uint64_t seed) {
       q.question = "What color is " + DescribeWidget(w) + "?";
       q.answer = w.color;
       q.about = {static_cast<int>(index)};
+      q.answers_look = true;
       break;
     }
     default:
@@ -233,6 +234,7 @@ UiQuestion AskAbout(const UiScreen& screen, uint64_t seed) {
       q.answer += ".";
       q.with_marks = true;
       q.about = {static_cast<int>(index)};
+      q.answers_look = true;
       break;
   }
   if (q.question.empty()) {

@@ -656,18 +656,68 @@ TEST(TrainerTest, PointedHeadsLearnToNameTheMarkThere) {
   EXPECT_GT(after.mark_accuracy, 0.99) << before.mark_accuracy;
 }
 
-// The mark read-out waits for the end of the solo phase: two trainers from
-// the same weights, with and without it, take the same first (solo) step,
-// and only the second adds the read-out's loss.
-TEST(TrainerTest, MarkReadOutWaitsForTheSoloPhase) {
+// Look read-outs work the same way, one per entry of look_classes: two
+// pointed things that look different (classes 5 and 9 of the first
+// read-out, 2 and 0 of the second) are named from the head's output; a
+// pointer with only the second class, or a class out of range, adds
+// nothing to the first. Look read-outs need classes and the attention loss.
+TEST(TrainerTest, PointedHeadsLearnToNameHowTheThingLooks) {
+  testing::TempDir dir;
+  auto m = Tiny(dir.File("m"), "float32");
+  ASSERT_NE(m, nullptr);
+  TrainOptions o = Schedule(120);
+  o.look_loss_weight = 1.0;
+  o.attention_loss_weight = 1.0;
+  EXPECT_EQ(CheckTrainOptions(o, 2).code(), absl::StatusCode::kInvalidArgument);  // no classes
+  o.look_classes = {12, 0};
+  EXPECT_EQ(CheckTrainOptions(o, 2).code(), absl::StatusCode::kInvalidArgument);  // an empty read-out
+  o.look_classes = {12, 4};
+  o.attention_loss_weight = 0;
+  EXPECT_EQ(CheckTrainOptions(o, 2).code(), absl::StatusCode::kInvalidArgument);  // nothing to read through
+  o.attention_loss_weight = 1.0;
+  ASSERT_TRUE(CheckTrainOptions(o, 2).ok());
+  at::manual_seed(7);
+  auto trainer = Trainer::Create(m.get(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  std::vector<TrainExample> batch;
+  for (int i = 0; i < 2; ++i) {
+    TrainExample e = Example();
+    e.prompt_ids[1] = 17 + i;
+    TrainPointer a = PointAt(0, i, i, i);
+    a.looks = i == 0 ? std::vector<int64_t>{5, 2} : std::vector<int64_t>{9, 0};
+    e.pointers = {a};
+    batch.push_back(e);
+  }
+  TrainExample partly = Example();
+  TrainPointer b = PointAt(1, 1, 0, 1);
+  b.looks = {12, 3};  // 12 is not one of the first read-out's classes
+  partly.pointers = {b};
+  batch.push_back(partly);
+  const auto reports = TrainAndReport(trainer->get(), batch, 120);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  ASSERT_EQ(after.looks, (std::vector<int>{2, 3}));
+  EXPECT_EQ(before.looks, after.looks);
+  EXPECT_EQ(after.marks, 0);
+  for (int k = 0; k < 2; ++k) {
+    EXPECT_LT(before.look_accuracy[k], 0.7) << k;
+    EXPECT_GT(after.look_accuracy[k], 0.99) << k << ": " << before.look_accuracy[k];
+  }
+}
+
+// The mark and look read-outs wait for the end of the solo phase: two
+// trainers from the same weights, with and without them, take the same
+// first (solo) step, and only the second adds the read-outs' loss.
+TEST(TrainerTest, ClassReadOutsWaitForTheSoloPhase) {
   TrainExample e = Example();
   e.images[0].cell_classes = at::arange(1, 5, at::kLong).view({1, 2, 2, 1}).repeat({2, 1, 1, 1});
   e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
   TrainPointer a = PointAt(0, 0, 1, 1);
   a.mark = 3;
+  a.looks = {1};
   e.pointers = {a};
   std::vector<std::pair<double, double>> aux;  // per trainer: aux losses of steps 1 and 2
-  for (const double mark_loss : {1.0, 0.0}) {
+  for (const double class_loss : {1.0, 0.0}) {
     testing::TempDir dir;
     auto m = Tiny(dir.File("m"), "float32");
     ASSERT_NE(m, nullptr);
@@ -675,7 +725,9 @@ TEST(TrainerTest, MarkReadOutWaitsForTheSoloPhase) {
     o.cell_classes = {5};
     o.solo_cell_steps = 1;
     o.attention_loss_weight = 1.0;
-    o.mark_loss_weight = mark_loss;
+    o.mark_loss_weight = class_loss;
+    o.look_loss_weight = class_loss;
+    o.look_classes = {10};
     at::manual_seed(11);
     auto trainer = Trainer::Create(m.get(), o);
     ASSERT_TRUE(trainer.ok()) << trainer.status();
@@ -685,8 +737,9 @@ TEST(TrainerTest, MarkReadOutWaitsForTheSoloPhase) {
     aux.emplace_back(first, (*trainer)->last_aux_loss());
   }
   EXPECT_NEAR(aux[0].first, aux[1].first, 1e-5);
-  // Ten classes from a fresh read-out: a cross-entropy near log(10).
-  EXPECT_GT(aux[0].second - aux[1].second, 1.0) << aux[0].second << " vs " << aux[1].second;
+  // Ten classes from each of two fresh read-outs: cross-entropies near
+  // log(10) each.
+  EXPECT_GT(aux[0].second - aux[1].second, 3.0) << aux[0].second << " vs " << aux[1].second;
 }
 
 // Saving weights and optimizer state mid-run, then loading both into a new
@@ -699,14 +752,18 @@ TEST(TrainerTest, ResumesExactly) {
   o.learning_rate = 2e-3;
   o.warmup_steps = 2;
   o.total_steps = 8;
-  // With a training-only head (the mark read-out), saved and restored too.
+  // With training-only heads (the mark and look read-outs), saved and
+  // restored too.
   o.attention_loss_weight = 1.0;
   o.mark_loss_weight = 1.0;
+  o.look_loss_weight = 1.0;
+  o.look_classes = {6, 4};
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok());
   TrainExample e = Example();
   TrainPointer p = PointAt(0, 0, 1, 1);
   p.mark = 3;
+  p.looks = {5, 1};
   e.pointers = {p};
   const std::vector<TrainExample> batch = {e};
   for (int i = 0; i < 3; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());

@@ -307,6 +307,72 @@ TEST_F(SyntheticTasksTest, PointersLookAtWhatTheAnswerIsAbout) {
   EXPECT_GT(clicks, 5);
 }
 
+// A question whose answer says how one widget looks (its colour, what is at
+// its mark) gives its pointer the widget's look classes: kind, shape and
+// colour as the "what" cell head names them (1 + look x 8 + colour), and
+// its label (0: none), which the cell heads name in the cells it looks at.
+// Other questions and tasks carry none.
+TEST_F(SyntheticTasksTest, QuestionPointersKnowHowTheirWidgetLooks) {
+  EXPECT_EQ(SyntheticTasks::LookClasses(),
+            (std::vector<int64_t>{SyntheticTasks::CellClasses()[0], SyntheticTasks::CellClasses()[2]}));
+  const auto& colors = worlds::UiColors();
+  const auto& labels = worlds::UiLabels();
+  int colour_questions = 0, mark_questions = 0, labelled = 0, shown = 0, shown_label = 0;
+  for (uint64_t seed = 0; seed < 80; ++seed) {
+    auto q = tasks_->Question(seed);
+    ASSERT_TRUE(q.ok());
+    std::vector<int32_t> prompt(q->example.prompt_ids.begin(), q->example.prompt_ids.end());
+    const std::string question = ctx_->tokenizer->Decode(prompt);
+    const bool colour = question.find("What color is") != std::string::npos;
+    const bool mark = question.find("What is at mark") != std::string::npos;
+    if (!colour && !mark) {
+      // About nothing ("Is there...?" "No."), or about several things.
+      for (const auto& p : q->example.pointers) EXPECT_TRUE(p.looks.empty()) << question;
+      continue;
+    }
+    ASSERT_EQ(q->example.pointers.size(), 1u) << question;
+    const auto& p = q->example.pointers[0];
+    colour_questions += colour;
+    mark_questions += mark;
+    ASSERT_EQ(p.looks.size(), 2u) << question;
+    // The label named in the question (colour) or the answer (mark).
+    const std::string named = " " + (colour ? question : q->target_text) + " ";
+    int64_t label = 0;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      if (named.find(" " + labels[i] + " ") != std::string::npos) label = 1 + static_cast<int64_t>(i);
+    }
+    labelled += label > 0;
+    EXPECT_EQ(p.looks[1], label) << named;
+    ASSERT_GE(p.looks[0], 1);
+    const std::string& colour_name = colors[(p.looks[0] - 1) % 8].first;
+    if (colour) {
+      EXPECT_EQ(colour_name, q->target_text);
+    }
+    if (mark && label == 0) {
+      EXPECT_NE(q->target_text.find(" " + colour_name + " "), std::string::npos);
+    }
+    // The cells the pointer looks at mostly show that thing and that label
+    // (on this coarse test grid a cell shows one thing, sometimes a
+    // neighbour).
+    const auto& img = q->example.images[0];
+    const at::Tensor on = p.cells[0];
+    ASSERT_GT(on.sum().item<int64_t>(), 0);
+    shown += img.cell_classes.select(3, 0).masked_select(on).eq(p.looks[0]).any().item<bool>();
+    if (label > 0) shown_label += img.cell_classes.select(3, 2).masked_select(on).eq(label).any().item<bool>();
+  }
+  EXPECT_GT(shown, (colour_questions + mark_questions) / 2);
+  EXPECT_GT(shown_label, labelled / 2);
+  EXPECT_GT(colour_questions, 3);
+  EXPECT_GT(mark_questions, 3);
+  EXPECT_GT(labelled, 3);
+  for (uint64_t seed = 0; seed < 10; ++seed) {
+    for (auto other : {tasks_->Click(seed), tasks_->Act(seed), tasks_->Path(seed)}) {
+      if (!other.ok()) continue;
+      for (const auto& p : other->example.pointers) EXPECT_TRUE(p.looks.empty());
+    }
+  }
+}
+
 // Pointers also name the prompt words of what they look for: the goal's
 // colour in an act prompt (a table has one thing per colour), the block's and
 // then the plate's colour while a path is written (not the gripper's start),

@@ -99,6 +99,12 @@ TEST(UiWorldTest, QuestionsAnswerWhatTheScreenShows) {
     const UiQuestion q = AskAbout(screen, seed);
     seen.insert(q.question);
     EXPECT_NE(q.question.find(q.names), std::string::npos) << q.question;
+    // Only colour and mark answers say how their one widget looks.
+    const bool about_look = q.question.rfind("What ", 0) == 0;
+    EXPECT_EQ(q.answers_look, about_look) << q.question;
+    if (about_look) {
+      EXPECT_EQ(q.about.size(), 1u) << q.question;
+    }
     if (q.question == "How many buttons are there?") {
       EXPECT_EQ(q.answer, "2");
       EXPECT_EQ(q.names, "buttons");

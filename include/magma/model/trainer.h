@@ -76,6 +76,13 @@ struct TrainOptions {
   // solo phase (solo_cell_steps). 0 = off; needs attention_loss_weight > 0.
   double mark_loss_weight = 0;
   int64_t mark_classes = 10;
+  // Weight of more such read-outs, one per entry of look_classes (its
+  // number of classes), of TrainPointer::looks: what the pointed thing
+  // looks like (its kind and colour, its label), which an answer about it
+  // names ("What color is the Save button?", "What is at mark 3?"). Off in
+  // the solo phase too. 0 = off; needs attention_loss_weight > 0.
+  double look_loss_weight = 0;
+  std::vector<int64_t> look_classes;
   // Word attention supervision (training only): the same query heads, in an
   // earlier layer (word_layer), at the positions that predict the span,
   // should attend to the prompt words that name what the span is about
@@ -135,6 +142,9 @@ struct TrainPointer {
   // The pointed thing's class for the mark read-out
   // (TrainOptions::mark_loss_weight; -1: none).
   int64_t mark = -1;
+  // Its classes for the look read-outs, one per entry of
+  // TrainOptions::look_classes (-1 or missing: none).
+  std::vector<int64_t> looks;
 };
 
 struct TrainExample {
@@ -177,6 +187,9 @@ struct AuxiliaryReport {
   // thing's class, over the pointers that have one.
   double mark_accuracy = 0;
   int marks = 0;
+  // The same per look read-out (TrainOptions::look_classes).
+  std::vector<double> look_accuracy;
+  std::vector<int> looks;
   // Mean attention mass of the word layer's heads on their words.
   double word_mass = 0;
   // The least-read word's share times the number of words (1 = every word
@@ -256,12 +269,20 @@ class Trainer {
   std::vector<at::Tensor> params_;
   at::Tensor cell_w_, cell_b_;          // cell heads, [sum(classes) + 4, tower channels], [sum(classes) + 4]
   at::Tensor position_w_, position_b_;  // pointer position read-out, [heads, 2, head_dim], [heads, 2]
-  at::Tensor mark_w_, mark_b_;          // pointer mark read-out, [heads, mark_classes, head_dim], [heads, mark_classes]
+  // Class read-outs from the pointer heads: the mark, then the looks.
+  struct ClassReadOut {
+    std::string name;  // in optimizer.pt: <name>_w, <name>_b
+    int look = -1;     // index in TrainPointer::looks (-1: TrainPointer::mark)
+    double weight = 0;
+    int64_t classes = 0;
+    at::Tensor w, b;  // [heads, classes, head_dim], [heads, classes]
+  };
+  std::vector<ClassReadOut> class_readouts_;
   at::Tensor word_position_w_, word_position_b_;      // the same from the word heads (grounding on)
   at::Tensor ground_position_w_, ground_position_b_;  // and from the ground heads at the naming words
   // The training-only heads above that are in use, by their names in
   // optimizer.pt (handles sharing the heads' storage).
-  std::vector<std::pair<const char*, at::Tensor>> TrainingHeads() const;
+  std::vector<std::pair<std::string, at::Tensor>> TrainingHeads() const;
   std::unique_ptr<Optimizer> opt_;
   int64_t step_ = 0;
   bool solo_ = false;  // in the solo phase (TrainOptions::solo_cell_steps) during Step

@@ -59,6 +59,11 @@ class SyntheticTasks {
   static const std::vector<int64_t>& CellClasses();
   // The entry of CellClasses() that names Set-of-Mark ids.
   static constexpr int kMarkCellHead = 1;
+  // Classes of the look read-outs (TrainOptions::look_classes) that
+  // question pointers about one widget carry (TrainPointer::looks): its
+  // kind, shape and colour as the "what" cell head names them, and its
+  // label as the label cell head does.
+  static const std::vector<int64_t>& LookClasses();
   // Items per cell with regressed offsets (TrainOptions::cell_offset_items):
   // the thing in the cell and the overlay on it (the gripper, a mark label).
   static int CellOffsetItems();

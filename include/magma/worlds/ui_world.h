@@ -60,6 +60,9 @@ struct UiQuestion {
   bool with_marks = false;
   std::vector<int> about;  // the widgets the answer is about (indices)
   std::string names;       // the words of `question` that name them: "red button", "mark 3"
+  // The answer says how the one widget in `about` looks (its colour, its
+  // description).
+  bool answers_look = false;
 };
 
 // One of: how many buttons; is there a <colour> <kind> (yes/no); what colour
