@@ -537,7 +537,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
           // numbers from being learned there).
           for (size_t k = 0; k < class_readouts_.size() && !solo_ && !rows.empty(); ++k) {
             const ClassReadOut& r = class_readouts_[k];
-            const int64_t want_class = r.look < 0                                  ? ptr.mark
+            const int64_t want_class = r.look < 0                                    ? ptr.mark
                                        : r.look < static_cast<int>(ptr.looks.size()) ? ptr.looks[r.look]
                                                                                      : -1;
             if (want_class < 0 || want_class >= r.classes) continue;
