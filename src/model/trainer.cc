@@ -18,17 +18,17 @@ namespace {
 // cell head.
 constexpr double kEmptyCellWeight = 0.2;
 
-// Sets the trainer's solo-phase flag for one pass over a batch and clears it
-// after, also when the pass throws.
+// Sets the trainer's solo-phase head for one pass over a batch and clears
+// it after, also when the pass throws.
 class SoloPhase {
  public:
-  SoloPhase(bool* flag, bool on) : flag_(flag) { *flag_ = on; }
-  ~SoloPhase() { *flag_ = false; }
+  SoloPhase(int* head, int now) : head_(head) { *head_ = now; }
+  ~SoloPhase() { *head_ = -1; }
   SoloPhase(const SoloPhase&) = delete;
   SoloPhase& operator=(const SoloPhase&) = delete;
 
  private:
-  bool* flag_;
+  int* head_;
 };
 
 }  // namespace
@@ -71,11 +71,12 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
   for (double w : options.cell_head_weights) {
     if (!(w >= 0)) return absl::InvalidArgumentError("training options: cell head weights must be >= 0");
   }
-  if (options.solo_cell_steps < 0 ||
-      (options.solo_cell_steps > 0 &&
-       (options.solo_cell_head < 0 || options.solo_cell_head >= static_cast<int>(options.cell_classes.size())))) {
-    return absl::InvalidArgumentError(absl::StrCat("training options: solo cell head ", options.solo_cell_head,
-                                                   " is not one of the ", options.cell_classes.size(), " cell heads"));
+  for (const auto& phase : options.solo_cell_phases) {
+    if (phase.steps < 0 || phase.head < 0 || phase.head >= static_cast<int>(options.cell_classes.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("training options: solo cell head ", phase.head, " for ",
+                                                     phase.steps, " steps is not one of the ",
+                                                     options.cell_classes.size(), " cell heads"));
+    }
   }
   if (!(options.mark_loss_weight >= 0) ||
       (options.mark_loss_weight > 0 && (options.mark_classes < 1 || !(options.attention_loss_weight > 0)))) {
@@ -168,6 +169,14 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
 
 Trainer::~Trainer() = default;
 
+int Trainer::SoloHead(int64_t step) const {
+  for (const auto& phase : options_.solo_cell_phases) {
+    if (step < phase.steps) return phase.head;
+    step -= phase.steps;
+  }
+  return -1;
+}
+
 double Trainer::learning_rate() const {
   const double peak = options_.learning_rate;
   if (step_ < options_.warmup_steps) return peak * (step_ + 1) / (options_.warmup_steps + 1);
@@ -219,7 +228,7 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
     at::Tensor ce = at::cross_entropy_loss(out.narrow(3, first, m).reshape({-1, m}), t.clamp_min(0), {},
                                            at::Reduction::None);
     at::Tensor named = (t > 0).to(at::kFloat), empty = t.eq(0).to(at::kFloat);
-    const double weight = solo_                                ? (k == options_.solo_cell_head ? 1.0 : 0.0)
+    const double weight = solo_ >= 0                           ? (k == solo_ ? 1.0 : 0.0)
                           : options_.cell_head_weights.empty() ? 1.0
                                                                : options_.cell_head_weights[k];
     loss = loss + weight * ((ce * named).sum() / named.sum().clamp_min(1) +
@@ -231,7 +240,7 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
     at::Tensor has = item.select(3, 0).isnan().logical_not();
     if (has.any().item<bool>()) {
       at::Tensor error = out.narrow(3, first + d, 2).index({has}) - item.index({has});
-      if (!solo_) loss = loss + options_.cell_offset_weight * error.pow(2).mean();
+      if (solo_ < 0) loss = loss + options_.cell_offset_weight * error.pow(2).mean();
       if (report != nullptr) report->offset_error.push_back(error.abs().mean().item<double>());
     } else if (report != nullptr) {
       report->offset_error.push_back(std::numeric_limits<double>::quiet_NaN());
@@ -246,7 +255,7 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
   at::Tensor where = at::stack({xs.view({1, w}).expand({h, w}), ys.view({h, 1}).expand({h, w})}, -1);  // [h, w, 2]
   const at::Tensor where_error = out.narrow(3, first, 2) - where.unsqueeze(0);
   if (report != nullptr) report->where_error = where_error.abs().mean().item<double>();
-  if (!solo_) loss = loss + options_.cell_where_weight * where_error.pow(2).mean();
+  if (solo_ < 0) loss = loss + options_.cell_where_weight * where_error.pow(2).mean();
   return loss;
 }
 
@@ -535,7 +544,7 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
           // thing's classes: its mark, its looks (after the solo phase: the
           // gradient reaches the tower through the values and would keep the
           // numbers from being learned there).
-          for (size_t k = 0; k < class_readouts_.size() && !solo_ && !rows.empty(); ++k) {
+          for (size_t k = 0; k < class_readouts_.size() && solo_ < 0 && !rows.empty(); ++k) {
             const ClassReadOut& r = class_readouts_[k];
             const int64_t want_class = r.look < 0                                    ? ptr.mark
                                        : r.look < static_cast<int>(ptr.looks.size()) ? ptr.looks[r.look]
@@ -598,7 +607,7 @@ absl::StatusOr<double> Trainer::Step(const std::vector<TrainExample>& batch) {
     opt_->adamw.zero_grad();
     at::Tensor aux_loss;
     // The solo phase holds for this step's losses only, also when they throw.
-    const SoloPhase phase(&solo_, step_ < options_.solo_cell_steps);
+    const SoloPhase phase(&solo_, SoloHead(step_));
     auto loss = BatchLoss(batch, &aux_loss);
     if (!loss.ok()) return loss.status();
     (*loss + aux_loss).backward();
@@ -621,7 +630,7 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     at::Tensor aux;
     // The heads as the current step trains them: in the solo phase, no
     // class read-outs to report.
-    const SoloPhase phase(&solo_, step_ < options_.solo_cell_steps);
+    const SoloPhase phase(&solo_, SoloHead(step_));
     if (options_.look_loss_weight > 0) {
       report.look_accuracy.assign(options_.look_classes.size(), 0.0);
       report.looks.assign(options_.look_classes.size(), 0);

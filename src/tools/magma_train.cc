@@ -51,6 +51,9 @@ ABSL_FLAG(bool, marks_on_things, true,
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
+ABSL_FLAG(int64_t, labels_next, 0,
+          "Steps after the --marks_first phase in which the tower learns only to read widget labels (the label cell "
+          "head alone, likewise); 0 = none");
 ABSL_FLAG(double, clip_norm, 1.0, "Gradient-norm clipping limit (0 = off)");
 ABSL_FLAG(double, attention_loss, 0.5,
           "Weight of the attention supervision (heads of the last layer look at what each part of the answer is "
@@ -61,10 +64,11 @@ ABSL_FLAG(double, position_loss, 0,
           "Weight of a read-out of where each attention pointer's item is from its head's output (0 = off)");
 ABSL_FLAG(double, mark_loss, 0,
           "Weight of a read-out of the target's mark number (0-9) from the pointer head's output on click screens "
-          "after the --marks_first phase (needs --attention_loss > 0; 0 = off)");
+          "after the --marks_first and --labels_next phases (needs --attention_loss > 0; 0 = off)");
 ABSL_FLAG(double, look_loss, 0,
           "Weight of read-outs of how the pointed widget looks (kind, shape and colour; label) from the pointer "
-          "head's output on questions about one widget, after the --marks_first phase (needs --attention_loss > 0; "
+          "head's output on questions about one widget, after the --marks_first and --labels_next phases (needs "
+          "--attention_loss > 0; "
           "0 = off)");
 ABSL_FLAG(double, word_loss, 0,
           "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
@@ -237,10 +241,16 @@ int main(int argc, char** argv) {
     }
     to.cell_offset_weight = absl::GetFlag(FLAGS_cell_offset_weight);
     to.cell_where_weight = absl::GetFlag(FLAGS_cell_where_weight);
-    to.solo_cell_steps = absl::GetFlag(FLAGS_marks_first);
-    to.solo_cell_head = magma::train::SyntheticTasks::kMarkCellHead;
-  } else if (!absl::GetFlag(FLAGS_cell_head_weights).empty() || absl::GetFlag(FLAGS_marks_first) > 0) {
-    return Fail(absl::InvalidArgumentError("--cell_head_weights and --marks_first need the cell heads (--cell_loss > 0)"));
+    if (absl::GetFlag(FLAGS_marks_first) > 0) {
+      to.solo_cell_phases.push_back({magma::train::SyntheticTasks::kMarkCellHead, absl::GetFlag(FLAGS_marks_first)});
+    }
+    if (absl::GetFlag(FLAGS_labels_next) > 0) {
+      to.solo_cell_phases.push_back({magma::train::SyntheticTasks::kLabelCellHead, absl::GetFlag(FLAGS_labels_next)});
+    }
+  } else if (!absl::GetFlag(FLAGS_cell_head_weights).empty() || absl::GetFlag(FLAGS_marks_first) > 0 ||
+             absl::GetFlag(FLAGS_labels_next) > 0) {
+    return Fail(absl::InvalidArgumentError(
+        "--cell_head_weights, --marks_first and --labels_next need the cell heads (--cell_loss > 0)"));
   }
   to.clip_norm = absl::GetFlag(FLAGS_clip_norm);
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);

@@ -43,15 +43,18 @@ struct TrainOptions {
   std::vector<double> cell_head_weights;
   double cell_offset_weight = 10.0;
   double cell_where_weight = 10.0;
-  // A first phase in which the tower's cell heads learn one thing alone:
-  // for the first solo_cell_steps steps the only cell loss is cell head
-  // solo_cell_head's classification (no other head, offsets or cell
-  // positions, no mark read-out; the decoder's attention and position
-  // losses and the answer loss as always). Small strokes (mark numbers)
-  // are learned there that a tower learning colours and kinds at the same
-  // time does not pick up. 0 = no such phase.
-  int64_t solo_cell_steps = 0;
-  int solo_cell_head = 0;
+  // First phases in which the tower's cell heads learn one thing alone,
+  // back to back from step 0: for `steps` steps the only cell loss is cell
+  // head `head`'s classification (no other head, offsets or cell
+  // positions, no class read-outs; the decoder's attention and position
+  // losses and the answer loss as always). Small strokes (mark numbers,
+  // label words) are learned there that a tower learning colours and kinds
+  // at the same time does not pick up. Empty = no such phase.
+  struct SoloCellPhase {
+    int head = 0;
+    int64_t steps = 0;
+  };
+  std::vector<SoloCellPhase> solo_cell_phases;
   // Attention supervision (training only): query heads of one decoder
   // layer, at the positions that predict a span of the answer, should attend
   // to the image cells that span is about (TrainExample::pointers). Teaches
@@ -73,7 +76,7 @@ struct TrainOptions {
   // id a click answer names) from that head's output at the span's
   // positions, cross-entropy: teaches the head to rest where the number is
   // drawn and its values to carry the number into the answer. Off in the
-  // solo phase (solo_cell_steps). 0 = off; needs attention_loss_weight > 0.
+  // solo phases (solo_cell_phases). 0 = off; needs attention_loss_weight > 0.
   double mark_loss_weight = 0;
   int64_t mark_classes = 10;
   // Weight of more such read-outs, one per entry of look_classes (its
@@ -285,7 +288,11 @@ class Trainer {
   std::vector<std::pair<std::string, at::Tensor>> TrainingHeads() const;
   std::unique_ptr<Optimizer> opt_;
   int64_t step_ = 0;
-  bool solo_ = false;  // in the solo phase (TrainOptions::solo_cell_steps) during Step
+  // The cell head of the solo phase (TrainOptions::solo_cell_phases) the
+  // current pass is in (-1: none).
+  int solo_ = -1;
+  // The solo phase's head at optimizer step `step` (-1: none).
+  int SoloHead(int64_t step) const;
   double last_aux_loss_ = 0;
   double last_grad_norm_ = 0;
 };

@@ -59,6 +59,8 @@ class SyntheticTasks {
   static const std::vector<int64_t>& CellClasses();
   // The entry of CellClasses() that names Set-of-Mark ids.
   static constexpr int kMarkCellHead = 1;
+  // The entry that names widget labels.
+  static constexpr int kLabelCellHead = 2;
   // Classes of the look read-outs (TrainOptions::look_classes) that
   // question pointers about one widget carry (TrainPointer::looks): its
   // kind, shape and colour as the "what" cell head names them, and its
