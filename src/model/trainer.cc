@@ -544,14 +544,15 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
           // thing's classes: its mark, its looks (after the solo phase: the
           // gradient reaches the tower through the values and would keep the
           // numbers from being learned there).
+          at::Tensor read;  // the head's output at the span, taken once for all read-outs
           for (size_t k = 0; k < class_readouts_.size() && solo_ < 0 && !rows.empty(); ++k) {
             const ClassReadOut& r = class_readouts_[k];
             const int64_t want_class = r.look < 0                                    ? ptr.mark
                                        : r.look < static_cast<int>(ptr.looks.size()) ? ptr.looks[r.look]
                                                                                      : -1;
             if (want_class < 0 || want_class >= r.classes) continue;
-            const at::Tensor logits =
-                at::linear(head_output_at(options_.attention_layer, ptr, rows), r.w[ptr.head], r.b[ptr.head]);
+            if (!read.defined()) read = head_output_at(options_.attention_layer, ptr, rows);
+            const at::Tensor logits = at::linear(read, r.w[ptr.head], r.b[ptr.head]);
             const at::Tensor want = at::full({static_cast<int64_t>(rows.size())}, want_class, at::kLong);
             if (report != nullptr) {
               const double right = logits.argmax(1).eq(want).to(at::kFloat).mean().item<double>();

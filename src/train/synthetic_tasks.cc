@@ -322,7 +322,7 @@ const std::vector<int64_t>& SyntheticTasks::CellClasses() {
 }
 
 const std::vector<int64_t>& SyntheticTasks::LookClasses() {
-  static const std::vector<int64_t> kClasses = {CellClasses()[0], CellClasses()[2]};
+  static const std::vector<int64_t> kClasses = {CellClasses()[0], CellClasses()[kLabelCellHead]};
   return kClasses;
 }
 

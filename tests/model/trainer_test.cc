@@ -1,6 +1,7 @@
 #include "magma/model/trainer.h"
 
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -87,6 +88,32 @@ at::Tensor CapturedFirstLayer(MagmaModel* m, const TrainExample& e) {
 
 // The auxiliary report of `batch` before and after `steps` training steps on
 // it (nothing, with a test failure, if a call fails).
+// Example()'s image with two cell heads that name every cell of both crops
+// (targets 1..4 and 4..1) and no offsets.
+TrainExample TwoCellHeadsExample() {
+  TrainExample e = Example();
+  const at::Tensor up = at::arange(1, 5, at::kLong).view({1, 2, 2, 1}).repeat({2, 1, 1, 1});
+  e.images[0].cell_classes = at::cat({up, 5 - up}, 3);
+  e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
+  return e;
+}
+
+// Two examples whose instruction (prompt token 17 or 18) tells head 0 to
+// look at crop 0's top-left cell or crop 1's bottom-right one; `set` gives
+// pointer i what it should read there.
+std::vector<TrainExample> TwoInstructedPointers(const std::function<void(int, TrainPointer*)>& set) {
+  std::vector<TrainExample> batch;
+  for (int i = 0; i < 2; ++i) {
+    TrainExample e = Example();
+    e.prompt_ids[1] = 17 + i;
+    TrainPointer a = PointAt(0, i, i, i);
+    set(i, &a);
+    e.pointers = {a};
+    batch.push_back(e);
+  }
+  return batch;
+}
+
 std::optional<std::pair<AuxiliaryReport, AuxiliaryReport>> TrainAndReport(Trainer* trainer,
                                                                          const std::vector<TrainExample>& batch,
                                                                          int steps) {
@@ -527,10 +554,7 @@ TEST(TrainerTest, CellOptionsAreChecked) {
 // steps of head 1 teach head 1 and leave head 0 and the cells' positions as
 // they were; the same steps without the phase teach both.
 TEST(TrainerTest, SoloPhaseTeachesOneCellHeadAlone) {
-  TrainExample e = Example();
-  const at::Tensor up = at::arange(1, 5, at::kLong).view({1, 2, 2, 1}).repeat({2, 1, 1, 1});
-  e.images[0].cell_classes = at::cat({up, 5 - up}, 3);
-  e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
+  const TrainExample e = TwoCellHeadsExample();
   for (const int64_t solo : {60, 0}) {
     testing::TempDir dir;
     auto m = Tiny(dir.File("m"), "float32");
@@ -561,10 +585,7 @@ TEST(TrainerTest, SoloPhaseTeachesOneCellHeadAlone) {
 // as the tower changes), and the cells' positions, which no solo phase
 // trains, are still not learned.
 TEST(TrainerTest, SoloPhasesFollowEachOther) {
-  TrainExample e = Example();
-  const at::Tensor up = at::arange(1, 5, at::kLong).view({1, 2, 2, 1}).repeat({2, 1, 1, 1});
-  e.images[0].cell_classes = at::cat({up, 5 - up}, 3);
-  e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
+  const TrainExample e = TwoCellHeadsExample();
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "float32");
   ASSERT_NE(m, nullptr);
@@ -664,15 +685,7 @@ TEST(TrainerTest, PointedHeadsLearnToNameTheMarkThere) {
   at::manual_seed(7);
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
-  std::vector<TrainExample> batch;
-  for (int i = 0; i < 2; ++i) {
-    TrainExample e = Example();
-    e.prompt_ids[1] = 17 + i;
-    TrainPointer a = PointAt(0, i, i, i);
-    a.mark = i == 0 ? 3 : 7;
-    e.pointers = {a};
-    batch.push_back(e);
-  }
+  std::vector<TrainExample> batch = TwoInstructedPointers([](int i, TrainPointer* a) { a->mark = i == 0 ? 3 : 7; });
   // A pointer without a mark adds nothing to read.
   TrainExample unmarked = Example();
   unmarked.pointers = {PointAt(1, 1, 0, 1)};
@@ -709,15 +722,9 @@ TEST(TrainerTest, PointedHeadsLearnToNameHowTheThingLooks) {
   at::manual_seed(7);
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
-  std::vector<TrainExample> batch;
-  for (int i = 0; i < 2; ++i) {
-    TrainExample e = Example();
-    e.prompt_ids[1] = 17 + i;
-    TrainPointer a = PointAt(0, i, i, i);
-    a.looks = i == 0 ? std::vector<int64_t>{5, 2} : std::vector<int64_t>{9, 0};
-    e.pointers = {a};
-    batch.push_back(e);
-  }
+  std::vector<TrainExample> batch = TwoInstructedPointers([](int i, TrainPointer* a) {
+    a->looks = i == 0 ? std::vector<int64_t>{5, 2} : std::vector<int64_t>{9, 0};
+  });
   TrainExample partly = Example();
   TrainPointer b = PointAt(1, 1, 0, 1);
   b.looks = {12, 3};  // 12 is not one of the first read-out's classes
