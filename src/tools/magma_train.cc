@@ -48,6 +48,9 @@ ABSL_FLAG(double, cell_where_weight, 10, "Weight of the cells' own-position read
 ABSL_FLAG(bool, marks_on_things, true,
           "The mark cell head names a marked widget's mark in the widget's cells too (false: only where its label "
           "is drawn)");
+ABSL_FLAG(bool, labels_on_text, false,
+          "The label cell head names a widget's label only in the cells its text is drawn in (the widget's other "
+          "cells are left out of that head's loss)");
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
@@ -295,7 +298,8 @@ int main(int argc, char** argv) {
                                            std::nullopt);
   if (!ctx.ok()) return Fail(ctx.status());
   magma::worlds::UiWorldOptions ui;
-  const magma::train::SyntheticTasks tasks(&*ctx, ui, robot, absl::GetFlag(FLAGS_marks_on_things));
+  const magma::train::SyntheticTasks tasks(&*ctx, ui, robot,
+                                           {absl::GetFlag(FLAGS_marks_on_things), absl::GetFlag(FLAGS_labels_on_text)});
   auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return Fail(mix.status());
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <random>
 
 #include <ATen/ATen.h>
@@ -41,6 +42,8 @@ struct CellItem {
   int what = 0;          // class of the "what" head (kWhat* below)
   int mark = 0;          // 0 none, 1 + Set-of-Mark id
   int text = 0;          // 0 none, 1 + index in UiLabels()
+  // Where that text is drawn, when the label head names it only there.
+  std::optional<vision::PixelBox> text_box;
   int pointer = -1;      // the pointer group it belongs to (-1: none)
   // Drawn over things rather than a thing itself: the gripper, a mark label.
   bool overlay = false;
@@ -86,9 +89,9 @@ int WidgetText(const worlds::UiWidget& w) {
 }
 
 // The labels of `marks` (when marked; overlays) and the widgets of `screen`
-// (with their marks when `marks_on_things`).
+// (with their marks and labels where `cells` says).
 std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<vision::Mark>& marks,
-                              const std::vector<int>& about, bool marks_on_things) {
+                              const std::vector<int>& about, const CellTargetOptions& cells) {
   const bool marked = !marks.empty();
   std::vector<CellItem> items;
   for (size_t i = 0; i < marks.size() && i < screen.widgets.size(); ++i) {
@@ -110,8 +113,9 @@ std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<
     item.cx = (w.box.x1 + w.box.x2) / 2;
     item.cy = (w.box.y1 + w.box.y2) / 2;
     item.what = WidgetWhat(w);
-    item.mark = marks_on_things && marked && i < 10 ? 1 + static_cast<int>(i) : 0;
+    item.mark = cells.marks_on_things && marked && i < 10 ? 1 + static_cast<int>(i) : 0;
     item.text = WidgetText(w);
+    if (cells.labels_on_text && item.text > 0) item.text_box = w.text;
     if (std::find(about.begin(), about.end(), static_cast<int>(i)) != about.end()) item.pointer = 0;
     items.push_back(item);
   }
@@ -144,6 +148,14 @@ std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, cons
     if (o.kind == "plate") add(o.center, o.radius, kWhatPlate + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
   }
   return items;
+}
+
+// Whether the cell at (x0, y0) of size w x h holds text drawn in `box`: the
+// text's middle row crosses it and it covers the text's middle or its centre
+// column meets the text.
+bool Meets(const vision::PixelBox& box, double x0, double y0, double w, double h) {
+  const double mx = (box.x1 + box.x2) / 2, my = (box.y1 + box.y2) / 2, x = x0 + w / 2;
+  return my >= y0 && my < y0 + h && ((mx >= x0 && mx < x0 + w) || (x >= box.x1 && x <= box.x2));
 }
 
 // Targets of every tower output cell of `img` (crops of an image of `size`
@@ -204,7 +216,7 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
           const CellItem *thing = slot[0], *overlay = slot[1];
           if (thing != nullptr) {
             c[n][i][j][0] = thing->what;
-            c[n][i][j][2] = thing->text;
+            c[n][i][j][2] = thing->text_box && !Meets(*thing->text_box, x0, y0, cell_w, cell_h) ? -1 : thing->text;
           }
           if (overlay != nullptr) c[n][i][j][3] = overlay->what;
           c[n][i][j][SyntheticTasks::kMarkCellHead] = overlay != nullptr && overlay->mark > 0 ? overlay->mark : thing != nullptr ? thing->mark : 0;
@@ -327,8 +339,8 @@ const std::vector<int64_t>& SyntheticTasks::LookClasses() {
 }
 
 SyntheticTasks::SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
-                               const worlds::RobotWorldOptions& robot, bool marks_on_things)
-    : ctx_(ctx), ui_(ui), robot_(robot), marks_on_things_(marks_on_things) {}
+                               const worlds::RobotWorldOptions& robot, const CellTargetOptions& cells)
+    : ctx_(ctx), ui_(ui), robot_(robot), cells_(cells) {}
 
 absl::StatusOr<model::TrainExample> SyntheticTasks::ToExample(const engine::GenerationRequest& r,
                                                               const std::string& answer) const {
@@ -363,9 +375,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Click(uint64_t seed) const {
   if (!e.ok()) return e.status();
   const auto& box = screen.widgets[in.target].box;
   const vision::NormPoint centre{(box.x1 + box.x2) / 2 / screen.rgb.cols, (box.y1 + box.y2) / 2 / screen.rgb.rows};
-  PointAll(
-      AttachCellTargets(UiItems(screen, p->marks, {in.target}, marks_on_things_), screen.rgb.size(), &e->images[0]), 0,
-      0, centre, &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, in.names));
+  PointAll(AttachCellTargets(UiItems(screen, p->marks, {in.target}, cells_), screen.rgb.size(), &e->images[0]), 0, 0,
+           centre, &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, in.names));
   // The number the answer names, for the pointer's mark read-out.
   if (!e->pointers.empty()) e->pointers.back().mark = p->marks[in.target].id;
   out.example = *std::move(e);
@@ -508,8 +519,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Question(uint64_t seed) const {
   if (!e.ok()) return e.status();
   // A question may be about several things: no one position to read.
   const vision::NormPoint nowhere{std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
-  PointAll(AttachCellTargets(UiItems(screen, marks, q.about, marks_on_things_), screen.rgb.size(), &e->images[0]), 0, 0,
-           nowhere, &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, q.names));
+  PointAll(AttachCellTargets(UiItems(screen, marks, q.about, cells_), screen.rgb.size(), &e->images[0]), 0, 0, nowhere,
+           &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, q.names));
   // About one widget (its colour, what is at its mark): the answer names
   // how it looks.
   if (q.answers_look && !e->pointers.empty()) {

@@ -36,13 +36,25 @@ cv::Scalar TextColorOn(const cv::Scalar& bg) {
   return lum > 150 ? cv::Scalar(0, 0, 0) : cv::Scalar(255, 255, 255);
 }
 
-void DrawLabel(cv::Mat* img, const std::string& text, const vision::PixelBox& box, const cv::Scalar& color,
-               double scale) {
+// Draws `text` with its baseline starting at `origin`; returns the box it
+// covers (ascenders to baseline, descenders included).
+vision::PixelBox DrawText(cv::Mat* img, const std::string& text, cv::Point origin, const cv::Scalar& color,
+                          double scale) {
+  int baseline = 0;
+  const cv::Size size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &baseline);
+  cv::putText(*img, text, origin, cv::FONT_HERSHEY_SIMPLEX, scale, color, 1, cv::LINE_AA);
+  return {static_cast<double>(origin.x), static_cast<double>(origin.y - size.height),
+          static_cast<double>(origin.x + size.width), static_cast<double>(origin.y + baseline)};
+}
+
+// Draws `text` centred in `box`.
+vision::PixelBox DrawLabel(cv::Mat* img, const std::string& text, const vision::PixelBox& box, const cv::Scalar& color,
+                           double scale) {
   int baseline = 0;
   const cv::Size size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &baseline);
   const cv::Point origin(static_cast<int>((box.x1 + box.x2 - size.width) / 2),
                          static_cast<int>((box.y1 + box.y2 + size.height) / 2));
-  cv::putText(*img, text, origin, cv::FONT_HERSHEY_SIMPLEX, scale, color, 1, cv::LINE_AA);
+  return DrawText(img, text, origin, color, scale);
 }
 
 }  // namespace
@@ -114,7 +126,7 @@ UiScreen RenderScreen(uint64_t seed, const UiWorldOptions& o) {
       } else {
         cv::rectangle(screen.rgb, r, color, cv::FILLED);
       }
-      DrawLabel(&screen.rgb, w.label, w.box, TextColorOn(color), 0.6);
+      w.text = DrawLabel(&screen.rgb, w.label, w.box, TextColorOn(color), 0.6);
     } else if (w.kind == "icon") {
       if (w.shape == "circle") {
         cv::circle(screen.rgb, cv::Point(x + bw / 2, y + bh / 2), bw / 2, color, cv::FILLED, cv::LINE_AA);
@@ -126,13 +138,11 @@ UiScreen RenderScreen(uint64_t seed, const UiWorldOptions& o) {
     } else if (w.kind == "checkbox") {
       cv::rectangle(screen.rgb, cv::Rect(x, y + 2, 18, 18), color, 2);
       if (uniform(0, 1)) cv::line(screen.rgb, cv::Point(x + 4, y + 11), cv::Point(x + 14, y + 6), color, 2, cv::LINE_AA);
-      cv::putText(screen.rgb, w.label, cv::Point(x + 24, y + 17), cv::FONT_HERSHEY_SIMPLEX, 0.55,
-                  cv::Scalar(20, 20, 20), 1, cv::LINE_AA);
+      w.text = DrawText(&screen.rgb, w.label, cv::Point(x + 24, y + 17), cv::Scalar(20, 20, 20), 0.55);
     } else {
       cv::rectangle(screen.rgb, r, cv::Scalar(255, 255, 255), cv::FILLED);
       cv::rectangle(screen.rgb, r, color, 2);
-      cv::putText(screen.rgb, w.label, cv::Point(x + 8, y + bh / 2 + 5), cv::FONT_HERSHEY_SIMPLEX, 0.55,
-                  cv::Scalar(150, 150, 150), 1, cv::LINE_AA);
+      w.text = DrawText(&screen.rgb, w.label, cv::Point(x + 8, y + bh / 2 + 5), cv::Scalar(150, 150, 150), 0.55);
     }
     screen.widgets.push_back(std::move(w));
   }

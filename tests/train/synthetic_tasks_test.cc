@@ -206,7 +206,7 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
   // Widget cells without a label carry their widget's mark too; without
   // marks on things, only label cells carry one.
   const SyntheticTasks labels_only(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{},
-                                   /*marks_on_things=*/false);
+                                   {/*marks_on_things=*/false});
   auto bare = labels_only.Click(3);
   ASSERT_TRUE(bare.ok());
   for (const auto* e : {&*click, &*bare}) {
@@ -216,6 +216,45 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     EXPECT_TRUE(marked.masked_select(label).all().item<bool>());  // every label cell names its mark
     EXPECT_EQ(marked.logical_and(label.logical_not()).any().item<bool>(), e == &*click);
   }
+}
+
+// With labels on text, the label head names a label only in the cells its
+// text is drawn in: a subset of the cells that name it otherwise, the rest
+// of the widget's cells left out (-1), and almost every label still named
+// somewhere (on this coarse test grid another widget can own the cell that
+// holds a text's middle).
+TEST_F(SyntheticTasksTest, LabelsOnTextNameTheLabelWhereItIsDrawn) {
+  const SyntheticTasks on_text(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{},
+                               {/*marks_on_things=*/true, /*labels_on_text=*/true});
+  int64_t named = 0, kept = 0, labels = 0, labels_kept = 0;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    for (bool click : {true, false}) {
+      auto a = click ? tasks_->Click(seed) : tasks_->Question(seed);
+      auto b = click ? on_text.Click(seed) : on_text.Question(seed);
+      ASSERT_TRUE(a.ok() && b.ok());
+      const at::Tensor la = a->example.images[0].cell_classes.select(3, SyntheticTasks::kLabelCellHead);
+      const at::Tensor lb = b->example.images[0].cell_classes.select(3, SyntheticTasks::kLabelCellHead);
+      EXPECT_FALSE(lb.gt(0).logical_and(la.ne(lb)).any().item<bool>()) << seed;
+      EXPECT_TRUE(lb.eq(-1).eq(la.gt(0).logical_and(lb.le(0))).all().item<bool>()) << seed;
+      EXPECT_TRUE(lb.eq(0).eq(la.eq(0)).all().item<bool>()) << seed;
+      // The other heads do not change.
+      for (int k : {0, 1, 3}) {
+        EXPECT_TRUE(
+            a->example.images[0].cell_classes.select(3, k).equal(b->example.images[0].cell_classes.select(3, k)));
+      }
+      named += la.gt(0).sum().item<int64_t>();
+      kept += lb.gt(0).sum().item<int64_t>();
+      for (int64_t label = 1; label <= static_cast<int64_t>(worlds::UiLabels().size()); ++label) {
+        if (!la.eq(label).any().item<bool>()) continue;
+        ++labels;
+        labels_kept += lb.eq(label).any().item<bool>();
+      }
+    }
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_LT(kept, named);
+  EXPECT_GT(labels, 40);
+  EXPECT_GE(labels_kept, labels * 3 / 4);
 }
 
 // Path answers carry two decimals, as HAMSTER writes them: seed 9's expert

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -37,6 +38,59 @@ TEST(UiWorldTest, WidgetsAreInsideAndApart) {
       for (size_t j = 0; j < i; ++j) EXPECT_EQ(vision::IoU(b, s.widgets[j].box), 0) << seed;
     }
   }
+}
+
+// Each label's text box holds the label's ink: the pixels that differ from
+// what the text is drawn on (a button's fill, the page behind a checkbox's
+// label, a text field's white) span the box's width and stay inside it.
+TEST(UiWorldTest, TextBoxesHoldTheLabels) {
+  int checked = 0;
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    const UiScreen s = RenderScreen(seed);
+    for (const auto& w : s.widgets) {
+      if (w.label.empty()) {
+        EXPECT_EQ(w.text.x2 - w.text.x1, 0) << seed;
+        continue;
+      }
+      // Where to look for ink, and what is not ink there.
+      int x1 = static_cast<int>(w.box.x1), x2 = static_cast<int>(w.box.x2);
+      const int y1 = static_cast<int>(w.box.y1) + 3, y2 = static_cast<int>(w.box.y2) - 3;
+      std::function<bool(const cv::Vec3b&)> ink;
+      if (w.kind == "button") {
+        if (w.shape == "rounded") {
+          x1 += (y2 - y1 + 6) / 2;
+          x2 -= (y2 - y1 + 6) / 2;
+        }
+        const cv::Vec3b fill = s.rgb.at<cv::Vec3b>(static_cast<int>(w.box.y1) + 1, (x1 + x2) / 2);
+        ink = [fill](const cv::Vec3b& p) { return cv::norm(cv::Vec3i(p) - cv::Vec3i(fill), cv::NORM_INF) > 40; };
+      } else if (w.kind == "checkbox") {
+        x1 += 21;
+        ink = [](const cv::Vec3b& p) { return p[0] < 150 && p[1] < 150 && p[2] < 150; };
+      } else {
+        x1 += 3;
+        x2 -= 3;
+        ink = [](const cv::Vec3b& p) { return p[0] < 235 && p[0] == p[1] && p[1] == p[2]; };
+      }
+      int ix1 = x2, ix2 = x1, iy1 = y2, iy2 = y1;
+      for (int y = y1; y < y2; ++y) {
+        for (int x = x1; x < x2; ++x) {
+          if (!ink(s.rgb.at<cv::Vec3b>(y, x))) continue;
+          ix1 = std::min(ix1, x);
+          ix2 = std::max(ix2, x + 1);
+          iy1 = std::min(iy1, y);
+          iy2 = std::max(iy2, y + 1);
+        }
+      }
+      ASSERT_LT(ix1, ix2) << seed << " " << w.label;
+      EXPECT_GE(ix1, w.text.x1 - 2) << seed << " " << w.label;
+      EXPECT_LE(ix2, w.text.x2 + 2) << seed << " " << w.label;
+      EXPECT_GE(iy1, w.text.y1 - 2) << seed << " " << w.label;
+      EXPECT_LE(iy2, w.text.y2 + 2) << seed << " " << w.label;
+      EXPECT_GE(ix2 - ix1, 0.8 * (w.text.x2 - w.text.x1)) << seed << " " << w.label;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 100);
 }
 
 TEST(UiWorldTest, InstructionsNameExactlyOneWidget) {

@@ -32,13 +32,21 @@ struct SyntheticExample {
   std::string target_text;  // what the target ids spell (actions: their bins)
 };
 
+// Which tower cells the UI cell targets name a widget's mark and label in.
+struct CellTargetOptions {
+  // The mark cell head names a marked widget's mark in the widget's cells
+  // too, not only in its mark label's.
+  bool marks_on_things = true;
+  // The label cell head names a widget's label only in the cells its text
+  // is drawn in; the widget's other cells are left out of that head's loss.
+  bool labels_on_text = false;
+};
+
 class SyntheticTasks {
  public:
-  // `ctx` must outlive this object. With `marks_on_things`, the mark cell
-  // head names a marked widget's mark in the widget's cells too, not only
-  // in its label's.
+  // `ctx` must outlive this object.
   SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
-                 const worlds::RobotWorldOptions& robot, bool marks_on_things = true);
+                 const worlds::RobotWorldOptions& robot, const CellTargetOptions& cells = {});
 
   // A Set-of-Mark screen and an instruction; target "Mark: N".
   absl::StatusOr<SyntheticExample> Click(uint64_t seed) const;
@@ -79,7 +87,7 @@ class SyntheticTasks {
   const agent::TaskContext* ctx_;
   worlds::UiWorldOptions ui_;
   worlds::RobotWorldOptions robot_;
-  bool marks_on_things_;
+  CellTargetOptions cells_;
 };
 
 }  // namespace magma::train

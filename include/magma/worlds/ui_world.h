@@ -24,6 +24,7 @@ struct UiWidget {
   std::string shape;       // "rectangle", "rounded", "circle"
   std::string color;       // colour name, e.g. "red"
   std::string label;       // visible text ("" for icons)
+  vision::PixelBox text;   // where the label's text is drawn (empty for icons)
 };
 
 struct UiScreen {
