@@ -101,8 +101,10 @@ int main(int argc, char** argv) {
   if (!demo.empty()) std::filesystem::create_directories(demo);
   int errors = 0;
 
-  // Click accuracy.
+  // Click accuracy, also apart for instructions that name the element by its
+  // label ("open Settings") and by how it looks ("click the red circle icon").
   int clicks = 0, correct = 0;
+  std::map<std::string, std::pair<int, int>> click_by;  // named by -> (right, asked)
   for (int i = 0; i < absl::GetFlag(FLAGS_screens); ++i) {
     const auto screen = magma::worlds::RenderScreen(base + i);
     const auto instructions = magma::worlds::Instructions(screen);
@@ -136,12 +138,19 @@ int main(int argc, char** argv) {
       std::cout << "demo: \"" << in.text << "\" -> mark " << resp.mark() << ", click at (" << resp.click_px().x()
                 << ", " << resp.click_px().y() << ")" << std::endl;
     }
-    const auto& t = screen.widgets[in.target].box;
-    correct += resp.found() && resp.click_px().x() >= t.x1 && resp.click_px().x() <= t.x2 &&
-               resp.click_px().y() >= t.y1 && resp.click_px().y() <= t.y2;
+    const auto& target = screen.widgets[in.target];
+    const auto& t = target.box;
+    const bool ok = resp.found() && resp.click_px().x() >= t.x1 && resp.click_px().x() <= t.x2 &&
+                    resp.click_px().y() >= t.y1 && resp.click_px().y() <= t.y2;
+    correct += ok;
+    auto& by = click_by[in.names == target.label ? "label" : "look"];
+    by.first += ok;
+    ++by.second;
   }
   std::cout << "click_accuracy: " << (clicks ? 100.0 * correct / clicks : 0) << " % (" << correct << "/" << clicks
-            << " screens)" << std::endl;
+            << " screens); named by";
+  for (const auto& [by, n] : click_by) std::cout << " " << by << " " << n.first << "/" << n.second;
+  std::cout << std::endl;
 
   // Closed-loop robot success.
   int successes = 0, episodes = 0, grasped = 0;
