@@ -231,6 +231,9 @@ int main(int argc, char** argv) {
   to.learning_rate = absl::GetFlag(FLAGS_lr);
   to.warmup_steps = absl::GetFlag(FLAGS_warmup);
   to.total_steps = absl::GetFlag(FLAGS_steps);
+  if (absl::GetFlag(FLAGS_marks_first) < 0 || absl::GetFlag(FLAGS_labels_next) < 0) {
+    return Fail(absl::InvalidArgumentError("--marks_first and --labels_next must be >= 0"));
+  }
   if (absl::GetFlag(FLAGS_cell_loss) > 0) {
     to.cell_classes = magma::train::SyntheticTasks::CellClasses();
     to.cell_offset_items = magma::train::SyntheticTasks::CellOffsetItems();
