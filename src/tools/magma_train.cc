@@ -71,8 +71,7 @@ ABSL_FLAG(double, mark_loss, 0,
 ABSL_FLAG(double, look_loss, 0,
           "Weight of read-outs of how the pointed widget looks (kind, shape and colour; label) from the pointer "
           "head's output on questions about one widget, after the --marks_first and --labels_next phases (needs "
-          "--attention_loss > 0; "
-          "0 = off)");
+          "--attention_loss > 0; 0 = off)");
 ABSL_FLAG(double, word_loss, 0,
           "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
           "naming what they look for: \"red\" for the red block, \"Settings\"); 0 = off");
