@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/types.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
@@ -128,11 +129,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
 Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at::Tensor> params)
     : model_(model), options_(options), params_(params) {
   // Classes + offsets (2 per item) + the cell's own position in its crop (2).
+  // Not libtorch's default generator: that one is seeded anew in every process.
+  at::Generator gen = at::detail::createCPUGenerator(options.seed);
   int64_t outputs = 2 * options.cell_offset_items + 2;
   for (int64_t n : options.cell_classes) outputs += n;
   if (!options.cell_classes.empty()) {
     const int64_t channels = model->vision_dims().back();
-    cell_w_ = (at::randn({outputs, channels}) / std::sqrt(static_cast<double>(channels))).set_requires_grad(true);
+    cell_w_ = (at::randn({outputs, channels}, gen) / std::sqrt(static_cast<double>(channels))).set_requires_grad(true);
     cell_b_ = at::zeros({outputs}).set_requires_grad(true);
     params.push_back(cell_w_);
     params.push_back(cell_b_);
@@ -141,7 +144,7 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
   // head_dim] and [heads, outputs] (biases at `bias`).
   auto head_readout = [&](int64_t outputs, double bias, at::Tensor* w, at::Tensor* b) {
     const int64_t heads = model->config().text.num_heads, hd = model->config().text.head_dim;
-    *w = (at::randn({heads, outputs, hd}) / std::sqrt(static_cast<double>(hd))).set_requires_grad(true);
+    *w = (at::randn({heads, outputs, hd}, gen) / std::sqrt(static_cast<double>(hd))).set_requires_grad(true);
     *b = at::full({heads, outputs}, bias).set_requires_grad(true);
     params.push_back(*w);
     params.push_back(*b);

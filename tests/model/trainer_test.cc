@@ -501,7 +501,7 @@ TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
   ASSERT_NE(m, nullptr);
   TrainOptions o = Schedule(100);
   o.cell_classes = {5};
-  at::manual_seed(5);  // the cell head's initial weights: the same in every run
+  o.seed = 5;  // the cell head's initial weights
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();
@@ -519,6 +519,48 @@ TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
   EXPECT_LT(after.where_error, 0.05) << before.where_error;
   ASSERT_EQ(after.offset_error.size(), 1u);
   EXPECT_TRUE(std::isnan(after.offset_error[0]));  // no offsets to learn
+}
+
+// The training-only heads start from TrainOptions::seed, not from
+// libtorch's default generator (seeded anew in every process): two trainers
+// with one seed on two copies of a model take the same steps, whatever was
+// drawn from the default generator before; another seed starts elsewhere.
+TEST(TrainerTest, StepsAreRepeatableFromTheSeed) {
+  testing::TempDir dir;
+  TrainExample e = TwoCellHeadsExample();
+  TrainPointer p = PointAt(0, 1, 1, 0);
+  p.x = 0.625;
+  p.y = 0.75;
+  e.pointers = {p};
+  auto run = [&](uint64_t seed, int64_t draw) -> std::vector<double> {
+    auto m = Tiny(dir.File("m" + std::to_string(seed) + "_" + std::to_string(draw)), "float32");
+    if (m == nullptr) return {};
+    TrainOptions o = Schedule(10);
+    o.cell_classes = {5, 5};
+    o.attention_loss_weight = 1.0;
+    o.position_loss_weight = 10.0;
+    o.seed = seed;
+    at::manual_seed(static_cast<uint64_t>(draw));
+    (void)at::randn({draw});
+    auto trainer = Trainer::Create(m.get(), o);
+    EXPECT_TRUE(trainer.ok()) << trainer.status();
+    if (!trainer.ok()) return {};
+    std::vector<double> losses;
+    for (int i = 0; i < 3; ++i) {
+      auto loss = (*trainer)->Step({e});
+      EXPECT_TRUE(loss.ok()) << loss.status();
+      if (!loss.ok()) return {};
+      losses.push_back(*loss);
+      losses.push_back((*trainer)->last_aux_loss());
+    }
+    return losses;
+  };
+  const std::vector<double> a = run(3, 1), b = run(3, 2), c = run(4, 1);
+  ASSERT_EQ(a.size(), 6u);
+  EXPECT_EQ(a, b);
+  ASSERT_EQ(c.size(), 6u);
+  EXPECT_EQ(a[0], c[0]);  // the model's own weights come from its checkpoint
+  EXPECT_NE(a[1], c[1]);  // the heads' from the seed
 }
 
 // Cell head weights, offsets, positions and the solo phase are checked
@@ -682,7 +724,7 @@ TEST(TrainerTest, PointedHeadsLearnToNameTheMarkThere) {
   EXPECT_EQ(CheckTrainOptions(o, 2).code(), absl::StatusCode::kInvalidArgument);
   o.attention_loss_weight = 1.0;
   ASSERT_TRUE(CheckTrainOptions(o, 2).ok());
-  at::manual_seed(7);
+  o.seed = 7;
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   std::vector<TrainExample> batch = TwoInstructedPointers([](int i, TrainPointer* a) { a->mark = i == 0 ? 3 : 7; });
@@ -719,7 +761,7 @@ TEST(TrainerTest, PointedHeadsLearnToNameHowTheThingLooks) {
   EXPECT_EQ(CheckTrainOptions(o, 2).code(), absl::StatusCode::kInvalidArgument);  // nothing to read through
   o.attention_loss_weight = 1.0;
   ASSERT_TRUE(CheckTrainOptions(o, 2).ok());
-  at::manual_seed(7);
+  o.seed = 7;
   auto trainer = Trainer::Create(m.get(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   std::vector<TrainExample> batch = TwoInstructedPointers([](int i, TrainPointer* a) {
@@ -765,7 +807,7 @@ TEST(TrainerTest, ClassReadOutsWaitForTheSoloPhase) {
     o.mark_loss_weight = class_loss;
     o.look_loss_weight = class_loss;
     o.look_classes = {10};
-    at::manual_seed(11);
+    o.seed = 11;
     auto trainer = Trainer::Create(m.get(), o);
     ASSERT_TRUE(trainer.ok()) << trainer.status();
     ASSERT_TRUE((*trainer)->Step({e}).ok());

@@ -26,6 +26,9 @@ struct TrainOptions {
   int64_t warmup_steps = 50;
   int64_t total_steps = 1000;   // cosine decay to 10% of the peak by here
   double clip_norm = 1.0;       // gradient norm limit; 0 = off
+  // Seed of the training-only heads' initial weights (the model's own come
+  // from its checkpoint), so that a run is repeatable.
+  uint64_t seed = 1;
   // Auxiliary supervision of the vision tower (training only; the heads are
   // not part of the checkpoint): a linear read-out of every tower output
   // cell, one classification head per entry (its number of classes), two
