@@ -14,6 +14,7 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -85,6 +86,9 @@ ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");
 ABSL_FLAG(int, table_plates, 2, "Tabletop world: plates per scene");
+ABSL_FLAG(int64_t, profile_steps, 0,
+          "Record libtorch's operator profile of this many steps (after 10 warm-up steps) into "
+          "<out>/profile.json, a Chrome trace (chrome://tracing, Perfetto)");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
 ABSL_FLAG(double, layer_scale_init, 1e-6,
           "New models: initial ConvNeXt layer scale (timm's default 1e-6 starts every block as the identity)");
@@ -230,6 +234,7 @@ int main(int argc, char** argv) {
   to.learning_rate = absl::GetFlag(FLAGS_lr);
   to.warmup_steps = absl::GetFlag(FLAGS_warmup);
   to.total_steps = absl::GetFlag(FLAGS_steps);
+  to.seed = absl::GetFlag(FLAGS_seed);
   if (absl::GetFlag(FLAGS_marks_first) < 0 || absl::GetFlag(FLAGS_labels_next) < 0) {
     return Fail(absl::InvalidArgumentError("--marks_first and --labels_next must be >= 0"));
   }
@@ -435,12 +440,17 @@ int main(int argc, char** argv) {
   const auto policy = absl::GetFlag(FLAGS_prefetch) ? std::launch::async : std::launch::deferred;
   std::future<std::vector<magma::model::TrainExample>> next = std::async(policy, make_batch, start_step);
   double wait_secs = 0;
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
   for (int64_t step = start_step; step < absl::GetFlag(FLAGS_steps); ++step) {
     const auto w0 = std::chrono::steady_clock::now();
     std::vector<magma::model::TrainExample> examples = next.get();
     wait_secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
     if (step + 1 < absl::GetFlag(FLAGS_steps)) next = std::async(policy, make_batch, step + 1);
+    if (step == start_step + 10 && absl::GetFlag(FLAGS_profile_steps) > 0) {
+      profile = std::make_unique<torch::autograd::profiler::RecordProfile>((fs::path(dir) / "profile.json").string());
+    }
     auto loss = (*trainer)->Step(examples);
+    if (profile && step + 1 == start_step + 10 + absl::GetFlag(FLAGS_profile_steps)) profile.reset();
     if (!loss.ok()) return Fail(loss.status());
     ema = step == start_step ? *loss : 0.95 * ema + 0.05 * *loss;
     const int64_t done = step + 1 - start_step, left = absl::GetFlag(FLAGS_steps) - step - 1;
