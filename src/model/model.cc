@@ -695,7 +695,11 @@ at::Tensor MagmaModel::Product(const at::Tensor& a, const at::Tensor& b) const {
 
 at::Tensor MagmaModel::Tower(const at::Tensor& input) const {
   const Weights& w = *w_;
-  at::Tensor x = Conv2d(input, w.stem_w, w.stem_b, /*stride=*/vision_patch_, /*padding=*/0, /*groups=*/1);
+  // Channels-last storage: the convolutions keep it, so that the blocks'
+  // channel-wise layer norms and linears read their [N, H, W, C] views
+  // without a copy.
+  at::Tensor x = Conv2d(input.contiguous(at::MemoryFormat::ChannelsLast), w.stem_w, w.stem_b,
+                        /*stride=*/vision_patch_, /*padding=*/0, /*groups=*/1);
   x = LayerNorm2d(x, w.stem_norm_w, w.stem_norm_b, kVisionEps);
   for (const auto& stage : w.stages) {
     if (stage.downsample) {
