@@ -191,6 +191,7 @@ TEST(EngineTest, ManyCancellationsFreeEverySlot) {
   Engine engine(std::move(runner), nullptr, o);
   Collector c;
   std::vector<std::shared_ptr<RequestHandle>> handles;
+  fake->CloseGate();  // no request can run to its length before it is cancelled
   for (int i = 0; i < 60; ++i) {
     auto h = engine.Submit(Prompt({1, i + 2}, 3000, 1.0f, i), c.For(i));
     ASSERT_TRUE(h.ok());
@@ -199,6 +200,7 @@ TEST(EngineTest, ManyCancellationsFreeEverySlot) {
   std::mt19937 rng(1);
   std::shuffle(handles.begin(), handles.end(), rng);
   for (auto& h : handles) h->Cancel();
+  fake->OpenGate();
   c.WaitFor(60);
   for (auto& [key, r] : c.results) {
     EXPECT_EQ(r.finish_reason, FinishReason::kCancelled);
