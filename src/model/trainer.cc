@@ -5,7 +5,8 @@
 #include <limits>
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/types.h>
+#include <torch/types.h>  // first: clip_grad.h uses it without including it
+
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize.h>
