@@ -27,6 +27,20 @@ std::unique_ptr<MagmaModel> Tiny(const std::string& dir, const std::string& dtyp
   return m.ok() ? *std::move(m) : nullptr;
 }
 
+// Most tests train the tiny random model (float32), made in a temporary
+// directory for each test.
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = Tiny(dir_.File("m"), "float32");
+    ASSERT_NE(model_, nullptr);
+  }
+  MagmaModel* model() { return model_.get(); }
+
+  testing::TempDir dir_;
+  std::unique_ptr<MagmaModel> model_;
+};
+
 TrainExample Example() {
   at::manual_seed(4);
   TrainExample e;
@@ -131,12 +145,9 @@ std::optional<std::pair<AuxiliaryReport, AuxiliaryReport>> TrainAndReport(Traine
   return std::make_pair(*std::move(before), *std::move(after));
 }
 
-TEST(TrainerTest, MemorisesOneExample) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, MemorisesOneExample) {
   TrainOptions o = Schedule(60);
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   const std::vector<TrainExample> batch = {Example()};
   auto before = (*trainer)->Loss(batch);
@@ -153,29 +164,29 @@ TEST(TrainerTest, MemorisesOneExample) {
 
   // Greedy decoding now reproduces the targets.
   const TrainExample& e = batch[0];
-  auto f = m->EncodeImage(e.images[0].crops, 1, 2);
+  auto f = model()->EncodeImage(e.images[0].crops, 1, 2);
   ASSERT_TRUE(f.ok());
-  auto embeds = m->EmbedPrompt(e.prompt_ids, {*f});
+  auto embeds = model()->EmbedPrompt(e.prompt_ids, {*f});
   ASSERT_TRUE(embeds.ok());
-  KvCache cache(m->config().text, 1, 64, at::kFloat);
+  KvCache cache(model()->config().text, 1, 64, at::kFloat);
   const int slot = cache.Allocate();
-  auto logits = m->Prefill(embeds->detach(), &cache, slot);
+  auto logits = model()->Prefill(embeds->detach(), &cache, slot);
   ASSERT_TRUE(logits.ok()) << logits.status();
   std::vector<int64_t> got = {logits->argmax().item<int64_t>()};
   for (int i = 1; i < 4; ++i) {
-    auto step = m->Decode({got.back()}, {slot}, &cache);
+    auto step = model()->Decode({got.back()}, {slot}, &cache);
     ASSERT_TRUE(step.ok()) << step.status();
     got.push_back((*step)[0].argmax().item<int64_t>());
   }
   EXPECT_EQ(got, e.target_ids);
 
   // The saved weights load back as a checkpoint with the same answer.
-  const std::string out = dir.File("trained");
+  const std::string out = dir_.File("trained");
   std::filesystem::create_directories(out);
   for (const char* f : {"config.json", "preprocessor_config.json"}) {
-    std::filesystem::copy_file(dir.File("m") + "/" + f, out + "/" + f);
+    std::filesystem::copy_file(dir_.File("m") + "/" + f, out + "/" + f);
   }
-  ASSERT_TRUE(m->SaveWeights(out + "/model.safetensors").ok());
+  ASSERT_TRUE(model()->SaveWeights(out + "/model.safetensors").ok());
   LoadOptions lo;
   lo.dtype = "float32";
   auto reloaded = MagmaModel::Load(out, lo);
@@ -191,15 +202,12 @@ TEST(TrainerTest, MemorisesOneExample) {
 
 // The answer depends only on the image: training must carry information
 // from the pixels through tower, projector and decoder.
-TEST(TrainerTest, LearnsAnAnswerThatOnlyTheImageGives) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, LearnsAnAnswerThatOnlyTheImageGives) {
   TrainOptions o;
   o.learning_rate = 2e-3;
   o.warmup_steps = 5;
   o.total_steps = 150;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok());
   at::manual_seed(5);
   std::vector<TrainExample> batch;
@@ -223,13 +231,10 @@ TEST(TrainerTest, LearnsAnAnswerThatOnlyTheImageGives) {
 // bottom-right cell for the last two answer tokens. The tiny preset's 64-pixel
 // crops give 2x2 cells each; the image's 2 rows of 4 cells and a separator
 // after each row start at position 1 of the prompt.
-TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, PointersTeachHeadsWhereToLook) {
   TrainOptions o = Schedule(80);
   o.attention_loss_weight = 1.0;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok());
   TrainExample e = Example();
   TrainPointer b = PointAt(1, 1, 1, 1);
@@ -251,7 +256,7 @@ TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
   EXPECT_GT(after.head_mass[1], 0.9);
   EXPECT_NEAR(after.attention_mass, (after.head_mass[0] + after.head_mass[1]) / 2, 1e-6);
   // The captured probabilities say the same per head.
-  const at::Tensor probs = CapturedAttention(m.get(), e);
+  const at::Tensor probs = CapturedAttention(model(), e);
   ASSERT_TRUE(probs.defined());
   for (int64_t t = 12; t < 16; ++t) EXPECT_GT(probs[0][t][1].item<double>(), 0.8) << t;  // head 0, all targets
   for (int64_t t = 14; t < 16; ++t) EXPECT_GT(probs[1][t][9].item<double>(), 0.8) << t;  // head 1, targets 2-3
@@ -261,29 +266,26 @@ TEST(TrainerTest, PointersTeachHeadsWhereToLook) {
 // preset's two, whose head 0 learns to look at the first crop's top-left
 // cell (prompt position 1) while the last layer is left alone. A layer the
 // model does not have is INVALID_ARGUMENT.
-TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, PointersSuperviseTheChosenLayer) {
   TrainOptions o = Schedule(80);
   o.attention_loss_weight = 1.0;
   for (int bad : {2, -3}) {
     o.attention_layer = bad;
-    auto t = Trainer::Create(m.get(), o);
+    auto t = Trainer::Create(model(), o);
     ASSERT_FALSE(t.ok()) << bad;
     EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_THAT(t.status().message(), ::testing::HasSubstr("2 decoder layers")) << t.status();
   }
   o.attention_layer = 0;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();
   e.pointers = {PointAt(0, 0, 0, 0)};
   const std::vector<TrainExample> batch = {e};
   for (int i = 0; i < 80; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
-  const at::Tensor first = CapturedAttention(m.get(), e, 0);
-  m->SetCaptureLayers({-1});
-  const at::Tensor last = CapturedAttention(m.get(), e, -1);
+  const at::Tensor first = CapturedAttention(model(), e, 0);
+  model()->SetCaptureLayers({-1});
+  const at::Tensor last = CapturedAttention(model(), e, -1);
   ASSERT_TRUE(first.defined() && last.defined());
   double last_mass = 0;
   for (int64_t t = 12; t < 16; ++t) {
@@ -299,7 +301,7 @@ TEST(TrainerTest, PointersSuperviseTheChosenLayer) {
 // The same checks without a model, for callers that check before they write
 // one: layers count from 0 or back from -1, and a layer flag only matters
 // when its loss is on.
-TEST(TrainerTest, OptionsAreCheckedAgainstALayerCount) {
+TEST(TrainOptionsTest, AreCheckedAgainstALayerCount) {
   TrainOptions o = Schedule(10);
   EXPECT_TRUE(CheckTrainOptions(o, 4).ok());
   o.attention_loss_weight = 1.0;
@@ -341,14 +343,11 @@ TEST(TrainerTest, OptionsAreCheckedAgainstALayerCount) {
 // first layer, at prompt token 44 (index 3, position 12, after the image),
 // learns to rest on the second crop's bottom-right cell (position 2 + 5 +
 // 3 = 10), the cell its pointer names.
-TEST(TrainerTest, GroundingTeachesNamingWordsWhereTheirThingIs) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, GroundingTeachesNamingWordsWhereTheirThingIs) {
   TrainOptions o = Schedule(80);
   o.ground_loss_weight = 1.0;
   o.ground_layer = 0;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();
   TrainPointer p = PointAt(1, 1, 1, 1);
@@ -362,7 +361,7 @@ TEST(TrainerTest, GroundingTeachesNamingWordsWhereTheirThingIs) {
   EXPECT_EQ(before.word_pointers, 0);
   EXPECT_LT(before.ground_mass, 0.3);
   EXPECT_GT(after.ground_mass, 0.9) << before.ground_mass << " -> " << after.ground_mass;
-  const at::Tensor probs = CapturedFirstLayer(m.get(), e);
+  const at::Tensor probs = CapturedFirstLayer(model(), e);
   ASSERT_TRUE(probs.defined());
   EXPECT_GT(probs[1][12][10].item<double>(), 0.8);
 }
@@ -373,19 +372,16 @@ TEST(TrainerTest, GroundingTeachesNamingWordsWhereTheirThingIs) {
 // prompt index 3 and position 2 + 10 = 12 once the image's ten embeddings
 // stand in for its token). A layer the model does not have is
 // INVALID_ARGUMENT.
-TEST(TrainerTest, WordPointersTeachTheWordLayer) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, WordPointersTeachTheWordLayer) {
   TrainOptions o = Schedule(80);
   o.word_loss_weight = 1.0;
   o.word_layer = 2;
-  auto bad = Trainer::Create(m.get(), o);
+  auto bad = Trainer::Create(model(), o);
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(bad.status().message(), ::testing::HasSubstr("word_layer 2 is not one of the 2 decoder layers"));
   o.word_layer = 0;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();
   TrainPointer p;
@@ -402,7 +398,7 @@ TEST(TrainerTest, WordPointersTeachTheWordLayer) {
   EXPECT_GT(after.word_mass, 0.9) << before.word_mass << " -> " << after.word_mass;
   // The same in the probabilities the model keeps, from the positions that
   // predict the four answer tokens (13: token 45, then the first three).
-  const at::Tensor probs = CapturedFirstLayer(m.get(), e);
+  const at::Tensor probs = CapturedFirstLayer(model(), e);
   ASSERT_TRUE(probs.defined());
   for (int64_t t = 13; t < 17; ++t) EXPECT_GT(probs[0][t][12].item<double>(), 0.8) << t;
 }
@@ -411,14 +407,11 @@ TEST(TrainerTest, WordPointersTeachTheWordLayer) {
 // here prompt token 17 (index 1, position 1) and token 44 (index 3, position
 // 12), so about half of head 0's attention on each rather than all of it on
 // whichever is easier to find.
-TEST(TrainerTest, WordPointersReadEveryWord) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, WordPointersReadEveryWord) {
   TrainOptions o = Schedule(80);
   o.word_loss_weight = 1.0;
   o.word_layer = 0;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();
   TrainPointer p;
@@ -430,7 +423,7 @@ TEST(TrainerTest, WordPointersReadEveryWord) {
   const auto& [before, after] = *reports;
   EXPECT_GT(after.word_mass, 0.9) << before.word_mass << " -> " << after.word_mass;
   EXPECT_GT(after.word_least, 0.8) << before.word_least << " -> " << after.word_least;
-  const at::Tensor probs = CapturedFirstLayer(m.get(), e);
+  const at::Tensor probs = CapturedFirstLayer(model(), e);
   ASSERT_TRUE(probs.defined());
   for (int64_t t = 13; t < 17; ++t) {
     EXPECT_NEAR(probs[0][t][1].item<double>(), 0.5, 0.1) << t;
@@ -445,10 +438,7 @@ TEST(TrainerTest, WordPointersReadEveryWord) {
 // read-out that ignores what the heads read is off by at least 0.4 on one of
 // them; trained, both read each place. Without grounding there are no such
 // read-outs.
-TEST(TrainerTest, GroundedWordsCarryWhereTheirThingIs) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, GroundedWordsCarryWhereTheirThingIs) {
   TrainOptions o = Schedule(150);
   o.position_loss_weight = 1.0;
   o.word_loss_weight = 1.0;
@@ -467,7 +457,7 @@ TEST(TrainerTest, GroundedWordsCarryWhereTheirThingIs) {
   p.y = 0.9;
   batch[1].pointers = {p};
   {
-    auto other = Tiny(dir.File("m2"), "float32");
+    auto other = Tiny(dir_.File("m2"), "float32");
     ASSERT_NE(other, nullptr);
     auto plain = Trainer::Create(other.get(), o);
     ASSERT_TRUE(plain.ok()) << plain.status();
@@ -478,7 +468,7 @@ TEST(TrainerTest, GroundedWordsCarryWhereTheirThingIs) {
     EXPECT_EQ(report->ground_positions, 0);
   }
   o.ground_loss_weight = 1.0;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   const auto reports = TrainAndReport(trainer->get(), batch, 150);
   ASSERT_TRUE(reports.has_value());
@@ -495,14 +485,11 @@ TEST(TrainerTest, GroundedWordsCarryWhereTheirThingIs) {
 // The cell heads: one class per tower cell (here the cell's index in its
 // crop, 1..4) and each cell's own position in its crop, read from the
 // tower's output; the report says how well both are read.
-TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, CellHeadsReportWhatAndWhere) {
   TrainOptions o = Schedule(100);
   o.cell_classes = {5};
   o.seed = 5;  // the cell head's initial weights
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();
   e.images[0].cell_classes = (at::arange(1, 5, at::kLong).view({1, 2, 2, 1})).repeat({2, 1, 1, 1});
@@ -525,15 +512,14 @@ TEST(TrainerTest, CellHeadsReportWhatAndWhere) {
 // libtorch's default generator (seeded anew in every process): two trainers
 // with one seed on two copies of a model take the same steps, whatever was
 // drawn from the default generator before; another seed starts elsewhere.
-TEST(TrainerTest, StepsAreRepeatableFromTheSeed) {
-  testing::TempDir dir;
+TEST_F(TrainerTest, StepsAreRepeatableFromTheSeed) {
   TrainExample e = TwoCellHeadsExample();
   TrainPointer p = PointAt(0, 1, 1, 0);
   p.x = 0.625;
   p.y = 0.75;
   e.pointers = {p};
   auto run = [&](uint64_t seed, int64_t draw) -> std::vector<double> {
-    auto m = Tiny(dir.File("m" + std::to_string(seed) + "_" + std::to_string(draw)), "float32");
+    auto m = Tiny(dir_.File("m" + std::to_string(seed) + "_" + std::to_string(draw)), "float32");
     if (m == nullptr) return {};
     TrainOptions o = Schedule(10);
     o.cell_classes = {5, 5};
@@ -565,7 +551,7 @@ TEST(TrainerTest, StepsAreRepeatableFromTheSeed) {
 
 // Cell head weights, offsets, positions and the solo phase are checked
 // against the cell heads.
-TEST(TrainerTest, CellOptionsAreChecked) {
+TEST(TrainOptionsTest, CellOptionsAreChecked) {
   TrainOptions o = Schedule(10);
   o.cell_classes = {5, 3};
   o.cell_head_weights = {1.0, 0.0};
@@ -595,7 +581,7 @@ TEST(TrainerTest, CellOptionsAreChecked) {
 // each name every cell of Example()'s image (targets 1..4 and 4..1), 60 solo
 // steps of head 1 teach head 1 and leave head 0 and the cells' positions as
 // they were; the same steps without the phase teach both.
-TEST(TrainerTest, SoloPhaseTeachesOneCellHeadAlone) {
+TEST_F(TrainerTest, SoloPhaseTeachesOneCellHeadAlone) {
   const TrainExample e = TwoCellHeadsExample();
   for (const int64_t solo : {60, 0}) {
     testing::TempDir dir;
@@ -626,15 +612,12 @@ TEST(TrainerTest, SoloPhaseTeachesOneCellHeadAlone) {
 // not; after the second head 0 does (head 1, not trained there, may drift
 // as the tower changes), and the cells' positions, which no solo phase
 // trains, are still not learned.
-TEST(TrainerTest, SoloPhasesFollowEachOther) {
+TEST_F(TrainerTest, SoloPhasesFollowEachOther) {
   const TrainExample e = TwoCellHeadsExample();
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
   TrainOptions o = Schedule(200);
   o.cell_classes = {5, 5};
   o.solo_cell_phases = {{1, 60}, {0, 60}};
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   const auto first = TrainAndReport(trainer->get(), {e}, 60);
   ASSERT_TRUE(first.has_value());
@@ -653,14 +636,11 @@ TEST(TrainerTest, SoloPhasesFollowEachOther) {
 // second). Images that give only the first slot leave the second
 // unsupervised. The second slot is learned from half the examples: after
 // 100 steps it sometimes ended just over the bound (0.056), so 200.
-TEST(TrainerTest, CellHeadsLearnTwoOffsetSlots) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, CellHeadsLearnTwoOffsetSlots) {
   TrainOptions o = Schedule(200);
   o.cell_classes = {5};
   o.cell_offset_items = 2;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();
   e.images[0].cell_classes = at::ones({2, 2, 2, 1}, at::kLong);
@@ -684,14 +664,11 @@ TEST(TrainerTest, CellHeadsLearnTwoOffsetSlots) {
 // is: two examples whose prompts point at different cells get their own
 // position back from head 0's output (a read-out that knows nothing is off
 // by ~0.3).
-TEST(TrainerTest, PointedHeadsLearnToSayWhereTheyLook) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, PointedHeadsLearnToSayWhereTheyLook) {
   TrainOptions o = Schedule(150);
   o.attention_loss_weight = 1.0;
   o.position_loss_weight = 10.0;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   std::vector<TrainExample> batch;
   for (int i = 0; i < 2; ++i) {
@@ -715,17 +692,14 @@ TEST(TrainerTest, PointedHeadsLearnToSayWhereTheyLook) {
 // thing's class: two examples look at different cells (the instruction
 // tells which) whose things carry marks 3 and 7. A read-out without the
 // attention loss it reads through is INVALID_ARGUMENT.
-TEST(TrainerTest, PointedHeadsLearnToNameTheMarkThere) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, PointedHeadsLearnToNameTheMarkThere) {
   TrainOptions o = Schedule(120);
   o.mark_loss_weight = 1.0;
   EXPECT_EQ(CheckTrainOptions(o, 2).code(), absl::StatusCode::kInvalidArgument);
   o.attention_loss_weight = 1.0;
   ASSERT_TRUE(CheckTrainOptions(o, 2).ok());
   o.seed = 7;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   std::vector<TrainExample> batch = TwoInstructedPointers([](int i, TrainPointer* a) { a->mark = i == 0 ? 3 : 7; });
   // A pointer without a mark adds nothing to read.
@@ -746,10 +720,7 @@ TEST(TrainerTest, PointedHeadsLearnToNameTheMarkThere) {
 // read-out, 2 and 0 of the second) are named from the head's output; a
 // pointer with only the second class, or a class out of range, adds
 // nothing to the first. Look read-outs need classes and the attention loss.
-TEST(TrainerTest, PointedHeadsLearnToNameHowTheThingLooks) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, PointedHeadsLearnToNameHowTheThingLooks) {
   TrainOptions o = Schedule(120);
   o.look_loss_weight = 1.0;
   o.attention_loss_weight = 1.0;
@@ -762,7 +733,7 @@ TEST(TrainerTest, PointedHeadsLearnToNameHowTheThingLooks) {
   o.attention_loss_weight = 1.0;
   ASSERT_TRUE(CheckTrainOptions(o, 2).ok());
   o.seed = 7;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   std::vector<TrainExample> batch = TwoInstructedPointers([](int i, TrainPointer* a) {
     a->looks = i == 0 ? std::vector<int64_t>{5, 2} : std::vector<int64_t>{9, 0};
@@ -787,7 +758,7 @@ TEST(TrainerTest, PointedHeadsLearnToNameHowTheThingLooks) {
 // The mark and look read-outs wait for the end of the solo phase: two
 // trainers from the same weights, with and without them, take the same
 // first (solo) step, and only the second adds the read-outs' loss.
-TEST(TrainerTest, ClassReadOutsWaitForTheSoloPhase) {
+TEST_F(TrainerTest, ClassReadOutsWaitForTheSoloPhase) {
   TrainExample e = Example();
   e.images[0].cell_classes = at::arange(1, 5, at::kLong).view({1, 2, 2, 1}).repeat({2, 1, 1, 1});
   e.images[0].cell_offsets = at::full({2, 2, 2, 2}, std::numeric_limits<float>::quiet_NaN());
@@ -823,10 +794,7 @@ TEST(TrainerTest, ClassReadOutsWaitForTheSoloPhase) {
 
 // Saving weights and optimizer state mid-run, then loading both into a new
 // model and trainer, continues the run exactly.
-TEST(TrainerTest, ResumesExactly) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, ResumesExactly) {
   TrainOptions o;
   o.learning_rate = 2e-3;
   o.warmup_steps = 2;
@@ -837,7 +805,7 @@ TEST(TrainerTest, ResumesExactly) {
   o.mark_loss_weight = 1.0;
   o.look_loss_weight = 1.0;
   o.look_classes = {6, 4};
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok());
   TrainExample e = Example();
   TrainPointer p = PointAt(0, 0, 1, 1);
@@ -846,12 +814,12 @@ TEST(TrainerTest, ResumesExactly) {
   e.pointers = {p};
   const std::vector<TrainExample> batch = {e};
   for (int i = 0; i < 3; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
-  const std::string out = dir.File("ckpt");
+  const std::string out = dir_.File("ckpt");
   std::filesystem::create_directories(out);
   for (const char* f : {"config.json", "preprocessor_config.json"}) {
-    std::filesystem::copy_file(dir.File("m") + "/" + f, out + "/" + f);
+    std::filesystem::copy_file(dir_.File("m") + "/" + f, out + "/" + f);
   }
-  ASSERT_TRUE(m->SaveWeights(out + "/model.safetensors").ok());
+  ASSERT_TRUE(model()->SaveWeights(out + "/model.safetensors").ok());
   ASSERT_TRUE((*trainer)->SaveState(out + "/optimizer.pt").ok());
   std::vector<double> continued, continued_aux;
   for (int i = 0; i < 3; ++i) {
@@ -874,16 +842,13 @@ TEST(TrainerTest, ResumesExactly) {
     EXPECT_NEAR(*loss, continued[i], 1e-6) << "step " << i;
     EXPECT_NEAR((*t2)->last_aux_loss(), continued_aux[i], 1e-5) << "step " << i;
   }
-  EXPECT_EQ((*t2)->RestoreState(dir.File("missing.pt")).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*t2)->RestoreState(dir_.File("missing.pt")).code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(TrainerTest, BatchedLossEqualsPerExampleLosses) {
+TEST_F(TrainerTest, BatchedLossEqualsPerExampleLosses) {
   // A batch is one right-padded forward with one tower pass over all crops;
   // its loss must be the token-weighted mean of the examples' own losses.
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
-  auto trainer = Trainer::Create(m.get(), TrainOptions{});
+  auto trainer = Trainer::Create(model(), TrainOptions{});
   ASSERT_TRUE(trainer.ok());
   TrainExample a = Example();
   TrainExample b;
@@ -901,23 +866,20 @@ TEST(TrainerTest, BatchedLossEqualsPerExampleLosses) {
   EXPECT_NEAR(*all, expected, 1e-5);
 }
 
-TEST(TrainerTest, ForwardBatchMatchesForwardOfEachSequence) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
-  ASSERT_NE(m, nullptr);
+TEST_F(TrainerTest, ForwardBatchMatchesForwardOfEachSequence) {
   at::manual_seed(3);
-  at::Tensor x = at::randn({2, 9, m->hidden_size()});
-  auto batched = m->ForwardBatch(x);
+  at::Tensor x = at::randn({2, 9, model()->hidden_size()});
+  auto batched = model()->ForwardBatch(x);
   ASSERT_TRUE(batched.ok()) << batched.status();
   for (int64_t b = 0; b < 2; ++b) {
-    auto one = m->Forward(x[b].narrow(0, 0, 5 + 4 * b));  // a prefix: right padding must not matter
+    auto one = model()->Forward(x[b].narrow(0, 0, 5 + 4 * b));  // a prefix: right padding must not matter
     ASSERT_TRUE(one.ok());
     EXPECT_LE(((*batched)[b].narrow(0, 0, 5 + 4 * b) - *one).abs().max().item<double>(), 1e-4);
   }
-  EXPECT_EQ(m->ForwardBatch(at::randn({2, 3})).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model()->ForwardBatch(at::randn({2, 3})).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(TrainerTest, NeedsAFloat32Model) {
+TEST_F(TrainerTest, NeedsAFloat32Model) {
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "bfloat16");
   ASSERT_NE(m, nullptr);
@@ -925,14 +887,12 @@ TEST(TrainerTest, NeedsAFloat32Model) {
   EXPECT_EQ(trainer.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
-TEST(TrainerTest, LearningRateWarmsUpThenDecays) {
-  testing::TempDir dir;
-  auto m = Tiny(dir.File("m"), "float32");
+TEST_F(TrainerTest, LearningRateWarmsUpThenDecays) {
   TrainOptions o;
   o.learning_rate = 1e-3;
   o.warmup_steps = 3;
   o.total_steps = 13;
-  auto trainer = Trainer::Create(m.get(), o);
+  auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok());
   // Step 0 of 3 warm-up steps: peak * 1 / 4.
   EXPECT_NEAR((*trainer)->learning_rate(), 0.25e-3, 1e-12);
