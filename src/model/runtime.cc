@@ -15,19 +15,15 @@ int ConfigureRuntime(int threads) {
   if (threads <= 0) threads = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   if (threads <= 0) threads = 1;
   at::set_num_threads(threads);
-  // Freed blocks stay mapped for reuse instead of going back to the kernel
-  // and being page-faulted in again by the next forward. glibc serves blocks
-  // above the mmap threshold (at most 32 MiB) with their own mappings, which
-  // free unmaps: training a small model allocates activations larger than
-  // that on every step, so blocks of every size come from the heap (glibc
-  // still maps a new heap region when the heap cannot grow), and a high trim
-  // threshold keeps the heap's top.
+  // The largest value glibc accepts for the mmap threshold on 64-bit hosts is
+  // 32 MiB; with a high trim threshold freed blocks stay mapped for reuse.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 64 << 20);
   return at::get_num_threads();
 }
+
+void UseHeapForLargeBlocks() { mallopt(M_MMAP_MAX, 0); }
 
 std::string BlasBackend() {
   // Debian selects the BLAS through alternatives; report the library that the

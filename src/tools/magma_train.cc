@@ -230,6 +230,7 @@ int main(int argc, char** argv) {
   robot.plates = absl::GetFlag(FLAGS_table_plates);
   if (auto s = magma::worlds::CheckOptions(robot); !s.ok()) return Fail(s);  // before anything is written
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
+  magma::model::UseHeapForLargeBlocks();
   magma::model::TrainOptions to;
   to.learning_rate = absl::GetFlag(FLAGS_lr);
   to.warmup_steps = absl::GetFlag(FLAGS_warmup);
@@ -466,6 +467,13 @@ int main(int argc, char** argv) {
     }
     if ((step + 1) % absl::GetFlag(FLAGS_checkpoint_every) == 0 || left == 0) {
       if (auto s = SaveCheckpoint(**model, **trainer, dir, step + 1, ema, prior_seconds + secs); !s.ok()) return Fail(s);
+    }
+  }
+  if (absl::GetFlag(FLAGS_profile_steps) > 0) {
+    if (profile) {
+      profile.reset();  // a run that ended inside the window
+    } else if (absl::GetFlag(FLAGS_steps) <= start_step + 10) {
+      std::cerr << "no profile: --profile_steps starts after 10 steps of this run" << std::endl;
     }
   }
   std::cout << "wrote " << dir << "\n";
