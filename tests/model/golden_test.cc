@@ -91,6 +91,8 @@ TEST_F(GoldenTest, VisionFeaturesMatch) {
   auto f = m->VisionFeatures(LoadNpy("pixel_values.npy"));
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_LE(MaxAbsDiff(*f, LoadNpy("intermediates/vision_features.npy")), 1e-5);
+  EXPECT_EQ(m->VisionFeatures(at::zeros({3, 64, 64})).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m->VisionFeatures(at::zeros({1, 4, 64, 64})).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(GoldenTest, MergedEmbeddingsMatch) {
