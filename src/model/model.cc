@@ -728,8 +728,9 @@ at::Tensor MagmaModel::Project(const at::Tensor& nhwc) const {
 
 absl::StatusOr<at::Tensor> MagmaModel::VisionFeatures(const at::Tensor& crops) const {
   if (crops.dim() != 4 || crops.size(1) != 3) {
-    return absl::InvalidArgumentError(absl::StrCat("VisionFeatures: crops must be [N, 3, H, W], got ", crops.dim(),
-                                                   " dimensions", crops.dim() >= 2 ? absl::StrCat(" with ", crops.size(1), " channels") : ""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("VisionFeatures: crops must be [N, 3, H, W], got ", crops.dim(), " dimensions",
+                     crops.dim() >= 2 ? absl::StrCat(" with ", crops.size(1), " channels") : ""));
   }
   return Guarded("vision tower", [&] {
     c10::InferenceMode guard(!training_);  // autograd on while training
