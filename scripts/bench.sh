@@ -2,7 +2,7 @@
 # Builds the benchmarks and runs them, printing one figure per line.
 #
 #   scripts/bench.sh                 # model, engine, tokenizer and agent benchmarks
-#   scripts/bench.sh model|engine|tokenizer|agent|load8b
+#   scripts/bench.sh model|engine|tokenizer|agent|load8b|train
 #
 # Random checkpoints are written once into build/bench-models/ (small: 0.4 GB,
 # 1b: 2.2 GB, 8b: 17.8 GB - the 8b one only for `load8b` and the vision tower).
@@ -12,7 +12,7 @@ BUILD_DIR="${MAGMA_BUILD_DIR:-$ROOT/build}"
 "$ROOT/scripts/setup.sh" >/dev/null
 cmake -S "$ROOT" -B "$BUILD_DIR" -DMAGMA_BUILD_BENCHMARKS=ON >/dev/null
 cmake --build "$BUILD_DIR" -j "${MAGMA_JOBS:-2}" --target magma-bench magma-engine-bench magma-tokenizer-bench \
-  magma-agent-bench magma-cli >/dev/null
+  magma-agent-bench magma-cli magma-train >/dev/null
 B="$BUILD_DIR/bench"
 MODELS="$BUILD_DIR/bench-models"
 mkdir -p "$MODELS"
@@ -41,6 +41,18 @@ if [ "$what" = all ] || [ "$what" = tokenizer ]; then
 fi
 if [ "$what" = all ] || [ "$what" = agent ]; then
   "$B/magma-agent-bench" --iterations 100
+fi
+if [ "$what" = train ]; then
+  # Training step time of the magma-tiny recipe (a 20-step mark phase instead
+  # of 1500), from scratch: the mean of steps 21-60, after start-up.
+  out="$(mktemp -d)"
+  "$BUILD_DIR/src/tools/magma-train" --out "$out/run" --steps 60 --batch 8 --lr 2e-3 --warmup 200 \
+    --position_loss 10 --word_loss 0.5 --ground_loss 0.5 --ground_layer 0 \
+    --tower_dims 16,32,64,128,192 --tower_depths 1,1,1,2,1 --eval_every 0 --checkpoint_every 1000 \
+    --marks_first 20 --marks_on_things=false --mark_loss 1 > "$out/log"
+  awk '/^step (20|60)\/60 /{for (i = 1; i <= NF; ++i) if ($i == "s/step,") t[$2] = $(i - 1)}
+       END {printf "train_seconds_per_step[magma-tiny recipe, batch 8, steps 21-60]: %.3f\n", (60 * t["60/60"] - 20 * t["20/60"]) / 40}' "$out/log"
+  rm -rf "$out"
 fi
 if [ "$what" = load8b ]; then
   model 8b
