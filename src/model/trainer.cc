@@ -129,9 +129,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
 
 Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at::Tensor> params)
     : model_(model), options_(options), params_(params) {
-  // Classes + offsets (2 per item) + the cell's own position in its crop (2).
-  // Not libtorch's default generator: that one is seeded anew in every process.
+  // The heads' initial weights: not from libtorch's default generator, which
+  // is seeded anew in every process.
   at::Generator gen = at::detail::createCPUGenerator(options.seed);
+  // Classes + offsets (2 per item) + the cell's own position in its crop (2).
   int64_t outputs = 2 * options.cell_offset_items + 2;
   for (int64_t n : options.cell_classes) outputs += n;
   if (!options.cell_classes.empty()) {

@@ -239,6 +239,7 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_marks_first) < 0 || absl::GetFlag(FLAGS_labels_next) < 0) {
     return Fail(absl::InvalidArgumentError("--marks_first and --labels_next must be >= 0"));
   }
+  if (absl::GetFlag(FLAGS_profile_steps) < 0) return Fail(absl::InvalidArgumentError("--profile_steps must be >= 0"));
   if (absl::GetFlag(FLAGS_cell_loss) > 0) {
     to.cell_classes = magma::train::SyntheticTasks::CellClasses();
     to.cell_offset_items = magma::train::SyntheticTasks::CellOffsetItems();
@@ -469,12 +470,9 @@ int main(int argc, char** argv) {
       if (auto s = SaveCheckpoint(**model, **trainer, dir, step + 1, ema, prior_seconds + secs); !s.ok()) return Fail(s);
     }
   }
-  if (absl::GetFlag(FLAGS_profile_steps) > 0) {
-    if (profile) {
-      profile.reset();  // a run that ended inside the window
-    } else if (absl::GetFlag(FLAGS_steps) <= start_step + 10) {
-      std::cerr << "no profile: --profile_steps starts after 10 steps of this run" << std::endl;
-    }
+  profile.reset();  // a run that ended inside the window
+  if (absl::GetFlag(FLAGS_profile_steps) > 0 && absl::GetFlag(FLAGS_steps) <= start_step + 10) {
+    std::cerr << "no profile: --profile_steps starts after 10 steps of this run" << std::endl;
   }
   std::cout << "wrote " << dir << "\n";
   return 0;
