@@ -290,4 +290,62 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorV
   return absl::OkStatus();
 }
 
+absl::Status AverageSafetensors(const std::vector<std::string>& inputs, const std::string& output) {
+  if (inputs.empty()) return absl::InvalidArgumentError("averaging needs at least one checkpoint file");
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  for (const std::string& path : inputs) {
+    auto f = SafetensorsFile::Open(path);
+    if (!f.ok()) return f.status();
+    files.push_back(*std::move(f));
+  }
+  const auto& first = files[0]->tensors();
+  for (const auto& f : files) {
+    if (f->tensors().size() != first.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot average ", f->path(), " with ", files[0]->path(), ": ",
+                                                     f->tensors().size(), " tensors against ", first.size()));
+    }
+    for (const auto& [name, view] : f->tensors()) {
+      auto it = first.find(name);
+      if (it == first.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("cannot average ", f->path(), " with ", files[0]->path(),
+                                                       ": tensor ", name, " is not in both"));
+      }
+      if (view.dtype != StDType::kF32) {
+        return absl::InvalidArgumentError(absl::StrCat("averaging takes float32 tensors only; ", name, " in ",
+                                                       f->path(), " is ", StDTypeName(view.dtype)));
+      }
+      if (view.shape != it->second.shape) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("cannot average ", f->path(), " with ", files[0]->path(), ": tensor ", name, " has shape [",
+                         absl::StrJoin(view.shape, ","), "] against [", absl::StrJoin(it->second.shape, ","), "]"));
+      }
+    }
+  }
+  // The first file's order: its tensors sorted by where their data lies.
+  std::vector<const TensorView*> order;
+  for (const auto& [name, view] : first) order.push_back(&view);
+  std::sort(order.begin(), order.end(), [](const TensorView* a, const TensorView* b) {
+    return static_cast<const char*>(a->data) < static_cast<const char*>(b->data);
+  });
+  std::vector<std::vector<float>> means;
+  std::vector<TensorView> views;
+  means.reserve(order.size());
+  std::vector<double> sum;
+  for (const TensorView* t : order) {
+    const int64_t n = t->NumElements();
+    sum.assign(static_cast<size_t>(n), 0.0);
+    for (const auto& f : files) {
+      const auto* x = static_cast<const float*>(f->tensors().at(t->name).data);
+      for (int64_t i = 0; i < n; ++i) sum[i] += x[i];
+    }
+    std::vector<float>& mean = means.emplace_back(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) mean[i] = static_cast<float>(sum[i] / static_cast<double>(files.size()));
+    TensorView v = *t;
+    v.data = mean.data();
+    v.file = output;
+    views.push_back(std::move(v));
+  }
+  return WriteSafetensors(output, views, files[0]->metadata());
+}
+
 }  // namespace magma::model

@@ -4,6 +4,8 @@
 //
 //   magma-train --out models/magma-tiny [--steps 3000] [--batch 8] [--lr 2e-3]
 //               [--checkpoint_every 250] [--resume] [--seed 1] [--threads 2]
+//               [--average_last N]
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -21,9 +23,11 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "magma/model/model.h"
 #include "magma/model/random_init.h"
 #include "magma/model/runtime.h"
+#include "magma/model/safetensors.h"
 #include "magma/model/trainer.h"
 #include "magma/tokenizer/spm_trainer.h"
 #include "magma/train/synthetic_tasks.h"
@@ -36,6 +40,9 @@ ABSL_FLAG(double, lr, 2e-3, "Peak learning rate");
 ABSL_FLAG(int64_t, warmup, 100, "Warm-up steps");
 ABSL_FLAG(int64_t, checkpoint_every, 250, "Steps between checkpoints");
 ABSL_FLAG(bool, resume, false, "Continue from the checkpoint in --out");
+ABSL_FLAG(int64_t, average_last, 0,
+          "At the end, also write <out>/averaged: the model whose weights are the mean of the last N checkpoints' "
+          "(the final one and the N-1 regular ones before it; their weights are kept in <out>/kept); 0 = off");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the weights and of the data stream");
 ABSL_FLAG(bool, prefetch, true, "Render the next batch on a second thread during each step");
 ABSL_FLAG(int64_t, eval_every, 250, "Steps between held-out accuracy reports (0 = never)");
@@ -217,6 +224,71 @@ absl::Status SaveCheckpoint(magma::model::MagmaModel& model, const magma::model:
   return absl::OkStatus();
 }
 
+// The steps of the last `n` checkpoints of a run of `steps` steps that
+// checkpoints every `every` steps and at its end, oldest first; empty if the
+// run writes fewer than `n`.
+std::vector<int64_t> LastCheckpointSteps(int64_t steps, int64_t every, int64_t n) {
+  std::vector<int64_t> out;
+  if (n <= 0 || steps <= 0) return out;
+  out.push_back(steps);
+  for (int64_t m = (steps - 1) / every; m >= 1 && static_cast<int64_t>(out.size()) < n; --m) out.push_back(m * every);
+  if (static_cast<int64_t>(out.size()) < n) return {};
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
+fs::path KeptWeights(const std::string& dir, int64_t step) {
+  return fs::path(dir) / "kept" / absl::StrCat("step-", step, ".safetensors");
+}
+
+// Keeps a copy of the checkpoint's weights for averaging.
+absl::Status KeepWeights(const std::string& dir, int64_t step) {
+  const fs::path to = KeptWeights(dir, step), tmp = to.string() + ".tmp";
+  std::error_code ec;
+  fs::create_directories(to.parent_path(), ec);
+  if (!ec) fs::copy_file(fs::path(dir) / "model.safetensors", tmp, fs::copy_options::overwrite_existing, ec);
+  if (!ec) fs::rename(tmp, to, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot keep the weights of step ", step, " in ", to.string(), ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+// Writes <dir>/averaged: the files a server needs, with the mean of the kept
+// weights of `steps`, and the run's trainer_state.json plus "averaged_steps".
+absl::Status WriteAveraged(const std::string& dir, const std::vector<int64_t>& steps) {
+  std::vector<std::string> inputs;
+  for (int64_t step : steps) {
+    const fs::path p = KeptWeights(dir, step);
+    if (!fs::exists(p)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--average_last: no kept weights of step ", step, " (", p.string(),
+                       "); weights are kept from the start of a run with --average_last"));
+    }
+    inputs.push_back(p.string());
+  }
+  const fs::path tmp = fs::path(dir) / "averaged.tmp", out = fs::path(dir) / "averaged";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  for (const char* f : {"config.json", "preprocessor_config.json", "tokenizer.model", "tokenizer_config.json",
+                        "dataset_statistics.json"}) {
+    if (!ec && fs::exists(fs::path(dir) / f)) fs::copy_file(fs::path(dir) / f, tmp / f, ec);
+  }
+  if (ec) return absl::InternalError(absl::StrCat("cannot write ", tmp.string(), ": ", ec.message()));
+  if (auto s = magma::model::AverageSafetensors(inputs, (tmp / "model.safetensors").string()); !s.ok()) return s;
+  std::ifstream in(fs::path(dir) / "trainer_state.json");
+  json state = json::parse(in, nullptr, false);
+  if (state.is_discarded()) state = json::object();
+  state["averaged_steps"] = steps;
+  std::ofstream(tmp / "trainer_state.json") << state.dump(2) << "\n";
+  fs::remove_all(out, ec);
+  if (!ec) fs::rename(tmp, out, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot write ", out.string(), ": ", ec.message()));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -240,6 +312,16 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--marks_first and --labels_next must be >= 0"));
   }
   if (absl::GetFlag(FLAGS_profile_steps) < 0) return Fail(absl::InvalidArgumentError("--profile_steps must be >= 0"));
+  const int64_t every = absl::GetFlag(FLAGS_checkpoint_every), average_last = absl::GetFlag(FLAGS_average_last);
+  if (every < 1) return Fail(absl::InvalidArgumentError("--checkpoint_every must be >= 1"));
+  if (average_last < 0) return Fail(absl::InvalidArgumentError("--average_last must be >= 0"));
+  const std::vector<int64_t> averaged_steps = LastCheckpointSteps(absl::GetFlag(FLAGS_steps), every, average_last);
+  if (average_last > 0 && averaged_steps.empty()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--average_last ", average_last, ": --steps ", absl::GetFlag(FLAGS_steps), " with --checkpoint_every ", every,
+        " writes only ", absl::GetFlag(FLAGS_steps) > 0 ? (absl::GetFlag(FLAGS_steps) - 1) / every + 1 : 0,
+        " checkpoints")));
+  }
   if (absl::GetFlag(FLAGS_cell_loss) > 0) {
     to.cell_classes = magma::train::SyntheticTasks::CellClasses();
     to.cell_offset_items = magma::train::SyntheticTasks::CellOffsetItems();
@@ -466,8 +548,11 @@ int main(int argc, char** argv) {
     if (absl::GetFlag(FLAGS_eval_every) > 0 && ((step + 1) % absl::GetFlag(FLAGS_eval_every) == 0 || left == 0)) {
       if (auto s = report(step + 1); !s.ok()) return Fail(s);
     }
-    if ((step + 1) % absl::GetFlag(FLAGS_checkpoint_every) == 0 || left == 0) {
+    if ((step + 1) % every == 0 || left == 0) {
       if (auto s = SaveCheckpoint(**model, **trainer, dir, step + 1, ema, prior_seconds + secs); !s.ok()) return Fail(s);
+      if (std::find(averaged_steps.begin(), averaged_steps.end(), step + 1) != averaged_steps.end()) {
+        if (auto s = KeepWeights(dir, step + 1); !s.ok()) return Fail(s);
+      }
     }
   }
   profile.reset();  // a run that ended inside the window
@@ -475,5 +560,10 @@ int main(int argc, char** argv) {
     std::cerr << "no profile: --profile_steps starts after 10 steps of this run" << std::endl;
   }
   std::cout << "wrote " << dir << "\n";
+  if (!averaged_steps.empty()) {
+    if (auto s = WriteAveraged(dir, averaged_steps); !s.ok()) return Fail(s);
+    std::cout << "wrote " << (fs::path(dir) / "averaged").string() << " (the mean of the weights of steps "
+              << absl::StrJoin(averaged_steps, ", ") << ")\n";
+  }
   return 0;
 }

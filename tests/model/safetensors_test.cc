@@ -1,7 +1,9 @@
 #include "magma/model/safetensors.h"
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 
 #include <gtest/gtest.h>
 
@@ -126,6 +128,80 @@ TEST(CheckpointTest, IndexNamingAMissingShardOrTensorIsAnError) {
   c = Checkpoint::Open(dir.path());
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("'zz'"), std::string::npos) << c.status();
+}
+
+TensorView F32(const char* name, std::vector<int64_t> shape, const std::vector<float>& values) {
+  return TensorView{
+      name, StDType::kF32, std::move(shape), values.data(), static_cast<int64_t>(values.size() * sizeof(float)), ""};
+}
+
+const float* Floats(const SafetensorsFile& f, const std::string& name) {
+  return static_cast<const float*>(f.tensors().at(name).data);
+}
+
+TEST(AverageSafetensorsTest, MeansInDoublePrecisionAndKeepsTheFirstFilesLayout) {
+  testing::TempDir dir;
+  const float one = 1.0f, next = std::nextafter(1.0f, 2.0f);  // 1 + 2^-23
+  // "z" is written before "a", against name order.
+  const std::vector<std::vector<float>> z = {{1, 3}, {2, 4}, {3, 8}};
+  const std::vector<std::vector<float>> a = {{one, -1}, {next, 0.5f}, {next, 2}};
+  std::vector<std::string> inputs;
+  for (int i = 0; i < 3; ++i) {
+    inputs.push_back(dir.File("step-" + std::to_string(i) + ".safetensors"));
+    ASSERT_TRUE(WriteSafetensors(inputs.back(), {F32("z", {2}, z[i]), F32("a", {1, 2}, a[i])}).ok());
+  }
+  ASSERT_TRUE(AverageSafetensors(inputs, dir.File("mean.safetensors")).ok());
+  auto f = SafetensorsFile::Open(dir.File("mean.safetensors"));
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(Floats(**f, "z")[0], 2.0f);
+  EXPECT_EQ(Floats(**f, "z")[1], 5.0f);
+  // (1 + 2 (1 + 2^-23)) / 3 = 1 + 2^-23 * 2/3: nearest float 1 + 2^-23. A
+  // float32 running sum rounds 2 + 2^-23 and 3 + 2^-23 down (ties to even)
+  // and would give exactly 1.
+  EXPECT_EQ(Floats(**f, "a")[0], next);
+  EXPECT_EQ(Floats(**f, "a")[1], 0.5f);
+  EXPECT_EQ((*f)->tensors().at("a").shape, (std::vector<int64_t>{1, 2}));
+  EXPECT_LT(static_cast<const char*>((*f)->tensors().at("z").data),
+            static_cast<const char*>((*f)->tensors().at("a").data));
+  EXPECT_EQ((*f)->metadata().at("format"), "pt");
+  // One input: a copy.
+  ASSERT_TRUE(AverageSafetensors({inputs[1]}, dir.File("one.safetensors")).ok());
+  std::ifstream x(inputs[1], std::ios::binary), y(dir.File("one.safetensors"), std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(x), {}), std::string(std::istreambuf_iterator<char>(y), {}));
+}
+
+TEST(AverageSafetensorsTest, RefusesFilesThatCannotBeAveraged) {
+  testing::TempDir dir;
+  const std::vector<float> two = {1, 2}, three = {1, 2, 3};
+  const uint16_t bf16[2] = {0x3f80, 0x4000};
+  ASSERT_TRUE(WriteSafetensors(dir.File("w.safetensors"), {F32("w", {2}, two)}).ok());
+  ASSERT_TRUE(WriteSafetensors(dir.File("shape.safetensors"), {F32("w", {3}, three)}).ok());
+  ASSERT_TRUE(WriteSafetensors(dir.File("name.safetensors"), {F32("v", {2}, two)}).ok());
+  ASSERT_TRUE(WriteSafetensors(dir.File("more.safetensors"), {F32("w", {2}, two), F32("v", {2}, two)}).ok());
+  ASSERT_TRUE(
+      WriteSafetensors(dir.File("bf16.safetensors"), {TensorView{"w", StDType::kBF16, {2}, bf16, sizeof(bf16), ""}})
+          .ok());
+  struct Case {
+    std::vector<std::string> inputs;
+    absl::StatusCode code;
+    const char* says;
+  };
+  const std::vector<Case> cases = {
+      {{}, absl::StatusCode::kInvalidArgument, "at least one"},
+      {{"w", "missing"}, absl::StatusCode::kNotFound, "missing.safetensors"},
+      {{"w", "shape"}, absl::StatusCode::kInvalidArgument, "shape [3] against [2]"},
+      {{"w", "name"}, absl::StatusCode::kInvalidArgument, "tensor v is not in both"},
+      {{"w", "more"}, absl::StatusCode::kInvalidArgument, "2 tensors against 1"},
+      {{"bf16"}, absl::StatusCode::kInvalidArgument, "is BF16"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> paths;
+    for (const auto& name : c.inputs) paths.push_back(dir.File(name + ".safetensors"));
+    const absl::Status s = AverageSafetensors(paths, dir.File("out.safetensors"));
+    EXPECT_EQ(s.code(), c.code) << s;
+    EXPECT_NE(s.message().find(c.says), std::string::npos) << s;
+    EXPECT_FALSE(std::ifstream(dir.File("out.safetensors")).good()) << "written despite " << s;
+  }
 }
 
 TEST(CheckpointTest, EmptyDirectoryIsNotFound) {

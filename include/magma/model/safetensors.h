@@ -88,6 +88,16 @@ class Checkpoint {
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorView>& tensors,
                               const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
+// Checkpoint averaging: writes to `output` a .safetensors file whose tensors
+// are the element-wise means of the same tensors in `inputs` (e.g. the last
+// checkpoints of one training run). Every input holds the same names, shapes
+// and dtype, float32 only; each element is summed in double precision in the
+// order of `inputs` and rounded to float32 once. The output keeps the first
+// input's tensor order and metadata. Errors: INVALID_ARGUMENT for no inputs,
+// another dtype, or inputs that differ (naming the file and tensor);
+// NOT_FOUND for a missing input; write errors as WriteSafetensors.
+absl::Status AverageSafetensors(const std::vector<std::string>& inputs, const std::string& output);
+
 }  // namespace magma::model
 
 #endif  // MAGMA_MODEL_SAFETENSORS_H_
