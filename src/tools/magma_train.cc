@@ -42,7 +42,8 @@ ABSL_FLAG(int64_t, checkpoint_every, 250, "Steps between checkpoints");
 ABSL_FLAG(bool, resume, false, "Continue from the checkpoint in --out");
 ABSL_FLAG(int64_t, average_last, 0,
           "At the end, also write <out>/averaged: the model whose weights are the mean of the last N checkpoints' "
-          "(the final one and the N-1 regular ones before it; their weights are kept in <out>/kept); 0 = off");
+          "(the final step's and the N-1 at multiples of --checkpoint_every before it; their weights are kept in "
+          "<out>/kept); 0 = off");
 ABSL_FLAG(uint64_t, seed, 1, "Seed of the weights and of the data stream");
 ABSL_FLAG(bool, prefetch, true, "Render the next batch on a second thread during each step");
 ABSL_FLAG(int64_t, eval_every, 250, "Steps between held-out accuracy reports (0 = never)");
@@ -256,36 +257,65 @@ absl::Status KeepWeights(const std::string& dir, int64_t step) {
 }
 
 // Writes <dir>/averaged: the files a server needs, with the mean of the kept
-// weights of `steps`, and the run's trainer_state.json plus "averaged_steps".
+// weights of `steps`, and the run's trainer_state.json plus "averaged_steps"
+// (without "loss", the final weights' training loss). Nothing of it is left
+// behind on error.
 absl::Status WriteAveraged(const std::string& dir, const std::vector<int64_t>& steps) {
   std::vector<std::string> inputs;
-  for (int64_t step : steps) {
-    const fs::path p = KeptWeights(dir, step);
-    if (!fs::exists(p)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("--average_last: no kept weights of step ", step, " (", p.string(),
-                       "); weights are kept from the start of a run with --average_last"));
-    }
-    inputs.push_back(p.string());
-  }
+  for (int64_t step : steps) inputs.push_back(KeptWeights(dir, step).string());
   const fs::path tmp = fs::path(dir) / "averaged.tmp", out = fs::path(dir) / "averaged";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  for (const char* f : {"config.json", "preprocessor_config.json", "tokenizer.model", "tokenizer_config.json",
-                        "dataset_statistics.json"}) {
-    if (!ec && fs::exists(fs::path(dir) / f)) fs::copy_file(fs::path(dir) / f, tmp / f, ec);
+  auto write = [&]() -> absl::Status {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    for (const char* f : {"config.json", "preprocessor_config.json", "tokenizer.model", "tokenizer_config.json",
+                          "dataset_statistics.json"}) {
+      if (!ec && fs::exists(fs::path(dir) / f, ec)) fs::copy_file(fs::path(dir) / f, tmp / f, ec);
+    }
+    if (ec) return absl::InternalError(absl::StrCat("cannot write ", tmp.string(), ": ", ec.message()));
+    if (auto s = magma::model::AverageSafetensors(inputs, (tmp / "model.safetensors").string()); !s.ok()) return s;
+    std::ifstream in(fs::path(dir) / "trainer_state.json");
+    json state = json::parse(in, nullptr, false);
+    if (!state.is_object()) return absl::DataLossError(absl::StrCat("unreadable ", dir, "/trainer_state.json"));
+    state.erase("loss");
+    state["averaged_steps"] = steps;
+    std::ofstream st(tmp / "trainer_state.json");
+    st << state.dump(2) << "\n";
+    st.close();
+    if (!st) return absl::InternalError(absl::StrCat("cannot write ", (tmp / "trainer_state.json").string()));
+    fs::remove_all(out, ec);
+    if (!ec) fs::rename(tmp, out, ec);
+    if (ec) return absl::InternalError(absl::StrCat("cannot write ", out.string(), ": ", ec.message()));
+    return absl::OkStatus();
+  };
+  absl::Status s = write();
+  if (!s.ok()) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
   }
-  if (ec) return absl::InternalError(absl::StrCat("cannot write ", tmp.string(), ": ", ec.message()));
-  if (auto s = magma::model::AverageSafetensors(inputs, (tmp / "model.safetensors").string()); !s.ok()) return s;
-  std::ifstream in(fs::path(dir) / "trainer_state.json");
-  json state = json::parse(in, nullptr, false);
-  if (state.is_discarded()) state = json::object();
-  state["averaged_steps"] = steps;
-  std::ofstream(tmp / "trainer_state.json") << state.dump(2) << "\n";
-  fs::remove_all(out, ec);
-  if (!ec) fs::rename(tmp, out, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot write ", out.string(), ": ", ec.message()));
+  return s;
+}
+
+// Before a resumed run trains: every kept checkpoint the average needs from
+// before `start_step` must be there (the one at `start_step` is the weights
+// in `dir`, so it is kept again if missing).
+absl::Status CheckKeptWeights(const std::string& dir, int64_t start_step, int64_t steps,
+                              const std::vector<int64_t>& averaged) {
+  if (start_step > steps) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--average_last: the checkpoint in ", dir, " is at step ", start_step, ", past --steps ", steps));
+  }
+  for (int64_t step : averaged) {
+    std::error_code ec;
+    if (step > start_step || fs::exists(KeptWeights(dir, step), ec)) continue;
+    if (step == start_step) {
+      if (auto s = KeepWeights(dir, step); !s.ok()) return s;
+      continue;
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("--average_last: no kept weights of step ", step, " (", KeptWeights(dir, step).string(),
+                     "); weights are kept from the start of a run with --average_last"));
+  }
   return absl::OkStatus();
 }
 
@@ -369,11 +399,20 @@ int main(int argc, char** argv) {
     start_step = state.value("step", int64_t{0});
     prior_seconds = state.value("train_seconds", 0.0);
     std::cout << "resuming at step " << start_step << "\n";
+    if (!averaged_steps.empty() && !absl::GetFlag(FLAGS_report_only)) {
+      if (auto s = CheckKeptWeights(dir, start_step, absl::GetFlag(FLAGS_steps), averaged_steps); !s.ok()) {
+        return Fail(s);
+      }
+    }
   } else {
     // A new model has the preset's layers: check the options against them
     // before anything is written (a resumed one is checked on load).
     if (auto s = magma::model::CheckTrainOptions(to, kDecoderLayers); !s.ok()) return Fail(s);
     fs::create_directories(dir);
+    // Kept and averaged weights of an earlier run in the same directory.
+    std::error_code ec;
+    fs::remove_all(fs::path(dir) / "kept", ec);
+    fs::remove_all(fs::path(dir) / "averaged", ec);
     if (auto s = CreateModel(dir, absl::GetFlag(FLAGS_seed)); !s.ok()) return Fail(s);
   }
   magma::model::LoadOptions lo;

@@ -148,7 +148,9 @@ TEST(AverageSafetensorsTest, MeansInDoublePrecisionAndKeepsTheFirstFilesLayout) 
   std::vector<std::string> inputs;
   for (int i = 0; i < 3; ++i) {
     inputs.push_back(dir.File("step-" + std::to_string(i) + ".safetensors"));
-    ASSERT_TRUE(WriteSafetensors(inputs.back(), {F32("z", {2}, z[i]), F32("a", {1, 2}, a[i])}).ok());
+    // The first file's metadata is the one kept.
+    const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"run", "r" + std::to_string(i)}};
+    ASSERT_TRUE(WriteSafetensors(inputs.back(), {F32("z", {2}, z[i]), F32("a", {1, 2}, a[i])}, metadata).ok());
   }
   ASSERT_TRUE(AverageSafetensors(inputs, dir.File("mean.safetensors")).ok());
   auto f = SafetensorsFile::Open(dir.File("mean.safetensors"));
@@ -163,7 +165,7 @@ TEST(AverageSafetensorsTest, MeansInDoublePrecisionAndKeepsTheFirstFilesLayout) 
   EXPECT_EQ((*f)->tensors().at("a").shape, (std::vector<int64_t>{1, 2}));
   EXPECT_LT(static_cast<const char*>((*f)->tensors().at("z").data),
             static_cast<const char*>((*f)->tensors().at("a").data));
-  EXPECT_EQ((*f)->metadata().at("format"), "pt");
+  EXPECT_EQ((*f)->metadata(), (std::map<std::string, std::string>{{"format", "pt"}, {"run", "r0"}}));
   // One input: a copy.
   ASSERT_TRUE(AverageSafetensors({inputs[1]}, dir.File("one.safetensors")).ok());
   std::ifstream x(inputs[1], std::ios::binary), y(dir.File("one.safetensors"), std::ios::binary);

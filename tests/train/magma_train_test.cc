@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -41,19 +42,22 @@ const char kSmall[] =
 TEST(MagmaTrainTest, AveragesTheLastCheckpointsIntoAServableModel) {
   testing::TempDir tmp;
   const std::string out = tmp.File("run");
-  ASSERT_EQ(RunTrain("--out " + out + " --steps 5 --checkpoint_every 2 --average_last 3" + kSmall, tmp.File("log")), 0)
+  ASSERT_EQ(RunTrain("--out " + out + " --steps 7 --checkpoint_every 2 --average_last 3" + kSmall, tmp.File("log")), 0)
       << ReadAll(tmp.File("log"));
-  // The last three checkpoints: steps 2 and 4, and the final step 5.
-  EXPECT_FALSE(fs::exists(out + "/kept/step-1.safetensors"));
+  // The last three checkpoints: steps 4 and 6, and the final step 7 (not the
+  // one of step 2).
+  std::set<std::string> kept_files;
+  for (const auto& e : fs::directory_iterator(out + "/kept")) kept_files.insert(e.path().filename().string());
+  EXPECT_EQ(kept_files, (std::set<std::string>{"step-4.safetensors", "step-6.safetensors", "step-7.safetensors"}));
   std::vector<std::unique_ptr<model::SafetensorsFile>> kept;
-  for (int step : {2, 4, 5}) {
+  for (int step : {4, 6, 7}) {
     auto f = model::SafetensorsFile::Open(out + "/kept/step-" + std::to_string(step) + ".safetensors");
     ASSERT_TRUE(f.ok()) << f.status();
     kept.push_back(*std::move(f));
   }
   // The training directory keeps the final weights, so --resume goes on
   // from them.
-  EXPECT_EQ(ReadAll(out + "/model.safetensors"), ReadAll(out + "/kept/step-5.safetensors"));
+  EXPECT_EQ(ReadAll(out + "/model.safetensors"), ReadAll(out + "/kept/step-7.safetensors"));
   auto mean = model::SafetensorsFile::Open(out + "/averaged/model.safetensors");
   ASSERT_TRUE(mean.ok()) << mean.status();
   ASSERT_EQ((*mean)->tensors().size(), kept[0]->tensors().size());
@@ -68,10 +72,11 @@ TEST(MagmaTrainTest, AveragesTheLastCheckpointsIntoAServableModel) {
       moved += a[i] != c[i];
     }
   }
-  EXPECT_GT(moved, 0) << "the weights did not change between steps 2 and 5";
+  EXPECT_GT(moved, 0) << "the weights did not change between steps 4 and 7";
   const auto state = nlohmann::json::parse(ReadAll(out + "/averaged/trainer_state.json"));
-  EXPECT_EQ(state.at("averaged_steps"), nlohmann::json::array({2, 4, 5}));
-  EXPECT_EQ(state.at("step"), 5);
+  EXPECT_EQ(state.at("averaged_steps"), nlohmann::json::array({4, 6, 7}));
+  EXPECT_EQ(state.at("step"), 7);
+  EXPECT_FALSE(state.contains("loss"));  // the final weights' loss, not the mean's
   model::LoadOptions lo;
   lo.dtype = "float32";
   lo.log_progress = false;
@@ -100,13 +105,38 @@ TEST(MagmaTrainTest, AveragingNeedsWeightsKeptFromTheStart) {
   const std::string out = tmp.File("run");
   ASSERT_EQ(RunTrain("--out " + out + " --steps 2 --checkpoint_every 1" + kSmall, tmp.File("log")), 0)
       << ReadAll(tmp.File("log"));
-  // The finished run kept no weights: averaging it later cannot work.
+  const std::string step2 = ReadAll(out + "/model.safetensors");
+  // The run kept no weights: an average that needs step 1 is refused before
+  // any training.
   EXPECT_EQ(
-      RunTrain("--out " + out + " --resume --steps 2 --checkpoint_every 1 --average_last 2" + kSmall, tmp.File("log")),
+      RunTrain("--out " + out + " --resume --steps 3 --checkpoint_every 1 --average_last 3" + kSmall, tmp.File("log")),
       1);
   EXPECT_NE(ReadAll(tmp.File("log")).find("FAILED_PRECONDITION: --average_last: no kept weights of step 1"),
             std::string::npos)
       << ReadAll(tmp.File("log"));
+  EXPECT_EQ(ReadAll(out + "/model.safetensors"), step2) << "trained despite the refusal";
+  EXPECT_FALSE(fs::exists(out + "/averaged"));
+  // An average from the resumed step on works: step 2's weights are the ones
+  // in the directory.
+  ASSERT_EQ(
+      RunTrain("--out " + out + " --resume --steps 3 --checkpoint_every 1 --average_last 2" + kSmall, tmp.File("log")),
+      0)
+      << ReadAll(tmp.File("log"));
+  EXPECT_EQ(ReadAll(out + "/kept/step-2.safetensors"), step2);
+  EXPECT_EQ(nlohmann::json::parse(ReadAll(out + "/averaged/trainer_state.json")).at("averaged_steps"),
+            nlohmann::json::array({2, 3}));
+  // Resuming past the end is refused; starting anew in the directory drops
+  // the kept and averaged weights of the earlier run.
+  EXPECT_EQ(
+      RunTrain("--out " + out + " --resume --steps 2 --checkpoint_every 1 --average_last 2" + kSmall, tmp.File("log")),
+      1);
+  EXPECT_NE(ReadAll(tmp.File("log"))
+                .find("INVALID_ARGUMENT: --average_last: the checkpoint in " + out + " is at step 3, past --steps 2"),
+            std::string::npos)
+      << ReadAll(tmp.File("log"));
+  ASSERT_EQ(RunTrain("--out " + out + " --steps 1 --checkpoint_every 1" + kSmall, tmp.File("log")), 0)
+      << ReadAll(tmp.File("log"));
+  EXPECT_FALSE(fs::exists(out + "/kept"));
   EXPECT_FALSE(fs::exists(out + "/averaged"));
 }
 
