@@ -60,6 +60,12 @@ ABSL_FLAG(bool, marks_on_things, true,
 ABSL_FLAG(bool, labels_on_text, false,
           "The label cell head names a widget's label only in the cells its text is drawn in (the widget's other "
           "cells are left out of that head's loss)");
+ABSL_FLAG(int, near_goal_quarters, 1,
+          "Robot frames: quarters (1-3) whose gripper is moved to within two steps per axis of its goal (one more "
+          "quarter puts it anywhere on the table)");
+ABSL_FLAG(int, missed_grasp_quarters, 1,
+          "Robot frames: quarters (0-4) of the near-goal frames with nothing held that show the gripper closed on "
+          "nothing (elsewhere: one quarter)");
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
@@ -341,6 +347,16 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_marks_first) < 0 || absl::GetFlag(FLAGS_labels_next) < 0) {
     return Fail(absl::InvalidArgumentError("--marks_first and --labels_next must be >= 0"));
   }
+  const magma::train::ActFrameOptions act_frames{absl::GetFlag(FLAGS_near_goal_quarters),
+                                                 absl::GetFlag(FLAGS_missed_grasp_quarters)};
+  if (act_frames.near_goal_quarters < 1 || act_frames.near_goal_quarters > 3) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--near_goal_quarters must be 1, 2 or 3; got ", act_frames.near_goal_quarters)));
+  }
+  if (act_frames.missed_grasp_quarters < 0 || act_frames.missed_grasp_quarters > 4) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--missed_grasp_quarters must be between 0 and 4; got ", act_frames.missed_grasp_quarters)));
+  }
   if (absl::GetFlag(FLAGS_profile_steps) < 0) return Fail(absl::InvalidArgumentError("--profile_steps must be >= 0"));
   const int64_t every = absl::GetFlag(FLAGS_checkpoint_every), average_last = absl::GetFlag(FLAGS_average_last);
   if (every < 1) return Fail(absl::InvalidArgumentError("--checkpoint_every must be >= 1"));
@@ -428,8 +444,8 @@ int main(int argc, char** argv) {
                                            std::nullopt);
   if (!ctx.ok()) return Fail(ctx.status());
   magma::worlds::UiWorldOptions ui;
-  const magma::train::SyntheticTasks tasks(&*ctx, ui, robot,
-                                           {absl::GetFlag(FLAGS_marks_on_things), absl::GetFlag(FLAGS_labels_on_text)});
+  const magma::train::SyntheticTasks tasks(
+      &*ctx, ui, robot, {absl::GetFlag(FLAGS_marks_on_things), absl::GetFlag(FLAGS_labels_on_text)}, act_frames);
   auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return Fail(mix.status());
 

@@ -339,8 +339,9 @@ const std::vector<int64_t>& SyntheticTasks::LookClasses() {
 }
 
 SyntheticTasks::SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
-                               const worlds::RobotWorldOptions& robot, const CellTargetOptions& cells)
-    : ctx_(ctx), ui_(ui), robot_(robot), cells_(cells) {}
+                               const worlds::RobotWorldOptions& robot, const CellTargetOptions& cells,
+                               const ActFrameOptions& act)
+    : ctx_(ctx), ui_(ui), robot_(robot), cells_(cells), act_(act) {}
 
 absl::StatusOr<model::TrainExample> SyntheticTasks::ToExample(const engine::GenerationRequest& r,
                                                               const std::string& answer) const {
@@ -406,9 +407,9 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
     worlds::Step(&scene, a, robot_);
   }
   if (worlds::Success(scene)) scene = worlds::NewEpisode(seed, robot_);
-  // In half of the frames the gripper (with what it holds) is then moved:
-  // anywhere on the table in a quarter, near its goal (within two steps per
-  // axis) in another. Expert episodes all start at the same spot and head the
+  // In some frames the gripper (with what it holds) is then moved: anywhere
+  // on the table in a quarter, near its goal (within two steps per axis) in
+  // ActFrameOptions::near_goal_quarters others. Expert episodes all start at the same spot and head the
   // same way, so a policy could learn "go up" without looking at the
   // gripper; the expert labels any state, and scattered states make the
   // action depend on where the gripper is and cover the places a learned
@@ -416,9 +417,13 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   // on, grasping and releasing, and a wrong guess there costs the episode.
   // The goal: the block to pick, or the plate while carrying.
   const int goal = scene.held == scene.pick ? scene.place : scene.pick;
-  constexpr int kAnywhere = 2, kNearGoal = 3;
+  // One draw of four decides, so that the default options keep the stream
+  // of the shipped model: 2 is anywhere, 3 (then 0, then 1) near the goal.
+  constexpr int kAnywhere = 2;
   const int where = static_cast<int>(rng() % 4);
-  if (where == kAnywhere || where == kNearGoal) {
+  const bool near_goal =
+      where == 3 || (where == 0 && act_.near_goal_quarters >= 2) || (where == 1 && act_.near_goal_quarters >= 3);
+  if (where == kAnywhere || near_goal) {
     std::uniform_real_distribution<double> place(0.02, 0.98);
     if (where == kAnywhere) {
       scene.gripper = {place(rng), place(rng)};
@@ -429,9 +434,11 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
     }
     if (scene.held >= 0) scene.objects[scene.held].center = scene.gripper;
   }
-  // In a quarter of the frames with nothing held the gripper is closed on
-  // nothing, as after a grasp a little off the block: the expert opens it.
-  if (scene.held < 0 && rng() % 4 == 0) scene.gripper_open = false;
+  // In some frames with nothing held the gripper is closed on nothing, as
+  // after a grasp a little off the block: the expert opens it.
+  if (scene.held < 0 && static_cast<int>(rng() % 4) < (near_goal ? act_.missed_grasp_quarters : 1)) {
+    scene.gripper_open = false;
+  }
   const auto action = worlds::ExpertAction(scene, robot_);
   agent::ActTask task;
   task.image = worlds::RenderScene(scene, robot_);

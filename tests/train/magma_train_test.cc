@@ -100,6 +100,20 @@ TEST(MagmaTrainTest, RefusesAveragingMoreCheckpointsThanTheRunWrites) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+TEST(MagmaTrainTest, RefusesRobotFrameShares) {
+  testing::TempDir tmp;
+  const std::string out = tmp.File("run");
+  EXPECT_EQ(RunTrain("--out " + out + " --steps 2 --near_goal_quarters 4" + kSmall, tmp.File("log")), 1);
+  EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --near_goal_quarters must be 1, 2 or 3; got 4"),
+            std::string::npos)
+      << ReadAll(tmp.File("log"));
+  EXPECT_EQ(RunTrain("--out " + out + " --steps 2 --missed_grasp_quarters 5" + kSmall, tmp.File("log")), 1);
+  EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --missed_grasp_quarters must be between 0 and 4; got 5"),
+            std::string::npos)
+      << ReadAll(tmp.File("log"));
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST(MagmaTrainTest, AveragingNeedsWeightsKeptFromTheStart) {
   testing::TempDir tmp;
   const std::string out = tmp.File("run");

@@ -112,6 +112,68 @@ TEST_F(SyntheticTasksTest, ActFramesScatterTheGripperOverTheTable) {
   EXPECT_GT(away, frames / 20) << away << " of " << frames;
 }
 
+// The robot frames' gripper and goal (from the pointers' position targets),
+// whether the gripper is drawn closed (the overlay cell class) and whether
+// the expert's gripper token opens it.
+struct ActFrame {
+  double gx, gy, goal_x, goal_y;
+  bool closed, opens;
+  std::string bins;
+};
+
+ActFrame ReadActFrame(const SyntheticExample& e, const agent::ActionCodec& codec) {
+  const auto& ptrs = e.example.pointers;
+  ActFrame f{ptrs.at(1).x, ptrs.at(1).y, ptrs.at(0).x, ptrs.at(0).y, false, false, e.target_text};
+  const auto& img = e.example.images[0];
+  f.closed = img.cell_classes.select(-1, 3).eq(62).any().item().toBool();  // the gripper closed
+  f.opens = codec.BinCentre(codec.BinOfToken(e.example.target_ids[6])) > 0;
+  return f;
+}
+
+// The default frame options are the stream the shipped model was trained on:
+// the bins and positions of its first 100 frames, summed, as the training
+// code of that model computed them.
+TEST_F(SyntheticTasksTest, DefaultActFramesAreTheShippedModelsStream) {
+  double sum = 0;
+  int closed = 0;
+  for (uint64_t seed = 0; seed < 100; ++seed) {
+    auto e = tasks_->Act(seed);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
+    for (int i = 0; i < 7; ++i) sum += ctx_->action_codec->BinOfToken(e->example.target_ids[i]);
+    sum += f.gx + f.gy + f.goal_x + f.goal_y;
+    closed += f.closed;
+  }
+  EXPECT_NEAR(sum, 90827.972355277, 1e-6);
+  EXPECT_EQ(closed, 52);
+}
+
+// More frames near the goal, and more of those closed on nothing: on the
+// same seeds the extra near-goal quarter moves about a quarter of all frames
+// there, and every frame whose closed gripper the expert opens near a
+// block is one of those missed grasps.
+TEST_F(SyntheticTasksTest, ActFrameOptionsPutFramesNearTheGoal) {
+  const SyntheticTasks more(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{}, {},
+                            ActFrameOptions{/*near_goal_quarters=*/2, /*missed_grasp_quarters=*/2});
+  const double reach = 2 * worlds::RobotWorldOptions{}.max_step + 1e-9;
+  constexpr int kFrames = 400;
+  int near[2] = {0, 0}, missed[2] = {0, 0};
+  for (uint64_t seed = 0; seed < kFrames; ++seed) {
+    for (int k = 0; k < 2; ++k) {
+      auto e = (k == 0 ? *tasks_ : more).Act(seed);
+      ASSERT_TRUE(e.ok()) << e.status();
+      const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
+      const bool is_near = std::abs(f.gx - f.goal_x) <= reach && std::abs(f.gy - f.goal_y) <= reach;
+      near[k] += is_near;
+      missed[k] += is_near && f.closed && f.opens;
+    }
+  }
+  EXPECT_GT(near[1] - near[0], kFrames / 8) << near[0] << " -> " << near[1];
+  EXPECT_LT(near[1] - near[0], kFrames * 3 / 8) << near[0] << " -> " << near[1];
+  EXPECT_GE(missed[1], 2 * missed[0] + 1) << missed[0] << " -> " << missed[1];
+  EXPECT_GT(missed[1], kFrames / 25) << missed[1];
+}
+
 // The tower's cell targets, checked on a case computed by hand: a 256x256
 // tabletop on a 1x1 grid of 64-pixel crops has 2x2 tower cells of 128
 // original pixels each.

@@ -42,11 +42,26 @@ struct CellTargetOptions {
   bool labels_on_text = false;
 };
 
+// How robot frames are drawn (SyntheticTasks::Act). The defaults are the
+// stream the shipped model was trained on.
+struct ActFrameOptions {
+  // Quarters of the frames (1-3) whose gripper, with what it holds, is moved
+  // to within two steps per axis of its goal, where one half step decides
+  // between moving on, grasping and releasing. Another quarter puts it
+  // anywhere on the table; the rest stay where the expert's episode left it.
+  int near_goal_quarters = 1;
+  // Quarters (0-4) of those near-goal frames with nothing held whose gripper
+  // is closed on nothing, as after a grasp a little off the block (the
+  // expert opens it). Frames elsewhere show it in one quarter.
+  int missed_grasp_quarters = 1;
+};
+
 class SyntheticTasks {
  public:
   // `ctx` must outlive this object.
   SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
-                 const worlds::RobotWorldOptions& robot, const CellTargetOptions& cells = {});
+                 const worlds::RobotWorldOptions& robot, const CellTargetOptions& cells = {},
+                 const ActFrameOptions& act = {});
 
   // A Set-of-Mark screen and an instruction; target "Mark: N".
   absl::StatusOr<SyntheticExample> Click(uint64_t seed) const;
@@ -88,6 +103,7 @@ class SyntheticTasks {
   worlds::UiWorldOptions ui_;
   worlds::RobotWorldOptions robot_;
   CellTargetOptions cells_;
+  ActFrameOptions act_;
 };
 
 }  // namespace magma::train
