@@ -85,7 +85,8 @@ ABSL_FLAG(double, mark_loss, 0,
           "after the --marks_first and --labels_next phases (needs --attention_loss > 0; 0 = off)");
 ABSL_FLAG(double, look_loss, 0,
           "Weight of read-outs of how the pointed widget looks (kind, shape and colour; label) from the pointer "
-          "head's output on questions about one widget, after the --marks_first and --labels_next phases (needs "
+          "head's output on questions about one widget, and of whether the gripper is open or closed from the "
+          "gripper head's output on robot frames, after the --marks_first and --labels_next phases (needs "
           "--attention_loss > 0; 0 = off)");
 ABSL_FLAG(double, word_loss, 0,
           "Weight of the word attention supervision (the same heads, in --word_layer, look at the prompt words "
@@ -551,6 +552,39 @@ int main(int argc, char** argv) {
         }
         std::cout << std::endl;
       }
+    }
+    // The robot's gripper decisions on more held-out frames: the gripper
+    // token where the expert changes the gripper's state (closes an open
+    // one, opens a closed one) and where it keeps it.
+    if (ctx->action_codec.has_value()) {
+      const auto& codec = *ctx->action_codec;
+      std::pair<int, int> change{0, 0}, keep{0, 0};
+      std::vector<magma::model::TrainExample> frames;
+      for (uint64_t i = 0; i < 256; ++i) {
+        auto e = tasks.Act((uint64_t{1} << 40) + 1000000 + i);
+        if (e.ok()) frames.push_back(std::move(e->example));
+      }
+      for (size_t first = 0; first < frames.size(); first += 16) {
+        const std::vector<magma::model::TrainExample> part(frames.begin() + first,
+                                                           frames.begin() + std::min(frames.size(), first + 16));
+        auto predicted = (*trainer)->Predict(part);
+        if (!predicted.ok()) return predicted.status();
+        for (size_t i = 0; i < part.size(); ++i) {
+          const auto& e = part[i];
+          if (e.pointers.size() < 2 || e.pointers[1].looks.empty() || e.target_ids.size() < 7) continue;
+          const bool open_now = e.pointers[1].looks[0] == magma::train::SyntheticTasks::GripperLook(true);
+          const bool want_open = codec.BinCentre(codec.BinOfToken(e.target_ids[6])) > 0;
+          const int64_t got_id = (*predicted)[i][6];
+          const bool right =
+              codec.IsActionToken(got_id) && (codec.BinCentre(codec.BinOfToken(got_id)) > 0) == want_open;
+          auto& tally = open_now == want_open ? keep : change;
+          tally.first += right;
+          ++tally.second;
+        }
+      }
+      std::cout << "  act gripper token on " << frames.size() << " frames: right where the expert changes the "
+                << "gripper " << change.first << "/" << change.second << ", where it keeps it " << keep.first << "/"
+                << keep.second << std::endl;
     }
     std::cout << "held-out at step " << step << ":";
     for (const auto& [kind, n] : exact) {

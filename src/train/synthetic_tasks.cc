@@ -326,6 +326,8 @@ void PointAll(const std::vector<at::Tensor>& groups, int head, int group, const 
 
 int SyntheticTasks::CellOffsetItems() { return 2; }
 
+int64_t SyntheticTasks::GripperLook(bool open) { return open ? kWhatGripperOpen : kWhatGripperClosed; }
+
 const std::vector<int64_t>& SyntheticTasks::CellClasses() {
   // what thing (kWhat*), Set-of-Mark id (none, 0..9), widget label (none,
   // 20), what overlay (kWhat*: the gripper open or closed, a mark label).
@@ -461,6 +463,11 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   PointAll(groups, 0, 0, scene.objects[goal].center, &*e,
            NamingTokens(*ctx_->tokenizer, e->prompt_ids, scene.objects[goal]));
   PointAll(groups, kGripperHead, 1, scene.gripper, &*e);
+  // What the gripper head reads there names the gripper's state, open or
+  // closed (the first look read-out, in the "what" cell head's classes).
+  if (!e->pointers.empty() && e->pointers.back().head == kGripperHead) {
+    e->pointers.back().looks = {GripperLook(scene.gripper_open)};
+  }
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");
   out.example = *std::move(e);

@@ -148,6 +148,23 @@ TEST_F(SyntheticTasksTest, DefaultActFramesAreTheShippedModelsStream) {
   EXPECT_EQ(closed, 52);
 }
 
+// The gripper pointer names the gripper's state for the look read-out, as
+// the cells it is drawn in do.
+TEST_F(SyntheticTasksTest, GripperPointerNamesTheGripperState) {
+  int closed = 0;
+  for (uint64_t seed = 0; seed < 100; ++seed) {
+    auto e = tasks_->Act(seed);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
+    const auto& looks = e->example.pointers.at(1).looks;
+    ASSERT_EQ(looks.size(), 1u);
+    EXPECT_EQ(looks[0], SyntheticTasks::GripperLook(!f.closed)) << seed;
+    EXPECT_LT(looks[0], SyntheticTasks::LookClasses()[0]);
+    closed += f.closed;
+  }
+  EXPECT_EQ(closed, 52);  // both states occur (the stream's fingerprint above)
+}
+
 // More frames near the goal, and more of those closed on nothing: on the
 // same seeds the extra near-goal quarter moves about a quarter of all frames
 // there, and every frame whose closed gripper the expert opens near a
@@ -469,7 +486,10 @@ TEST_F(SyntheticTasksTest, QuestionPointersKnowHowTheirWidgetLooks) {
   for (uint64_t seed = 0; seed < 10; ++seed) {
     for (auto other : {tasks_->Click(seed), tasks_->Act(seed), tasks_->Path(seed)}) {
       if (!other.ok()) continue;
-      for (const auto& p : other->example.pointers) EXPECT_TRUE(p.looks.empty());
+      // Only the robot's gripper pointer has one (its state; see
+      // GripperPointerNamesTheGripperState).
+      for (const auto& p : other->example.pointers)
+        EXPECT_EQ(p.looks.empty(), other->kind != TaskKind::kAct || p.head != 2);
     }
   }
 }

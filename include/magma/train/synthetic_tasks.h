@@ -89,6 +89,9 @@ class SyntheticTasks {
   // kind, shape and colour as the "what" cell head names them, and its
   // label as the label cell head does.
   static const std::vector<int64_t>& LookClasses();
+  // The first look class of a robot frame's gripper pointer (the gripper
+  // head's): the gripper open or closed.
+  static int64_t GripperLook(bool open);
   // Items per cell with regressed offsets (TrainOptions::cell_offset_items):
   // the thing in the cell and the overlay on it (the gripper, a mark label).
   static int CellOffsetItems();
