@@ -66,6 +66,9 @@ ABSL_FLAG(int, near_goal_quarters, 1,
 ABSL_FLAG(int, missed_grasp_quarters, 1,
           "Robot frames: quarters (0-4) of the near-goal frames with nothing held that show the gripper closed on "
           "nothing (elsewhere: one quarter)");
+ABSL_FLAG(int, arrival_quarters, 0,
+          "Robot frames: quarters (0-4) of the near-goal frames whose gripper is put within the expert's arrival "
+          "distance of its goal, where the expert closes or opens the gripper");
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
@@ -349,7 +352,12 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--marks_first and --labels_next must be >= 0"));
   }
   const magma::train::ActFrameOptions act_frames{absl::GetFlag(FLAGS_near_goal_quarters),
-                                                 absl::GetFlag(FLAGS_missed_grasp_quarters)};
+                                                 absl::GetFlag(FLAGS_missed_grasp_quarters),
+                                                 absl::GetFlag(FLAGS_arrival_quarters)};
+  if (act_frames.arrival_quarters < 0 || act_frames.arrival_quarters > 4) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--arrival_quarters must be between 0 and 4; got ", act_frames.arrival_quarters)));
+  }
   if (act_frames.near_goal_quarters < 1 || act_frames.near_goal_quarters > 3) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--near_goal_quarters must be 1, 2 or 3; got ", act_frames.near_goal_quarters)));
@@ -554,11 +562,11 @@ int main(int argc, char** argv) {
       }
     }
     // The robot's gripper decisions on more held-out frames: the gripper
-    // token where the expert changes the gripper's state (closes an open
-    // one, opens a closed one) and where it keeps it.
+    // token where the expert closes an open gripper (a grasp), opens a
+    // closed one (a release, or after a missed grasp) and keeps it.
     if (ctx->action_codec.has_value()) {
       const auto& codec = *ctx->action_codec;
-      std::pair<int, int> change{0, 0}, keep{0, 0};
+      std::pair<int, int> closes{0, 0}, opens{0, 0}, keep{0, 0};
       std::vector<magma::model::TrainExample> frames;
       for (uint64_t i = 0; i < 256; ++i) {
         auto e = tasks.Act((uint64_t{1} << 40) + 1000000 + i);
@@ -577,14 +585,14 @@ int main(int argc, char** argv) {
           const int64_t got_id = (*predicted)[i][6];
           const bool right =
               codec.IsActionToken(got_id) && (codec.BinCentre(codec.BinOfToken(got_id)) > 0) == want_open;
-          auto& tally = open_now == want_open ? keep : change;
+          auto& tally = open_now == want_open ? keep : want_open ? opens : closes;
           tally.first += right;
           ++tally.second;
         }
       }
-      std::cout << "  act gripper token on " << frames.size() << " frames: right where the expert changes the "
-                << "gripper " << change.first << "/" << change.second << ", where it keeps it " << keep.first << "/"
-                << keep.second << std::endl;
+      std::cout << "  act gripper token on " << frames.size() << " frames: right where the expert closes an open "
+                << "gripper " << closes.first << "/" << closes.second << ", opens a closed one " << opens.first << "/"
+                << opens.second << ", keeps it " << keep.first << "/" << keep.second << std::endl;
     }
     std::cout << "held-out at step " << step << ":";
     for (const auto& [kind, n] : exact) {

@@ -433,6 +433,15 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
       std::uniform_real_distribution<double> offset(-2 * robot_.max_step, 2 * robot_.max_step);
       const vision::NormPoint g = scene.objects[goal].center;
       scene.gripper = {std::clamp(g.x + offset(rng), 0.02, 0.98), std::clamp(g.y + offset(rng), 0.02, 0.98)};
+      // No draw at all with the default 0, which keeps the shipped stream.
+      if (act_.arrival_quarters > 0 && static_cast<int>(rng() % 4) < act_.arrival_quarters) {
+        // Uniform over the disc inside the arrival distance (a little
+        // inside it, clear of the expert's threshold).
+        const double r = 0.95 * worlds::ArriveDistance(robot_) * std::sqrt(unit(rng));
+        const double angle = 2 * M_PI * unit(rng);
+        scene.gripper = {std::clamp(g.x + r * std::cos(angle), 0.0, 1.0),
+                         std::clamp(g.y + r * std::sin(angle), 0.0, 1.0)};
+      }
     }
     if (scene.held >= 0) scene.objects[scene.held].center = scene.gripper;
   }

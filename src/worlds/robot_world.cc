@@ -28,6 +28,8 @@ constexpr double kArriveSteps = 0.375;
 
 }  // namespace
 
+double ArriveDistance(const RobotWorldOptions& o) { return kArriveSteps * o.max_step; }
+
 const std::vector<std::string>& TableColors() {
   static const std::vector<std::string> kColors = {"red", "green", "blue", "yellow", "purple", "orange"};
   return kColors;
@@ -136,7 +138,7 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
   const vision::NormPoint goal = carrying ? s.objects[s.place].center : s.objects[s.pick].center;
   const double dx = goal.x - s.gripper.x, dy = goal.y - s.gripper.y;
   const double d = std::hypot(dx, dy);
-  if (d > kArriveSteps * o.max_step) {
+  if (d > ArriveDistance(o)) {
     // Toward the goal, at most one full step per axis, in half steps: five
     // moves per axis (-1, -1/2, 0, 1/2, 1), each common enough in the
     // demonstrations for a policy to learn when to take it.

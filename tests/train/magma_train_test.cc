@@ -111,6 +111,10 @@ TEST(MagmaTrainTest, RefusesRobotFrameShares) {
   EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --missed_grasp_quarters must be between 0 and 4; got 5"),
             std::string::npos)
       << ReadAll(tmp.File("log"));
+  EXPECT_EQ(RunTrain("--out " + out + " --steps 2 --arrival_quarters -1" + kSmall, tmp.File("log")), 1);
+  EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --arrival_quarters must be between 0 and 4; got -1"),
+            std::string::npos)
+      << ReadAll(tmp.File("log"));
   EXPECT_FALSE(fs::exists(out));
 }
 

@@ -191,6 +191,34 @@ TEST_F(SyntheticTasksTest, ActFrameOptionsPutFramesNearTheGoal) {
   EXPECT_GT(missed[1], kFrames / 25) << missed[1];
 }
 
+// Frames where the expert grasps (an open gripper within its arrival
+// distance of the block: it closes) are rare in the default stream; the
+// arrival option puts a share of the near-goal frames there.
+TEST_F(SyntheticTasksTest, ArrivalFramesShowTheExpertGrasping) {
+  const SyntheticTasks arrive(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{}, {},
+                              ActFrameOptions{/*near_goal_quarters=*/1, /*missed_grasp_quarters=*/1,
+                                              /*arrival_quarters=*/2});
+  const double arrived = worlds::ArriveDistance();
+  EXPECT_DOUBLE_EQ(arrived, 0.375 * 0.08);
+  constexpr int kFrames = 400;
+  int grasps[2] = {0, 0}, inside[2] = {0, 0};
+  for (uint64_t seed = 0; seed < kFrames; ++seed) {
+    for (int k = 0; k < 2; ++k) {
+      auto e = (k == 0 ? *tasks_ : arrive).Act(seed);
+      ASSERT_TRUE(e.ok()) << e.status();
+      const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
+      const bool in = std::hypot(f.gx - f.goal_x, f.gy - f.goal_y) <= arrived;
+      inside[k] += in;
+      grasps[k] += !f.closed && !f.opens;
+      // Inside the arrival distance the expert does not move.
+      if (in) EXPECT_EQ(f.bins.substr(0, 8), "127 127 ") << seed << ": " << f.bins;
+    }
+  }
+  EXPECT_LT(grasps[0], kFrames / 25) << grasps[0];
+  EXPECT_GT(grasps[1], 2 * grasps[0]) << grasps[0] << " -> " << grasps[1];
+  EXPECT_GT(inside[1] - inside[0], kFrames / 16) << inside[0] << " -> " << inside[1];
+}
+
 // The tower's cell targets, checked on a case computed by hand: a 256x256
 // tabletop on a 1x1 grid of 64-pixel crops has 2x2 tower cells of 128
 // original pixels each.

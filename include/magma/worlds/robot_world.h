@@ -50,6 +50,10 @@ struct RobotWorldOptions {
 // (normalised units).
 inline constexpr double kGraspReach = 0.05;
 
+// The expert closes or opens the gripper once it is this close to its goal
+// (normalised units); farther away it moves.
+double ArriveDistance(const RobotWorldOptions& options = {});
+
 // The colours of blocks and plates.
 const std::vector<std::string>& TableColors();
 
