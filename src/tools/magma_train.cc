@@ -354,10 +354,6 @@ int main(int argc, char** argv) {
   const magma::train::ActFrameOptions act_frames{absl::GetFlag(FLAGS_near_goal_quarters),
                                                  absl::GetFlag(FLAGS_missed_grasp_quarters),
                                                  absl::GetFlag(FLAGS_arrival_quarters)};
-  if (act_frames.arrival_quarters < 0 || act_frames.arrival_quarters > 4) {
-    return Fail(absl::InvalidArgumentError(
-        absl::StrCat("--arrival_quarters must be between 0 and 4; got ", act_frames.arrival_quarters)));
-  }
   if (act_frames.near_goal_quarters < 1 || act_frames.near_goal_quarters > 3) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--near_goal_quarters must be 1, 2 or 3; got ", act_frames.near_goal_quarters)));
@@ -365,6 +361,10 @@ int main(int argc, char** argv) {
   if (act_frames.missed_grasp_quarters < 0 || act_frames.missed_grasp_quarters > 4) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--missed_grasp_quarters must be between 0 and 4; got ", act_frames.missed_grasp_quarters)));
+  }
+  if (act_frames.arrival_quarters < 0 || act_frames.arrival_quarters > 4) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--arrival_quarters must be between 0 and 4; got ", act_frames.arrival_quarters)));
   }
   if (absl::GetFlag(FLAGS_profile_steps) < 0) return Fail(absl::InvalidArgumentError("--profile_steps must be >= 0"));
   const int64_t every = absl::GetFlag(FLAGS_checkpoint_every), average_last = absl::GetFlag(FLAGS_average_last);
@@ -478,6 +478,8 @@ int main(int argc, char** argv) {
     auto e = tasks.Mixed((uint64_t{1} << 40) + i);
     if (e.ok()) held_out.push_back(*std::move(e));
   }
+  // Held-out robot frames for the report's gripper decisions.
+  std::vector<magma::model::TrainExample> gripper_frames;
   auto report = [&](int64_t step) -> absl::Status {
     std::vector<magma::model::TrainExample> batch;
     for (const auto& e : held_out) batch.push_back(e.example);
@@ -567,11 +569,13 @@ int main(int argc, char** argv) {
     if (ctx->action_codec.has_value()) {
       const auto& codec = *ctx->action_codec;
       std::pair<int, int> closes{0, 0}, opens{0, 0}, keep{0, 0};
-      std::vector<magma::model::TrainExample> frames;
-      for (uint64_t i = 0; i < 256; ++i) {
-        auto e = tasks.Act((uint64_t{1} << 40) + 1000000 + i);
-        if (e.ok()) frames.push_back(std::move(e->example));
+      if (gripper_frames.empty()) {  // drawn at the first report, kept for the others
+        for (uint64_t i = 0; i < 256; ++i) {
+          auto e = tasks.Act((uint64_t{1} << 40) + 1000000 + i);
+          if (e.ok()) gripper_frames.push_back(std::move(e->example));
+        }
       }
+      const std::vector<magma::model::TrainExample>& frames = gripper_frames;
       for (size_t first = 0; first < frames.size(); first += 16) {
         const std::vector<magma::model::TrainExample> part(frames.begin() + first,
                                                            frames.begin() + std::min(frames.size(), first + 16));
