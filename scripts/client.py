@@ -19,6 +19,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,12 @@ def load_stubs():
     for d in ("magma", "magma/v1"):
         open(os.path.join(out, d, "__init__.py"), "a").close()
     sys.path.insert(0, out)
-    return importlib.import_module("magma.v1.agent_pb2"), importlib.import_module("magma.v1.agent_pb2_grpc")
+    try:
+        return importlib.import_module("magma.v1.agent_pb2"), importlib.import_module("magma.v1.agent_pb2_grpc")
+    finally:
+        # The modules are loaded; the generated files are not needed any more.
+        sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)
 
 
 pb, rpc = load_stubs()

@@ -27,8 +27,8 @@ constexpr char kStats[] = R"({"bridge": {"action": {"q01": [-1, -2, -3, -0.5, -0
                               "fractal": {"action": {"q01": [0,0,0,0,0,0,0], "q99": [1,1,1,1,1,1,1]}}})";
 
 testing::TinyModel& Model() {
-  static testing::TinyModel* m = new testing::TinyModel(kStats);
-  return *m;
+  static testing::TinyModel& m = testing::ProcessTinyModel(kStats);
+  return m;
 }
 
 std::string Png(int w, int h, cv::Scalar color = cv::Scalar(200, 100, 50)) {

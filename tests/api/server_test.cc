@@ -19,8 +19,8 @@ using ::testing::Contains;
 
 // A random tiny model with its tokenizer, loaded once for the suite.
 std::shared_ptr<api::Backend> TinyInfo() {
-  static testing::TinyModel* model = new testing::TinyModel();
-  return model->backend();
+  static testing::TinyModel& model = testing::ProcessTinyModel();
+  return model.backend();
 }
 
 grpc::Status CallGetModelInfo(testing::ServerFixture& f, v1::ModelInfo* out) {

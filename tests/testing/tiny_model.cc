@@ -1,11 +1,29 @@
 #include "testing/tiny_model.h"
 
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
+#include <vector>
 
 #include "magma/model/random_init.h"
 
 namespace magma::testing {
+namespace {
+
+std::vector<std::string>& DirsRemovedAtExit() {
+  static auto* dirs = new std::vector<std::string>();
+  return *dirs;
+}
+
+void RemoveDirsAtExit() {
+  for (const std::string& dir : DirsRemovedAtExit()) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+}
+
+}  // namespace
 
 TinyModel::TinyModel(const std::string& statistics_json) : dir_(temp_.File("model")) {
   auto preset = model::GetPreset("tiny");
@@ -30,6 +48,13 @@ std::shared_ptr<api::Backend> TinyModel::backend() {
   if (!loaded.ok()) throw std::runtime_error(std::string(loaded.status().message()));
   loaded_.push_back(*loaded);
   return loaded->backend;
+}
+
+TinyModel& ProcessTinyModel(const std::string& statistics_json) {
+  auto* model = new TinyModel(statistics_json);
+  if (DirsRemovedAtExit().empty()) std::atexit(RemoveDirsAtExit);
+  DirsRemovedAtExit().push_back(model->temp_.path());
+  return *model;
 }
 
 }  // namespace magma::testing

@@ -23,10 +23,17 @@ class TinyModel {
   std::shared_ptr<api::Backend> backend();
 
  private:
+  friend TinyModel& ProcessTinyModel(const std::string& statistics_json);
+
   TempDir temp_;
   std::string dir_;
   std::vector<app::LoadedBackend> loaded_;
 };
+
+// A TinyModel that lives until the process exits, for suites that share one
+// model across tests: it is never destroyed (engine threads may still run
+// while statics are torn down), and its directory is removed at exit.
+TinyModel& ProcessTinyModel(const std::string& statistics_json = "");
 
 }  // namespace magma::testing
 
