@@ -478,8 +478,10 @@ int main(int argc, char** argv) {
     auto e = tasks.Mixed((uint64_t{1} << 40) + i);
     if (e.ok()) held_out.push_back(*std::move(e));
   }
-  // Held-out robot frames for the report's gripper decisions.
+  // Held-out robot frames for the report's gripper decisions, and which of
+  // them carry the block to its plate.
   std::vector<magma::model::TrainExample> gripper_frames;
+  std::vector<bool> gripper_frames_carry;
   auto report = [&](int64_t step) -> absl::Status {
     std::vector<magma::model::TrainExample> batch;
     for (const auto& e : held_out) batch.push_back(e.example);
@@ -572,7 +574,9 @@ int main(int argc, char** argv) {
       if (gripper_frames.empty()) {  // drawn at the first report, kept for the others
         for (uint64_t i = 0; i < 256; ++i) {
           auto e = tasks.Act((uint64_t{1} << 40) + 1000000 + i);
-          if (e.ok()) gripper_frames.push_back(std::move(e->example));
+          if (!e.ok()) continue;
+          gripper_frames.push_back(std::move(e->example));
+          gripper_frames_carry.push_back(e->carrying);
         }
       }
       const std::vector<magma::model::TrainExample>& frames = gripper_frames;
@@ -597,6 +601,27 @@ int main(int argc, char** argv) {
       std::cout << "  act gripper token on " << frames.size() << " frames: right where the expert closes an open "
                 << "gripper " << closes.first << "/" << closes.second << ", opens a closed one " << opens.first << "/"
                 << opens.second << ", keeps it " << keep.first << "/" << keep.second << std::endl;
+      // Where the goal head (0) looks on the way to the block and while
+      // carrying it to the plate, where the held block sits at the gripper.
+      if (to.attention_loss_weight > 0) {
+        std::cout << "  act goal head on its cells [other things]:";
+        for (const bool carry : {false, true}) {
+          std::vector<magma::model::TrainExample> part;
+          for (size_t i = 0; i < frames.size() && part.size() < 48; ++i) {
+            if (gripper_frames_carry[i] == carry) part.push_back(frames[i]);
+          }
+          if (part.empty()) continue;
+          auto aux = (*trainer)->Auxiliary(part);
+          if (!aux.ok()) return aux.status();
+          if (aux->head_mass.empty() || aux->head_pointers[0] == 0) continue;
+          std::cout << (carry ? ", carrying the block to the plate " : " going for the block ")
+                    << static_cast<int>(100 * aux->head_mass[0]) << "%";
+          if (!std::isnan(aux->head_others[0]))
+            std::cout << " [" << static_cast<int>(100 * aux->head_others[0]) << "%]";
+          std::cout << " (" << part.size() << " frames)";
+        }
+        std::cout << std::endl;
+      }
     }
     std::cout << "held-out at step " << step << ":";
     for (const auto& [kind, n] : exact) {

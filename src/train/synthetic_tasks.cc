@@ -463,6 +463,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   const std::vector<int64_t> tokens = ctx_->action_codec->Encode(normalized);
   SyntheticExample out;
   out.kind = TaskKind::kAct;
+  out.carrying = scene.held == scene.pick;
   auto e = ToExample(p->request, "");
   if (!e.ok()) return e.status();
   // Head 0 looks at the goal, head kGripperHead at the gripper: the action

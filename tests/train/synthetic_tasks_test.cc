@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "magma/agent/path_answer.h"
 #include "magma/tokenizer/spm_trainer.h"
@@ -217,6 +218,34 @@ TEST_F(SyntheticTasksTest, ArrivalFramesShowTheExpertGrasping) {
   EXPECT_LT(grasps[0], kFrames / 25) << grasps[0];
   EXPECT_GT(grasps[1], 2 * grasps[0]) << grasps[0] << " -> " << grasps[1];
   EXPECT_GT(inside[1] - inside[0], kFrames / 16) << inside[0] << " -> " << inside[1];
+}
+
+// A frame carries the block when the goal pointer's naming words are the
+// plate's colour in "put the <colour> block on the <colour> plate", with the
+// gripper closed; otherwise they are the block's.
+TEST_F(SyntheticTasksTest, CarryingFramesHeadForThePlate) {
+  int carrying = 0, going = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    auto e = tasks_->Act(seed);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
+    const auto& prompt = e->example.prompt_ids;
+    std::vector<int32_t> words;
+    for (int64_t i : e->example.pointers.at(0).words) words.push_back(static_cast<int32_t>(prompt.at(i)));
+    const std::string colour(absl::StripAsciiWhitespace(ctx_->tokenizer->Decode(words)));
+    ASSERT_FALSE(colour.empty()) << seed;
+    const std::string text = ctx_->tokenizer->Decode(std::vector<int32_t>(prompt.begin(), prompt.end()));
+    if (e->carrying) {
+      ++carrying;
+      EXPECT_TRUE(f.closed) << seed;
+      EXPECT_NE(text.find("on the " + colour + " plate"), std::string::npos) << seed << ": " << colour;
+    } else {
+      ++going;
+      EXPECT_NE(text.find("put the " + colour + " block"), std::string::npos) << seed << ": " << colour;
+    }
+  }
+  EXPECT_GT(carrying, 20);
+  EXPECT_GT(going, 20);
 }
 
 // The tower's cell targets, checked on a case computed by hand: a 256x256

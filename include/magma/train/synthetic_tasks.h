@@ -30,6 +30,8 @@ struct SyntheticExample {
   TaskKind kind = TaskKind::kClick;
   model::TrainExample example;
   std::string target_text;  // what the target ids spell (actions: their bins)
+  // Act: the gripper holds the block to be placed (the goal is the plate).
+  bool carrying = false;
 };
 
 // Which tower cells the UI cell targets name a widget's mark and label in.
