@@ -1,10 +1,11 @@
 // magma-eval: measures a running magma-serve through its public API on
 // held-out seeds of the synthetic worlds: click accuracy (Click), closed-loop
-// robot success (Act, one call per step), 2D-path error (Trace, mean distance
-// between arc-length-resampled paths in % of the image diagonal) and question
-// accuracy (Generate).
+// robot success (Act, one call per step; failed episodes by their first
+// failure), 2D-path error (Trace, mean distance between arc-length-resampled
+// paths in % of the image diagonal) and question accuracy (Generate).
 //
 //   magma-eval --server 127.0.0.1:50051 [--screens 500] [--episodes 200] [--paths 100] [--questions 200]
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -154,9 +155,13 @@ int main(int argc, char** argv) {
 
   // Closed-loop robot success.
   int successes = 0, episodes = 0, grasped = 0;
+  // Episodes by outcome, with the distances of the failing closes and
+  // releases.
+  std::map<magma::worlds::EpisodeOutcome, std::vector<double>> outcomes;
   for (int i = 0; i < absl::GetFlag(FLAGS_episodes); ++i) {
     auto scene = magma::worlds::NewEpisode(base + i, ro);
     bool failed = false, held_pick = false;
+    magma::worlds::EpisodeRecord record;
     if (!demo.empty() && i == 0) {
       WriteFile(demo + "/tabletop.png", Png(magma::worlds::RenderScene(scene, ro)));
       WriteFile(demo + "/tabletop_instruction.txt", scene.instruction + "\n");
@@ -199,7 +204,9 @@ int main(int argc, char** argv) {
                     i, step, scene.gripper.x, scene.gripper.y, scene.gripper_open ? "open" : "closed", scene.held,
                     goal.x, goal.y, a[0], a[1], a[6], expert[0], expert[1], expert[6]);
       }
+      const magma::worlds::RobotScene before = scene;
       magma::worlds::Step(&scene, a, ro);
+      record.Observe(before, scene);
       held_pick = held_pick || scene.held == scene.pick;
     }
     if (!demo.empty() && i == 0) {
@@ -208,6 +215,7 @@ int main(int argc, char** argv) {
                 << " after " << scene.steps << " steps" << std::endl;
     }
     errors += failed;
+    if (!failed) outcomes[record.Outcome(scene)].push_back(record.FailureDistance());
     ++episodes;
     successes += magma::worlds::Success(scene);
     grasped += held_pick;
@@ -216,6 +224,25 @@ int main(int argc, char** argv) {
             << episodes << " episodes, <= " << absl::GetFlag(FLAGS_max_steps) << " steps)" << std::endl;
   std::cout << "robot_grasped_named_block: " << (episodes ? 100.0 * grasped / episodes : 0) << " % (" << grasped << "/"
             << episodes << " episodes)" << std::endl;
+  std::cout << "robot_outcomes:";
+  const char* sep = " ";
+  for (auto& [outcome, distances] : outcomes) {
+    std::cout << sep << magma::worlds::OutcomeName(outcome) << " " << distances.size();
+    sep = ", ";
+    if (outcome != magma::worlds::EpisodeOutcome::kMissedGrasp &&
+        outcome != magma::worlds::EpisodeOutcome::kReleasedShort) {
+      continue;
+    }
+    std::vector<double> known;
+    for (double d : distances) {
+      if (!std::isnan(d)) known.push_back(d);
+    }
+    if (known.empty()) continue;
+    std::sort(known.begin(), known.end());
+    std::printf(" (%.3f-%.3f from the %s, median %.3f)", known.front(), known.back(),
+                outcome == magma::worlds::EpisodeOutcome::kMissedGrasp ? "block" : "plate", known[known.size() / 2]);
+  }
+  std::cout << std::endl;
 
   // 2D path error.
   double total_error = 0;

@@ -132,6 +132,46 @@ bool Success(const RobotScene& s) {
   return s.held < 0 && s.gripper_open && Dist(block.center, plate.center) <= plate.radius * 0.8;
 }
 
+const char* OutcomeName(EpisodeOutcome outcome) {
+  switch (outcome) {
+    case EpisodeOutcome::kSucceeded:
+      return "succeeded";
+    case EpisodeOutcome::kNeverClosed:
+      return "never closed";
+    case EpisodeOutcome::kMissedGrasp:
+      return "missed grasp";
+    case EpisodeOutcome::kWrongBlock:
+      return "wrong block";
+    case EpisodeOutcome::kReleasedShort:
+      return "released short";
+    case EpisodeOutcome::kNeverReleased:
+      return "never released";
+  }
+  return "unknown";
+}
+
+void EpisodeRecord::Observe(const RobotScene& before, const RobotScene& after) {
+  const bool closes = before.gripper_open && !after.gripper_open;
+  closed_ = closed_ || closes;
+  if (failed_) return;
+  if (closes && after.held != after.pick) {
+    failed_ = true;
+    failure_ = after.held < 0 ? EpisodeOutcome::kMissedGrasp : EpisodeOutcome::kWrongBlock;
+    if (after.held < 0) distance_ = Dist(after.gripper, after.objects[after.pick].center);
+  } else if (before.held == before.pick && after.held < 0 && !Success(after)) {
+    failed_ = true;
+    failure_ = EpisodeOutcome::kReleasedShort;
+    distance_ = Dist(after.objects[after.pick].center, after.objects[after.place].center);
+  }
+}
+
+EpisodeOutcome EpisodeRecord::Outcome(const RobotScene& last) const {
+  if (Success(last)) return EpisodeOutcome::kSucceeded;
+  if (failed_) return failure_;
+  if (last.held == last.pick) return EpisodeOutcome::kNeverReleased;
+  return closed_ ? EpisodeOutcome::kReleasedShort : EpisodeOutcome::kNeverClosed;
+}
+
 std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions& o) {
   std::array<double, 7> a{0, 0, 0, 0, 0, 0, 1};
   const bool carrying = s.held == s.pick;

@@ -3,6 +3,9 @@
 #include <map>
 #include <random>
 #include <set>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -222,6 +225,68 @@ TEST(RobotWorldTest, ExpertSolvesEveryEpisode) {
     }
     EXPECT_TRUE(Success(s)) << "seed " << seed << ": " << s.instruction;
   }
+}
+
+// A hand-built table: the red block (to pick) at (0.3, 0.3), the green one
+// at (0.6, 0.3), the blue plate (radius 0.08: success within 0.064) at
+// (0.5, 0.7); the gripper open at (0.3, 0.5). Plays `actions` (dx, dy in
+// steps of 0.08, gripper: 1 open, 0 closed) and returns the outcome and
+// the failure's distance.
+std::pair<EpisodeOutcome, double> Play(const std::vector<std::array<double, 3>>& actions,
+                                       vision::NormPoint start = {0.3, 0.5}) {
+  RobotScene s;
+  s.objects = {
+      {"red", "block", {0.3, 0.3}, 0.03}, {"green", "block", {0.6, 0.3}, 0.03}, {"blue", "plate", {0.5, 0.7}, 0.08}};
+  s.pick = 0;
+  s.place = 2;
+  s.gripper = start;
+  EpisodeRecord record;
+  for (const auto& a : actions) {
+    const RobotScene before = s;
+    Step(&s, {a[0], a[1], 0, 0, 0, 0, a[2]});
+    record.Observe(before, s);
+  }
+  return {record.Outcome(s), record.FailureDistance()};
+}
+
+TEST(RobotWorldTest, EpisodeOutcomesNameTheFirstFailure) {
+  // Closed 0.2 below the red block: nothing within the grasp's 0.05.
+  auto [outcome, d] = Play({{0, 0, 0}});
+  EXPECT_EQ(outcome, EpisodeOutcome::kMissedGrasp);
+  EXPECT_NEAR(d, 0.2, 1e-9);
+  EXPECT_STREQ(OutcomeName(outcome), "missed grasp");
+  // Closed 0.02 below the green block.
+  std::tie(outcome, d) = Play({{0, 0, 0}}, {0.6, 0.32});
+  EXPECT_EQ(outcome, EpisodeOutcome::kWrongBlock);
+  EXPECT_TRUE(std::isnan(d));
+  // The red block grasped, carried to (0.38, 0.40) and let go there:
+  // hypot(0.12, 0.30) = 0.3231 from the plate's centre.
+  std::tie(outcome, d) = Play({{0, 0, 0}, {0, 1, 0}, {1, 0, 0}, {0, 0, 1}}, {0.3, 0.32});
+  EXPECT_EQ(outcome, EpisodeOutcome::kReleasedShort);
+  EXPECT_NEAR(d, std::hypot(0.12, 0.30), 1e-9);
+  // Grasped and still held at the end.
+  std::tie(outcome, d) = Play({{0, 0, 0}, {0, 1, 0}}, {0.3, 0.32});
+  EXPECT_EQ(outcome, EpisodeOutcome::kNeverReleased);
+  // Moved about with the gripper open.
+  std::tie(outcome, d) = Play({{1, 0, 1}, {0, -1, 1}});
+  EXPECT_EQ(outcome, EpisodeOutcome::kNeverClosed);
+  // Grasped, carried to (0.5, 0.70) in five moves, let go on the plate.
+  const std::vector<std::array<double, 3>> carry = {{0, 0, 0}, {1, 1, 0},    {1, 1, 0}, {0.5, 1, 0},
+                                                    {0, 1, 0}, {0, 0.75, 0}, {0, 0, 1}};
+  std::tie(outcome, d) = Play(carry, {0.3, 0.32});
+  EXPECT_EQ(outcome, EpisodeOutcome::kSucceeded);
+  EXPECT_TRUE(std::isnan(d));
+  // A step down (0.10 below the block) and a close that misses, back up,
+  // then the same carry: success counts.
+  std::vector<std::array<double, 3>> retry = {{0, 1, 0}, {0, 0, 1}, {0, -1, 1}};
+  retry.insert(retry.end(), carry.begin(), carry.end());
+  std::tie(outcome, d) = Play(retry, {0.3, 0.32});
+  EXPECT_EQ(outcome, EpisodeOutcome::kSucceeded);
+  // The same miss, then the block grasped and dropped short: the miss is
+  // the first failure.
+  std::tie(outcome, d) = Play({{0, 1, 0}, {0, 0, 1}, {0, -1, 1}, {0, 0, 0}, {0, 0, 1}}, {0.3, 0.32});
+  EXPECT_EQ(outcome, EpisodeOutcome::kMissedGrasp);
+  EXPECT_NEAR(d, 0.10, 1e-9);
 }
 
 TEST(RobotWorldTest, ExpertRecoversFromAMissedGrasp) {

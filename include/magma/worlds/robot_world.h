@@ -8,6 +8,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,40 @@ void Step(RobotScene* scene, const std::array<double, 7>& action, const RobotWor
 
 // The picked block rests on the target plate with the gripper open.
 bool Success(const RobotScene& scene);
+
+// How a closed-loop episode went: success, or the first thing that went
+// wrong, so that policies can be compared beyond their success rate.
+enum class EpisodeOutcome {
+  kSucceeded,
+  kNeverClosed,    // the gripper never closed
+  kMissedGrasp,    // its first close grasped nothing
+  kWrongBlock,     // its first close grasped another block
+  kReleasedShort,  // it let the named block go off the plate
+  kNeverReleased,  // it still holds the named block at the end
+};
+
+// "succeeded", "never closed", "missed grasp", "wrong block", "released
+// short", "never released".
+const char* OutcomeName(EpisodeOutcome outcome);
+
+// Follows an episode step by step and names its outcome.
+class EpisodeRecord {
+ public:
+  // One step: the scene before it and after it.
+  void Observe(const RobotScene& before, const RobotScene& after);
+  // The outcome, given the episode's last scene.
+  EpisodeOutcome Outcome(const RobotScene& last) const;
+  // For kMissedGrasp the gripper's distance from the named block's centre
+  // where it closed; for kReleasedShort the block's distance from the
+  // plate's centre where it was let go (normalised units); else NaN.
+  double FailureDistance() const { return distance_; }
+
+ private:
+  bool closed_ = false;  // the gripper closed at least once
+  bool failed_ = false;  // `failure_` holds the first failure
+  EpisodeOutcome failure_ = EpisodeOutcome::kSucceeded;
+  double distance_ = std::numeric_limits<double>::quiet_NaN();
+};
 
 // The expert's next action: go to the block, close, carry it to the plate,
 // open. From any other state it goes back to that plan (a gripper closed on
