@@ -571,6 +571,9 @@ int main(int argc, char** argv) {
     if (ctx->action_codec.has_value()) {
       const auto& codec = *ctx->action_codec;
       std::pair<int, int> closes{0, 0}, opens{0, 0}, keep{0, 0};
+      // Frames 0.03-0.06 and 0.06-0.12 from the goal where the expert still
+      // moves: how often the model stays (both moves zero) instead.
+      std::pair<int, int> stays_short[2] = {{0, 0}, {0, 0}};
       if (gripper_frames.empty()) {  // drawn at the first report, kept for the others
         for (uint64_t i = 0; i < 256; ++i) {
           auto e = tasks.Act((uint64_t{1} << 40) + 1000000 + i);
@@ -596,11 +599,22 @@ int main(int argc, char** argv) {
           auto& tally = open_now == want_open ? keep : want_open ? opens : closes;
           tally.first += right;
           ++tally.second;
+          const double to_goal = std::hypot(e.pointers[0].x - e.pointers[1].x, e.pointers[0].y - e.pointers[1].y);
+          auto move = [&](int64_t id) { return codec.IsActionToken(id) ? codec.BinCentre(codec.BinOfToken(id)) : 0.0; };
+          const bool expert_moves = std::abs(move(e.target_ids[0])) >= 0.25 || std::abs(move(e.target_ids[1])) >= 0.25;
+          if (expert_moves && to_goal >= 0.03 && to_goal < 0.12) {
+            auto& band = stays_short[to_goal < 0.06 ? 0 : 1];
+            band.first += std::abs(move((*predicted)[i][0])) < 0.25 && std::abs(move((*predicted)[i][1])) < 0.25;
+            ++band.second;
+          }
         }
       }
       std::cout << "  act gripper token on " << frames.size() << " frames: right where the expert closes an open "
                 << "gripper " << closes.first << "/" << closes.second << ", opens a closed one " << opens.first << "/"
-                << opens.second << ", keeps it " << keep.first << "/" << keep.second << std::endl;
+                << opens.second << ", keeps it " << keep.first << "/" << keep.second
+                << "; stays where the expert moves, 0.03-0.06 from its goal " << stays_short[0].first << "/"
+                << stays_short[0].second << ", 0.06-0.12 " << stays_short[1].first << "/" << stays_short[1].second
+                << std::endl;
       // Where the goal head (0) looks on the way to the block and while
       // carrying it to the plate, where the held block sits at the gripper.
       if (to.attention_loss_weight > 0) {
