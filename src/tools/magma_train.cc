@@ -114,6 +114,9 @@ ABSL_FLAG(std::vector<std::string>, tower_dims, std::vector<std::string>({"24", 
           "New models: ConvNeXt stage widths");
 ABSL_FLAG(std::vector<std::string>, tower_depths, std::vector<std::string>({"1", "1", "2", "1"}),
           "New models: ConvNeXt blocks per stage");
+ABSL_FLAG(int, max_crops, 2,
+          "New models: the most 224-pixel any-res crops an image is cut into (1-8; with 4 a 256-pixel tabletop "
+          "frame gets 2x2 crops, four times the tower cells)");
 
 namespace {
 
@@ -171,7 +174,7 @@ absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   p.stem_patch = dims->size() == 4 ? 4 : 2;
   p.img_size = 224;
   p.layer_scale_init = absl::GetFlag(FLAGS_layer_scale_init);
-  p.max_crops = 2;
+  p.max_crops = absl::GetFlag(FLAGS_max_crops);
   p.hidden = 256;
   p.layers = kDecoderLayers;
   p.heads = 4;
@@ -365,6 +368,10 @@ int main(int argc, char** argv) {
   if (act_frames.arrival_quarters < 0 || act_frames.arrival_quarters > 4) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--arrival_quarters must be between 0 and 4; got ", act_frames.arrival_quarters)));
+  }
+  if (absl::GetFlag(FLAGS_max_crops) < 1 || absl::GetFlag(FLAGS_max_crops) > 8) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--max_crops must be between 1 and 8; got ", absl::GetFlag(FLAGS_max_crops))));
   }
   if (absl::GetFlag(FLAGS_profile_steps) < 0) return Fail(absl::InvalidArgumentError("--profile_steps must be >= 0"));
   const int64_t every = absl::GetFlag(FLAGS_checkpoint_every), average_last = absl::GetFlag(FLAGS_average_last);

@@ -118,6 +118,24 @@ TEST(MagmaTrainTest, RefusesRobotFrameShares) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+// --max_crops sets the new model's any-res crop limit in its config.json
+// (which the server's preprocessing reads); out of range it is refused.
+TEST(MagmaTrainTest, MaxCropsGoesIntoTheModelConfig) {
+  testing::TempDir tmp;
+  const std::string out = tmp.File("run");
+  EXPECT_EQ(RunTrain("--out " + out + " --steps 1 --max_crops 9" + std::string(kSmall), tmp.File("log")), 1);
+  EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --max_crops must be between 1 and 8; got 9"),
+            std::string::npos)
+      << ReadAll(tmp.File("log"));
+  EXPECT_FALSE(fs::exists(out));
+  ASSERT_EQ(RunTrain("--out " + out + " --steps 1 --max_crops 4" + std::string(kSmall), tmp.File("log")), 0)
+      << ReadAll(tmp.File("log"));
+  const auto config = nlohmann::json::parse(ReadAll(out + "/config.json"));
+  EXPECT_EQ(config["vision_config"]["max_num_crops"], 4);
+  const auto pre = nlohmann::json::parse(ReadAll(out + "/preprocessor_config.json"));
+  EXPECT_EQ(pre["num_crops"], 4) << pre.dump();
+}
+
 TEST(MagmaTrainTest, AveragingNeedsWeightsKeptFromTheStart) {
   testing::TempDir tmp;
   const std::string out = tmp.File("run");
