@@ -24,6 +24,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "magma/agent/action_codec.h"
 #include "magma/model/model.h"
 #include "magma/model/random_init.h"
 #include "magma/model/runtime.h"
@@ -131,6 +132,11 @@ const char* KindName(magma::train::TaskKind kind) {
     case magma::train::TaskKind::kQuestion: return "question";
   }
   return "?";
+}
+
+// The normalised value of an action token; 0 (no move) for any other token.
+double ActionValue(const magma::agent::ActionCodec& codec, int64_t id) {
+  return codec.IsActionToken(id) ? codec.BinCentre(codec.BinOfToken(id)) : 0.0;
 }
 
 int Fail(const absl::Status& s) {
@@ -485,10 +491,8 @@ int main(int argc, char** argv) {
     auto e = tasks.Mixed((uint64_t{1} << 40) + i);
     if (e.ok()) held_out.push_back(*std::move(e));
   }
-  // Held-out robot frames for the report's gripper decisions, and which of
-  // them carry the block to its plate.
-  std::vector<magma::model::TrainExample> gripper_frames;
-  std::vector<bool> gripper_frames_carry;
+  // Held-out robot frames for the report's gripper decisions.
+  std::vector<magma::train::SyntheticExample> gripper_frames;
   auto report = [&](int64_t step) -> absl::Status {
     std::vector<magma::model::TrainExample> batch;
     for (const auto& e : held_out) batch.push_back(e.example);
@@ -514,11 +518,10 @@ int main(int argc, char** argv) {
         if (e.kind == magma::train::TaskKind::kAct && ctx->action_codec.has_value()) {
           const auto& codec = *ctx->action_codec;
           for (size_t d = 0; d < 2 && d < part[i].target_ids.size(); ++d) {
-            const double want = codec.BinCentre(codec.BinOfToken(part[i].target_ids[d]));
+            const double want = ActionValue(codec, part[i].target_ids[d]);
             if (std::abs(want) < 0.5) continue;
             const int64_t got_id = (*predicted)[i][d];
-            const double got = codec.IsActionToken(got_id) ? codec.BinCentre(codec.BinOfToken(got_id)) : 0.0;
-            heading.first += got * want > 0;
+            heading.first += ActionValue(codec, got_id) * want > 0;
             ++heading.second;
           }
         }
@@ -581,37 +584,37 @@ int main(int argc, char** argv) {
       // Frames 0.03-0.06 and 0.06-0.12 from the goal where the expert still
       // moves: how often the model stays (both moves zero) instead.
       std::pair<int, int> stays_short[2] = {{0, 0}, {0, 0}};
+      // Whether an action moves by half a step or more on x or y (tokens 0, 1).
+      auto moves = [&](int64_t x, int64_t y) {
+        return std::abs(ActionValue(codec, x)) >= 0.25 || std::abs(ActionValue(codec, y)) >= 0.25;
+      };
       if (gripper_frames.empty()) {  // drawn at the first report, kept for the others
         for (uint64_t i = 0; i < 256; ++i) {
           auto e = tasks.Act((uint64_t{1} << 40) + 1000000 + i);
-          if (!e.ok()) continue;
-          gripper_frames.push_back(std::move(e->example));
-          gripper_frames_carry.push_back(e->carrying);
+          if (e.ok()) gripper_frames.push_back(*std::move(e));
         }
       }
-      const std::vector<magma::model::TrainExample>& frames = gripper_frames;
+      const auto& frames = gripper_frames;
       for (size_t first = 0; first < frames.size(); first += 16) {
-        const std::vector<magma::model::TrainExample> part(frames.begin() + first,
-                                                           frames.begin() + std::min(frames.size(), first + 16));
+        std::vector<magma::model::TrainExample> part;
+        for (size_t i = first; i < std::min(frames.size(), first + 16); ++i) part.push_back(frames[i].example);
         auto predicted = (*trainer)->Predict(part);
         if (!predicted.ok()) return predicted.status();
         for (size_t i = 0; i < part.size(); ++i) {
           const auto& e = part[i];
           if (e.pointers.size() < 2 || e.pointers[1].looks.empty() || e.target_ids.size() < 7) continue;
           const bool open_now = e.pointers[1].looks[0] == magma::train::SyntheticTasks::GripperLook(true);
-          const bool want_open = codec.BinCentre(codec.BinOfToken(e.target_ids[6])) > 0;
+          const bool want_open = ActionValue(codec, e.target_ids[6]) > 0;
           const int64_t got_id = (*predicted)[i][6];
-          const bool right =
-              codec.IsActionToken(got_id) && (codec.BinCentre(codec.BinOfToken(got_id)) > 0) == want_open;
+          const bool right = codec.IsActionToken(got_id) && (ActionValue(codec, got_id) > 0) == want_open;
           auto& tally = open_now == want_open ? keep : want_open ? opens : closes;
           tally.first += right;
           ++tally.second;
           const double to_goal = std::hypot(e.pointers[0].x - e.pointers[1].x, e.pointers[0].y - e.pointers[1].y);
-          auto move = [&](int64_t id) { return codec.IsActionToken(id) ? codec.BinCentre(codec.BinOfToken(id)) : 0.0; };
-          const bool expert_moves = std::abs(move(e.target_ids[0])) >= 0.25 || std::abs(move(e.target_ids[1])) >= 0.25;
+          const bool expert_moves = moves(e.target_ids[0], e.target_ids[1]);
           if (expert_moves && to_goal >= 0.03 && to_goal < 0.12) {
             auto& band = stays_short[to_goal < 0.06 ? 0 : 1];
-            band.first += std::abs(move((*predicted)[i][0])) < 0.25 && std::abs(move((*predicted)[i][1])) < 0.25;
+            band.first += !moves((*predicted)[i][0], (*predicted)[i][1]);
             ++band.second;
           }
         }
@@ -629,7 +632,7 @@ int main(int argc, char** argv) {
         for (const bool carry : {false, true}) {
           std::vector<magma::model::TrainExample> part;
           for (size_t i = 0; i < frames.size() && part.size() < 48; ++i) {
-            if (gripper_frames_carry[i] == carry) part.push_back(frames[i]);
+            if (frames[i].carrying == carry) part.push_back(frames[i].example);
           }
           if (part.empty()) continue;
           auto aux = (*trainer)->Auxiliary(part);
