@@ -32,6 +32,9 @@ ABSL_FLAG(int, episodes, 200, "Act: robot episodes");
 ABSL_FLAG(int, max_steps, 60, "Act: steps per episode");
 ABSL_FLAG(int, log_episodes, 0,
           "Act: print every step of the first N episodes (gripper, goal, the model's and the expert's action)");
+ABSL_FLAG(bool, grip_on_the_move, false,
+          "Act: the expert whose action --log_episodes prints beside the model's grips on its last move (as "
+          "magma-train --grip_on_the_move)");
 ABSL_FLAG(int, table_blocks, 3, "Act and Trace: blocks per tabletop scene");
 ABSL_FLAG(int, table_plates, 2, "Act and Trace: plates per tabletop scene");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");
@@ -92,6 +95,7 @@ int main(int argc, char** argv) {
   magma::worlds::RobotWorldOptions ro;
   ro.blocks = absl::GetFlag(FLAGS_table_blocks);
   ro.plates = absl::GetFlag(FLAGS_table_plates);
+  ro.grip_on_the_move = absl::GetFlag(FLAGS_grip_on_the_move);
   if (auto s = magma::worlds::CheckOptions(ro); !s.ok()) {
     std::cerr << "magma-eval: --table_blocks / --table_plates: " << s.message() << std::endl;
     return 2;

@@ -70,6 +70,9 @@ ABSL_FLAG(int, missed_grasp_quarters, 1,
 ABSL_FLAG(int, arrival_quarters, 0,
           "Robot frames: quarters (0-4) of the near-goal frames whose gripper is put within the expert's arrival "
           "distance of its goal, where the expert closes or opens the gripper");
+ABSL_FLAG(bool, grip_on_the_move, false,
+          "Robot frames: the expert closes and opens the gripper with the move that brings it to its goal, not on "
+          "a still step after it");
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
@@ -349,6 +352,7 @@ int main(int argc, char** argv) {
   magma::worlds::RobotWorldOptions robot;
   robot.blocks = absl::GetFlag(FLAGS_table_blocks);
   robot.plates = absl::GetFlag(FLAGS_table_plates);
+  robot.grip_on_the_move = absl::GetFlag(FLAGS_grip_on_the_move);
   if (auto s = magma::worlds::CheckOptions(robot); !s.ok()) return Fail(s);  // before anything is written
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   magma::model::UseHeapForLargeBlocks();

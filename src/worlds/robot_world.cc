@@ -177,21 +177,33 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
   const bool carrying = s.held == s.pick;
   const vision::NormPoint goal = carrying ? s.objects[s.place].center : s.objects[s.pick].center;
   const double dx = goal.x - s.gripper.x, dy = goal.y - s.gripper.y;
-  const double d = std::hypot(dx, dy);
-  if (d > ArriveDistance(o)) {
-    // Toward the goal, at most one full step per axis, in half steps: five
-    // moves per axis (-1, -1/2, 0, 1/2, 1), each common enough in the
-    // demonstrations for a policy to learn when to take it.
-    auto move = [&](double delta) { return std::clamp(std::round(2 * delta / o.max_step) / 2, -1.0, 1.0); };
+  // Toward the goal, at most one full step per axis, in half steps: five
+  // moves per axis (-1, -1/2, 0, 1/2, 1), each common enough in the
+  // demonstrations for a policy to learn when to take it.
+  auto move = [&](double delta) { return std::clamp(std::round(2 * delta / o.max_step) / 2, -1.0, 1.0); };
+  // At the plate: open. At the block: close - unless the gripper is already
+  // closed on nothing (a missed grasp), which only grasps again after it has
+  // been opened, so open first.
+  const double arrived_grip = carrying || !s.gripper_open ? 1 : 0;
+  if (o.grip_on_the_move) {
+    a[0] = move(dx);
+    a[1] = move(dy);
+    // Where this move ends (Step clamps to the table).
+    const double ex = std::clamp(s.gripper.x + a[0] * o.max_step, 0.0, 1.0);
+    const double ey = std::clamp(s.gripper.y + a[1] * o.max_step, 0.0, 1.0);
+    const bool arrives = std::hypot(goal.x - ex, goal.y - ey) <= ArriveDistance(o);
+    // On the way a closed gripper with nothing (or the wrong block) opens,
+    // the named block is held, an open one stays open.
+    a[6] = arrives ? arrived_grip : (carrying ? 0 : 1);
+    return a;
+  }
+  if (std::hypot(dx, dy) > ArriveDistance(o)) {
     a[0] = move(dx);
     a[1] = move(dy);
     a[6] = carrying ? 0 : 1;  // keep holding while carrying
     return a;
   }
-  // At the plate: open. At the block: close - unless the gripper is already
-  // closed on nothing (a missed grasp), which only grasps again after it has
-  // been opened, so open first.
-  a[6] = carrying || !s.gripper_open ? 1 : 0;
+  a[6] = arrived_grip;
   return a;
 }
 

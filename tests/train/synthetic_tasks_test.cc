@@ -220,6 +220,31 @@ TEST_F(SyntheticTasksTest, ArrivalFramesShowTheExpertGrasping) {
   EXPECT_GT(inside[1] - inside[0], kFrames / 16) << inside[0] << " -> " << inside[1];
 }
 
+// With the expert gripping on the move, frames near the block that the
+// default expert labels "half a step on" (or "a step on") become "that move
+// and close": grasps are three times as many (39 against 12 in 400
+// frames), and most come with a move (35).
+TEST_F(SyntheticTasksTest, GripOnTheMoveFramesCloseWhileMoving) {
+  worlds::RobotWorldOptions moving;
+  moving.grip_on_the_move = true;
+  const SyntheticTasks on_the_move(ctx_.get(), worlds::UiWorldOptions{}, moving);
+  constexpr int kFrames = 400;
+  int grasps[2] = {0, 0}, moving_grasps[2] = {0, 0};
+  for (uint64_t seed = 0; seed < kFrames; ++seed) {
+    for (int k = 0; k < 2; ++k) {
+      auto e = (k == 0 ? *tasks_ : on_the_move).Act(seed);
+      ASSERT_TRUE(e.ok()) << e.status();
+      const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
+      if (f.closed || f.opens) continue;
+      ++grasps[k];
+      moving_grasps[k] += f.bins.substr(0, 8) != "127 127 ";
+    }
+  }
+  EXPECT_EQ(moving_grasps[0], 0);
+  EXPECT_GT(grasps[1], 3 * grasps[0]) << grasps[0] << " -> " << grasps[1];
+  EXPECT_GT(2 * moving_grasps[1], grasps[1]) << moving_grasps[1] << " of " << grasps[1];
+}
+
 // A frame carries the block when the goal pointer's naming words are the
 // plate's colour in "put the <colour> block on the <colour> plate", with the
 // gripper closed; otherwise they are the block's.

@@ -366,6 +366,78 @@ TEST(RobotWorldTest, ExpertMovesInHalfSteps) {
   EXPECT_GE(closes, 100);
 }
 
+TEST(RobotWorldTest, ExpertGripsOnTheMove) {
+  RobotWorldOptions o;
+  o.grip_on_the_move = true;
+  RobotScene s = NewEpisode(3, o);
+  const vision::NormPoint block = s.objects[s.pick].center;
+  // Open, 0.15 left of the block: a full step ends 0.07 short, beyond the
+  // arrival distance (0.03), so it moves on, open.
+  s.gripper = {block.x - 0.15, block.y};
+  auto a = ExpertAction(s, o);
+  EXPECT_EQ(a[0], 1);
+  EXPECT_EQ(a[1], 0);
+  EXPECT_EQ(a[6], 1);
+  // 0.07 left of the block and 0.01 above it: a full step (0.07 rounds to
+  // 0.08) ends 0.014 from it, so it closes on that move.
+  s.gripper = {block.x - 0.07, block.y - 0.01};
+  a = ExpertAction(s, o);
+  EXPECT_EQ(a[0], 1);
+  EXPECT_EQ(a[6], 0);
+  // 0.05 left of the block: a half step ends 0.01 from it, so it closes on
+  // that move and holds the block after it.
+  s.gripper = {block.x - 0.05, block.y};
+  a = ExpertAction(s, o);
+  EXPECT_EQ(a[0], 0.5);
+  EXPECT_EQ(a[1], 0);
+  EXPECT_EQ(a[6], 0);
+  Step(&s, a, o);
+  EXPECT_EQ(s.held, s.pick);
+  // Carrying, 0.09 above the plate: a full step ends 0.01 from it, so it
+  // opens there and the block lands on the plate.
+  const vision::NormPoint plate = s.objects[s.place].center;
+  s.gripper = {plate.x, plate.y - 0.09};
+  s.objects[s.pick].center = s.gripper;
+  a = ExpertAction(s, o);
+  EXPECT_EQ(a[0], 0);
+  EXPECT_EQ(a[1], 1);
+  EXPECT_EQ(a[6], 1);
+  Step(&s, a, o);
+  EXPECT_TRUE(Success(s));
+  // The same carry 0.15 away only moves (a full step ends 0.07 short).
+  s = NewEpisode(3, o);
+  s.held = s.pick;
+  s.gripper_open = false;
+  s.gripper = {plate.x, plate.y - 0.15};
+  s.objects[s.pick].center = s.gripper;
+  a = ExpertAction(s, o);
+  EXPECT_EQ(a[1], 1);
+  EXPECT_EQ(a[6], 0);
+  // Closed on nothing next to the block: it opens while it moves back.
+  s = NewEpisode(3, o);
+  s.gripper = {block.x + 0.04, block.y};
+  s.gripper_open = false;
+  a = ExpertAction(s, o);
+  EXPECT_EQ(a[0], -0.5);
+  EXPECT_EQ(a[6], 1);
+  // Whole episodes, from the start and from scattered states: every one
+  // succeeds, each grasp on a moving step or with the gripper already there.
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<double> place(0.02, 0.98);
+  int moving_grips = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    s = NewEpisode(seed, o);
+    if (seed % 2 == 1) s.gripper = {place(rng), place(rng)};
+    for (int step = 0; step < 60 && !Success(s); ++step) {
+      a = ExpertAction(s, o);
+      if (a[6] == 0 && s.gripper_open && (a[0] != 0 || a[1] != 0)) ++moving_grips;
+      Step(&s, a, o);
+    }
+    EXPECT_TRUE(Success(s)) << "seed " << seed;
+  }
+  EXPECT_GT(moving_grips, 150);
+}
+
 TEST(RobotWorldTest, ExpertStillSucceedsThroughTheActionTokens) {
   // Actions pass through the 256-bin codec as a model would emit them.
   auto codec = agent::ActionCodec::Create({});

@@ -45,6 +45,12 @@ struct RobotWorldOptions {
   // Largest translation per step in normalised units; an action of +-1
   // moves this far.
   double max_step = 0.08;
+  // The expert grips on the move: it closes (at the block) or opens (at the
+  // plate) in the same step as the move that ends within ArriveDistance of
+  // its goal, as a real arm closes its fingers on the approach, instead of
+  // moving there first and gripping, still, on the next step. A policy that
+  // decides to grip a step early then still moves on to the goal.
+  bool grip_on_the_move = false;
 };
 
 // Closing the gripper grasps a block whose centre is this close to it
@@ -112,8 +118,10 @@ class EpisodeRecord {
 };
 
 // The expert's next action: go to the block, close, carry it to the plate,
-// open. From any other state it goes back to that plan (a gripper closed on
-// nothing opens before it closes again). Values in [-1, 1] (gripper 0 or 1).
+// open (with RobotWorldOptions::grip_on_the_move, closing and opening come
+// with the last move). From any other state it goes back to that plan (a
+// gripper closed on nothing opens before it closes again). Values in
+// [-1, 1] (gripper 0 or 1).
 std::array<double, 7> ExpertAction(const RobotScene& scene, const RobotWorldOptions& options = {});
 
 // The expert's whole path as HAMSTER waypoints: start, the block (gripper
