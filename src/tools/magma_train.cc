@@ -588,6 +588,13 @@ int main(int argc, char** argv) {
       // Frames 0.03-0.06 and 0.06-0.12 from the goal where the expert still
       // moves: how often the model stays (both moves zero) instead.
       std::pair<int, int> stays_short[2] = {{0, 0}, {0, 0}};
+      // With an expert that grips on the move: exact moves (tokens 0, 1)
+      // where it closes an open gripper with a move, against those where it
+      // moves on within 0.25 of its goal, with the frames of each for the
+      // pointer heads' position read-outs.
+      std::pair<int, int> grip_moves{0, 0}, near_moves{0, 0};
+      int grip_ways = 0, near_ways = 0;  // moves with the expert's sign on both axes
+      std::vector<magma::model::TrainExample> grip_frames, near_frames;
       // Whether an action moves by half a step or more on x or y (tokens 0, 1).
       auto moves = [&](int64_t x, int64_t y) {
         return std::abs(ActionValue(codec, x)) >= 0.25 || std::abs(ActionValue(codec, y)) >= 0.25;
@@ -621,6 +628,24 @@ int main(int argc, char** argv) {
             band.first += !moves((*predicted)[i][0], (*predicted)[i][1]);
             ++band.second;
           }
+          const bool closes_now = open_now && !want_open;
+          if (expert_moves && (closes_now || (open_now == want_open && to_goal < 0.25))) {
+            const bool exact_move = (*predicted)[i][0] == e.target_ids[0] && (*predicted)[i][1] == e.target_ids[1];
+            (closes_now ? grip_moves : near_moves).first += exact_move;
+            bool same_way = true;
+            for (int axis = 0; axis < 2; ++axis) {
+              const double want = ActionValue(codec, e.target_ids[axis]);
+              const double got = ActionValue(codec, (*predicted)[i][axis]);
+              same_way = same_way && (want > 0.25    ? 1
+                                      : want < -0.25 ? -1
+                                                     : 0) == (got > 0.25    ? 1
+                                                              : got < -0.25 ? -1
+                                                                            : 0);
+            }
+            (closes_now ? grip_ways : near_ways) += same_way;
+            ++(closes_now ? grip_moves : near_moves).second;
+            (closes_now ? grip_frames : near_frames).push_back(e);
+          }
         }
       }
       std::cout << "  act gripper token on " << frames.size() << " frames: right where the expert closes an open "
@@ -629,6 +654,26 @@ int main(int argc, char** argv) {
                 << "; stays where the expert moves, 0.03-0.06 from its goal " << stays_short[0].first << "/"
                 << stays_short[0].second << ", 0.06-0.12 " << stays_short[1].first << "/" << stays_short[1].second
                 << std::endl;
+      if (grip_moves.second > 0) {
+        // Where the goal and gripper heads read the two things to be, on
+        // each kind of frame (NaN without a position read-out).
+        auto read_to = [&](const std::vector<magma::model::TrainExample>& part) -> absl::StatusOr<double> {
+          if (part.empty() || to.position_loss_weight <= 0) return std::nan("");
+          auto aux = (*trainer)->Auxiliary(part);
+          if (!aux.ok()) return aux.status();
+          return aux->position_error;
+        };
+        auto grip_read = read_to(grip_frames);
+        auto near_read = read_to(near_frames);
+        if (!grip_read.ok()) return grip_read.status();
+        if (!near_read.ok()) return near_read.status();
+        std::cout << "  act moves where the expert closes on the move: exact " << grip_moves.first << "/"
+                  << grip_moves.second << ", the same way on both axes " << grip_ways << "/" << grip_moves.second
+                  << " (pointers read where they look to " << *grip_read
+                  << "); where it moves on within 0.25 of its goal: exact " << near_moves.first << "/"
+                  << near_moves.second << ", the same way " << near_ways << "/" << near_moves.second << " (to "
+                  << *near_read << ")" << std::endl;
+      }
       // Where the goal head (0) looks on the way to the block and while
       // carrying it to the plate, where the held block sits at the gripper.
       if (to.attention_loss_weight > 0) {

@@ -212,7 +212,9 @@ TEST_F(SyntheticTasksTest, ArrivalFramesShowTheExpertGrasping) {
       inside[k] += in;
       grasps[k] += !f.closed && !f.opens;
       // Inside the arrival distance the expert does not move.
-      if (in) EXPECT_EQ(f.bins.substr(0, 8), "127 127 ") << seed << ": " << f.bins;
+      if (in) {
+        EXPECT_EQ(f.bins.substr(0, 8), "127 127 ") << seed << ": " << f.bins;
+      }
     }
   }
   EXPECT_LT(grasps[0], kFrames / 25) << grasps[0];
