@@ -595,6 +595,12 @@ int main(int argc, char** argv) {
       std::pair<int, int> grip_moves{0, 0}, near_moves{0, 0};
       int grip_ways = 0, near_ways = 0;  // moves with the expert's sign on both axes
       std::vector<magma::model::TrainExample> grip_frames, near_frames;
+      // Which way an action token moves on its axis: -1, 0 (less than half
+      // a step) or 1.
+      auto way = [&](int64_t id) {
+        const double v = ActionValue(codec, id);
+        return v > 0.25 ? 1 : v < -0.25 ? -1 : 0;
+      };
       // Whether an action moves by half a step or more on x or y (tokens 0, 1).
       auto moves = [&](int64_t x, int64_t y) {
         return std::abs(ActionValue(codec, x)) >= 0.25 || std::abs(ActionValue(codec, y)) >= 0.25;
@@ -632,16 +638,8 @@ int main(int argc, char** argv) {
           if (expert_moves && (closes_now || (open_now == want_open && to_goal < 0.25))) {
             const bool exact_move = (*predicted)[i][0] == e.target_ids[0] && (*predicted)[i][1] == e.target_ids[1];
             (closes_now ? grip_moves : near_moves).first += exact_move;
-            bool same_way = true;
-            for (int axis = 0; axis < 2; ++axis) {
-              const double want = ActionValue(codec, e.target_ids[axis]);
-              const double got = ActionValue(codec, (*predicted)[i][axis]);
-              same_way = same_way && (want > 0.25    ? 1
-                                      : want < -0.25 ? -1
-                                                     : 0) == (got > 0.25    ? 1
-                                                              : got < -0.25 ? -1
-                                                                            : 0);
-            }
+            const bool same_way =
+                way(e.target_ids[0]) == way((*predicted)[i][0]) && way(e.target_ids[1]) == way((*predicted)[i][1]);
             (closes_now ? grip_ways : near_ways) += same_way;
             ++(closes_now ? grip_moves : near_moves).second;
             (closes_now ? grip_frames : near_frames).push_back(e);
@@ -655,8 +653,9 @@ int main(int argc, char** argv) {
                 << stays_short[0].second << ", 0.06-0.12 " << stays_short[1].first << "/" << stays_short[1].second
                 << std::endl;
       if (grip_moves.second > 0) {
-        // Where the goal and gripper heads read the two things to be, on
-        // each kind of frame (NaN without a position read-out).
+        // How closely the goal and gripper heads read the positions of what
+        // they look at, on each kind of frame (NaN without a position
+        // read-out).
         auto read_to = [&](const std::vector<magma::model::TrainExample>& part) -> absl::StatusOr<double> {
           if (part.empty() || to.position_loss_weight <= 0) return std::nan("");
           auto aux = (*trainer)->Auxiliary(part);
