@@ -588,13 +588,16 @@ int main(int argc, char** argv) {
       // Frames 0.03-0.06 and 0.06-0.12 from the goal where the expert still
       // moves: how often the model stays (both moves zero) instead.
       std::pair<int, int> stays_short[2] = {{0, 0}, {0, 0}};
-      // With an expert that grips on the move: exact moves (tokens 0, 1)
-      // where it closes an open gripper with a move, against those where it
-      // moves on within 0.25 of its goal, with the frames of each for the
+      // With an expert that grips on the move: the model's moves (tokens 0,
+      // 1) where it closes an open gripper with a move, against those where
+      // it moves on within 0.25 of its goal, with the frames of each for the
       // pointer heads' position read-outs.
-      std::pair<int, int> grip_moves{0, 0}, near_moves{0, 0};
-      int grip_ways = 0, near_ways = 0;  // moves with the expert's sign on both axes
-      std::vector<magma::model::TrainExample> grip_frames, near_frames;
+      struct MoveTally {
+        int exact = 0;     // both moves the expert's
+        int same_way = 0;  // both moves with the expert's sign
+        std::vector<magma::model::TrainExample> frames;
+      };
+      MoveTally grip_moves, near_moves;
       // Which way an action token moves on its axis: -1, 0 (less than half
       // a step) or 1.
       auto way = [&](int64_t id) {
@@ -636,13 +639,11 @@ int main(int argc, char** argv) {
           }
           const bool closes_now = open_now && !want_open;
           if (expert_moves && (closes_now || (open_now == want_open && to_goal < 0.25))) {
-            const bool exact_move = (*predicted)[i][0] == e.target_ids[0] && (*predicted)[i][1] == e.target_ids[1];
-            (closes_now ? grip_moves : near_moves).first += exact_move;
-            const bool same_way =
+            MoveTally& tally = closes_now ? grip_moves : near_moves;
+            tally.exact += (*predicted)[i][0] == e.target_ids[0] && (*predicted)[i][1] == e.target_ids[1];
+            tally.same_way +=
                 way(e.target_ids[0]) == way((*predicted)[i][0]) && way(e.target_ids[1]) == way((*predicted)[i][1]);
-            (closes_now ? grip_ways : near_ways) += same_way;
-            ++(closes_now ? grip_moves : near_moves).second;
-            (closes_now ? grip_frames : near_frames).push_back(e);
+            tally.frames.push_back(e);
           }
         }
       }
@@ -652,7 +653,7 @@ int main(int argc, char** argv) {
                 << "; stays where the expert moves, 0.03-0.06 from its goal " << stays_short[0].first << "/"
                 << stays_short[0].second << ", 0.06-0.12 " << stays_short[1].first << "/" << stays_short[1].second
                 << std::endl;
-      if (grip_moves.second > 0) {
+      if (!grip_moves.frames.empty()) {
         // How closely the goal and gripper heads read the positions of what
         // they look at, on each kind of frame (NaN without a position
         // read-out).
@@ -662,16 +663,17 @@ int main(int argc, char** argv) {
           if (!aux.ok()) return aux.status();
           return aux->position_error;
         };
-        auto grip_read = read_to(grip_frames);
-        auto near_read = read_to(near_frames);
+        auto grip_read = read_to(grip_moves.frames);
+        auto near_read = read_to(near_moves.frames);
         if (!grip_read.ok()) return grip_read.status();
         if (!near_read.ok()) return near_read.status();
-        std::cout << "  act moves where the expert closes on the move: exact " << grip_moves.first << "/"
-                  << grip_moves.second << ", the same way on both axes " << grip_ways << "/" << grip_moves.second
+        const size_t grips = grip_moves.frames.size(), nears = near_moves.frames.size();
+        std::cout << "  act moves where the expert closes on the move: exact " << grip_moves.exact << "/" << grips
+                  << ", the same way on both axes " << grip_moves.same_way << "/" << grips
                   << " (pointers read where they look to " << *grip_read
-                  << "); where it moves on within 0.25 of its goal: exact " << near_moves.first << "/"
-                  << near_moves.second << ", the same way " << near_ways << "/" << near_moves.second << " (to "
-                  << *near_read << ")" << std::endl;
+                  << "); where it moves on within 0.25 of its goal: exact " << near_moves.exact << "/" << nears
+                  << ", the same way " << near_moves.same_way << "/" << nears << " (to " << *near_read << ")"
+                  << std::endl;
       }
       // Where the goal head (0) looks on the way to the block and while
       // carrying it to the plate, where the held block sits at the gripper.

@@ -177,33 +177,31 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
   const bool carrying = s.held == s.pick;
   const vision::NormPoint goal = carrying ? s.objects[s.place].center : s.objects[s.pick].center;
   const double dx = goal.x - s.gripper.x, dy = goal.y - s.gripper.y;
-  // Toward the goal, at most one full step per axis, in half steps: five
-  // moves per axis (-1, -1/2, 0, 1/2, 1), each common enough in the
-  // demonstrations for a policy to learn when to take it.
-  auto move = [&](double delta) { return std::clamp(std::round(2 * delta / o.max_step) / 2, -1.0, 1.0); };
   // At the plate: open. At the block: close - unless the gripper is already
   // closed on nothing (a missed grasp), which only grasps again after it has
   // been opened, so open first.
   const double arrived_grip = carrying || !s.gripper_open ? 1 : 0;
-  if (o.grip_on_the_move) {
-    a[0] = move(dx);
-    a[1] = move(dy);
-    // Where this move ends (Step clamps to the table).
-    const double ex = std::clamp(s.gripper.x + a[0] * o.max_step, 0.0, 1.0);
-    const double ey = std::clamp(s.gripper.y + a[1] * o.max_step, 0.0, 1.0);
-    const bool arrives = std::hypot(goal.x - ex, goal.y - ey) <= ArriveDistance(o);
-    // On the way a closed gripper with nothing (or the wrong block) opens,
-    // the named block is held, an open one stays open.
-    a[6] = arrives ? arrived_grip : (carrying ? 0 : 1);
+  // Without grip_on_the_move, once within the arrival distance it grips on a
+  // still step.
+  if (!o.grip_on_the_move && std::hypot(dx, dy) <= ArriveDistance(o)) {
+    a[6] = arrived_grip;
     return a;
   }
-  if (std::hypot(dx, dy) > ArriveDistance(o)) {
-    a[0] = move(dx);
-    a[1] = move(dy);
-    a[6] = carrying ? 0 : 1;  // keep holding while carrying
-    return a;
-  }
-  a[6] = arrived_grip;
+  // Toward the goal, at most one full step per axis, in half steps: five
+  // moves per axis (-1, -1/2, 0, 1/2, 1), each common enough in the
+  // demonstrations for a policy to learn when to take it.
+  auto move = [&](double delta) { return std::clamp(std::round(2 * delta / o.max_step) / 2, -1.0, 1.0); };
+  a[0] = move(dx);
+  a[1] = move(dy);
+  // With grip_on_the_move it grips on the move that ends within the arrival
+  // distance (Step clamps the gripper to the table).
+  const double ex = std::clamp(s.gripper.x + a[0] * o.max_step, 0.0, 1.0);
+  const double ey = std::clamp(s.gripper.y + a[1] * o.max_step, 0.0, 1.0);
+  const bool arrives = o.grip_on_the_move && std::hypot(goal.x - ex, goal.y - ey) <= ArriveDistance(o);
+  // On the way it keeps holding the named block; any other gripper opens
+  // (an open one stays open, one closed on nothing or the wrong block lets
+  // go).
+  a[6] = arrives ? arrived_grip : (carrying ? 0 : 1);
   return a;
 }
 
