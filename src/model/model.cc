@@ -1133,7 +1133,9 @@ absl::StatusOr<at::Tensor> MagmaModel::ForwardBatch(const at::Tensor& embeds) co
     c10::InferenceMode guard(!training_);  // autograd on while training
     const int64_t B = embeds.size(0), T = embeds.size(1);
     at::Tensor positions = at::arange(0, T, at::kLong).view({1, T}).expand({B, T}).contiguous();
-    return LmHead(RunDecoder(embeds.to(at::kFloat), positions, nullptr, {}, /*prefill=*/true));
+    at::Tensor hidden = RunDecoder(embeds.to(at::kFloat), positions, nullptr, {}, /*prefill=*/true);
+    captured_final_hidden_ = capture_final_hidden_ ? hidden : at::Tensor();
+    return LmHead(hidden);
   });
 }
 

@@ -95,8 +95,10 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
   for (int64_t c : options.look_classes) {
     if (c < 1) return absl::InvalidArgumentError("training options: every look read-out needs >= 1 class");
   }
-  if (!(options.cell_offset_weight >= 0) || !(options.cell_where_weight >= 0) || !(options.clip_norm >= 0)) {
-    return absl::InvalidArgumentError("training options: cell offset and where weights and clip_norm must be >= 0");
+  if (!(options.cell_offset_weight >= 0) || !(options.cell_where_weight >= 0) || !(options.clip_norm >= 0) ||
+      !(options.offset_loss_weight >= 0)) {
+    return absl::InvalidArgumentError(
+        "training options: cell offset and where weights, offset_loss_weight and clip_norm must be >= 0");
   }
   // A supervised layer, from 0 or negative from the end, must exist.
   for (const auto& [option, layer] : SupervisedLayers(options)) {
@@ -124,6 +126,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(MagmaModel* model, cons
   std::vector<int> captured;
   for (const auto& supervised : SupervisedLayers(options)) captured.push_back(supervised.layer);
   model->SetCaptureLayers(std::move(captured));
+  model->SetCaptureFinalHidden(options.offset_loss_weight > 0);
   return std::unique_ptr<Trainer>(new Trainer(model, options, *std::move(params)));
 }
 
@@ -168,6 +171,13 @@ Trainer::Trainer(MagmaModel* model, const TrainOptions& options, std::vector<at:
     for (size_t k = 0; k < options.look_classes.size(); ++k) {
       class_readout(absl::StrCat("look", k), static_cast<int>(k), options.look_loss_weight, options.look_classes[k]);
     }
+  }
+  if (options.offset_loss_weight > 0) {
+    const int64_t hidden = model->hidden_size();
+    offset_w_ = (at::randn({2, hidden}, gen) / std::sqrt(static_cast<double>(hidden))).set_requires_grad(true);
+    offset_b_ = at::zeros({2}).set_requires_grad(true);
+    params.push_back(offset_w_);
+    params.push_back(offset_b_);
   }
   opt_ = std::make_unique<Optimizer>(params, options);
 }
@@ -468,6 +478,31 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         }
         *aux_loss = *aux_loss + options_.position_loss_weight * error.pow(2).mean() * per_example;
       };
+      if (offset_w_.defined() && !e.offsets.empty()) {
+        const at::Tensor& hidden = model_->captured_final_hidden();
+        if (!hidden.defined()) {
+          return absl::FailedPreconditionError(
+              "the final hidden states were not captured: the model's captures were changed after the trainer was "
+              "created");
+        }
+        std::vector<int64_t> rows;
+        std::vector<float> want;
+        for (const TrainOffset& o : e.offsets) {
+          if (o.token < 0 || o.token >= t) continue;
+          rows.push_back(answer + o.token);
+          want.insert(want.end(), {static_cast<float>(o.x), static_cast<float>(o.y)});
+        }
+        if (!rows.empty()) {
+          const at::Tensor read =
+              at::linear(hidden[b].index_select(0, at::tensor(rows, at::kLong)), offset_w_, offset_b_);
+          const at::Tensor error = read - at::tensor(want, at::kFloat).view({-1, 2});
+          if (report != nullptr) {
+            report->offset_readout_error += error.abs().sum().item<double>();
+            report->offset_readout_values += static_cast<int>(error.numel());
+          }
+          *aux_loss = *aux_loss + options_.offset_loss_weight * error.pow(2).mean() * per_example;
+        }
+      }
       for (const TrainPointer& ptr : e.pointers) {
         const std::vector<int64_t> rows = span_rows(ptr);
         const std::vector<int64_t> cells = PointerPositions(e, ptr.cells, *model_);
@@ -658,6 +693,7 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     mean(&report.word_position_error, report.word_positions);
     mean(&report.word_mass, report.word_pointers);
     mean(&report.word_least, report.word_pointers);
+    mean(&report.offset_readout_error, report.offset_readout_values);
     return report;
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("auxiliary report: ", e.what()));
@@ -675,6 +711,7 @@ std::vector<std::pair<std::string, at::Tensor>> Trainer::TrainingHeads() const {
   if (word_position_w_.defined()) {
     heads.insert(heads.end(), {{"word_position_w", word_position_w_}, {"word_position_b", word_position_b_}});
   }
+  if (offset_w_.defined()) heads.insert(heads.end(), {{"offset_w", offset_w_}, {"offset_b", offset_b_}});
   return heads;
 }
 

@@ -104,6 +104,9 @@ ABSL_FLAG(double, ground_loss, 0,
           "thing, look at that thing's cells); 0 = off");
 ABSL_FLAG(int, ground_layer, 0,
           "Decoder layer whose heads --ground_loss supervises (from 0; negative from the end; before --word_layer)");
+ABSL_FLAG(double, offset_loss, 0,
+          "Weight of a read-out, on robot frames, of where the goal is from the gripper (per axis, in steps, "
+          "within +-2) from the final hidden state where the model predicts the x, y and gripper tokens; 0 = off");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");
@@ -429,6 +432,7 @@ int main(int argc, char** argv) {
   to.word_layer = absl::GetFlag(FLAGS_word_layer);
   to.ground_loss_weight = absl::GetFlag(FLAGS_ground_loss);
   to.ground_layer = absl::GetFlag(FLAGS_ground_layer);
+  to.offset_loss_weight = absl::GetFlag(FLAGS_offset_loss);
   int64_t start_step = 0;
   double prior_seconds = 0;  // training time before a resume
   const bool existing = absl::GetFlag(FLAGS_resume) || absl::GetFlag(FLAGS_report_only);
@@ -532,7 +536,7 @@ int main(int argc, char** argv) {
       }
     }
     if (!to.cell_classes.empty() || to.attention_loss_weight > 0 || to.word_loss_weight > 0 ||
-        to.ground_loss_weight > 0) {
+        to.ground_loss_weight > 0 || to.offset_loss_weight > 0) {
       // What the training-only heads see, per task kind (up to 48 held-out
       // examples of each).
       std::map<std::string, std::vector<magma::model::TrainExample>> by_kind;
@@ -576,6 +580,8 @@ int main(int argc, char** argv) {
           if (aux->word_positions > 0) std::cout << ", where read from them to " << aux->word_position_error;
           std::cout << ")";
         }
+        if (aux->offset_readout_values > 0)
+          std::cout << ", goal offset read to " << aux->offset_readout_error << " steps";
         std::cout << std::endl;
       }
     }

@@ -478,6 +478,12 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   if (!e->pointers.empty() && e->pointers.back().head == kGripperHead) {
     e->pointers.back().looks = {GripperLook(scene.gripper_open)};
   }
+  // Where the goal is from the gripper, per axis in steps (within two, past
+  // which every move is a full step), for the offset read-out where the
+  // model decides the move (x, y) and the gripper.
+  const double sx = std::clamp((scene.objects[goal].center.x - scene.gripper.x) / robot_.max_step, -2.0, 2.0);
+  const double sy = std::clamp((scene.objects[goal].center.y - scene.gripper.y) / robot_.max_step, -2.0, 2.0);
+  for (int64_t token : {0, 1, 6}) e->offsets.push_back({token, sx, sy});
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");
   out.example = *std::move(e);

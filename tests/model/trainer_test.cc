@@ -575,6 +575,11 @@ TEST(TrainOptionsTest, CellOptionsAreChecked) {
   EXPECT_TRUE(CheckTrainOptions(o, 4).ok());
   o.cell_where_weight = -1;
   EXPECT_EQ(CheckTrainOptions(o, 4).code(), absl::StatusCode::kInvalidArgument);
+  o.cell_where_weight = 10;
+  o.offset_loss_weight = -1;
+  const absl::Status offset = CheckTrainOptions(o, 4);
+  EXPECT_EQ(offset.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(offset.message(), ::testing::HasSubstr("offset_loss_weight")) << offset;
 }
 
 // In the solo phase only the chosen cell head learns: with two heads that
@@ -688,6 +693,39 @@ TEST_F(TrainerTest, PointedHeadsLearnToSayWhereTheyLook) {
   EXPECT_LT(after.position_error, 0.05) << before.position_error;
 }
 
+// The offset read-out learns what the final hidden state at chosen answer
+// positions should say: two examples whose instruction (token 17 or 18)
+// gives offsets (1.5, -0.5) at answer token 0 and (-1, 2) at token 3, or
+// their negatives. An offset past the answer (token 9 of 4) is left out;
+// without the loss nothing is read.
+TEST_F(TrainerTest, OffsetReadOutLearnsFromTheFinalHiddenState) {
+  std::vector<TrainExample> batch;
+  for (int i = 0; i < 2; ++i) {
+    TrainExample e = Example();
+    e.prompt_ids[1] = 17 + i;
+    const double sign = i == 0 ? 1 : -1;
+    e.offsets = {{0, 1.5 * sign, -0.5 * sign}, {3, -1 * sign, 2 * sign}, {9, 5, 5}};
+    batch.push_back(e);
+  }
+  {
+    auto off = Trainer::Create(model(), Schedule(10));
+    ASSERT_TRUE(off.ok()) << off.status();
+    auto report = (*off)->Auxiliary(batch);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(report->offset_readout_values, 0);
+  }
+  TrainOptions o = Schedule(150);
+  o.offset_loss_weight = 1.0;
+  auto trainer = Trainer::Create(model(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  const auto reports = TrainAndReport(trainer->get(), batch, 150);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_EQ(before.offset_readout_values, 8);  // 2 examples x 2 offsets x (x, y)
+  EXPECT_GT(before.offset_readout_error, 0.5);
+  EXPECT_LT(after.offset_readout_error, 0.1) << before.offset_readout_error;
+}
+
 // With a mark read-out, a pointed head's output learns to name the pointed
 // thing's class: two examples look at different cells (the instruction
 // tells which) whose things carry marks 3 and 7. A read-out without the
@@ -799,12 +837,13 @@ TEST_F(TrainerTest, ResumesExactly) {
   o.learning_rate = 2e-3;
   o.warmup_steps = 2;
   o.total_steps = 8;
-  // With training-only heads (the mark and look read-outs), saved and
-  // restored too.
+  // With training-only heads (the mark, look and offset read-outs), saved
+  // and restored too.
   o.attention_loss_weight = 1.0;
   o.mark_loss_weight = 1.0;
   o.look_loss_weight = 1.0;
   o.look_classes = {6, 4};
+  o.offset_loss_weight = 1.0;
   auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok());
   TrainExample e = Example();
@@ -812,6 +851,7 @@ TEST_F(TrainerTest, ResumesExactly) {
   p.mark = 3;
   p.looks = {5, 1};
   e.pointers = {p};
+  e.offsets = {{1, 0.5, -1.0}};
   const std::vector<TrainExample> batch = {e};
   for (int i = 0; i < 3; ++i) ASSERT_TRUE((*trainer)->Step(batch).ok());
   const std::string out = dir_.File("ckpt");

@@ -1,5 +1,6 @@
 #include "magma/train/synthetic_tasks.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -245,6 +246,38 @@ TEST_F(SyntheticTasksTest, GripOnTheMoveFramesCloseWhileMoving) {
   EXPECT_EQ(moving_grasps[0], 0);
   EXPECT_GT(grasps[1], 3 * grasps[0]) << grasps[0] << " -> " << grasps[1];
   EXPECT_GT(2 * moving_grasps[1], grasps[1]) << moving_grasps[1] << " of " << grasps[1];
+}
+
+// The offset read-out's target is where the goal is from the gripper, in
+// steps of 0.08 and within two per axis, at the x, y and gripper tokens;
+// away from the goal the expert's move per axis is that offset rounded to a
+// half step and clamped to one.
+TEST_F(SyntheticTasksTest, ActFramesCarryTheGoalOffsetInSteps) {
+  int moves = 0, clamped = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    auto e = tasks_->Act(seed);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
+    const auto& offsets = e->example.offsets;
+    ASSERT_EQ(offsets.size(), 3u) << seed;
+    const double sx = std::clamp((f.goal_x - f.gx) / 0.08, -2.0, 2.0);
+    const double sy = std::clamp((f.goal_y - f.gy) / 0.08, -2.0, 2.0);
+    for (size_t k = 0; k < offsets.size(); ++k) {
+      EXPECT_EQ(offsets[k].token, std::vector<int64_t>({0, 1, 6})[k]) << seed;
+      EXPECT_NEAR(offsets[k].x, sx, 1e-9) << seed;
+      EXPECT_NEAR(offsets[k].y, sy, 1e-9) << seed;
+    }
+    clamped += std::abs(sx) == 2 || std::abs(sy) == 2;
+    if (std::hypot(f.goal_x - f.gx, f.goal_y - f.gy) <= worlds::ArriveDistance() + 1e-9) continue;
+    ++moves;
+    for (int axis = 0; axis < 2; ++axis) {
+      const double want = std::clamp(std::round(2 * (axis == 0 ? sx : sy)) / 2, -1.0, 1.0);
+      const double got = ctx_->action_codec->BinCentre(ctx_->action_codec->BinOfToken(e->example.target_ids[axis]));
+      EXPECT_NEAR(got, want, 0.01) << seed << " axis " << axis;
+    }
+  }
+  EXPECT_GT(moves, 150);
+  EXPECT_GT(clamped, 20);
 }
 
 // A frame carries the block when the goal pointer's naming words are the

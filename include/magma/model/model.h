@@ -187,6 +187,16 @@ class MagmaModel {
   // the last ForwardBatch; undefined when that layer is not captured.
   const at::Tensor& captured_attention(int layer) const;
   const at::Tensor& captured_head_outputs(int layer) const;
+  // Training: also keep the final hidden states (after the last RMSNorm,
+  // [B, T, hidden]) of each ForwardBatch in the autograd graph, for
+  // read-outs trained on what the answer positions should know. Off by
+  // default.
+  void SetCaptureFinalHidden(bool on) {
+    capture_final_hidden_ = on;
+    captured_final_hidden_ = at::Tensor();
+  }
+  // The final hidden states of the last ForwardBatch; undefined when off.
+  const at::Tensor& captured_final_hidden() const { return captured_final_hidden_; }
   // While training, run the linear layers' products in bfloat16 (float32
   // accumulation; weights, optimizer state and everything else stay
   // float32). Several times faster on CPUs with AVX512-BF16.
@@ -233,6 +243,8 @@ class MagmaModel {
   std::vector<int> capture_layers_;
   // Per decoder layer (undefined where not captured).
   mutable std::vector<at::Tensor> captured_attention_, captured_head_outputs_;
+  bool capture_final_hidden_ = false;
+  mutable at::Tensor captured_final_hidden_;
 };
 
 // Index from 0 of decoder layer `layer` of `layers`, counted from 0 or,

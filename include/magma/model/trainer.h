@@ -112,6 +112,13 @@ struct TrainOptions {
   // it, and the answer takes it from them.
   double ground_loss_weight = 0;
   int ground_layer = 0;
+  // Weight of a linear read-out of two numbers (TrainExample::offsets: for
+  // an action, where the goal is from the gripper) from the final hidden
+  // state at the positions that predict chosen answer tokens, squared error:
+  // a dense signal for the step from two positions to a move, which the
+  // answer's few discrete moves alone give only at their boundaries. 0 =
+  // off.
+  double offset_loss_weight = 0;
 };
 
 struct TrainImage {
@@ -153,11 +160,19 @@ struct TrainPointer {
   std::vector<int64_t> looks;
 };
 
+// What the final hidden state at the position that predicts target token
+// `token` should say (TrainOptions::offset_loss_weight).
+struct TrainOffset {
+  int64_t token = 0;
+  double x = 0, y = 0;
+};
+
 struct TrainExample {
   std::vector<int64_t> prompt_ids;   // with one image token per image
   std::vector<TrainImage> images;
   std::vector<int64_t> target_ids;   // what the model should answer (not empty)
   std::vector<TrainPointer> pointers;
+  std::vector<TrainOffset> offsets;
 };
 
 // How well the training-only heads do on a batch (see TrainOptions).
@@ -213,6 +228,10 @@ struct AuxiliaryReport {
   // The same read from the ground heads' outputs at the naming words.
   double ground_position_error = 0;
   int ground_positions = 0;
+  // Mean absolute error of the offset read-out (TrainExample::offsets, in
+  // their units), over the numbers read (two per offset).
+  double offset_readout_error = 0;
+  int offset_readout_values = 0;
 };
 
 // OK if `options` can train a model with `decoder_layers` decoder layers:
@@ -286,6 +305,7 @@ class Trainer {
   std::vector<ClassReadOut> class_readouts_;
   at::Tensor word_position_w_, word_position_b_;      // the same from the word heads (grounding on)
   at::Tensor ground_position_w_, ground_position_b_;  // and from the ground heads at the naming words
+  at::Tensor offset_w_, offset_b_;                    // offset read-out, [2, hidden], [2]
   // The training-only heads above that are in use, by their names in
   // optimizer.pt (handles sharing the heads' storage).
   std::vector<std::pair<std::string, at::Tensor>> TrainingHeads() const;
