@@ -580,8 +580,9 @@ int main(int argc, char** argv) {
           if (aux->word_positions > 0) std::cout << ", where read from them to " << aux->word_position_error;
           std::cout << ")";
         }
-        if (aux->offset_readout_values > 0)
+        if (aux->offset_readout_values > 0) {
           std::cout << ", goal offset read to " << aux->offset_readout_error << " steps";
+        }
         std::cout << std::endl;
       }
     }

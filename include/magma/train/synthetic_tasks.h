@@ -73,7 +73,9 @@ class SyntheticTasks {
   // A Set-of-Mark screen and an instruction; target "Mark: N".
   absl::StatusOr<SyntheticExample> Click(uint64_t seed) const;
   // A tabletop frame somewhere along the expert's episode; target the
-  // expert's 7 action tokens then the end token.
+  // expert's 7 action tokens then the end token. Its offsets (for the
+  // offset read-out) say where the goal is from the gripper, per axis in
+  // steps within +-2, at the x, y and gripper tokens.
   absl::StatusOr<SyntheticExample> Act(uint64_t seed) const;
   // A tabletop scene; target the expert's HAMSTER path answer.
   absl::StatusOr<SyntheticExample> Path(uint64_t seed) const;
