@@ -609,12 +609,10 @@ int main(int argc, char** argv) {
       // a step) or 1.
       auto way = [&](int64_t id) {
         const double v = ActionValue(codec, id);
-        return v > 0.25 ? 1 : v < -0.25 ? -1 : 0;
+        return v >= 0.25 ? 1 : v <= -0.25 ? -1 : 0;
       };
       // Whether an action moves by half a step or more on x or y (tokens 0, 1).
-      auto moves = [&](int64_t x, int64_t y) {
-        return std::abs(ActionValue(codec, x)) >= 0.25 || std::abs(ActionValue(codec, y)) >= 0.25;
-      };
+      auto moves = [&](int64_t x, int64_t y) { return way(x) != 0 || way(y) != 0; };
       if (gripper_frames.empty()) {  // drawn at the first report, kept for the others
         for (uint64_t i = 0; i < 256; ++i) {
           auto e = tasks.Act((uint64_t{1} << 40) + 1000000 + i);
