@@ -73,6 +73,9 @@ ABSL_FLAG(int, arrival_quarters, 0,
 ABSL_FLAG(bool, grip_on_the_move, false,
           "Robot frames: the expert closes and opens the gripper with the move that brings it to its goal, not on "
           "a still step after it");
+ABSL_FLAG(double, release_steps, 0.375,
+          "Robot frames: the expert opens the gripper once the carried block is this many steps (of 0.08) from the "
+          "plate's centre (at least 0.375, below 0.8)");
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
@@ -356,6 +359,7 @@ int main(int argc, char** argv) {
   robot.blocks = absl::GetFlag(FLAGS_table_blocks);
   robot.plates = absl::GetFlag(FLAGS_table_plates);
   robot.grip_on_the_move = absl::GetFlag(FLAGS_grip_on_the_move);
+  robot.release_steps = absl::GetFlag(FLAGS_release_steps);
   if (auto s = magma::worlds::CheckOptions(robot); !s.ok()) return Fail(s);  // before anything is written
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   magma::model::UseHeapForLargeBlocks();

@@ -26,9 +26,16 @@ cv::Scalar ColorOf(const std::string& name) {
 // quarter step, so the gripper is within sqrt(2)/4 = 0.354 steps.
 constexpr double kArriveSteps = 0.375;
 
+constexpr double kPlateRadius = 0.08, kBlockRadius = 0.04;
+// A block lands on a plate when its centre is within this share of the
+// plate's radius.
+constexpr double kOnPlate = 0.8;
+
 }  // namespace
 
 double ArriveDistance(const RobotWorldOptions& o) { return kArriveSteps * o.max_step; }
+
+double ReleaseDistance(const RobotWorldOptions& o) { return o.release_steps * o.max_step; }
 
 const std::vector<std::string>& TableColors() {
   static const std::vector<std::string> kColors = {"red", "green", "blue", "yellow", "purple", "orange"};
@@ -41,6 +48,14 @@ absl::Status CheckOptions(const RobotWorldOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("a tabletop needs at least 1 block and 1 plate and at most ", colors,
                                                    " objects (one per colour); got ", o.blocks, " blocks and ",
                                                    o.plates, " plates"));
+  }
+  // Below kArriveSteps the expert could stop short of the plate and never
+  // open (it stops moving only within sqrt(2)/4 steps); from the edge of the
+  // plate's success disc on it could let the block go off the plate.
+  if (!(o.release_steps >= kArriveSteps && ReleaseDistance(o) < kOnPlate * kPlateRadius)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "release_steps must be at least ", kArriveSteps, " and release inside the plate's success disc (",
+        "release_steps * max_step < ", kOnPlate * kPlateRadius, "); got ", o.release_steps, " steps of ", o.max_step));
   }
   return absl::OkStatus();
 }
@@ -63,8 +78,8 @@ RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& o) {
       return;
     }
   };
-  for (int i = 0; i < o.plates; ++i) place_object("plate", 0.08);
-  for (int i = 0; i < o.blocks; ++i) place_object("block", 0.04);
+  for (int i = 0; i < o.plates; ++i) place_object("plate", kPlateRadius);
+  for (int i = 0; i < o.blocks; ++i) place_object("block", kBlockRadius);
   std::vector<int> blocks, plates;
   for (size_t i = 0; i < s.objects.size(); ++i) (s.objects[i].kind == "block" ? blocks : plates).push_back(static_cast<int>(i));
   s.pick = blocks[rng() % blocks.size()];
@@ -129,7 +144,7 @@ void Step(RobotScene* s, const std::array<double, 7>& a, const RobotWorldOptions
 bool Success(const RobotScene& s) {
   const auto& block = s.objects[s.pick];
   const auto& plate = s.objects[s.place];
-  return s.held < 0 && s.gripper_open && Dist(block.center, plate.center) <= plate.radius * 0.8;
+  return s.held < 0 && s.gripper_open && Dist(block.center, plate.center) <= plate.radius * kOnPlate;
 }
 
 const char* OutcomeName(EpisodeOutcome outcome) {
@@ -181,9 +196,10 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
   // closed on nothing (a missed grasp), which only grasps again after it has
   // been opened, so open first.
   const double arrived_grip = carrying || !s.gripper_open ? 1 : 0;
+  const double arrive = carrying ? ReleaseDistance(o) : ArriveDistance(o);
   // Without grip_on_the_move, once within the arrival distance it grips on a
   // still step.
-  if (!o.grip_on_the_move && std::hypot(dx, dy) <= ArriveDistance(o)) {
+  if (!o.grip_on_the_move && std::hypot(dx, dy) <= arrive) {
     a[6] = arrived_grip;
     return a;
   }
@@ -197,7 +213,7 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
   // distance (Step clamps the gripper to the table).
   const double ex = std::clamp(s.gripper.x + a[0] * o.max_step, 0.0, 1.0);
   const double ey = std::clamp(s.gripper.y + a[1] * o.max_step, 0.0, 1.0);
-  const bool arrives = o.grip_on_the_move && std::hypot(goal.x - ex, goal.y - ey) <= ArriveDistance(o);
+  const bool arrives = o.grip_on_the_move && std::hypot(goal.x - ex, goal.y - ey) <= arrive;
   // On the way it keeps holding the named block; any other gripper opens
   // (an open one stays open, one closed on nothing or the wrong block lets
   // go).

@@ -248,6 +248,36 @@ TEST_F(SyntheticTasksTest, GripOnTheMoveFramesCloseWhileMoving) {
   EXPECT_GT(2 * moving_grasps[1], grasps[1]) << moving_grasps[1] << " of " << grasps[1];
 }
 
+// A wider release disc (release_steps) turns carrying frames that the
+// default expert labels "move on, closed" into "that move and open"; every
+// release ends within the disc, on the plate.
+TEST_F(SyntheticTasksTest, ReleaseStepsWidenWhereCarryingFramesOpen) {
+  worlds::RobotWorldOptions narrow, wide;
+  narrow.grip_on_the_move = wide.grip_on_the_move = true;
+  wide.release_steps = 0.6;
+  const SyntheticTasks tasks[2] = {SyntheticTasks(ctx_.get(), worlds::UiWorldOptions{}, narrow),
+                                   SyntheticTasks(ctx_.get(), worlds::UiWorldOptions{}, wide)};
+  const auto& codec = *ctx_->action_codec;
+  constexpr int kFrames = 400;
+  int releases[2] = {0, 0};
+  for (uint64_t seed = 0; seed < kFrames; ++seed) {
+    for (int k = 0; k < 2; ++k) {
+      auto e = tasks[k].Act(seed);
+      ASSERT_TRUE(e.ok()) << e.status();
+      if (!e->carrying) continue;
+      const ActFrame f = ReadActFrame(*e, codec);
+      if (!f.opens) continue;
+      ++releases[k];
+      const double ex = f.gx + 0.08 * codec.BinCentre(codec.BinOfToken(e->example.target_ids[0]));
+      const double ey = f.gy + 0.08 * codec.BinCentre(codec.BinOfToken(e->example.target_ids[1]));
+      // Bin centres are within 1/128 of the move.
+      EXPECT_LE(std::hypot(ex - f.goal_x, ey - f.goal_y), (k == 0 ? 0.375 : 0.6) * 0.08 + 2 * 0.08 / 128)
+          << seed << ": " << f.bins;
+    }
+  }
+  EXPECT_GT(releases[1], releases[0] + releases[0] / 4) << releases[0] << " -> " << releases[1];
+}
+
 // The offset read-out's target is where the goal is from the gripper, in
 // steps of 0.08 and within two per axis, at the x, y and gripper tokens;
 // away from the goal the expert's move per axis is that offset rounded to a

@@ -213,6 +213,23 @@ TEST(RobotWorldTest, OptionsNeedABlockAPlateAndAColourEach) {
   }
 }
 
+// The release disc must let the expert finish (at least 0.375 steps) and
+// land the block on the plate (below 0.8 of the plate's 0.08 radius).
+TEST(RobotWorldTest, ReleaseStepsStayInsideThePlate) {
+  RobotWorldOptions o;
+  EXPECT_DOUBLE_EQ(ReleaseDistance(o), ArriveDistance(o));
+  for (double steps : {0.375, 0.5, 0.79}) {
+    o.release_steps = steps;
+    EXPECT_TRUE(CheckOptions(o).ok()) << steps;
+  }
+  for (double steps : {0.3, 0.8, 2.0, -1.0, std::nan("")}) {
+    o.release_steps = steps;
+    const absl::Status s = CheckOptions(o);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << steps;
+    EXPECT_NE(s.message().find("release_steps must be at least 0.375"), std::string::npos) << s;
+  }
+}
+
 TEST(RobotWorldTest, ExpertSolvesEveryEpisode) {
   RobotWorldOptions o;
   for (uint64_t seed = 0; seed < 200; ++seed) {
@@ -436,6 +453,77 @@ TEST(RobotWorldTest, ExpertGripsOnTheMove) {
     EXPECT_TRUE(Success(s)) << "seed " << seed;
   }
   EXPECT_GT(moving_grips, 150);
+}
+
+// A wider release disc: carrying, the expert opens once the block is within
+// release_steps steps of the plate's centre, still or on the move, and the
+// block lands; it grasps as before.
+TEST(RobotWorldTest, ExpertReleasesWithinReleaseSteps) {
+  for (bool on_the_move : {false, true}) {
+    RobotWorldOptions o;
+    o.grip_on_the_move = on_the_move;
+    RobotScene carry = NewEpisode(3, o);
+    const vision::NormPoint plate = carry.objects[carry.place].center;
+    carry.held = carry.pick;
+    carry.gripper_open = false;
+    auto put = [&](double dx, double dy) {
+      RobotScene s = carry;
+      s.gripper = {plate.x + dx, plate.y + dy};
+      s.objects[s.pick].center = s.gripper;
+      return s;
+    };
+    // Carrying, 0.04 (half a step) right of the plate's centre: by default
+    // the expert moves half a step on, closed (still) or opens with that
+    // move (on the move); with 0.6 steps it opens where it is (still) or
+    // with the same move (on the move), and the block lands either way.
+    RobotScene s = put(0.04, 0);
+    auto a = ExpertAction(s, o);
+    EXPECT_EQ(a[0], -0.5) << on_the_move;
+    EXPECT_EQ(a[6], on_the_move ? 1 : 0) << on_the_move;
+    o.release_steps = 0.6;
+    a = ExpertAction(s, o);
+    EXPECT_EQ(a[0], on_the_move ? -0.5 : 0) << on_the_move;
+    EXPECT_EQ(a[6], 1) << on_the_move;
+    Step(&s, a, o);
+    EXPECT_TRUE(Success(s)) << on_the_move;
+    // 0.12 right of and 0.04 above the plate: a full step and a half step
+    // end 0.04 from it (0.5 steps), past the default disc (0.375 steps), so
+    // the default expert keeps the block and the 0.6-step one lets it go
+    // there, on the plate (0.04 < 0.064).
+    if (on_the_move) {
+      s = put(0.12, -0.04);
+      o.release_steps = 0.375;
+      a = ExpertAction(s, o);
+      EXPECT_EQ(a[0], -1);
+      EXPECT_EQ(a[1], 0.5);
+      EXPECT_EQ(a[6], 0);
+      o.release_steps = 0.6;
+      a = ExpertAction(s, o);
+      EXPECT_EQ(a[0], -1);
+      EXPECT_EQ(a[6], 1);
+      Step(&s, a, o);
+      EXPECT_TRUE(Success(s));
+    }
+    // The grasp does not change: open, 0.035 from the block (0.44 steps).
+    RobotScene g = NewEpisode(3, o);
+    const vision::NormPoint block = g.objects[g.pick].center;
+    g.gripper = {block.x + 0.035, block.y};
+    o.release_steps = 0.6;
+    const auto wide = ExpertAction(g, o);
+    o.release_steps = 0.375;
+    EXPECT_EQ(ExpertAction(g, o), wide) << on_the_move;
+    // Whole episodes, from the start and from scattered states, with the
+    // widest disc allowed: every one succeeds.
+    o.release_steps = 0.79;
+    std::mt19937_64 rng(7);
+    std::uniform_real_distribution<double> place(0.02, 0.98);
+    for (uint64_t seed = 0; seed < 200; ++seed) {
+      s = NewEpisode(seed, o);
+      if (seed % 2 == 1) s.gripper = {place(rng), place(rng)};
+      for (int step = 0; step < 60 && !Success(s); ++step) Step(&s, ExpertAction(s, o), o);
+      EXPECT_TRUE(Success(s)) << "seed " << seed << " on the move " << on_the_move;
+    }
+  }
 }
 
 TEST(RobotWorldTest, ExpertStillSucceedsThroughTheActionTokens) {

@@ -51,6 +51,15 @@ struct RobotWorldOptions {
   // moving there first and gripping, still, on the next step. A policy that
   // decides to grip a step early then still moves on to the goal.
   bool grip_on_the_move = false;
+  // How close to the plate's centre the expert opens the gripper when it
+  // carries the named block, in steps (units of max_step). The default
+  // releases as it grasps, within ArriveDistance. A wider disc gives a
+  // policy that misjudges the last half step a release that still lands the
+  // block (success needs it within 0.8 of the plate's radius, 0.064), where
+  // the default leaves it carrying a short way off the plate. At least
+  // 0.375 (the expert stops moving only within sqrt(2)/4 steps), and the
+  // release distance inside the success disc (below 0.8 steps of 0.08).
+  double release_steps = 0.375;
 };
 
 // Closing the gripper grasps a block whose centre is this close to it
@@ -61,12 +70,17 @@ inline constexpr double kGraspReach = 0.05;
 // (normalised units); farther away it moves.
 double ArriveDistance(const RobotWorldOptions& options = {});
 
+// The expert opens the gripper over the plate once the block it carries is
+// this close to the plate's centre (normalised units): release_steps steps.
+double ReleaseDistance(const RobotWorldOptions& options = {});
+
 // The colours of blocks and plates.
 const std::vector<std::string>& TableColors();
 
 // OK unless a scene of `options` cannot be built: INVALID_ARGUMENT when there
 // are no blocks, no plates, or more objects than colours (instructions name
-// objects by colour).
+// objects by colour), or when release_steps is below 0.375 or releases
+// outside the plate's success disc.
 absl::Status CheckOptions(const RobotWorldOptions& options);
 
 RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& options = {});
