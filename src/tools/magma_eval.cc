@@ -41,6 +41,7 @@ ABSL_FLAG(double, release_steps, 0.375,
 ABSL_FLAG(int, table_blocks, 3, "Act and Trace: blocks per tabletop scene");
 ABSL_FLAG(int, table_plates, 2, "Act and Trace: plates per tabletop scene");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");
+ABSL_FLAG(int, log_paths, 0, "Trace: print the first N scenes' expected and predicted paths with their error");
 ABSL_FLAG(int, questions, 200, "Generate: questions");
 ABSL_FLAG(int, log_questions, 0, "Generate: print the first N questions with the expected and the model's answer");
 ABSL_FLAG(std::string, demo_dir, "",
@@ -274,7 +275,21 @@ int main(int argc, char** argv) {
     const auto a = Resample(got, 100), b = Resample(want, 100);
     double d = 0;
     for (int k = 0; k < 100; ++k) d += cv::norm(a[k] - b[k]);
-    total_error += d / 100 / std::sqrt(2.0);  // normalised coordinates: the diagonal is sqrt(2)
+    const double error = d / 100 / std::sqrt(2.0);  // normalised coordinates: the diagonal is sqrt(2)
+    if (i < absl::GetFlag(FLAGS_log_paths)) {
+      auto points = [](const std::vector<cv::Point2d>& p) {
+        std::string out;
+        char buf[48];
+        for (const auto& q : p) {
+          std::snprintf(buf, sizeof buf, " (%.3f, %.3f)", q.x, q.y);
+          out += buf;
+        }
+        return out;
+      };
+      std::cout << "  path " << i << ": " << scene.instruction << ", error " << 100 * error << " %; expected"
+                << points(want) << "; answered" << points(got) << std::endl;
+    }
+    total_error += error;
     ++paths;
   }
   std::cout << "path_error: " << (paths ? 100.0 * total_error / paths : 0) << " % of the diagonal (" << paths
