@@ -115,6 +115,13 @@ TEST(MagmaTrainTest, RefusesRobotFrameShares) {
   EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --arrival_quarters must be between 0 and 4; got -1"),
             std::string::npos)
       << ReadAll(tmp.File("log"));
+  // A release disc that reaches past the plate's success disc (0.8 * 0.08).
+  EXPECT_EQ(RunTrain("--out " + out + " --steps 2 --release_steps 0.8" + kSmall, tmp.File("log")), 1);
+  EXPECT_NE(ReadAll(tmp.File("log"))
+                .find("INVALID_ARGUMENT: release_steps must be at least 0.375 and release inside the plate's "
+                      "success disc (release_steps * max_step < 0.064); got 0.8 steps of 0.08"),
+            std::string::npos)
+      << ReadAll(tmp.File("log"));
   EXPECT_FALSE(fs::exists(out));
 }
 
