@@ -104,11 +104,15 @@ absl::StatusOr<TaskContext> MakeTaskContext(std::shared_ptr<const tk::Tokenizer>
       ctx.stop_ids.push_back(id);
     }
   }
-  std::vector<std::string> bytes(tokenizer->vocab_size());
+  // Constrained answers follow the decoded text, in which the answer's first
+  // token may lose a leading space (SentencePiece's dummy prefix).
+  std::vector<std::string> bytes(tokenizer->vocab_size()), first_bytes(tokenizer->vocab_size());
   for (int32_t id = 0; id < tokenizer->vocab_size(); ++id) {
-    if (!tokenizer->IsSpecial(id)) bytes[id] = tokenizer->TokenBytes(id, /*first=*/false);
+    if (tokenizer->IsSpecial(id)) continue;
+    bytes[id] = tokenizer->TokenBytes(id, /*first=*/false);
+    first_bytes[id] = tokenizer->TokenBytes(id, /*first=*/true);
   }
-  ctx.token_table = std::make_shared<engine::TokenTable>(std::move(bytes), ctx.stop_ids);
+  ctx.token_table = std::make_shared<engine::TokenTable>(std::move(bytes), ctx.stop_ids, std::move(first_bytes));
   ActionCodecOptions ao;
   ao.vocab_size = tokenizer->base_vocab_size();
   if (auto codec = ActionCodec::Create(ao); codec.ok()) ctx.action_codec = *codec;

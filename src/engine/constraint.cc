@@ -336,6 +336,7 @@ class DfaConstraint final : public Constraint {
  private:
   const DfaGrammar* g_;
   int32_t state_;
+  bool first_ = true;  // no token accepted yet: tokens stand for their first_bytes
   bool finished_ = false;
 };
 
@@ -355,39 +356,44 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
     return state;
   }
   bool Accepting(int32_t state) const { return dfa_.accepting[state]; }
-  int32_t Advance(int32_t state, int32_t id) const { return Run(state, table_->bytes(id)); }
+  int32_t Advance(int32_t state, int32_t id, bool first) const {
+    return Run(state, first ? table_->first_bytes(id) : table_->bytes(id));
+  }
   bool IsEnd(int32_t id) const {
     const auto& e = table_->end_ids();
     return std::find(e.begin(), e.end(), id) != e.end();
   }
 
-  // Allowed ids at `state`, computed once per state.
-  const std::vector<int32_t>& AllowedAt(int32_t state) const {
+  // Allowed ids at `state` (as the answer's first token or later),
+  // computed once per state.
+  const std::vector<int32_t>& AllowedAt(int32_t state, bool first) const {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = allowed_.find(state);
-    if (it != allowed_.end()) return it->second;
+    auto& cache = first ? allowed_first_ : allowed_;
+    auto it = cache.find(state);
+    if (it != cache.end()) return it->second;
     std::vector<int32_t> ids;
     for (int32_t id = 0; id < table_->size(); ++id) {
-      const std::string& b = table_->bytes(id);
+      const std::string& b = first ? table_->first_bytes(id) : table_->bytes(id);
       if (!b.empty() && Run(state, b) >= 0) ids.push_back(id);
     }
     if (Accepting(state)) {
       for (int32_t e : table_->end_ids()) ids.push_back(e);
     }
-    return allowed_.emplace(state, std::move(ids)).first->second;
+    return cache.emplace(state, std::move(ids)).first->second;
   }
 
  private:
   Dfa dfa_;
   std::shared_ptr<const TokenTable> table_;
   mutable std::mutex mu_;
-  mutable std::unordered_map<int32_t, std::vector<int32_t>> allowed_;  // guarded by mu_
+  mutable std::unordered_map<int32_t, std::vector<int32_t>> allowed_;        // guarded by mu_
+  mutable std::unordered_map<int32_t, std::vector<int32_t>> allowed_first_;  // guarded by mu_
 };
 
 const std::vector<int32_t>& DfaConstraint::Allowed() {
   static const std::vector<int32_t> kNone;
   if (finished_) return kNone;
-  return g_->AllowedAt(state_);
+  return g_->AllowedAt(state_, first_);
 }
 
 void DfaConstraint::Accept(int32_t id) {
@@ -395,7 +401,8 @@ void DfaConstraint::Accept(int32_t id) {
     finished_ = true;
     return;
   }
-  state_ = g_->Advance(state_, id);
+  state_ = g_->Advance(state_, id, first_);
+  first_ = false;
 }
 
 class SequenceConstraint final : public Constraint {
@@ -439,8 +446,11 @@ class SequenceGrammar final : public Grammar {
 
 }  // namespace
 
-TokenTable::TokenTable(std::vector<std::string> bytes, std::vector<int32_t> end_ids)
-    : bytes_(std::move(bytes)), end_ids_(std::move(end_ids)) {}
+TokenTable::TokenTable(std::vector<std::string> bytes, std::vector<int32_t> end_ids,
+                       std::vector<std::string> first_bytes)
+    : bytes_(std::move(bytes)), first_bytes_(std::move(first_bytes)), end_ids_(std::move(end_ids)) {
+  if (first_bytes_.size() != bytes_.size()) first_bytes_.clear();
+}
 
 absl::StatusOr<std::shared_ptr<const Grammar>> CompileRegex(const std::string& pattern,
                                                             std::shared_ptr<const TokenTable> table) {

@@ -287,7 +287,7 @@ int main(int argc, char** argv) {
         return out;
       };
       std::cout << "  path " << i << ": " << scene.instruction << ", error " << 100 * error << " %; expected"
-                << points(want) << "; answered" << points(got) << std::endl;
+                << points(want) << "; answered" << points(got) << "; raw answer " << resp.raw_text() << std::endl;
     }
     total_error += error;
     ++paths;

@@ -49,6 +49,34 @@ void ExpectWalksMatch(const Grammar& g, const TokenTable& t, const std::string& 
   }
 }
 
+// A SentencePiece model with a dummy prefix writes its answers' first piece
+// with a space ("▁Mark") that decoding drops: as the first token it stands
+// for "Mark", later for " Mark".
+TEST(ConstraintTest, FirstTokenStandsForItsFirstBytes) {
+  const std::vector<std::string> bytes = {"", " Mark", "Mark", ":", " ", "1", "2", " 1"};
+  std::vector<std::string> first = bytes;
+  first[1] = "Mark";
+  first[7] = "1";
+  auto table = std::make_shared<TokenTable>(bytes, std::vector<int32_t>{0}, first);
+  EXPECT_EQ(table->first_bytes(1), "Mark");
+  EXPECT_EQ(table->bytes(1), " Mark");
+  auto g = CompileChoices({"Mark: 1", "Mark: 2"}, table);
+  ASSERT_TRUE(g.ok()) << g.status();
+  auto c = (*g)->Start();
+  EXPECT_EQ(c->Allowed(), (std::vector<int32_t>{1, 2}));  // " Mark" and "Mark"
+  c->Accept(1);
+  EXPECT_EQ(c->Allowed(), (std::vector<int32_t>{3}));
+  c->Accept(3);
+  // After "Mark:" the space comes as " " or " 1", now with its space.
+  EXPECT_EQ(c->Allowed(), (std::vector<int32_t>{4, 7}));
+  c->Accept(7);
+  EXPECT_EQ(c->Allowed(), (std::vector<int32_t>{0}));
+  // Without first bytes every token stands for its bytes, the first too.
+  auto plain = CompileChoices({"Mark: 1"}, std::make_shared<TokenTable>(bytes, std::vector<int32_t>{0}));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ((*plain)->Start()->Allowed(), (std::vector<int32_t>{2}));
+}
+
 TEST(ConstraintTest, ChoicesAcceptExactlyTheList) {
   auto table = ToyTable();
   auto g = CompileChoices({"yes", "no", "maybe"}, table);

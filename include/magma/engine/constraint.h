@@ -23,13 +23,19 @@ class TokenTable {
  public:
   // `bytes[id]` is the decoded text of id ("" for special tokens); `end_ids`
   // are the tokens that may end a constrained answer (eos, end of turn).
-  TokenTable(std::vector<std::string> bytes, std::vector<int32_t> end_ids);
+  // `first_bytes[id]`, when given, is the text id stands for as the answer's
+  // first token: a SentencePiece tokenizer with a dummy prefix starts every
+  // text with a space piece ("▁Mark") and drops that space when it decodes,
+  // so a model trained on its encodings writes " Mark" for "Mark".
+  TokenTable(std::vector<std::string> bytes, std::vector<int32_t> end_ids, std::vector<std::string> first_bytes = {});
   int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
   const std::string& bytes(int32_t id) const { return bytes_[id]; }
+  const std::string& first_bytes(int32_t id) const { return first_bytes_.empty() ? bytes_[id] : first_bytes_[id]; }
   const std::vector<int32_t>& end_ids() const { return end_ids_; }
 
  private:
   std::vector<std::string> bytes_;
+  std::vector<std::string> first_bytes_;
   std::vector<int32_t> end_ids_;
 };
 
