@@ -359,6 +359,9 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
   int32_t Advance(int32_t state, int32_t id, bool first) const {
     return Run(state, first ? table_->first_bytes(id) : table_->bytes(id));
   }
+  // A first token that decoding drops entirely (SentencePiece's lone
+  // dummy-prefix space, before an answer that starts with "[" or a digit).
+  bool Vanishes(int32_t id) const { return table_->first_bytes(id).empty() && !table_->bytes(id).empty(); }
   bool IsEnd(int32_t id) const {
     const auto& e = table_->end_ids();
     return std::find(e.begin(), e.end(), id) != e.end();
@@ -374,7 +377,7 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
     std::vector<int32_t> ids;
     for (int32_t id = 0; id < table_->size(); ++id) {
       const std::string& b = first ? table_->first_bytes(id) : table_->bytes(id);
-      if (!b.empty() && Run(state, b) >= 0) ids.push_back(id);
+      if ((!b.empty() && Run(state, b) >= 0) || (first && Vanishes(id))) ids.push_back(id);
     }
     if (Accepting(state)) {
       for (int32_t e : table_->end_ids()) ids.push_back(e);
@@ -401,7 +404,9 @@ void DfaConstraint::Accept(int32_t id) {
     finished_ = true;
     return;
   }
-  state_ = g_->Advance(state_, id, first_);
+  // A vanishing first token leaves the state; the next token is read with
+  // its own bytes (decoding drops one leading space only).
+  if (!(first_ && g_->Vanishes(id))) state_ = g_->Advance(state_, id, first_);
   first_ = false;
 }
 

@@ -71,6 +71,23 @@ TEST(ConstraintTest, FirstTokenStandsForItsFirstBytes) {
   EXPECT_EQ(c->Allowed(), (std::vector<int32_t>{4, 7}));
   c->Accept(7);
   EXPECT_EQ(c->Allowed(), (std::vector<int32_t>{0}));
+  // A lone space piece first stands for nothing (decoding drops it); the
+  // answer then goes on from the grammar's start, each token with its own
+  // bytes, and only once.
+  const std::vector<std::string> spaced = {"", " ", "Mark", ":", " 1"};
+  auto with_space =
+      std::make_shared<TokenTable>(spaced, std::vector<int32_t>{0}, std::vector<std::string>{"", "", "Mark", ":", "1"});
+  auto g2 = CompileChoices({"Mark: 1"}, with_space);
+  ASSERT_TRUE(g2.ok()) << g2.status();
+  auto c2 = (*g2)->Start();
+  EXPECT_EQ(c2->Allowed(), (std::vector<int32_t>{1, 2}));  // the lone space and "Mark"
+  c2->Accept(1);
+  EXPECT_EQ(c2->Allowed(), (std::vector<int32_t>{2}));  // no second lone space
+  c2->Accept(2);
+  c2->Accept(3);
+  EXPECT_EQ(c2->Allowed(), (std::vector<int32_t>{1, 4}));  // " " and " 1", with their space now
+  c2->Accept(4);
+  EXPECT_EQ(c2->Allowed(), (std::vector<int32_t>{0}));
   // Without first bytes every token stands for its bytes, the first too.
   auto plain = CompileChoices({"Mark: 1"}, std::make_shared<TokenTable>(bytes, std::vector<int32_t>{0}));
   ASSERT_TRUE(plain.ok()) << plain.status();

@@ -26,7 +26,9 @@ class TokenTable {
   // `first_bytes[id]`, when given, is the text id stands for as the answer's
   // first token: a SentencePiece tokenizer with a dummy prefix starts every
   // text with a space piece ("▁Mark") and drops that space when it decodes,
-  // so a model trained on its encodings writes " Mark" for "Mark".
+  // so a model trained on its encodings writes " Mark" for "Mark", or a
+  // lone " " (first bytes "") before an answer that starts with "[": such a
+  // first token stands for nothing and leaves the grammar at its start.
   TokenTable(std::vector<std::string> bytes, std::vector<int32_t> end_ids, std::vector<std::string> first_bytes = {});
   int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
   const std::string& bytes(int32_t id) const { return bytes_[id]; }
