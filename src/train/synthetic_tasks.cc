@@ -437,9 +437,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
       if (act_.arrival_quarters > 0 && static_cast<int>(rng() % 4) < act_.arrival_quarters) {
         // Uniform over the disc inside the arrival distance (a little
         // inside it, clear of the expert's threshold).
-        const double arrive =
-            scene.held == scene.pick ? worlds::ReleaseDistance(robot_) : worlds::ArriveDistance(robot_);
-        const double r = 0.95 * arrive * std::sqrt(unit(rng));
+        const double r = 0.95 * worlds::GripDistance(scene, robot_) * std::sqrt(unit(rng));
         const double angle = 2 * M_PI * unit(rng);
         scene.gripper = {std::clamp(g.x + r * std::cos(angle), 0.0, 1.0),
                          std::clamp(g.y + r * std::sin(angle), 0.0, 1.0)};

@@ -37,6 +37,10 @@ double ArriveDistance(const RobotWorldOptions& o) { return kArriveSteps * o.max_
 
 double ReleaseDistance(const RobotWorldOptions& o) { return o.release_steps * o.max_step; }
 
+double GripDistance(const RobotScene& s, const RobotWorldOptions& o) {
+  return s.held == s.pick ? ReleaseDistance(o) : ArriveDistance(o);
+}
+
 const std::vector<std::string>& TableColors() {
   static const std::vector<std::string> kColors = {"red", "green", "blue", "yellow", "purple", "orange"};
   return kColors;
@@ -196,7 +200,7 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
   // closed on nothing (a missed grasp), which only grasps again after it has
   // been opened, so open first.
   const double arrived_grip = carrying || !s.gripper_open ? 1 : 0;
-  const double arrive = carrying ? ReleaseDistance(o) : ArriveDistance(o);
+  const double arrive = GripDistance(s, o);
   // Without grip_on_the_move, once within the arrival distance it grips on a
   // still step.
   if (!o.grip_on_the_move && std::hypot(dx, dy) <= arrive) {

@@ -74,6 +74,11 @@ double ArriveDistance(const RobotWorldOptions& options = {});
 // this close to the plate's centre (normalised units): release_steps steps.
 double ReleaseDistance(const RobotWorldOptions& options = {});
 
+// How close to its goal in `scene` the expert closes or opens the gripper:
+// ReleaseDistance while it carries the named block to the plate, else
+// ArriveDistance.
+double GripDistance(const RobotScene& scene, const RobotWorldOptions& options = {});
+
 // The colours of blocks and plates.
 const std::vector<std::string>& TableColors();
 
