@@ -157,8 +157,12 @@ def cmd_robot_loop(stub, md, args):
 def cmd_trace(stub, md, args):
     fmt = pb.HAMSTER_PATH if args.format == "path" else pb.MAGMA_TOM
     resp = stub.Trace(pb.TraceRequest(image=image(args.image), instruction=" ".join(args.text), format=fmt,
-                                      return_overlay=bool(args.overlay_out)), metadata=md)
+                                      steps=args.steps, return_overlay=bool(args.overlay_out)), metadata=md)
     print(resp.raw_text)
+    if resp.parse_error:
+        print("could not read the answer:", resp.parse_error)
+    elif fmt == pb.MAGMA_TOM and not resp.traces:
+        print("no mark moves")
     for t in resp.traces:
         print(f"mark {t.mark}:", [(round(p.px.x), round(p.px.y)) for p in t.future])
     for p in resp.path:
@@ -198,6 +202,7 @@ def main():
     t.add_argument("text", nargs="+")
     t.add_argument("--image", required=True)
     t.add_argument("--format", choices=["tom", "path"], default="tom")
+    t.add_argument("--steps", type=int, default=0, help="future points per mark (tom; default: the server's, 16)")
     t.add_argument("--overlay-out")
     args = ap.parse_args()
     stub, md = connect(args)

@@ -57,15 +57,10 @@ engine::GenerationRequest BaseRequest(const TaskContext& ctx, const GenerationKn
   engine::GenerationRequest r;
   r.sampling = knobs.sampling;
   r.max_new_tokens = knobs.max_new_tokens;
+  r.fit_context = knobs.fit_context;
   r.deadline = knobs.deadline;
   r.stop_token_ids = ctx.stop_ids;
   return r;
-}
-
-std::vector<tk::ChatMessage> WithSystem(const std::string& system, std::vector<tk::Segment> user) {
-  std::vector<tk::ChatMessage> m = tk::MagmaTaskMessages(std::move(user));
-  if (!system.empty()) m[0].content = {tk::Untrusted(system)};
-  return m;
 }
 
 }  // namespace
@@ -370,7 +365,22 @@ absl::StatusOr<PreparedTrace> PrepareTrace(const TaskContext& ctx, TraceTask tas
 absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& p, const engine::GenerationResult& r) {
   TraceOutcome out;
   if (p.format == TraceFormat::kMagmaTom) {
-    auto answer = ParseTraceAnswer(r.text);
+    absl::string_view text = r.text;
+    if (p.request.grammar != nullptr) {
+      // The grammar makes every mark's trace optional: a constrained answer
+      // that stops by itself may list none (no mark moves). One the token
+      // budget (the context) cut short keeps its complete traces.
+      if (r.finish_reason == engine::FinishReason::kLength) {
+        const size_t end = text.rfind("\n\n");
+        if (end == absl::string_view::npos) {
+          return absl::ResourceExhaustedError(absl::StrCat("the answer ran out of tokens (", r.token_ids.size(),
+                                                           ") before its first trace was complete"));
+        }
+        text = text.substr(0, end + 2);
+      }
+      if (absl::StripAsciiWhitespace(text).empty()) return out;
+    }
+    auto answer = ParseTraceAnswer(text);
     if (!answer.ok()) return absl::InternalError(absl::StrCat("the model's trace is malformed: ", answer.status().message()));
     out.answer = *answer;
     out.traces = TracesToPixels(out.answer, *p.frame);

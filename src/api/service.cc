@@ -399,6 +399,7 @@ absl::StatusOr<engine::GenerationRequest> BuildTextRequest(const v1::GenerateReq
   auto max_tokens = MaxTokens(req.max_tokens(), 256, limits);
   if (!max_tokens.ok()) return max_tokens.status();
   task.knobs.max_new_tokens = *max_tokens;
+  task.knobs.fit_context = req.max_tokens() == 0;
   task.knobs.deadline = deadline;
   auto r = agent::PrepareText(backend.tasks, task);
   if (!r.ok()) return r.status();
@@ -513,6 +514,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
     if (!sampling.ok()) return call->Done(sampling.status());
     task.knobs.sampling = *sampling;
     task.knobs.max_new_tokens = 64;
+    task.knobs.fit_context = true;
     task.knobs.deadline = call->deadline();
     auto prepared = agent::PrepareClick(backend->tasks, std::move(task));
     if (!prepared.ok()) return call->Done(prepared.status());
@@ -652,6 +654,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
     if (!sampling.ok()) return call->Done(sampling.status());
     task.knobs.sampling = *sampling;
     task.knobs.max_new_tokens = 512;
+    task.knobs.fit_context = true;
     task.knobs.deadline = call->deadline();
     auto prepared = agent::PrepareTrace(backend->tasks, std::move(task));
     if (!prepared.ok()) return call->Done(prepared.status());
@@ -667,6 +670,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
       resp->set_raw_text(result.text);
       FillTimings(result.timings, call->received(), resp->mutable_timings());
       auto out = agent::FinishTrace(*p, result);
+      if (out.status().code() == absl::StatusCode::kResourceExhausted) return call->Done(out.status());
       if (!out.ok()) {
         resp->set_parse_error(std::string(out.status().message()));
         return call->Done(absl::OkStatus());

@@ -177,6 +177,9 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
   }
   if (auto s = ValidateSamplingParams(req.sampling); !s.ok()) return s;
   if (req.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be >= 1");
+  if (req.fit_context && positions < capacity_) {
+    req.max_new_tokens = static_cast<int32_t>(std::min<int64_t>(req.max_new_tokens, capacity_ - positions));
+  }
   if (positions + req.max_new_tokens > capacity_) {
     return absl::ResourceExhaustedError(absl::StrCat("the prompt (", positions, " positions) plus max_new_tokens (",
                                                      req.max_new_tokens, ") exceeds the context of ", capacity_,

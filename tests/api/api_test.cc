@@ -441,6 +441,8 @@ TEST_F(ApiTest, ActErrors) {
 
 // ------------------------------------------------------------ Trace
 
+constexpr int kLongPromptWords = 420;  // about 900 prompt positions
+
 TEST_F(ApiTest, TraceFormatsAreAlwaysParseable) {
   for (auto format : {v1::MAGMA_TOM, v1::HAMSTER_PATH}) {
     v1::TraceRequest req;
@@ -474,6 +476,49 @@ TEST_F(ApiTest, TraceFormatsAreAlwaysParseable) {
       }
     }
   }
+}
+
+// Budgets the server picks (Trace's, a Generate without max_tokens) are cut
+// to what the context leaves instead of refusing the request: eight marks of
+// 16 steps would ask 1600 tokens of a 1024-position model.
+TEST_F(ApiTest, DefaultBudgetsFitTheContext) {
+  v1::TraceRequest trace;
+  *trace.mutable_image() = Image(Png(256, 128));
+  trace.set_instruction("put the cup on the plate");
+  for (int i = 0; i < 8; ++i) {
+    auto* m = trace.add_marks();
+    m->set_x(16 + 28 * i);
+    m->set_y(64);
+  }
+  v1::TraceResponse tr;
+  auto ctx = Ctx();
+  grpc::Status st = stub_->Trace(ctx.get(), trace, &tr);
+  ASSERT_TRUE(st.ok() || st.error_code() == grpc::RESOURCE_EXHAUSTED) << st.error_message();
+  if (st.ok()) {
+    EXPECT_TRUE(tr.parse_error().empty()) << tr.parse_error() << " in " << tr.raw_text();
+    EXPECT_LE(tr.timings().prompt_tokens() + tr.timings().output_tokens(), 1024);
+    for (const auto& t : tr.traces()) EXPECT_LE(t.future_size(), 16);
+  } else {
+    EXPECT_NE(st.error_message().find("before its first trace was complete"), std::string::npos) << st.error_message();
+  }
+
+  v1::GenerateRequest gen;
+  std::string words;
+  for (int i = 0; i < kLongPromptWords; ++i) words += "x ";
+  gen.set_prompt(words);
+  gen.mutable_sampling()->set_temperature(0);
+  v1::GenerateResponse resp;
+  auto ctx2 = Ctx();
+  st = stub_->Generate(ctx2.get(), gen, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_GT(resp.timings().prompt_tokens(), 1024 - 256);  // the default 256 would not fit
+  EXPECT_LE(resp.timings().prompt_tokens() + resp.timings().output_tokens(), 1024);
+  // A number the client asked for is never shortened.
+  gen.set_max_tokens(256);
+  auto ctx3 = Ctx();
+  st = stub_->Generate(ctx3.get(), gen, &resp);
+  EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("exceeds the context of 1024"), std::string::npos) << st.error_message();
 }
 
 TEST_F(ApiTest, TraceErrors) {

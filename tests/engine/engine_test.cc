@@ -269,6 +269,24 @@ TEST(EngineTest, SubmitValidation) {
   EXPECT_EQ(engine.Submit(Prompt({1}, 4, 0, 0), c.For(0)).status().code(), absl::StatusCode::kUnavailable);
 }
 
+// A budget the server chose itself is shortened to what the context leaves;
+// a prompt that fills the context is still refused.
+TEST(EngineTest, FitContextShortensTheServersOwnBudget) {
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 32, Hashed()), nullptr, {});
+  Collector c;
+  auto fit = Prompt({1, 2, 3}, 30, 0, 0);
+  fit.fit_context = true;
+  ASSERT_TRUE(engine.Submit(fit, c.For(0)).ok());
+  c.WaitFor(1);
+  EXPECT_EQ(c.results[0].token_ids.size(), 29u);  // 32 - 3, no stop token set
+  EXPECT_EQ(c.results[0].finish_reason, FinishReason::kLength);
+  auto full = Prompt(std::vector<int32_t>(32, 1), 4, 0, 0);
+  full.fit_context = true;
+  auto refused = engine.Submit(full, c.For(1));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find("the prompt (32 positions)"), std::string::npos) << refused.status();
+}
+
 TEST(EngineTest, VisionCacheHitsSkipEncoding) {
   auto runner = std::make_unique<FakeRunner>(kVocab, 2, 128, Hashed());
   FakeRunner* fake = runner.get();

@@ -69,6 +69,7 @@ absl::StatusOr<TaskContext> MakeTaskContext(std::shared_ptr<const tokenizer::Tok
 struct GenerationKnobs {
   engine::SamplingParams sampling;
   int32_t max_new_tokens = 256;
+  bool fit_context = false;  // max_new_tokens is a default: shorten it to the context
   absl::Time deadline = absl::InfiniteFuture();
 };
 

@@ -33,6 +33,11 @@ struct GenerationRequest {
   SamplingParams sampling;
   // Most tokens to generate (>= 1).
   int32_t max_new_tokens = 256;
+  // max_new_tokens is the server's own default or bound, not a number the
+  // client asked for: shorten it to what the context leaves after the prompt
+  // instead of refusing the request (a client's own number that does not fit
+  // is RESOURCE_EXHAUSTED).
+  bool fit_context = false;
   // Generation ends after one of these; the token is not part of the text.
   std::vector<int32_t> stop_token_ids;
   // The text ends before the first occurrence of any of these.

@@ -1,0 +1,78 @@
+// How a Trace-of-Mark answer is read once generation ends: constrained
+// answers may list no traces and keep their complete traces when the token
+// budget cuts them; free answers are read as they are.
+#include <gtest/gtest.h>
+
+#include "magma/agent/tasks.h"
+
+namespace magma::agent {
+namespace {
+
+using vision::Grid256Point;
+
+// FinishTrace only asks whether the answer was constrained; it never starts the grammar.
+class NeverStarted : public engine::Grammar {
+ public:
+  std::unique_ptr<engine::Constraint> Start() const override { return nullptr; }
+};
+
+PreparedTrace Tom(bool constrained) {
+  PreparedTrace p;
+  p.format = TraceFormat::kMagmaTom;
+  p.frame = vision::ImageFrame::Identity({512, 256});
+  if (constrained) p.request.grammar = std::make_shared<NeverStarted>();
+  return p;
+}
+
+engine::GenerationResult Ended(std::string text, engine::FinishReason reason, int tokens) {
+  engine::GenerationResult r;
+  r.finish_reason = reason;
+  r.text = std::move(text);
+  r.token_ids.assign(tokens, 7);
+  return r;
+}
+
+constexpr char kCut[] = "\"Mark 1\": \"[[10,20],[12,22]]\"\n\n\"Mark 2\": \"[[30,4";
+
+TEST(FinishTraceTest, ABudgetCutKeepsTheCompleteTraces) {
+  auto out = FinishTrace(Tom(true), Ended(kCut, engine::FinishReason::kLength, 40));
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->answer.traces.size(), 1u);
+  EXPECT_EQ(out->answer.traces[0].mark, 1);
+  EXPECT_EQ(out->answer.traces[0].future, (std::vector<Grid256Point>{{10, 20}, {12, 22}}));
+  ASSERT_EQ(out->traces.size(), 1u);
+  // g / 256 * size on a 512x256 image.
+  EXPECT_EQ(out->traces[0].points, (std::vector<vision::PixelPoint>{{20, 20}, {24, 22}}));
+}
+
+TEST(FinishTraceTest, ABudgetCutInsideTheFirstTraceIsResourceExhausted) {
+  auto out = FinishTrace(Tom(true), Ended("\"Mark 1\": \"[[10,20],[1", engine::FinishReason::kLength, 12));
+  ASSERT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted) << out.status();
+  EXPECT_EQ(out.status().message(), "the answer ran out of tokens (12) before its first trace was complete");
+}
+
+TEST(FinishTraceTest, AConstrainedAnswerMayMoveNoMark) {
+  for (auto reason : {engine::FinishReason::kStopToken, engine::FinishReason::kGrammar}) {
+    auto out = FinishTrace(Tom(true), Ended("", reason, 1));
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_TRUE(out->traces.empty());
+  }
+}
+
+TEST(FinishTraceTest, FreeAnswersAreReadAsTheyAre) {
+  // No trimming and no empty answer: the parser's message says what is wrong.
+  auto cut = FinishTrace(Tom(false), Ended(kCut, engine::FinishReason::kLength, 40));
+  EXPECT_EQ(cut.status().code(), absl::StatusCode::kInternal) << cut.status();
+  auto empty = FinishTrace(Tom(false), Ended("", engine::FinishReason::kStopToken, 1));
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInternal) << empty.status();
+  EXPECT_NE(empty.status().message().find("no traces"), std::string::npos) << empty.status();
+  // A complete answer is the same either way.
+  const std::string full = "\"Mark 2\": \"[[1,2]]\"\n\n";
+  auto free = FinishTrace(Tom(false), Ended(full, engine::FinishReason::kStopToken, 9));
+  auto constrained = FinishTrace(Tom(true), Ended(full, engine::FinishReason::kGrammar, 9));
+  ASSERT_TRUE(free.ok() && constrained.ok());
+  EXPECT_EQ(free->answer.traces[0].future, constrained->answer.traces[0].future);
+}
+
+}  // namespace
+}  // namespace magma::agent
