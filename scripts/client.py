@@ -159,6 +159,8 @@ def cmd_trace(stub, md, args):
     resp = stub.Trace(pb.TraceRequest(image=image(args.image), instruction=" ".join(args.text), format=fmt,
                                       steps=args.steps, return_overlay=bool(args.overlay_out)), metadata=md)
     print(resp.raw_text)
+    if resp.finish_reason == pb.LENGTH:
+        print("(the token budget cut the answer: complete traces only)")
     if resp.parse_error:
         print("could not read the answer:", resp.parse_error)
     elif fmt == pb.MAGMA_TOM and not resp.traces:

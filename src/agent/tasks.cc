@@ -369,7 +369,7 @@ absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& p, const engine::G
     if (p.request.grammar != nullptr) {
       // The grammar makes every mark's trace optional: a constrained answer
       // that stops by itself may list none (no mark moves). One the token
-      // budget (the context) cut short keeps its complete traces.
+      // budget cut short keeps its complete traces, each ending in "\n\n".
       if (r.finish_reason == engine::FinishReason::kLength) {
         const size_t end = text.rfind("\n\n");
         if (end == absl::string_view::npos) {
@@ -387,6 +387,10 @@ absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& p, const engine::G
   } else {
     // The answer may have reasoning around the <ans> block.
     const size_t b = r.text.find("<ans>"), e = r.text.find("</ans>");
+    if (p.request.grammar != nullptr && r.finish_reason == engine::FinishReason::kLength && e == std::string::npos) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the answer ran out of tokens (", r.token_ids.size(), ") before its path was complete"));
+    }
     if (b == std::string::npos || e == std::string::npos || e < b) {
       return absl::InternalError("the model's answer has no <ans>...</ans> path");
     }

@@ -252,7 +252,8 @@ void SubmitUnary(UnaryCall* call, const Backend& backend, engine::GenerationRequ
 
 absl::StatusOr<int32_t> MaxTokens(int32_t requested, int32_t fallback, const Limits& limits) {
   if (requested < 0) return absl::InvalidArgumentError("max_tokens must be >= 0 (0 = default)");
-  const int32_t n = requested == 0 ? fallback : requested;
+  // The default never exceeds the server's limit; a client's number may not.
+  const int32_t n = requested == 0 ? std::min(fallback, limits.max_tokens) : requested;
   if (n > limits.max_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("max_tokens ", n, " exceeds the limit of ", limits.max_tokens));
   }
@@ -399,7 +400,8 @@ absl::StatusOr<engine::GenerationRequest> BuildTextRequest(const v1::GenerateReq
   auto max_tokens = MaxTokens(req.max_tokens(), 256, limits);
   if (!max_tokens.ok()) return max_tokens.status();
   task.knobs.max_new_tokens = *max_tokens;
-  task.knobs.fit_context = req.max_tokens() == 0;
+  // A default budget is cut to the context, unless a cut would leave half a choice.
+  task.knobs.fit_context = req.max_tokens() == 0 && req.choices_size() == 0;
   task.knobs.deadline = deadline;
   auto r = agent::PrepareText(backend.tasks, task);
   if (!r.ok()) return r.status();
@@ -513,7 +515,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
     auto sampling = ToSampling(req->sampling(), 0.0f);
     if (!sampling.ok()) return call->Done(sampling.status());
     task.knobs.sampling = *sampling;
-    task.knobs.max_new_tokens = 64;
+    task.knobs.max_new_tokens = std::min(64, options_.limits.max_tokens);
     task.knobs.fit_context = true;
     task.knobs.deadline = call->deadline();
     auto prepared = agent::PrepareClick(backend->tasks, std::move(task));
@@ -668,6 +670,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
       call->Generated(result.timings);
       if (!result.status.ok()) return call->Done(result.status);
       resp->set_raw_text(result.text);
+      resp->set_finish_reason(ToProto(result.finish_reason));
       FillTimings(result.timings, call->received(), resp->mutable_timings());
       auto out = agent::FinishTrace(*p, result);
       if (out.status().code() == absl::StatusCode::kResourceExhausted) return call->Done(out.status());

@@ -43,12 +43,37 @@ TEST(FinishTraceTest, ABudgetCutKeepsTheCompleteTraces) {
   ASSERT_EQ(out->traces.size(), 1u);
   // g / 256 * size on a 512x256 image.
   EXPECT_EQ(out->traces[0].points, (std::vector<vision::PixelPoint>{{20, 20}, {24, 22}}));
+  // A trace is complete with the blank line the grammar ends it with.
+  auto one_newline = FinishTrace(
+      Tom(true), Ended("\"Mark 1\": \"[[1,2]]\"\n\n\"Mark 2\": \"[[3,4]]\"\n", engine::FinishReason::kLength, 30));
+  ASSERT_TRUE(one_newline.ok()) << one_newline.status();
+  ASSERT_EQ(one_newline->answer.traces.size(), 1u);
+  EXPECT_EQ(one_newline->answer.traces[0].mark, 1);
 }
 
 TEST(FinishTraceTest, ABudgetCutInsideTheFirstTraceIsResourceExhausted) {
   auto out = FinishTrace(Tom(true), Ended("\"Mark 1\": \"[[10,20],[1", engine::FinishReason::kLength, 12));
   ASSERT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted) << out.status();
   EXPECT_EQ(out.status().message(), "the answer ran out of tokens (12) before its first trace was complete");
+}
+
+TEST(FinishTraceTest, ABudgetCutPathIsResourceExhausted) {
+  PreparedTrace path = Tom(true);
+  path.format = TraceFormat::kHamsterPath;
+  const std::string cut = "<ans>[(0.1, 0.2), (0.3";
+  auto out = FinishTrace(path, Ended(cut, engine::FinishReason::kLength, 15));
+  ASSERT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted) << out.status();
+  EXPECT_EQ(out.status().message(), "the answer ran out of tokens (15) before its path was complete");
+  // Unconstrained, the same text is an answer that could not be read.
+  path.request.grammar = nullptr;
+  EXPECT_EQ(FinishTrace(path, Ended(cut, engine::FinishReason::kLength, 15)).status().code(),
+            absl::StatusCode::kInternal);
+  // A whole path is read whatever ended the answer.
+  path.request.grammar = std::make_shared<NeverStarted>();
+  auto whole = FinishTrace(path, Ended("<ans>[(0.5, 0.25)]</ans>", engine::FinishReason::kGrammar, 12));
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ASSERT_EQ(whole->path.size(), 1u);
+  EXPECT_EQ(whole->path_pixels[0], (vision::PixelPoint{256, 64}));
 }
 
 TEST(FinishTraceTest, AConstrainedAnswerMayMoveNoMark) {

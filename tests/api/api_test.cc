@@ -194,6 +194,27 @@ INSTANTIATE_TEST_SUITE_P(
         BadGenerate{"EmptyChoice", [](auto* r) { r->add_choices(""); }, grpc::INVALID_ARGUMENT, "choice"}),
     [](const ::testing::TestParamInfo<BadGenerate>& info) { return info.param.name; });
 
+// The server's default budget stays under its own token limit; a client's
+// number over the limit is refused.
+TEST_F(ApiTest, DefaultBudgetStaysUnderTheTokenLimit) {
+  api::ServerOptions options;
+  options.limits.max_tokens = 5;
+  Start(options);
+  v1::GenerateRequest req;
+  req.set_prompt("what colour?");
+  req.mutable_sampling()->set_temperature(0);
+  v1::GenerateResponse resp;
+  auto ctx = Ctx();
+  grpc::Status st = stub_->Generate(ctx.get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_LE(resp.timings().output_tokens(), 5);
+  req.set_max_tokens(6);
+  auto ctx2 = Ctx();
+  st = stub_->Generate(ctx2.get(), req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(st.error_message(), "max_tokens 6 exceeds the limit of 5");
+}
+
 // Sizes come from each format's header: checked before decoding.
 TEST_F(ApiTest, ImageFormatsAndPixelLimitsFromHeaders) {
   cv::Mat m(45, 123, CV_8UC3, cv::Scalar(10, 200, 30));
@@ -496,8 +517,11 @@ TEST_F(ApiTest, DefaultBudgetsFitTheContext) {
   ASSERT_TRUE(st.ok() || st.error_code() == grpc::RESOURCE_EXHAUSTED) << st.error_message();
   if (st.ok()) {
     EXPECT_TRUE(tr.parse_error().empty()) << tr.parse_error() << " in " << tr.raw_text();
+    EXPECT_GT(tr.timings().output_tokens(), 0);
     EXPECT_LE(tr.timings().prompt_tokens() + tr.timings().output_tokens(), 1024);
-    for (const auto& t : tr.traces()) EXPECT_LE(t.future_size(), 16);
+    // A cut answer says so; one the grammar ended lists at most 16 points a mark.
+    EXPECT_NE(tr.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+    for (const auto& t : tr.traces()) EXPECT_LE(t.future_size() + 1, 16);  // the first point is the start
   } else {
     EXPECT_NE(st.error_message().find("before its first trace was complete"), std::string::npos) << st.error_message();
   }
@@ -512,6 +536,7 @@ TEST_F(ApiTest, DefaultBudgetsFitTheContext) {
   st = stub_->Generate(ctx2.get(), gen, &resp);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_GT(resp.timings().prompt_tokens(), 1024 - 256);  // the default 256 would not fit
+  EXPECT_GT(resp.timings().output_tokens(), 0);
   EXPECT_LE(resp.timings().prompt_tokens() + resp.timings().output_tokens(), 1024);
   // A number the client asked for is never shortened.
   gen.set_max_tokens(256);
