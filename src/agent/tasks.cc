@@ -199,6 +199,10 @@ absl::StatusOr<PreparedClick> PrepareClick(const TaskContext& ctx, ClickTask tas
 
 absl::StatusOr<UiAnswer> FinishClick(const PreparedClick& p, const engine::GenerationResult& result) {
   auto answer = ParseUiAnswer(result.text, p.marks, *p.frame);
+  if (!answer.ok() && p.request.grammar != nullptr && result.finish_reason == engine::FinishReason::kLength) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the answer ran out of tokens (", result.token_ids.size(), ") before it named a mark"));
+  }
   if (!answer.ok()) return absl::NotFoundError(absl::StrCat("the answer names no element: ", answer.status().message()));
   return answer;
 }

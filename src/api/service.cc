@@ -554,6 +554,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
       FillTimings(result.timings, call->received(), resp->mutable_timings());
       resp->set_mark(-1);
       auto answer = agent::FinishClick(*p, result);
+      if (answer.status().code() == absl::StatusCode::kResourceExhausted) return call->Done(answer.status());
       if (answer.ok()) {
         resp->set_found(true);
         resp->mutable_click_px()->set_x(answer->click.x);

@@ -112,7 +112,8 @@ struct PreparedClick {
 absl::StatusOr<PreparedClick> PrepareClick(const TaskContext& ctx, ClickTask task);
 
 // The model's answer resolved to a click. NOT_FOUND (with the parser's
-// reason) when the answer names no element or point.
+// reason) when the answer names no element or point; RESOURCE_EXHAUSTED when
+// the token budget cut a constrained answer before it named a mark.
 absl::StatusOr<UiAnswer> FinishClick(const PreparedClick& prepared, const engine::GenerationResult& result);
 
 // -------------------------------------------------------------- act

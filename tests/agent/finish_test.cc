@@ -1,6 +1,6 @@
-// How a Trace-of-Mark answer is read once generation ends: constrained
-// answers may list no traces and keep their complete traces when the token
-// budget cuts them; free answers are read as they are.
+// How Trace and Click answers are read once generation ends: a constrained
+// answer the token budget cut keeps what is complete, or fails with
+// RESOURCE_EXHAUSTED when nothing is; free answers are read as they are.
 #include <gtest/gtest.h>
 
 #include "magma/agent/tasks.h"
@@ -97,6 +97,35 @@ TEST(FinishTraceTest, FreeAnswersAreReadAsTheyAre) {
   auto constrained = FinishTrace(Tom(true), Ended(full, engine::FinishReason::kGrammar, 9));
   ASSERT_TRUE(free.ok() && constrained.ok());
   EXPECT_EQ(free->answer.traces[0].future, constrained->answer.traces[0].future);
+}
+
+PreparedClick TwoMarks(bool constrained) {
+  PreparedClick p;
+  p.frame = vision::ImageFrame::Identity({400, 200});
+  for (int id : {0, 1}) {
+    vision::Mark m;
+    m.id = id;
+    m.box = {10.0 + 200 * id, 20, 110.0 + 200 * id, 60};
+    m.centre = {60.0 + 200 * id, 40};
+    m.centre_norm = {m.centre.x / 400, m.centre.y / 200};
+    p.marks.push_back(m);
+  }
+  if (constrained) p.request.grammar = std::make_shared<NeverStarted>();
+  return p;
+}
+
+TEST(FinishClickTest, ABudgetCutBeforeTheMarkIsResourceExhausted) {
+  auto cut = FinishClick(TwoMarks(true), Ended("Mark:", engine::FinishReason::kLength, 2));
+  ASSERT_EQ(cut.status().code(), absl::StatusCode::kResourceExhausted) << cut.status();
+  EXPECT_EQ(cut.status().message(), "the answer ran out of tokens (2) before it named a mark");
+  // A free answer cut the same way names no element.
+  auto free = FinishClick(TwoMarks(false), Ended("Mark:", engine::FinishReason::kLength, 2));
+  EXPECT_EQ(free.status().code(), absl::StatusCode::kNotFound) << free.status();
+  // A whole answer is read whatever ended it: mark 1's centre.
+  auto whole = FinishClick(TwoMarks(true), Ended("Mark: 1", engine::FinishReason::kLength, 4));
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->mark, 1);
+  EXPECT_EQ(whole->click, (vision::PixelPoint{260, 40}));
 }
 
 }  // namespace
