@@ -53,6 +53,16 @@ absl::StatusOr<std::vector<int32_t>> EncodePrompt(const TaskContext& ctx, const 
   return ids;
 }
 
+// A constrained answer the token budget stopped (the grammar would have gone on).
+bool CutByBudget(const engine::GenerationRequest& request, const engine::GenerationResult& result) {
+  return request.grammar != nullptr && result.finish_reason == engine::FinishReason::kLength;
+}
+
+absl::Status RanOutOfTokens(const engine::GenerationResult& result, absl::string_view before) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("the answer ran out of tokens (", result.token_ids.size(), ") before ", before));
+}
+
 engine::GenerationRequest BaseRequest(const TaskContext& ctx, const GenerationKnobs& knobs) {
   engine::GenerationRequest r;
   r.sampling = knobs.sampling;
@@ -199,10 +209,7 @@ absl::StatusOr<PreparedClick> PrepareClick(const TaskContext& ctx, ClickTask tas
 
 absl::StatusOr<UiAnswer> FinishClick(const PreparedClick& p, const engine::GenerationResult& result) {
   auto answer = ParseUiAnswer(result.text, p.marks, *p.frame);
-  if (!answer.ok() && p.request.grammar != nullptr && result.finish_reason == engine::FinishReason::kLength) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the answer ran out of tokens (", result.token_ids.size(), ") before it named a mark"));
-  }
+  if (!answer.ok() && CutByBudget(p.request, result)) return RanOutOfTokens(result, "it named a mark");
   if (!answer.ok()) return absl::NotFoundError(absl::StrCat("the answer names no element: ", answer.status().message()));
   return answer;
 }
@@ -374,12 +381,9 @@ absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& p, const engine::G
       // The grammar makes every mark's trace optional: a constrained answer
       // that stops by itself may list none (no mark moves). One the token
       // budget cut short keeps its complete traces, each ending in "\n\n".
-      if (r.finish_reason == engine::FinishReason::kLength) {
+      if (CutByBudget(p.request, r)) {
         const size_t end = text.rfind("\n\n");
-        if (end == absl::string_view::npos) {
-          return absl::ResourceExhaustedError(absl::StrCat("the answer ran out of tokens (", r.token_ids.size(),
-                                                           ") before its first trace was complete"));
-        }
+        if (end == absl::string_view::npos) return RanOutOfTokens(r, "its first trace was complete");
         text = text.substr(0, end + 2);
       }
       if (absl::StripAsciiWhitespace(text).empty()) return out;
@@ -391,10 +395,7 @@ absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& p, const engine::G
   } else {
     // The answer may have reasoning around the <ans> block.
     const size_t b = r.text.find("<ans>"), e = r.text.find("</ans>");
-    if (p.request.grammar != nullptr && r.finish_reason == engine::FinishReason::kLength && e == std::string::npos) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("the answer ran out of tokens (", r.token_ids.size(), ") before its path was complete"));
-    }
+    if (e == std::string::npos && CutByBudget(p.request, r)) return RanOutOfTokens(r, "its path was complete");
     if (b == std::string::npos || e == std::string::npos || e < b) {
       return absl::InternalError("the model's answer has no <ans>...</ans> path");
     }
