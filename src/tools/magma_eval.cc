@@ -38,6 +38,9 @@ ABSL_FLAG(bool, grip_on_the_move, false,
 ABSL_FLAG(double, release_steps, 0.375,
           "Act: how close to the plate, in steps, the expert that --log_episodes prints opens the gripper (as "
           "magma-train --release_steps)");
+ABSL_FLAG(int, move_divisions, 2,
+          "Act: the expert that --log_episodes prints moves in steps of 1/N of a full step (as magma-train "
+          "--move_divisions)");
 ABSL_FLAG(int, table_blocks, 3, "Act and Trace: blocks per tabletop scene");
 ABSL_FLAG(int, table_plates, 2, "Act and Trace: plates per tabletop scene");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");
@@ -101,9 +104,10 @@ int main(int argc, char** argv) {
   ro.plates = absl::GetFlag(FLAGS_table_plates);
   ro.grip_on_the_move = absl::GetFlag(FLAGS_grip_on_the_move);
   ro.release_steps = absl::GetFlag(FLAGS_release_steps);
+  ro.move_divisions = absl::GetFlag(FLAGS_move_divisions);
   if (auto s = magma::worlds::CheckOptions(ro); !s.ok()) {
-    std::cerr << "magma-eval: tabletop options (--table_blocks, --table_plates, --release_steps): " << s.message()
-              << std::endl;
+    std::cerr << "magma-eval: tabletop options (--table_blocks, --table_plates, --release_steps, --move_divisions): "
+              << s.message() << std::endl;
     return 2;
   }
   auto stub = AgentService::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));

@@ -76,6 +76,9 @@ ABSL_FLAG(bool, grip_on_the_move, false,
 ABSL_FLAG(double, release_steps, 0.375,
           "Robot frames: the expert opens the gripper once the carried block is this many steps (of 0.08) from the "
           "plate's centre (at least 0.375, below 0.8)");
+ABSL_FLAG(int, move_divisions, 2,
+          "Robot frames: the expert moves per axis in steps of 1/N of a full step (2: half steps; 4: quarter "
+          "steps; 2-16)");
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
@@ -360,6 +363,7 @@ int main(int argc, char** argv) {
   robot.plates = absl::GetFlag(FLAGS_table_plates);
   robot.grip_on_the_move = absl::GetFlag(FLAGS_grip_on_the_move);
   robot.release_steps = absl::GetFlag(FLAGS_release_steps);
+  robot.move_divisions = absl::GetFlag(FLAGS_move_divisions);
   if (auto s = magma::worlds::CheckOptions(robot); !s.ok()) return Fail(s);  // before anything is written
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   magma::model::UseHeapForLargeBlocks();

@@ -21,9 +21,10 @@ cv::Scalar ColorOf(const std::string& name) {
   return cv::Scalar(128, 128, 128);
 }
 
-// The expert moves in half steps and closes or opens once this close to its
-// goal, in units of max_step: after its last move each axis is within a
-// quarter step, so the gripper is within sqrt(2)/4 = 0.354 steps.
+// The expert moves in half steps (or finer, RobotWorldOptions::
+// move_divisions) and closes or opens once this close to its goal, in units
+// of max_step: after its last move each axis is within a quarter step (or
+// less), so the gripper is within sqrt(2)/4 = 0.354 steps.
 constexpr double kArriveSteps = 0.375;
 
 constexpr double kPlateRadius = 0.08, kBlockRadius = 0.04;
@@ -60,6 +61,10 @@ absl::Status CheckOptions(const RobotWorldOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "release_steps must be at least ", kArriveSteps, " and release inside the plate's success disc (",
         "release_steps * max_step < ", kOnPlate * kPlateRadius, "); got ", o.release_steps, " steps of ", o.max_step));
+  }
+  if (o.move_divisions < 2 || o.move_divisions > 16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "move_divisions must be 2 to 16 (moves per axis in steps of 1/move_divisions); got ", o.move_divisions));
   }
   return absl::OkStatus();
 }
@@ -207,10 +212,11 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
     a[6] = arrived_grip;
     return a;
   }
-  // Toward the goal, at most one full step per axis, in half steps: five
-  // moves per axis (-1, -1/2, 0, 1/2, 1), each common enough in the
-  // demonstrations for a policy to learn when to take it.
-  auto move = [&](double delta) { return std::clamp(std::round(2 * delta / o.max_step) / 2, -1.0, 1.0); };
+  // Toward the goal, at most one full step per axis, in half steps by
+  // default: five moves per axis (-1, -1/2, 0, 1/2, 1), each common enough
+  // in the demonstrations for a policy to learn when to take it.
+  const double n = o.move_divisions;
+  auto move = [&](double delta) { return std::clamp(std::round(n * delta / o.max_step) / n, -1.0, 1.0); };
   a[0] = move(dx);
   a[1] = move(dy);
   // With grip_on_the_move it grips on the move that ends within the arrival

@@ -122,6 +122,9 @@ TEST(MagmaTrainTest, RefusesRobotFrameShares) {
                       "success disc (release_steps * max_step < 0.064); got 0.8 steps of 0.08"),
             std::string::npos)
       << ReadAll(tmp.File("log"));
+  EXPECT_EQ(RunTrain("--out " + out + " --steps 2 --move_divisions 1" + kSmall, tmp.File("log")), 1);
+  EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: move_divisions must be 2 to 16"), std::string::npos)
+      << ReadAll(tmp.File("log"));
   EXPECT_FALSE(fs::exists(out));
 }
 

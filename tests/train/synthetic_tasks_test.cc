@@ -281,33 +281,45 @@ TEST_F(SyntheticTasksTest, ReleaseStepsWidenWhereCarryingFramesOpen) {
 // The offset read-out's target is where the goal is from the gripper, in
 // steps of 0.08 and within two per axis, at the x, y and gripper tokens;
 // away from the goal the expert's move per axis is that offset rounded to a
-// half step and clamped to one.
+// half step (a quarter step with move_divisions 4) and clamped to one.
 TEST_F(SyntheticTasksTest, ActFramesCarryTheGoalOffsetInSteps) {
-  int moves = 0, clamped = 0;
-  for (uint64_t seed = 0; seed < 200; ++seed) {
-    auto e = tasks_->Act(seed);
-    ASSERT_TRUE(e.ok()) << e.status();
-    const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
-    const auto& offsets = e->example.offsets;
-    ASSERT_EQ(offsets.size(), 3u) << seed;
-    const double sx = std::clamp((f.goal_x - f.gx) / 0.08, -2.0, 2.0);
-    const double sy = std::clamp((f.goal_y - f.gy) / 0.08, -2.0, 2.0);
-    for (size_t k = 0; k < offsets.size(); ++k) {
-      EXPECT_EQ(offsets[k].token, std::vector<int64_t>({0, 1, 6})[k]) << seed;
-      EXPECT_NEAR(offsets[k].x, sx, 1e-9) << seed;
-      EXPECT_NEAR(offsets[k].y, sy, 1e-9) << seed;
+  for (int divisions : {2, 4}) {
+    worlds::RobotWorldOptions robot;
+    robot.move_divisions = divisions;
+    const SyntheticTasks tasks(ctx_.get(), worlds::UiWorldOptions{}, robot);
+    int moves = 0, clamped = 0, odd_quarters = 0;
+    for (uint64_t seed = 0; seed < 200; ++seed) {
+      auto e = tasks.Act(seed);
+      ASSERT_TRUE(e.ok()) << e.status();
+      const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
+      const auto& offsets = e->example.offsets;
+      ASSERT_EQ(offsets.size(), 3u) << seed;
+      const double sx = std::clamp((f.goal_x - f.gx) / 0.08, -2.0, 2.0);
+      const double sy = std::clamp((f.goal_y - f.gy) / 0.08, -2.0, 2.0);
+      for (size_t k = 0; k < offsets.size(); ++k) {
+        EXPECT_EQ(offsets[k].token, std::vector<int64_t>({0, 1, 6})[k]) << seed;
+        EXPECT_NEAR(offsets[k].x, sx, 1e-9) << seed;
+        EXPECT_NEAR(offsets[k].y, sy, 1e-9) << seed;
+      }
+      clamped += std::abs(sx) == 2 || std::abs(sy) == 2;
+      if (std::hypot(f.goal_x - f.gx, f.goal_y - f.gy) <= worlds::ArriveDistance() + 1e-9) continue;
+      ++moves;
+      for (int axis = 0; axis < 2; ++axis) {
+        const double want = std::clamp(std::round(divisions * (axis == 0 ? sx : sy)) / divisions, -1.0, 1.0);
+        const double got = ctx_->action_codec->BinCentre(ctx_->action_codec->BinOfToken(e->example.target_ids[axis]));
+        EXPECT_NEAR(got, want, 0.01) << seed << " axis " << axis << " divisions " << divisions;
+        // -3/4, -1/4, 1/4 or 3/4 of a step.
+        odd_quarters += std::abs(std::abs(got) - 0.25) < 0.01 || std::abs(std::abs(got) - 0.75) < 0.01;
+      }
     }
-    clamped += std::abs(sx) == 2 || std::abs(sy) == 2;
-    if (std::hypot(f.goal_x - f.gx, f.goal_y - f.gy) <= worlds::ArriveDistance() + 1e-9) continue;
-    ++moves;
-    for (int axis = 0; axis < 2; ++axis) {
-      const double want = std::clamp(std::round(2 * (axis == 0 ? sx : sy)) / 2, -1.0, 1.0);
-      const double got = ctx_->action_codec->BinCentre(ctx_->action_codec->BinOfToken(e->example.target_ids[axis]));
-      EXPECT_NEAR(got, want, 0.01) << seed << " axis " << axis;
+    EXPECT_GT(moves, 150);
+    EXPECT_GT(clamped, 20);
+    if (divisions == 2) {
+      EXPECT_EQ(odd_quarters, 0);
+    } else {
+      EXPECT_GT(odd_quarters, 20);
     }
   }
-  EXPECT_GT(moves, 150);
-  EXPECT_GT(clamped, 20);
 }
 
 // A frame carries the block when the goal pointer's naming words are the

@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
 #include "magma/agent/action_codec.h"
 #include "magma/agent/path_answer.h"
 #include "magma/vision/propose.h"
@@ -381,6 +383,57 @@ TEST(RobotWorldTest, ExpertMovesInHalfSteps) {
   EXPECT_EQ(moves.size(), 5u);
   EXPECT_GT(moves[0.5] + moves[-0.5], 20);
   EXPECT_GE(closes, 100);
+}
+
+// With move_divisions 4 the expert moves in quarter steps: every move is a
+// multiple of 1/4 per axis, all nine show up, and it still closes within
+// the arrival distance and solves every episode.
+TEST(RobotWorldTest, ExpertMovesInQuarterSteps) {
+  RobotWorldOptions o;
+  o.move_divisions = 4;
+  ASSERT_TRUE(CheckOptions(o).ok());
+  // 0.065 left of the block (0.8125 steps): half steps round it to a full
+  // step (0.015 past the block), quarter steps to three quarters (0.005
+  // short of it).
+  RobotScene s = NewEpisode(3, o);
+  const vision::NormPoint block = s.objects[s.pick].center;
+  s.gripper = {block.x - 0.065, block.y};
+  EXPECT_EQ(ExpertAction(s, o)[0], 0.75);
+  EXPECT_EQ(ExpertAction(s, RobotWorldOptions{})[0], 1);
+  std::map<double, int> moves;
+  for (uint64_t seed = 0; seed < 100; ++seed) {
+    s = NewEpisode(seed, o);
+    for (int step = 0; step < 60 && !Success(s); ++step) {
+      const auto a = ExpertAction(s, o);
+      for (int d = 0; d < 2; ++d) ++moves[a[d]];
+      if (a[6] == 0 && s.held < 0) {
+        EXPECT_LE(std::hypot(s.gripper.x - s.objects[s.pick].center.x, s.gripper.y - s.objects[s.pick].center.y),
+                  0.03 + 1e-9);
+      }
+      Step(&s, a, o);
+    }
+    EXPECT_TRUE(Success(s)) << "seed " << seed;
+  }
+  for (const auto& [move, count] : moves) EXPECT_EQ(move * 4, std::round(move * 4)) << move;
+  EXPECT_EQ(moves.size(), 9u);
+  EXPECT_GT(moves[0.25] + moves[-0.25] + moves[0.75] + moves[-0.75], 20);
+}
+
+// Moves finer than a sixteenth of a step, or coarser than a half step
+// (which could stop the expert outside its arrival distance), are refused.
+TEST(RobotWorldTest, MoveDivisionsAreTwoToSixteen) {
+  RobotWorldOptions o;
+  for (int n : {2, 3, 8, 16}) {
+    o.move_divisions = n;
+    EXPECT_TRUE(CheckOptions(o).ok()) << n;
+  }
+  for (int n : {-2, 0, 1, 17}) {
+    o.move_divisions = n;
+    const absl::Status s = CheckOptions(o);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << n;
+    EXPECT_EQ(s.message(),
+              absl::StrCat("move_divisions must be 2 to 16 (moves per axis in steps of 1/move_divisions); got ", n));
+  }
 }
 
 TEST(RobotWorldTest, ExpertGripsOnTheMove) {

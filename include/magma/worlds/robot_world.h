@@ -60,6 +60,15 @@ struct RobotWorldOptions {
   // 0.375 (the expert stops moving only within sqrt(2)/4 steps), and the
   // release distance inside the success disc (below 0.8 steps of 0.08).
   double release_steps = 0.375;
+  // The expert's moves per axis are multiples of 1/move_divisions of a step
+  // (the goal's offset rounded to the nearest one, clamped to a full step):
+  // 2 (the default) moves in half steps, -1, -1/2, 0, 1/2, 1; 4 in quarter
+  // steps. Finer moves bring the gripper closer to its goal on the last move,
+  // and a policy that misreads the offset by a little moves a little wrong
+  // instead of half a step wrong. At least 2 (the expert stops moving only
+  // within sqrt(2) / (2 * move_divisions) steps, inside the arrival
+  // distance), at most 16.
+  int move_divisions = 2;
 };
 
 // Closing the gripper grasps a block whose centre is this close to it
@@ -84,8 +93,8 @@ const std::vector<std::string>& TableColors();
 
 // OK unless a scene of `options` cannot be built: INVALID_ARGUMENT when there
 // are no blocks, no plates, or more objects than colours (instructions name
-// objects by colour), or when release_steps is below 0.375 or releases
-// outside the plate's success disc.
+// objects by colour), when release_steps is below 0.375 or releases
+// outside the plate's success disc, or when move_divisions is not 2-16.
 absl::Status CheckOptions(const RobotWorldOptions& options);
 
 RobotScene NewEpisode(uint64_t seed, const RobotWorldOptions& options = {});
