@@ -39,8 +39,8 @@ ABSL_FLAG(double, release_steps, 0.375,
           "Act: how close to the plate, in steps, the expert that --log_episodes prints opens the gripper (as "
           "magma-train --release_steps)");
 ABSL_FLAG(int, move_divisions, 2,
-          "Act: the expert that --log_episodes prints moves in steps of 1/N of a full step (as magma-train "
-          "--move_divisions)");
+          "Act: the move per axis of the expert that --log_episodes prints is a multiple of 1/N of a step, N this "
+          "value (as magma-train --move_divisions)");
 ABSL_FLAG(int, table_blocks, 3, "Act and Trace: blocks per tabletop scene");
 ABSL_FLAG(int, table_plates, 2, "Act and Trace: plates per tabletop scene");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");

@@ -77,8 +77,8 @@ ABSL_FLAG(double, release_steps, 0.375,
           "Robot frames: the expert opens the gripper once the carried block is this many steps (of 0.08) from the "
           "plate's centre (at least 0.375, below 0.8)");
 ABSL_FLAG(int, move_divisions, 2,
-          "Robot frames: the expert moves per axis in steps of 1/N of a full step (2: half steps; 4: quarter "
-          "steps; 2-16)");
+          "Robot frames: the expert's move per axis is a multiple of 1/N of a step (of 0.08), N this value: 2 half "
+          "steps, 4 quarter steps; 2-16");
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
@@ -614,12 +614,13 @@ int main(int argc, char** argv) {
       };
       MoveTally grip_moves, near_moves;
       // Which way an action token moves on its axis: -1, 0 (less than half
-      // a step) or 1.
+      // of the expert's smallest move, a quarter step with half steps) or 1.
+      const double least = 0.5 / robot.move_divisions;
       auto way = [&](int64_t id) {
         const double v = ActionValue(codec, id);
-        return v >= 0.25 ? 1 : v <= -0.25 ? -1 : 0;
+        return v >= least ? 1 : v <= -least ? -1 : 0;
       };
-      // Whether an action moves by half a step or more on x or y (tokens 0, 1).
+      // Whether an action moves at all on x or y (tokens 0, 1).
       auto moves = [&](int64_t x, int64_t y) { return way(x) != 0 || way(y) != 0; };
       if (gripper_frames.empty()) {  // drawn at the first report, kept for the others
         for (uint64_t i = 0; i < 256; ++i) {

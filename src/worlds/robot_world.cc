@@ -21,10 +21,11 @@ cv::Scalar ColorOf(const std::string& name) {
   return cv::Scalar(128, 128, 128);
 }
 
-// The expert moves in half steps (or finer, RobotWorldOptions::
-// move_divisions) and closes or opens once this close to its goal, in units
-// of max_step: after its last move each axis is within a quarter step (or
-// less), so the gripper is within sqrt(2)/4 = 0.354 steps.
+// The expert closes or opens once this close to its goal, in units of
+// max_step. Its rounded moves (half steps, or finer with move_divisions) are
+// zero on both axes only when each is within half a division of the goal (a
+// quarter step with half steps), within sqrt(2)/4 = 0.354 steps: it never
+// stalls outside this distance.
 constexpr double kArriveSteps = 0.375;
 
 constexpr double kPlateRadius = 0.08, kBlockRadius = 0.04;
@@ -212,9 +213,10 @@ std::array<double, 7> ExpertAction(const RobotScene& s, const RobotWorldOptions&
     a[6] = arrived_grip;
     return a;
   }
-  // Toward the goal, at most one full step per axis, in half steps by
-  // default: five moves per axis (-1, -1/2, 0, 1/2, 1), each common enough
-  // in the demonstrations for a policy to learn when to take it.
+  // Toward the goal, at most one full step per axis, in multiples of
+  // 1/move_divisions: 2 * move_divisions + 1 moves per axis (by default
+  // five, -1, -1/2, 0, 1/2, 1), each common enough in the demonstrations for
+  // a policy to learn when to take it.
   const double n = o.move_divisions;
   auto move = [&](double delta) { return std::clamp(std::round(n * delta / o.max_step) / n, -1.0, 1.0); };
   a[0] = move(dx);

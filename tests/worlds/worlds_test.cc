@@ -357,26 +357,34 @@ TEST(RobotWorldTest, ExpertSucceedsFromScatteredStates) {
   }
 }
 
-TEST(RobotWorldTest, ExpertMovesInHalfSteps) {
-  // Every move of every episode is -1, -1/2, 0, 1/2 or 1 per axis; near the
-  // goal the half steps and zeros show up, and the expert closes within
-  // 0.375 steps (0.03), inside grasp reach (0.05).
-  RobotWorldOptions o;
+// The expert's moves per axis over 100 episodes (value -> count), which it
+// must all solve; `closes` counts its grasps, each within 0.375 steps
+// (0.03) of the block, inside grasp reach (0.05).
+std::map<double, int> ExpertMoves(const RobotWorldOptions& o, int* closes) {
   std::map<double, int> moves;
-  int closes = 0;
+  *closes = 0;
   for (uint64_t seed = 0; seed < 100; ++seed) {
     RobotScene s = NewEpisode(seed, o);
     for (int step = 0; step < 60 && !Success(s); ++step) {
       const auto a = ExpertAction(s, o);
       for (int d = 0; d < 2; ++d) ++moves[a[d]];
       if (a[6] == 0 && s.held < 0) {
-        ++closes;
+        ++*closes;
         EXPECT_LE(std::hypot(s.gripper.x - s.objects[s.pick].center.x, s.gripper.y - s.objects[s.pick].center.y),
                   0.03 + 1e-9);
       }
       Step(&s, a, o);
     }
+    EXPECT_TRUE(Success(s)) << "seed " << seed << ", " << o.move_divisions << " divisions";
   }
+  return moves;
+}
+
+TEST(RobotWorldTest, ExpertMovesInHalfSteps) {
+  // Every move of every episode is -1, -1/2, 0, 1/2 or 1 per axis; near the
+  // goal the half steps and zeros show up.
+  int closes = 0;
+  auto moves = ExpertMoves(RobotWorldOptions{}, &closes);
   for (const auto& [move, count] : moves) {
     EXPECT_TRUE(move == -1 || move == -0.5 || move == 0 || move == 0.5 || move == 1) << move;
   }
@@ -386,37 +394,36 @@ TEST(RobotWorldTest, ExpertMovesInHalfSteps) {
 }
 
 // With move_divisions 4 the expert moves in quarter steps: every move is a
-// multiple of 1/4 per axis, all nine show up, and it still closes within
-// the arrival distance and solves every episode.
-TEST(RobotWorldTest, ExpertMovesInQuarterSteps) {
+// multiple of 1/4 per axis and all nine show up. With 3, 4, 8 or 16 it
+// still closes within the arrival distance and solves every episode.
+TEST(RobotWorldTest, ExpertMovesInFinerSteps) {
   RobotWorldOptions o;
   o.move_divisions = 4;
   ASSERT_TRUE(CheckOptions(o).ok());
   // 0.065 left of the block (0.8125 steps): half steps round it to a full
   // step (0.015 past the block), quarter steps to three quarters (0.005
-  // short of it).
+  // short of it). 0.072 above it (0.9 steps): a full step in quarter steps,
+  // 7/8 in eighths.
   RobotScene s = NewEpisode(3, o);
   const vision::NormPoint block = s.objects[s.pick].center;
-  s.gripper = {block.x - 0.065, block.y};
+  s.gripper = {block.x - 0.065, block.y - 0.072};
   EXPECT_EQ(ExpertAction(s, o)[0], 0.75);
+  EXPECT_EQ(ExpertAction(s, o)[1], 1);
   EXPECT_EQ(ExpertAction(s, RobotWorldOptions{})[0], 1);
-  std::map<double, int> moves;
-  for (uint64_t seed = 0; seed < 100; ++seed) {
-    s = NewEpisode(seed, o);
-    for (int step = 0; step < 60 && !Success(s); ++step) {
-      const auto a = ExpertAction(s, o);
-      for (int d = 0; d < 2; ++d) ++moves[a[d]];
-      if (a[6] == 0 && s.held < 0) {
-        EXPECT_LE(std::hypot(s.gripper.x - s.objects[s.pick].center.x, s.gripper.y - s.objects[s.pick].center.y),
-                  0.03 + 1e-9);
-      }
-      Step(&s, a, o);
+  RobotWorldOptions eighths;
+  eighths.move_divisions = 8;
+  EXPECT_EQ(ExpertAction(s, eighths)[1], 0.875);
+  for (int n : {3, 4, 8, 16}) {
+    o.move_divisions = n;
+    int closes = 0;
+    auto moves = ExpertMoves(o, &closes);
+    EXPECT_GE(closes, 100) << n;
+    for (const auto& [move, count] : moves) EXPECT_NEAR(move * n, std::round(move * n), 1e-9) << move;
+    if (n == 4) {
+      EXPECT_EQ(moves.size(), 9u);
+      EXPECT_GT(moves[0.25] + moves[-0.25] + moves[0.75] + moves[-0.75], 20);
     }
-    EXPECT_TRUE(Success(s)) << "seed " << seed;
   }
-  for (const auto& [move, count] : moves) EXPECT_EQ(move * 4, std::round(move * 4)) << move;
-  EXPECT_EQ(moves.size(), 9u);
-  EXPECT_GT(moves[0.25] + moves[-0.25] + moves[0.75] + moves[-0.75], 20);
 }
 
 // Moves finer than a sixteenth of a step, or coarser than a half step

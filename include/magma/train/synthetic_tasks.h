@@ -48,7 +48,7 @@ struct CellTargetOptions {
 // stream the shipped model was trained on.
 struct ActFrameOptions {
   // Quarters of the frames (1-3) whose gripper, with what it holds, is moved
-  // to within two steps per axis of its goal, where one half step decides
+  // to within two steps per axis of its goal, where a fraction of a step decides
   // between moving on, grasping and releasing. Another quarter puts it
   // anywhere on the table; the rest stay where the expert's episode left it.
   int near_goal_quarters = 1;

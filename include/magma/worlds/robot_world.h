@@ -54,20 +54,22 @@ struct RobotWorldOptions {
   // How close to the plate's centre the expert opens the gripper when it
   // carries the named block, in steps (units of max_step). The default
   // releases as it grasps, within ArriveDistance. A wider disc gives a
-  // policy that misjudges the last half step a release that still lands the
+  // policy that misjudges the last move a release that still lands the
   // block (success needs it within 0.8 of the plate's radius, 0.064), where
   // the default leaves it carrying a short way off the plate. At least
-  // 0.375 (the expert stops moving only within sqrt(2)/4 steps), and the
+  // 0.375 (the expert's rounded moves are both zero only within sqrt(2)/4
+  // steps), and the
   // release distance inside the success disc (below 0.8 steps of 0.08).
   double release_steps = 0.375;
   // The expert's moves per axis are multiples of 1/move_divisions of a step
   // (the goal's offset rounded to the nearest one, clamped to a full step):
   // 2 (the default) moves in half steps, -1, -1/2, 0, 1/2, 1; 4 in quarter
-  // steps. Finer moves bring the gripper closer to its goal on the last move,
-  // and a policy that misreads the offset by a little moves a little wrong
-  // instead of half a step wrong. At least 2 (the expert stops moving only
-  // within sqrt(2) / (2 * move_divisions) steps, inside the arrival
-  // distance), at most 16.
+  // steps. Finer moves can bring the gripper closer to its goal on the last
+  // move, and a policy that misreads the offset by a little moves a little
+  // wrong instead of half a step wrong. At least 2: the rounded moves are
+  // both zero only within sqrt(2) / (2 * move_divisions) steps of the goal,
+  // which must lie inside the arrival distance (0.375 steps). At most 16, so
+  // that each move stays common enough in the demonstrations to be learnt.
   int move_divisions = 2;
 };
 
