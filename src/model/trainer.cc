@@ -70,6 +70,10 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
                                                    " cell head weights for ", options.cell_classes.size(),
                                                    " cell heads"));
   }
+  if (options.ordered_ids < 0 || !(options.bin_smoothing >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("training options: ordered_ids (", options.ordered_ids,
+                                                   ") and bin_smoothing (", options.bin_smoothing, ") must be >= 0"));
+  }
   for (double w : options.cell_head_weights) {
     if (!(w >= 0)) return absl::InvalidArgumentError("training options: cell head weights must be >= 0");
   }
@@ -614,12 +618,31 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
   return predicted;
 }
 
+at::Tensor AnswerLoss(const at::Tensor& logits, const at::Tensor& targets, int64_t ordered_ids, double smoothing) {
+  if (!(smoothing > 0) || ordered_ids <= 0) return at::cross_entropy_loss(logits, targets);
+  const int64_t vocab = logits.size(1);
+  const int64_t first = std::max<int64_t>(0, vocab - ordered_ids);
+  const at::Tensor logp = at::log_softmax(logits, 1);
+  at::Tensor loss = -logp.gather(1, targets.unsqueeze(1)).squeeze(1);
+  const at::Tensor ordered = (targets >= first).nonzero().squeeze(1);
+  if (ordered.numel() > 0) {
+    // [n, 1] target bins against [1, m] bins: a Gaussian per row.
+    const at::Tensor centre = (targets.index_select(0, ordered) - first).to(at::kFloat).unsqueeze(1);
+    const at::Tensor bins = at::arange(vocab - first, at::kFloat).unsqueeze(0);
+    at::Tensor q = at::exp(-(bins - centre).pow(2) / (2 * smoothing * smoothing));
+    q = q / q.sum(1, true);
+    const at::Tensor soft = -(q * logp.index_select(0, ordered).narrow(1, first, vocab - first)).sum(1);
+    loss = loss.index_copy(0, ordered, soft);
+  }
+  return loss.mean();
+}
+
 absl::StatusOr<at::Tensor> Trainer::BatchLoss(const std::vector<TrainExample>& batch, at::Tensor* aux_loss) {
   auto predicted = TargetLogits(batch, aux_loss);
   if (!predicted.ok()) return predicted.status();
   std::vector<int64_t> targets;
   for (const auto& e : batch) targets.insert(targets.end(), e.target_ids.begin(), e.target_ids.end());
-  return at::cross_entropy_loss(at::cat(*predicted), at::tensor(targets, at::kLong));
+  return AnswerLoss(at::cat(*predicted), at::tensor(targets, at::kLong), options_.ordered_ids, options_.bin_smoothing);
 }
 
 absl::StatusOr<std::vector<std::vector<int64_t>>> Trainer::Predict(const std::vector<TrainExample>& batch) {

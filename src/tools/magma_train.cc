@@ -113,6 +113,9 @@ ABSL_FLAG(int, ground_layer, 0,
 ABSL_FLAG(double, offset_loss, 0,
           "Weight of a read-out, on robot frames, of where the goal is from the gripper (per axis, in steps, "
           "within +-2) from the final hidden state where the model predicts the x, y and gripper tokens; 0 = off");
+ABSL_FLAG(double, bin_smoothing, 0,
+          "Robot frames: train each action token toward a Gaussian over its neighbouring bins, of this standard "
+          "deviation in bins (of 256 over -1..1), instead of its one bin; 0 = off");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");
@@ -441,6 +444,7 @@ int main(int argc, char** argv) {
   to.ground_loss_weight = absl::GetFlag(FLAGS_ground_loss);
   to.ground_layer = absl::GetFlag(FLAGS_ground_layer);
   to.offset_loss_weight = absl::GetFlag(FLAGS_offset_loss);
+  to.bin_smoothing = absl::GetFlag(FLAGS_bin_smoothing);
   int64_t start_step = 0;
   double prior_seconds = 0;  // training time before a resume
   const bool existing = absl::GetFlag(FLAGS_resume) || absl::GetFlag(FLAGS_report_only);
@@ -481,6 +485,13 @@ int main(int argc, char** argv) {
                                            static_cast<int32_t>((*model)->image_token_id()), false, anyres,
                                            std::nullopt);
   if (!ctx.ok()) return Fail(ctx.status());
+  if (to.bin_smoothing != 0) {
+    // The action bins are the top of the model's vocabulary.
+    if (!ctx->action_codec.has_value() || ctx->action_codec->last_token() != (*model)->vocab_size() - 1) {
+      return Fail(absl::FailedPreconditionError("--bin_smoothing needs action tokens at the top of the vocabulary"));
+    }
+    to.ordered_ids = ctx->action_codec->last_token() - ctx->action_codec->first_token() + 1;
+  }
   magma::worlds::UiWorldOptions ui;
   const magma::train::SyntheticTasks tasks(
       &*ctx, ui, robot, {absl::GetFlag(FLAGS_marks_on_things), absl::GetFlag(FLAGS_labels_on_text)}, act_frames);

@@ -339,6 +339,40 @@ TEST(TrainOptionsTest, AreCheckedAgainstALayerCount) {
   EXPECT_EQ(CheckTrainOptions(o, 4).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The answer loss by hand: a row whose target is not among the ordered top
+// ids is the plain cross-entropy; an ordered one is the cross-entropy
+// against a Gaussian over the ordered ids around it.
+TEST(AnswerLossTest, SmoothsOnlyTargetsAmongTheOrderedIds) {
+  const std::vector<std::vector<double>> rows = {{0.5, -1.0, 2.0, 0.0, 1.0, -0.5}, {1.0, 0.0, -2.0, 0.5, 3.0, 1.5}};
+  const std::vector<int64_t> targets = {1, 4};  // 4 is the middle of the ordered ids 3, 4, 5
+  std::vector<float> flat;
+  for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
+  const at::Tensor logits = at::tensor(flat, at::kFloat).view({2, 6});
+  const at::Tensor t = at::tensor(targets, at::kLong);
+  auto log_p = [&](int row, int id) {
+    double z = 0;
+    for (double v : rows[row]) z += std::exp(v);
+    return rows[row][id] - std::log(z);
+  };
+  const double plain = (-log_p(0, 1) - log_p(1, 4)) / 2;
+  // sigma 1: weights exp(-1/2), 1, exp(-1/2) on ids 3, 4, 5.
+  const double side = std::exp(-0.5), norm = 1 + 2 * side;
+  const double soft = -(side * log_p(1, 3) + log_p(1, 4) + side * log_p(1, 5)) / norm;
+  const double smoothed = (-log_p(0, 1) + soft) / 2;
+  EXPECT_NEAR(AnswerLoss(logits, t, 3, 0).item<double>(), plain, 1e-5);
+  EXPECT_NEAR(AnswerLoss(logits, t, 0, 1.0).item<double>(), plain, 1e-5);
+  EXPECT_NEAR(AnswerLoss(logits, t, 3, 1.0).item<double>(), smoothed, 1e-5);
+  // Ordered ids 4 and 5 only: id 4 is bin 0, its Gaussian cut to bins 0
+  // and 1 (weights 1 and exp(-1/2)).
+  const double cut = -(log_p(1, 4) + side * log_p(1, 5)) / (1 + side);
+  EXPECT_NEAR(AnswerLoss(logits, t, 2, 1.0).item<double>(), (-log_p(0, 1) + cut) / 2, 1e-5);
+  TrainOptions o = Schedule(10);
+  o.bin_smoothing = -1;
+  const absl::Status s = CheckTrainOptions(o, 4);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), ::testing::HasSubstr("bin_smoothing (-1) must be >= 0")) << s;
+}
+
 // Grounding teaches the words that name a thing to look at it: head 1 of the
 // first layer, at prompt token 44 (index 3, position 12, after the image),
 // learns to rest on the second crop's bottom-right cell (position 2 + 5 +

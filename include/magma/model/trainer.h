@@ -119,7 +119,23 @@ struct TrainOptions {
   // answer's few discrete moves alone give only at their boundaries. 0 =
   // off.
   double offset_loss_weight = 0;
+  // The top `ordered_ids` ids of the vocabulary are ordered bins (the 256
+  // action bins of a Magma model; 0 = none). With bin_smoothing > 0 an
+  // answer token among them is trained toward a Gaussian over its
+  // neighbouring bins (standard deviation bin_smoothing bins, cut to the
+  // ordered ids and normalised) instead of its one bin, as a histogram loss
+  // trains a regression: neighbouring bins support each other, so that a
+  // policy unsure between close moves puts one peak where its reading of
+  // the move is instead of spikes at the sizes it was shown. 0 = one bin.
+  int64_t ordered_ids = 0;
+  double bin_smoothing = 0;
 };
+
+// The answer loss: the mean over rows of the cross-entropy of `logits`
+// [N, V] against `targets` (N ids), where a target among the top
+// `ordered_ids` ids of V is a Gaussian over those ids of standard deviation
+// `smoothing` ids around it (TrainOptions::bin_smoothing; 0 = the one id).
+at::Tensor AnswerLoss(const at::Tensor& logits, const at::Tensor& targets, int64_t ordered_ids, double smoothing);
 
 struct TrainImage {
   TrainImage() = default;
