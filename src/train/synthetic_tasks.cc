@@ -415,8 +415,9 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   // at the same spot and head the same way, so a policy could learn "go up"
   // without looking at the gripper; the expert labels any state, and
   // scattered states make the action depend on where the gripper is and
-  // cover the places a learned policy overshoots to. Near the goal a fraction of a step decides between moving
-  // on, grasping and releasing, and a wrong guess there costs the episode.
+  // cover the places a learned policy overshoots to. Near the goal a
+  // fraction of a step decides between moving on, grasping and releasing,
+  // and a wrong guess there costs the episode.
   // The goal: the block to pick, or the plate while carrying.
   const int goal = scene.held == scene.pick ? scene.place : scene.pick;
   // One draw of four decides, so that the default options keep the stream

@@ -48,9 +48,10 @@ struct CellTargetOptions {
 // stream the shipped model was trained on.
 struct ActFrameOptions {
   // Quarters of the frames (1-3) whose gripper, with what it holds, is moved
-  // to within two steps per axis of its goal, where a fraction of a step decides
-  // between moving on, grasping and releasing. Another quarter puts it
-  // anywhere on the table; the rest stay where the expert's episode left it.
+  // to within two steps per axis of its goal, where a fraction of a step
+  // decides between moving on, grasping and releasing. Another quarter puts
+  // it anywhere on the table; the rest stay where the expert's episode left
+  // it.
   int near_goal_quarters = 1;
   // Quarters (0-4) of those near-goal frames with nothing held whose gripper
   // is closed on nothing, as after a grasp a little off the block (the

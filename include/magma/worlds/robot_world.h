@@ -58,8 +58,8 @@ struct RobotWorldOptions {
   // block (success needs it within 0.8 of the plate's radius, 0.064), where
   // the default leaves it carrying a short way off the plate. At least
   // 0.375 (the expert's rounded moves are both zero only within sqrt(2)/4
-  // steps), and the
-  // release distance inside the success disc (below 0.8 steps of 0.08).
+  // steps), and the release distance inside the success disc (below 0.8
+  // steps of 0.08).
   double release_steps = 0.375;
   // The expert's moves per axis are multiples of 1/move_divisions of a step
   // (the goal's offset rounded to the nearest one, clamped to a full step):
