@@ -368,6 +368,12 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
   std::vector<std::pair<int, int>> grids;
   for (const auto& e : batch) {
     if (e.target_ids.empty()) return absl::InvalidArgumentError("a training example has no target tokens");
+    for (int64_t i : e.ordered_targets) {
+      if (i < 0 || i >= static_cast<int64_t>(e.target_ids.size())) {
+        return absl::InvalidArgumentError(absl::StrCat("a training example lists target ", i, " as ordered; it has ",
+                                                       e.target_ids.size(), " target tokens"));
+      }
+    }
     for (const auto& img : e.images) {
       crops.push_back(img.crops);
       grids.emplace_back(img.rows, img.cols);
@@ -618,13 +624,15 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
   return predicted;
 }
 
-at::Tensor AnswerLoss(const at::Tensor& logits, const at::Tensor& targets, int64_t ordered_ids, double smoothing) {
-  if (!(smoothing > 0) || ordered_ids <= 0) return at::cross_entropy_loss(logits, targets);
+at::Tensor AnswerLoss(const at::Tensor& logits, const at::Tensor& targets, const std::vector<int64_t>& ordered_rows,
+                      int64_t ordered_ids, double smoothing) {
+  if (!(smoothing > 0) || ordered_ids <= 0 || ordered_rows.empty()) return at::cross_entropy_loss(logits, targets);
   const int64_t vocab = logits.size(1);
   const int64_t first = std::max<int64_t>(0, vocab - ordered_ids);
   const at::Tensor logp = at::log_softmax(logits, 1);
   at::Tensor loss = -logp.gather(1, targets.unsqueeze(1)).squeeze(1);
-  const at::Tensor ordered = (targets >= first).nonzero().squeeze(1);
+  const at::Tensor listed = at::tensor(ordered_rows, at::kLong);
+  const at::Tensor ordered = listed.index_select(0, (targets.index_select(0, listed) >= first).nonzero().squeeze(1));
   if (ordered.numel() > 0) {
     // [n, 1] target bins against [1, m] bins: a Gaussian per row.
     const at::Tensor centre = (targets.index_select(0, ordered) - first).to(at::kFloat).unsqueeze(1);
@@ -640,9 +648,13 @@ at::Tensor AnswerLoss(const at::Tensor& logits, const at::Tensor& targets, int64
 absl::StatusOr<at::Tensor> Trainer::BatchLoss(const std::vector<TrainExample>& batch, at::Tensor* aux_loss) {
   auto predicted = TargetLogits(batch, aux_loss);
   if (!predicted.ok()) return predicted.status();
-  std::vector<int64_t> targets;
-  for (const auto& e : batch) targets.insert(targets.end(), e.target_ids.begin(), e.target_ids.end());
-  return AnswerLoss(at::cat(*predicted), at::tensor(targets, at::kLong), options_.ordered_ids, options_.bin_smoothing);
+  std::vector<int64_t> targets, ordered_rows;
+  for (const auto& e : batch) {
+    for (int64_t i : e.ordered_targets) ordered_rows.push_back(static_cast<int64_t>(targets.size()) + i);
+    targets.insert(targets.end(), e.target_ids.begin(), e.target_ids.end());
+  }
+  return AnswerLoss(at::cat(*predicted), at::tensor(targets, at::kLong), ordered_rows, options_.ordered_ids,
+                    options_.bin_smoothing);
 }
 
 absl::StatusOr<std::vector<std::vector<int64_t>>> Trainer::Predict(const std::vector<TrainExample>& batch) {

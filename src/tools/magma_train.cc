@@ -114,8 +114,9 @@ ABSL_FLAG(double, offset_loss, 0,
           "Weight of a read-out, on robot frames, of where the goal is from the gripper (per axis, in steps, "
           "within +-2) from the final hidden state where the model predicts the x, y and gripper tokens; 0 = off");
 ABSL_FLAG(double, bin_smoothing, 0,
-          "Robot frames: train each action token toward a Gaussian over its neighbouring bins, of this standard "
-          "deviation in bins (of 256 over -1..1), instead of its one bin; 0 = off");
+          "Robot frames: train each action token of a normalised dimension (the moves, not the gripper) toward a "
+          "Gaussian over its neighbouring bins, of this standard deviation in bins (of 256 over -1..1), instead "
+          "of its one bin; 0 = off");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
 ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");

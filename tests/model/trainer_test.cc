@@ -266,6 +266,21 @@ TEST_F(TrainerTest, PointersTeachHeadsWhereToLook) {
 // preset's two, whose head 0 learns to look at the first crop's top-left
 // cell (prompt position 1) while the last layer is left alone. A layer the
 // model does not have is INVALID_ARGUMENT.
+// An example that lists a target outside its answer as ordered is refused
+// before anything trains.
+TEST_F(TrainerTest, RefusesOrderedTargetsOutsideTheAnswer) {
+  auto trainer = Trainer::Create(model(), Schedule(10));
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  for (int64_t bad : {4, -1}) {
+    TrainExample e = Example();
+    e.ordered_targets = {0, bad};
+    const absl::Status s = (*trainer)->Step({e}).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(s.message(), ::testing::HasSubstr("it has 4 target tokens")) << s;
+    EXPECT_EQ((*trainer)->step(), 0);
+  }
+}
+
 TEST_F(TrainerTest, PointersSuperviseTheChosenLayer) {
   TrainOptions o = Schedule(80);
   o.attention_loss_weight = 1.0;
@@ -340,32 +355,37 @@ TEST(TrainOptionsTest, AreCheckedAgainstALayerCount) {
 }
 
 // The answer loss by hand: a row whose target is not among the ordered top
-// ids is the plain cross-entropy; an ordered one is the cross-entropy
-// against a Gaussian over the ordered ids around it.
-TEST(AnswerLossTest, SmoothsOnlyTargetsAmongTheOrderedIds) {
-  const std::vector<std::vector<double>> rows = {{0.5, -1.0, 2.0, 0.0, 1.0, -0.5}, {1.0, 0.0, -2.0, 0.5, 3.0, 1.5}};
-  const std::vector<int64_t> targets = {1, 4};  // 4 is the middle of the ordered ids 3, 4, 5
+// ids, or that its example does not list as ordered, is the plain
+// cross-entropy; a listed ordered one is the cross-entropy against a
+// Gaussian over the ordered ids around it.
+TEST(AnswerLossTest, SmoothsOnlyListedTargetsAmongTheOrderedIds) {
+  const std::vector<std::vector<double>> rows = {
+      {0.5, -1.0, 2.0, 0.0, 1.0, -0.5}, {1.0, 0.0, -2.0, 0.5, 3.0, 1.5}, {-0.5, 2.5, 0.0, 1.0, -1.0, 0.5}};
+  // 4 is the middle of the ordered ids 3, 4, 5; so is row 2's, not listed.
+  const std::vector<int64_t> targets = {1, 4, 4};
   std::vector<float> flat;
   for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
-  const at::Tensor logits = at::tensor(flat, at::kFloat).view({2, 6});
+  const at::Tensor logits = at::tensor(flat, at::kFloat).view({3, 6});
   const at::Tensor t = at::tensor(targets, at::kLong);
   auto log_p = [&](int row, int id) {
     double z = 0;
     for (double v : rows[row]) z += std::exp(v);
     return rows[row][id] - std::log(z);
   };
-  const double plain = (-log_p(0, 1) - log_p(1, 4)) / 2;
+  const std::vector<int64_t> listed = {0, 1};  // row 0's target is not ordered: plain all the same
+  const double plain = (-log_p(0, 1) - log_p(1, 4) - log_p(2, 4)) / 3;
   // sigma 1: weights exp(-1/2), 1, exp(-1/2) on ids 3, 4, 5.
   const double side = std::exp(-0.5), norm = 1 + 2 * side;
   const double soft = -(side * log_p(1, 3) + log_p(1, 4) + side * log_p(1, 5)) / norm;
-  const double smoothed = (-log_p(0, 1) + soft) / 2;
-  EXPECT_NEAR(AnswerLoss(logits, t, 3, 0).item<double>(), plain, 1e-5);
-  EXPECT_NEAR(AnswerLoss(logits, t, 0, 1.0).item<double>(), plain, 1e-5);
-  EXPECT_NEAR(AnswerLoss(logits, t, 3, 1.0).item<double>(), smoothed, 1e-5);
+  const double smoothed = (-log_p(0, 1) + soft - log_p(2, 4)) / 3;
+  EXPECT_NEAR(AnswerLoss(logits, t, listed, 3, 0).item<double>(), plain, 1e-5);
+  EXPECT_NEAR(AnswerLoss(logits, t, listed, 0, 1.0).item<double>(), plain, 1e-5);
+  EXPECT_NEAR(AnswerLoss(logits, t, {}, 3, 1.0).item<double>(), plain, 1e-5);
+  EXPECT_NEAR(AnswerLoss(logits, t, listed, 3, 1.0).item<double>(), smoothed, 1e-5);
   // Ordered ids 4 and 5 only: id 4 is bin 0, its Gaussian cut to bins 0
   // and 1 (weights 1 and exp(-1/2)).
   const double cut = -(log_p(1, 4) + side * log_p(1, 5)) / (1 + side);
-  EXPECT_NEAR(AnswerLoss(logits, t, 2, 1.0).item<double>(), (-log_p(0, 1) + cut) / 2, 1e-5);
+  EXPECT_NEAR(AnswerLoss(logits, t, listed, 2, 1.0).item<double>(), (-log_p(0, 1) + cut - log_p(2, 4)) / 3, 1e-5);
   TrainOptions o = Schedule(10);
   o.bin_smoothing = -1;
   const absl::Status s = CheckTrainOptions(o, 4);

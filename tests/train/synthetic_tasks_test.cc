@@ -294,6 +294,8 @@ TEST_F(SyntheticTasksTest, ActFramesCarryTheGoalOffsetInSteps) {
       const ActFrame f = ReadActFrame(*e, *ctx_->action_codec);
       const auto& offsets = e->example.offsets;
       ASSERT_EQ(offsets.size(), 3u) << seed;
+      // The six normalised dimensions are ordered bins; the gripper is not.
+      EXPECT_EQ(e->example.ordered_targets, std::vector<int64_t>({0, 1, 2, 3, 4, 5})) << seed;
       const double sx = std::clamp((f.goal_x - f.gx) / 0.08, -2.0, 2.0);
       const double sy = std::clamp((f.goal_y - f.gy) / 0.08, -2.0, 2.0);
       for (size_t k = 0; k < offsets.size(); ++k) {

@@ -121,7 +121,8 @@ struct TrainOptions {
   double offset_loss_weight = 0;
   // The top `ordered_ids` ids of the vocabulary are ordered bins (the 256
   // action bins of a Magma model; 0 = none). With bin_smoothing > 0 an
-  // answer token among them is trained toward a Gaussian over its
+  // answer token among them that its example lists as ordered
+  // (TrainExample::ordered_targets) is trained toward a Gaussian over its
   // neighbouring bins (standard deviation bin_smoothing bins, cut to the
   // ordered ids and normalised) instead of its one bin, as a histogram loss
   // trains a regression: neighbouring bins support each other, so that a
@@ -132,10 +133,12 @@ struct TrainOptions {
 };
 
 // The answer loss: the mean over rows of the cross-entropy of `logits`
-// [N, V] against `targets` (N ids), where a target among the top
-// `ordered_ids` ids of V is a Gaussian over those ids of standard deviation
-// `smoothing` ids around it (TrainOptions::bin_smoothing; 0 = the one id).
-at::Tensor AnswerLoss(const at::Tensor& logits, const at::Tensor& targets, int64_t ordered_ids, double smoothing);
+// [N, V] against `targets` (N ids), where the target of a row listed in
+// `ordered_rows` that is among the top `ordered_ids` ids of V is a Gaussian
+// over those ids of standard deviation `smoothing` ids around it
+// (TrainOptions::bin_smoothing; 0 = the one id).
+at::Tensor AnswerLoss(const at::Tensor& logits, const at::Tensor& targets, const std::vector<int64_t>& ordered_rows,
+                      int64_t ordered_ids, double smoothing);
 
 struct TrainImage {
   TrainImage() = default;
@@ -189,6 +192,10 @@ struct TrainExample {
   std::vector<int64_t> target_ids;   // what the model should answer (not empty)
   std::vector<TrainPointer> pointers;
   std::vector<TrainOffset> offsets;
+  // Indices into target_ids of the tokens that are ordered bins, which
+  // TrainOptions::bin_smoothing smooths: an action's normalised dimensions,
+  // not its gripper, whose two states are not neighbours of anything.
+  std::vector<int64_t> ordered_targets;
 };
 
 // How well the training-only heads do on a batch (see TrainOptions).
