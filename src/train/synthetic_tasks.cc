@@ -486,7 +486,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   const double sy = std::clamp((scene.objects[goal].center.y - scene.gripper.y) / robot_.max_step, -2.0, 2.0);
   for (int64_t token : {0, 1, 6}) e->offsets.push_back({token, sx, sy});
   e->target_ids.insert(e->target_ids.begin(), tokens.begin(), tokens.end());
-  for (size_t i = 0; i < tokens.size(); ++i) {
+  for (size_t i = 0; i < tokens.size() && i < task.statistics->mask.size(); ++i) {
     if (task.statistics->mask[i]) e->ordered_targets.push_back(static_cast<int64_t>(i));
   }
   for (int64_t t : tokens) absl::StrAppend(&out.target_text, ctx_->action_codec->BinOfToken(t), " ");

@@ -262,10 +262,6 @@ TEST_F(TrainerTest, PointersTeachHeadsWhereToLook) {
   for (int64_t t = 14; t < 16; ++t) EXPECT_GT(probs[1][t][9].item<double>(), 0.8) << t;  // head 1, targets 2-3
 }
 
-// The supervised layer can be any decoder layer: here the first of the tiny
-// preset's two, whose head 0 learns to look at the first crop's top-left
-// cell (prompt position 1) while the last layer is left alone. A layer the
-// model does not have is INVALID_ARGUMENT.
 // An example that lists a target outside its answer as ordered is refused
 // before anything trains.
 TEST_F(TrainerTest, RefusesOrderedTargetsOutsideTheAnswer) {
@@ -281,6 +277,10 @@ TEST_F(TrainerTest, RefusesOrderedTargetsOutsideTheAnswer) {
   }
 }
 
+// The supervised layer can be any decoder layer: here the first of the tiny
+// preset's two, whose head 0 learns to look at the first crop's top-left
+// cell (prompt position 1) while the last layer is left alone. A layer the
+// model does not have is INVALID_ARGUMENT.
 TEST_F(TrainerTest, PointersSuperviseTheChosenLayer) {
   TrainOptions o = Schedule(80);
   o.attention_loss_weight = 1.0;
@@ -381,6 +381,7 @@ TEST(AnswerLossTest, SmoothsOnlyListedTargetsAmongTheOrderedIds) {
   EXPECT_NEAR(AnswerLoss(logits, t, listed, 3, 0).item<double>(), plain, 1e-5);
   EXPECT_NEAR(AnswerLoss(logits, t, listed, 0, 1.0).item<double>(), plain, 1e-5);
   EXPECT_NEAR(AnswerLoss(logits, t, {}, 3, 1.0).item<double>(), plain, 1e-5);
+  EXPECT_NEAR(AnswerLoss(logits, t, {0}, 3, 1.0).item<double>(), plain, 1e-5);  // listed, not ordered
   EXPECT_NEAR(AnswerLoss(logits, t, listed, 3, 1.0).item<double>(), smoothed, 1e-5);
   // Ordered ids 4 and 5 only: id 4 is bin 0, its Gaussian cut to bins 0
   // and 1 (weights 1 and exp(-1/2)).
