@@ -220,7 +220,8 @@ UiQuestion AskAbout(const UiScreen& screen, uint64_t seed) {
         }
       }
       q.names = color + " " + (w.kind == "text_field" ? std::string("text field") : w.kind);
-      q.question = "Is there a " + q.names + "?";
+      const bool vowel = std::string("aeiou").find(q.names[0]) != std::string::npos;
+      q.question = std::string(vowel ? "Is there an " : "Is there a ") + q.names + "?";
       q.answer = present ? "Yes." : "No.";
       break;
     }

@@ -167,7 +167,9 @@ TEST(UiWorldTest, QuestionsAnswerWhatTheScreenShows) {
     if (q.question == "How many buttons are there?") {
       EXPECT_EQ(q.answer, "2");
       EXPECT_EQ(q.names, "buttons");
-    } else if (q.question.rfind("Is there a ", 0) == 0) {
+    } else if (q.question.rfind("Is there a", 0) == 0) {
+      // "an" before the one colour with a vowel.
+      EXPECT_EQ(q.question.rfind("Is there an ", 0) == 0, q.names.rfind("orange ", 0) == 0) << q.question;
       const bool yes = q.question == "Is there a red button?" || q.question == "Is there a blue button?" ||
                        q.question == "Is there a green icon?" || q.question == "Is there a gray text field?";
       EXPECT_EQ(q.answer, yes ? "Yes." : "No.") << q.question;
@@ -193,6 +195,8 @@ TEST(UiWorldTest, QuestionsAnswerWhatTheScreenShows) {
   EXPECT_TRUE(seen.count("What is at mark 1?"));
   EXPECT_TRUE(seen.count("What color is the Open button?"));
   EXPECT_TRUE(seen.count("Is there a red button?"));
+  EXPECT_TRUE(seen.count("Is there an orange button?") || seen.count("Is there an orange icon?") ||
+              seen.count("Is there an orange text field?"));
   EXPECT_GE(seen.size(), 10u);
 }
 
