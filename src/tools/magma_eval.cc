@@ -25,6 +25,7 @@
 #include "magma/v1/agent.grpc.pb.h"
 #include "magma/worlds/robot_world.h"
 #include "magma/worlds/ui_world.h"
+#include "table_flags.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "magma-serve address");
 ABSL_FLAG(int, screens, 500, "Click: screens");
@@ -32,17 +33,6 @@ ABSL_FLAG(int, episodes, 200, "Act: robot episodes");
 ABSL_FLAG(int, max_steps, 60, "Act: steps per episode");
 ABSL_FLAG(int, log_episodes, 0,
           "Act: print every step of the first N episodes (gripper, goal, the model's and the expert's action)");
-ABSL_FLAG(bool, grip_on_the_move, false,
-          "Act: the expert whose action --log_episodes prints beside the model's grips on its last move (as "
-          "magma-train --grip_on_the_move)");
-ABSL_FLAG(double, release_steps, 0.375,
-          "Act: how close to the plate, in steps, the expert that --log_episodes prints opens the gripper (as "
-          "magma-train --release_steps)");
-ABSL_FLAG(int, move_divisions, 2,
-          "Act: the move per axis of the expert that --log_episodes prints is a multiple of 1/N of a step, N this "
-          "value (as magma-train --move_divisions)");
-ABSL_FLAG(int, table_blocks, 3, "Act and Trace: blocks per tabletop scene");
-ABSL_FLAG(int, table_plates, 2, "Act and Trace: plates per tabletop scene");
 ABSL_FLAG(int, paths, 100, "Trace: scenes");
 ABSL_FLAG(int, log_paths, 0, "Trace: print the first N scenes' expected and predicted paths with their error");
 ABSL_FLAG(int, questions, 200, "Generate: questions");
@@ -99,17 +89,13 @@ std::vector<cv::Point2d> Resample(const std::vector<cv::Point2d>& p, int n) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  magma::worlds::RobotWorldOptions ro;
-  ro.blocks = absl::GetFlag(FLAGS_table_blocks);
-  ro.plates = absl::GetFlag(FLAGS_table_plates);
-  ro.grip_on_the_move = absl::GetFlag(FLAGS_grip_on_the_move);
-  ro.release_steps = absl::GetFlag(FLAGS_release_steps);
-  ro.move_divisions = absl::GetFlag(FLAGS_move_divisions);
-  if (auto s = magma::worlds::CheckOptions(ro); !s.ok()) {
+  auto table = magma::tools::TableWorldFromFlags();
+  if (!table.ok()) {
     std::cerr << "magma-eval: tabletop options (--table_blocks, --table_plates, --release_steps, --move_divisions): "
-              << s.message() << std::endl;
+              << table.status().message() << std::endl;
     return 2;
   }
+  const magma::worlds::RobotWorldOptions ro = *table;
   auto stub = AgentService::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
   const uint64_t base = absl::GetFlag(FLAGS_first_seed);
   const std::string demo = absl::GetFlag(FLAGS_demo_dir);

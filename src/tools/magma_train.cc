@@ -33,6 +33,7 @@
 #include "magma/tokenizer/spm_trainer.h"
 #include "magma/train/synthetic_tasks.h"
 #include "magma/util/logging.h"
+#include "table_flags.h"
 
 ABSL_FLAG(std::string, out, "", "Checkpoint directory to create (or resume)");
 ABSL_FLAG(int64_t, steps, 3000, "Optimizer steps");
@@ -70,15 +71,6 @@ ABSL_FLAG(int, missed_grasp_quarters, 1,
 ABSL_FLAG(int, arrival_quarters, 0,
           "Robot frames: quarters (0-4) of the near-goal frames whose gripper is put within the expert's arrival "
           "distance of its goal, where the expert closes or opens the gripper");
-ABSL_FLAG(bool, grip_on_the_move, false,
-          "Robot frames: the expert closes and opens the gripper with the move that brings it to its goal, not on "
-          "a still step after it");
-ABSL_FLAG(double, release_steps, 0.375,
-          "Robot frames: the expert opens the gripper once the carried block is this many steps (of 0.08) from the "
-          "plate's centre (at least 0.375, below 0.8)");
-ABSL_FLAG(int, move_divisions, 2,
-          "Robot frames: the expert's move per axis is a multiple of 1/N of a step (of 0.08), N this value: 2 half "
-          "steps, 4 quarter steps; 2-16");
 ABSL_FLAG(int64_t, marks_first, 0,
           "Steps at the start in which the tower learns only to read mark numbers (the mark cell head alone among "
           "the cell losses; the decoder's attention losses and the answer loss as always); 0 = none");
@@ -119,8 +111,6 @@ ABSL_FLAG(double, bin_smoothing, 0,
           "of its one bin; 0 = off");
 ABSL_FLAG(bool, report_only, false, "Print the held-out report of the checkpoint in --out and exit");
 ABSL_FLAG(bool, bf16, true, "Linear layers multiply in bfloat16 (float32 weights and accumulation)");
-ABSL_FLAG(int, table_blocks, 3, "Tabletop world: blocks per scene");
-ABSL_FLAG(int, table_plates, 2, "Tabletop world: plates per scene");
 ABSL_FLAG(int64_t, profile_steps, 0,
           "Record libtorch's operator profile of this many steps (after 10 warm-up steps) into "
           "<out>/profile.json, a Chrome trace (chrome://tracing, Perfetto)");
@@ -362,13 +352,9 @@ int main(int argc, char** argv) {
   (void)magma::log::SetLevel("warn");
   const std::string dir = absl::GetFlag(FLAGS_out);
   if (dir.empty()) return Fail(absl::InvalidArgumentError("--out is required"));
-  magma::worlds::RobotWorldOptions robot;
-  robot.blocks = absl::GetFlag(FLAGS_table_blocks);
-  robot.plates = absl::GetFlag(FLAGS_table_plates);
-  robot.grip_on_the_move = absl::GetFlag(FLAGS_grip_on_the_move);
-  robot.release_steps = absl::GetFlag(FLAGS_release_steps);
-  robot.move_divisions = absl::GetFlag(FLAGS_move_divisions);
-  if (auto s = magma::worlds::CheckOptions(robot); !s.ok()) return Fail(s);  // before anything is written
+  auto table = magma::tools::TableWorldFromFlags();
+  if (!table.ok()) return Fail(table.status());  // before anything is written
+  const magma::worlds::RobotWorldOptions robot = *table;
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   magma::model::UseHeapForLargeBlocks();
   magma::model::TrainOptions to;
