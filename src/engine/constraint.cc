@@ -367,6 +367,26 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
     return std::find(e.begin(), e.end(), id) != e.end();
   }
 
+  // Breadth first over (state, first token yet) pairs, one level a token.
+  int32_t MinTokens(int32_t limit) const override {
+    const int32_t end = table_->end_ids().empty() ? 0 : 1;
+    std::vector<std::pair<int32_t, bool>> level = {{dfa_.start, true}};
+    std::set<std::pair<int32_t, bool>> seen(level.begin(), level.end());
+    for (int32_t depth = 0; depth + end <= limit && !level.empty(); ++depth) {
+      std::vector<std::pair<int32_t, bool>> next;
+      for (const auto& [state, first] : level) {
+        if (Accepting(state)) return depth + end;
+        for (int32_t id : AllowedAt(state, first)) {
+          if (IsEnd(id)) continue;
+          const std::pair<int32_t, bool> to = {first && Vanishes(id) ? state : Advance(state, id, first), false};
+          if (seen.insert(to).second) next.push_back(to);
+        }
+      }
+      level = std::move(next);
+    }
+    return limit + 1;
+  }
+
   // Allowed ids at `state` (as the answer's first token or later),
   // computed once per state.
   const std::vector<int32_t>& AllowedAt(int32_t state, bool first) const {
@@ -442,6 +462,7 @@ class SequenceGrammar final : public Grammar {
   std::unique_ptr<Constraint> Start() const override {
     return std::make_unique<SequenceConstraint>(&ids_, count_, &end_ids_);
   }
+  int32_t MinTokens(int32_t limit) const override { return count_ + 1 <= limit ? count_ + 1 : limit + 1; }
 
  private:
   std::vector<int32_t> ids_;

@@ -178,7 +178,17 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
   if (auto s = ValidateSamplingParams(req.sampling); !s.ok()) return s;
   if (req.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be >= 1");
   if (req.fit_context && positions < capacity_) {
-    req.max_new_tokens = static_cast<int32_t>(std::min<int64_t>(req.max_new_tokens, capacity_ - positions));
+    const int64_t room = capacity_ - positions;
+    // Refused before its prefill when even the shortest answer its grammar
+    // allows does not fit what the context leaves.
+    if (req.grammar != nullptr && room < req.max_new_tokens &&
+        req.grammar->MinTokens(static_cast<int32_t>(room)) > room) {
+      return absl::ResourceExhaustedError(absl::StrCat("the prompt (", positions, " positions) leaves ", room,
+                                                       " of the context's ", capacity_,
+                                                       " positions, too few for the shortest answer its grammar "
+                                                       "allows"));
+    }
+    req.max_new_tokens = static_cast<int32_t>(std::min<int64_t>(req.max_new_tokens, room));
   }
   if (positions + req.max_new_tokens > capacity_) {
     return absl::ResourceExhaustedError(absl::StrCat("the prompt (", positions, " positions) plus max_new_tokens (",

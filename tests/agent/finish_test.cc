@@ -14,6 +14,7 @@ using vision::Grid256Point;
 class NeverStarted : public engine::Grammar {
  public:
   std::unique_ptr<engine::Constraint> Start() const override { return nullptr; }
+  int32_t MinTokens(int32_t) const override { return 1; }
 };
 
 PreparedTrace Tom(bool constrained) {

@@ -123,6 +123,44 @@ TEST(ConstraintTest, UiMarkAnswerOverExistingMarks) {
   EXPECT_EQ(std::count(allowed.begin(), allowed.end(), 0), 0);  // "Mark: 2" is incomplete
 }
 
+// The shortest complete answers by hand over the toy vocabulary: "Mark:",
+// " ", "0", end (or "Mark", ": ", "0", end); "no", end; seven action
+// tokens, end. Past the limit the search stops and says limit + 1.
+TEST(ConstraintTest, MinTokensIsTheShortestCompleteAnswer) {
+  auto table = ToyTable();
+  auto mark = CompileRegex("Mark: (0|3|12|255)", table);
+  ASSERT_TRUE(mark.ok()) << mark.status();
+  EXPECT_EQ((*mark)->MinTokens(100), 4);
+  EXPECT_EQ((*mark)->MinTokens(4), 4);
+  EXPECT_EQ((*mark)->MinTokens(3), 4);
+  EXPECT_EQ((*mark)->MinTokens(0), 1);
+  auto choice = CompileChoices({"maybe", "no", "yes"}, table);
+  ASSERT_TRUE(choice.ok()) << choice.status();
+  EXPECT_EQ((*choice)->MinTokens(10), 2);
+  auto spelled = CompileRegex("abcd", table);  // one letter a token
+  ASSERT_TRUE(spelled.ok()) << spelled.status();
+  EXPECT_EQ((*spelled)->MinTokens(10), 5);
+  std::vector<int32_t> action_ids;
+  for (int i = 0; i < 256; ++i) action_ids.push_back(1000 - 256 + i);
+  auto action = TokenSequenceGrammar(action_ids, 7, {2});
+  EXPECT_EQ(action->MinTokens(8), 8);
+  EXPECT_EQ(action->MinTokens(7), 8);
+}
+
+// A first token that decoding drops ("▁" before "Mark") costs a token but
+// no bytes: with it the shortest answer is one token longer, never shorter.
+TEST(ConstraintTest, MinTokensCountsAVanishingFirstToken) {
+  std::vector<std::string> bytes = {"", "Mark", " Mark", ": ", "0", " "};
+  std::vector<std::string> first = {"", "Mark", "Mark", ": ", "0", ""};
+  auto table = std::make_shared<TokenTable>(bytes, std::vector<int32_t>{0}, first);
+  auto g = CompileRegex("Mark: 0", table);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ((*g)->MinTokens(10), 4);  // "Mark" (or " Mark" read as "Mark"), ": ", "0", end
+  auto digit = CompileRegex("0", table);
+  ASSERT_TRUE(digit.ok()) << digit.status();
+  EXPECT_EQ((*digit)->MinTokens(10), 2);  // "0", end; " " then "0" would be 3
+}
+
 TEST(ConstraintTest, ActionGrammarIsSevenActionTokensThenEnd) {
   std::vector<int32_t> action_ids;
   for (int i = 0; i < 256; ++i) action_ids.push_back(1000 - 256 + i);

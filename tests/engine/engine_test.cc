@@ -287,6 +287,31 @@ TEST(EngineTest, FitContextShortensTheServersOwnBudget) {
   EXPECT_NE(refused.status().message().find("the prompt (32 positions)"), std::string::npos) << refused.status();
 }
 
+// With a grammar, a room shorter than its shortest answer (here seven
+// tokens and an end token) is refused before the prefill; a room that
+// holds it runs.
+TEST(EngineTest, FitContextRefusesARoomShorterThanTheGrammarsShortestAnswer) {
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 32, Hashed()), nullptr, {});
+  Collector c;
+  auto tight = Prompt(std::vector<int32_t>(25, 1), 30, 0, 0);  // 7 positions left
+  tight.fit_context = true;
+  tight.grammar = TokenSequenceGrammar({10, 11, 12}, 7, {2});
+  auto refused = engine.Submit(tight, c.For(0));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(refused.status().message().find("the prompt (25 positions) leaves 7 of the context's 32 positions"),
+            std::string::npos)
+      << refused.status();
+  auto fits = Prompt(std::vector<int32_t>(24, 1), 30, 0, 0);  // 8 left
+  fits.fit_context = true;
+  fits.stop_token_ids = {2};
+  fits.grammar = TokenSequenceGrammar({10, 11, 12}, 7, {2});
+  ASSERT_TRUE(engine.Submit(fits, c.For(1)).ok());
+  c.WaitFor(1);
+  EXPECT_TRUE(c.results[1].status.ok()) << c.results[1].status;
+  EXPECT_EQ(c.results[1].token_ids.size(), 8u);  // the seven tokens and the end token
+  EXPECT_NE(c.results[1].finish_reason, FinishReason::kLength);
+}
+
 TEST(EngineTest, VisionCacheHitsSkipEncoding) {
   auto runner = std::make_unique<FakeRunner>(kVocab, 2, 128, Hashed());
   FakeRunner* fake = runner.get();

@@ -59,6 +59,9 @@ class Grammar {
  public:
   virtual ~Grammar() = default;
   virtual std::unique_ptr<Constraint> Start() const = 0;
+  // The fewest tokens of a complete answer, its end token included, when
+  // that is at most `limit`; otherwise limit + 1 (the search stops there).
+  virtual int32_t MinTokens(int32_t limit) const = 0;
 };
 
 // Compiles a regular expression over bytes into a token-level automaton.

@@ -36,7 +36,8 @@ struct GenerationRequest {
   // max_new_tokens is the server's own default or bound, not a number the
   // client asked for: shorten it to what the context leaves after the prompt
   // instead of refusing the request (a client's own number that does not fit
-  // is RESOURCE_EXHAUSTED).
+  // is RESOURCE_EXHAUSTED, and so is a room shorter than the shortest answer
+  // the grammar allows).
   bool fit_context = false;
   // Generation ends after one of these; the token is not part of the text.
   std::vector<int32_t> stop_token_ids;
