@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <set>
@@ -367,15 +368,21 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
     return std::find(e.begin(), e.end(), id) != e.end();
   }
 
-  // Breadth first over (state, first token yet) pairs, one level a token.
+  // Breadth first over (state, first token yet) pairs, one level a token;
+  // a length once found is kept.
   int32_t MinTokens(int32_t limit) const override {
+    const int32_t known = shortest_.load();
+    if (known >= 0) return known <= limit ? known : limit + 1;
     const int32_t end = table_->end_ids().empty() ? 0 : 1;
     std::vector<std::pair<int32_t, bool>> level = {{dfa_.start, true}};
     std::set<std::pair<int32_t, bool>> seen(level.begin(), level.end());
     for (int32_t depth = 0; depth + end <= limit && !level.empty(); ++depth) {
       std::vector<std::pair<int32_t, bool>> next;
       for (const auto& [state, first] : level) {
-        if (Accepting(state)) return depth + end;
+        if (Accepting(state)) {
+          shortest_.store(depth + end);
+          return depth + end;
+        }
         for (int32_t id : AllowedAt(state, first)) {
           if (IsEnd(id)) continue;
           const std::pair<int32_t, bool> to = {first && Vanishes(id) ? state : Advance(state, id, first), false};
@@ -408,6 +415,7 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
  private:
   Dfa dfa_;
   std::shared_ptr<const TokenTable> table_;
+  mutable std::atomic<int32_t> shortest_{-1};  // MinTokens once found
   mutable std::mutex mu_;
   mutable std::unordered_map<int32_t, std::vector<int32_t>> allowed_;        // guarded by mu_
   mutable std::unordered_map<int32_t, std::vector<int32_t>> allowed_first_;  // guarded by mu_
@@ -462,7 +470,10 @@ class SequenceGrammar final : public Grammar {
   std::unique_ptr<Constraint> Start() const override {
     return std::make_unique<SequenceConstraint>(&ids_, count_, &end_ids_);
   }
-  int32_t MinTokens(int32_t limit) const override { return count_ + 1 <= limit ? count_ + 1 : limit + 1; }
+  int32_t MinTokens(int32_t limit) const override {
+    const int32_t n = count_ + (end_ids_.empty() ? 0 : 1);
+    return n <= limit ? n : limit + 1;
+  }
 
  private:
   std::vector<int32_t> ids_;

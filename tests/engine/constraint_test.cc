@@ -145,6 +145,8 @@ TEST(ConstraintTest, MinTokensIsTheShortestCompleteAnswer) {
   auto action = TokenSequenceGrammar(action_ids, 7, {2});
   EXPECT_EQ(action->MinTokens(8), 8);
   EXPECT_EQ(action->MinTokens(7), 8);
+  EXPECT_EQ(TokenSequenceGrammar(action_ids, 7, {})->MinTokens(7), 7);  // no end token: it ends by length
+  EXPECT_EQ((*mark)->MinTokens(3), 4);  // once found, the length is kept and still bounded by the limit
 }
 
 // A first token that decoding drops ("▁" before "Mark") costs a token but

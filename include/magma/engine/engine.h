@@ -81,8 +81,9 @@ class Engine {
   // tokens not matching the images, bad sampling values or max_new_tokens;
   // RESOURCE_EXHAUSTED when the queue is full or the prompt plus
   // max_new_tokens exceeds a sequence's context (with fit_context, only when
-  // the prompt leaves no room at all, or less than the shortest answer its
-  // grammar allows: max_new_tokens is shortened to the room left);
+  // the prompt leaves no room at all, or less than max_new_tokens and than
+  // the shortest answer its grammar allows: max_new_tokens is shortened to
+  // the room left);
   // UNAVAILABLE after Shutdown.
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request, RequestCallbacks callbacks);
 
