@@ -83,8 +83,7 @@ class Engine {
   // max_new_tokens exceeds a sequence's context (with fit_context, only when
   // the prompt leaves no room at all, or less than max_new_tokens and than
   // the shortest answer its grammar allows: max_new_tokens is shortened to
-  // the room left);
-  // UNAVAILABLE after Shutdown.
+  // the room left); UNAVAILABLE after Shutdown.
   absl::StatusOr<std::shared_ptr<RequestHandle>> Submit(GenerationRequest request, RequestCallbacks callbacks);
 
   EngineStats Stats() const;
