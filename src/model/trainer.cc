@@ -104,6 +104,15 @@ absl::Status CheckTrainOptions(const TrainOptions& options, int64_t layers) {
     return absl::InvalidArgumentError(
         "training options: cell offset and where weights, offset_loss_weight and clip_norm must be >= 0");
   }
+  if (!options.cell_offset_item_weights.empty() &&
+      static_cast<int64_t>(options.cell_offset_item_weights.size()) != options.cell_offset_items) {
+    return absl::InvalidArgumentError(absl::StrCat("training options: ", options.cell_offset_item_weights.size(),
+                                                   " cell offset item weights for ", options.cell_offset_items,
+                                                   " offset items"));
+  }
+  for (double w : options.cell_offset_item_weights) {
+    if (!(w >= 0)) return absl::InvalidArgumentError("training options: cell offset item weights must be >= 0");
+  }
   // A supervised layer, from 0 or negative from the end, must exist.
   for (const auto& [option, layer] : SupervisedLayers(options)) {
     if (LayerIndex(layer, layers) < 0) {
@@ -259,7 +268,9 @@ at::Tensor Trainer::CellLoss(const at::Tensor& features, const std::vector<const
     at::Tensor has = item.select(3, 0).isnan().logical_not();
     if (has.any().item<bool>()) {
       at::Tensor error = out.narrow(3, first + d, 2).index({has}) - item.index({has});
-      if (solo_ < 0) loss = loss + options_.cell_offset_weight * error.pow(2).mean();
+      const double weight = options_.cell_offset_item_weights.empty() ? options_.cell_offset_weight
+                                                                      : options_.cell_offset_item_weights[d / 2];
+      if (solo_ < 0) loss = loss + weight * error.pow(2).mean();
       if (report != nullptr) report->offset_error.push_back(error.abs().mean().item<double>());
     } else if (report != nullptr) {
       report->offset_error.push_back(std::numeric_limits<double>::quiet_NaN());

@@ -59,6 +59,11 @@ ABSL_FLAG(double, cell_where_weight, 10, "Weight of the cells' own-position read
 ABSL_FLAG(bool, marks_on_things, true,
           "The mark cell head names a marked widget's mark in the widget's cells too (false: only where its label "
           "is drawn)");
+ABSL_FLAG(bool, gripper_from_cells, false,
+          "Every tower cell of a tabletop frame also regresses where the gripper is from it (training-only cell "
+          "target, within 2 cells per axis)");
+ABSL_FLAG(double, gripper_from_cells_weight, 10,
+          "Weight of --gripper_from_cells' regression inside --cell_loss (the other offsets: --cell_offset_weight)");
 ABSL_FLAG(bool, labels_on_text, false,
           "The label cell head names a widget's label only in the cells its text is drawn in (the widget's other "
           "cells are left out of that head's loss)");
@@ -365,6 +370,10 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_marks_first) < 0 || absl::GetFlag(FLAGS_labels_next) < 0) {
     return Fail(absl::InvalidArgumentError("--marks_first and --labels_next must be >= 0"));
   }
+  magma::train::CellTargetOptions cell_targets;
+  cell_targets.marks_on_things = absl::GetFlag(FLAGS_marks_on_things);
+  cell_targets.labels_on_text = absl::GetFlag(FLAGS_labels_on_text);
+  cell_targets.gripper_from_cells = absl::GetFlag(FLAGS_gripper_from_cells);
   const magma::train::ActFrameOptions act_frames{absl::GetFlag(FLAGS_near_goal_quarters),
                                                  absl::GetFlag(FLAGS_missed_grasp_quarters),
                                                  absl::GetFlag(FLAGS_arrival_quarters)};
@@ -397,7 +406,7 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_cell_loss) > 0) {
     to.cell_classes = magma::train::SyntheticTasks::CellClasses();
-    to.cell_offset_items = magma::train::SyntheticTasks::CellOffsetItems();
+    to.cell_offset_items = magma::train::SyntheticTasks::CellOffsetItems(cell_targets);
     to.cell_loss_weight = absl::GetFlag(FLAGS_cell_loss);
     for (const std::string& t : absl::GetFlag(FLAGS_cell_head_weights)) {
       double w = 0;
@@ -407,6 +416,10 @@ int main(int argc, char** argv) {
       to.cell_head_weights.push_back(w);
     }
     to.cell_offset_weight = absl::GetFlag(FLAGS_cell_offset_weight);
+    if (cell_targets.gripper_from_cells) {
+      to.cell_offset_item_weights = {to.cell_offset_weight, to.cell_offset_weight,
+                                     absl::GetFlag(FLAGS_gripper_from_cells_weight)};
+    }
     to.cell_where_weight = absl::GetFlag(FLAGS_cell_where_weight);
     if (absl::GetFlag(FLAGS_marks_first) > 0) {
       to.solo_cell_phases.push_back({magma::train::SyntheticTasks::kMarkCellHead, absl::GetFlag(FLAGS_marks_first)});
@@ -480,8 +493,7 @@ int main(int argc, char** argv) {
     to.ordered_ids = ctx->action_codec->last_token() - ctx->action_codec->first_token() + 1;
   }
   magma::worlds::UiWorldOptions ui;
-  const magma::train::SyntheticTasks tasks(
-      &*ctx, ui, robot, {absl::GetFlag(FLAGS_marks_on_things), absl::GetFlag(FLAGS_labels_on_text)}, act_frames);
+  const magma::train::SyntheticTasks tasks(&*ctx, ui, robot, cell_targets, act_frames);
   auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return Fail(mix.status());
 

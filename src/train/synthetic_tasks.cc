@@ -47,6 +47,9 @@ struct CellItem {
   int pointer = -1;      // the pointer group it belongs to (-1: none)
   // Drawn over things rather than a thing itself: the gripper, a mark label.
   bool overlay = false;
+  // Every cell regresses where this item is from it (the gripper, with
+  // CellTargetOptions::gripper_from_cells).
+  bool seen_from_every_cell = false;
 };
 
 // Classes of the "what" cell head: none, then the UI looks (kind and shape)
@@ -122,7 +125,8 @@ std::vector<CellItem> UiItems(const worlds::UiScreen& screen, const std::vector<
   return items;
 }
 
-std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, const std::vector<int>& groups) {
+std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, const std::vector<int>& groups,
+                                 const CellTargetOptions& cells) {
   // The gripper (an overlay), then blocks before plates: a block on a plate
   // is the thing in its cells. Pointer group k is object groups[k] (-1: the
   // gripper).
@@ -139,6 +143,7 @@ std::vector<CellItem> TableItems(const worlds::RobotScene& scene, int size, cons
   };
   add(scene.gripper, 0.03, scene.gripper_open ? kWhatGripperOpen : kWhatGripperClosed, -1);
   items.back().overlay = true;
+  items.back().seen_from_every_cell = cells.gripper_from_cells;
   for (size_t i = 0; i < scene.objects.size(); ++i) {
     const auto& o = scene.objects[i];
     if (o.kind == "block") add(o.center, o.radius, kWhatBlock + std::max(0, IndexOf(worlds::TableColors(), o.color)), static_cast<int>(i));
@@ -158,6 +163,10 @@ bool Meets(const vision::PixelBox& box, double x0, double y0, double w, double h
   return my >= y0 && my < y0 + h && ((mx >= x0 && mx < x0 + w) || (x >= box.x1 && x <= box.x2));
 }
 
+// How far, in cells per axis, a cell regresses where the item seen from
+// every cell is (CellItem::seen_from_every_cell); farther is clamped.
+constexpr double kSeenFromCellsReach = 2.0;
+
 // Targets of every tower output cell of `img` (crops of an image of `size`
 // on its any-res grid), in two slots: the thing in the cell (a widget, a
 // block, a plate) and the overlay on it (the gripper, a mark label), each
@@ -167,15 +176,18 @@ bool Meets(const vision::PixelBox& box, double x0, double y0, double w, double h
 // thing's. Each slot regresses the offset of its item's centre from the
 // cell's, in cells, so that every cell of a large item says where the item
 // is, and a block under the gripper does not vanish from its cells: the
-// thing's position stays in one slot and the gripper's in the other.
+// thing's position stays in one slot and the gripper's in the other. A third
+// slot, on every cell, holds the offset of the item seen from every cell
+// (kSeenFromCellsReach cells at most per axis), when there is one.
 // Returns, per pointer group, the cells that hold the centre of one of its
 // items or whose centre lies in one of its items' boxes.
 std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv::Size size, model::TrainImage* img) {
   const int64_t s = img->crops.size(2), f = s / 32, crops = img->crops.size(0);
   const auto heads = static_cast<int64_t>(SyntheticTasks::CellClasses().size());
   at::Tensor classes = at::zeros({crops, f, f, heads}, at::kLong);
-  at::Tensor offsets =
-      at::full({crops, f, f, 2 * SyntheticTasks::CellOffsetItems()}, std::numeric_limits<float>::quiet_NaN());
+  const auto seen =
+      std::find_if(items.begin(), items.end(), [](const CellItem& it) { return it.seen_from_every_cell; });
+  at::Tensor offsets = at::full({crops, f, f, seen != items.end() ? 6 : 4}, std::numeric_limits<float>::quiet_NaN());
   int groups = 0;
   for (const auto& it : items) groups = std::max(groups, it.pointer + 1);
   std::vector<at::Tensor> pointers;
@@ -224,6 +236,12 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
             if (slot[k] == nullptr) continue;
             o[n][i][j][2 * k] = static_cast<float>((slot[k]->cx - x) / cell_w);
             o[n][i][j][2 * k + 1] = static_cast<float>((slot[k]->cy - y) / cell_h);
+          }
+          if (seen != items.end()) {
+            o[n][i][j][4] =
+                static_cast<float>(std::clamp((seen->cx - x) / cell_w, -kSeenFromCellsReach, kSeenFromCellsReach));
+            o[n][i][j][5] =
+                static_cast<float>(std::clamp((seen->cy - y) / cell_h, -kSeenFromCellsReach, kSeenFromCellsReach));
           }
         }
       }
@@ -324,7 +342,7 @@ void PointAll(const std::vector<at::Tensor>& groups, int head, int group, const 
 
 }  // namespace
 
-int SyntheticTasks::CellOffsetItems() { return 2; }
+int SyntheticTasks::CellOffsetItems(const CellTargetOptions& cells) { return cells.gripper_from_cells ? 3 : 2; }
 
 int64_t SyntheticTasks::GripperLook(bool open) { return open ? kWhatGripperOpen : kWhatGripperClosed; }
 
@@ -469,8 +487,8 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Act(uint64_t seed) const {
   if (!e.ok()) return e.status();
   // Head 0 looks at the goal, head kGripperHead at the gripper: the action
   // is their difference.
-  const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}), task.image.size(),
-                                        &e->images[0]);
+  const auto groups =
+      AttachCellTargets(TableItems(scene, robot_.image_size, {goal, -1}, cells_), task.image.size(), &e->images[0]);
   PointAll(groups, 0, 0, scene.objects[goal].center, &*e,
            NamingTokens(*ctx_->tokenizer, e->prompt_ids, scene.objects[goal]));
   PointAll(groups, kGripperHead, 1, scene.gripper, &*e);
@@ -510,7 +528,7 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Path(uint64_t seed) const {
   if (!e.ok()) return e.status();
   // Head 0, while the model writes a waypoint "(x, y)", looks at what is
   // there: the gripper, the block, the plate.
-  const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {-1, scene.pick, scene.place}),
+  const auto groups = AttachCellTargets(TableItems(scene, robot_.image_size, {-1, scene.pick, scene.place}, cells_),
                                         task.image.size(), &e->images[0]);
   const auto spans = TokenSpans(*ctx_->tokenizer, e->target_ids, out.target_text, '(', ')');
   for (size_t k = 0; k < spans.size() && k < groups.size(); ++k) {

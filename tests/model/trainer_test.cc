@@ -720,6 +720,41 @@ TEST_F(TrainerTest, CellHeadsLearnTwoOffsetSlots) {
   EXPECT_LT(after.offset_error[1], 0.05) << before.offset_error[1];
 }
 
+// Per-item offset weights replace the common one: at 0 an item's slot is not
+// learned (its read-out stays as far off as it starts, over 0.2) while the
+// other slot is. A list that does not match the items is refused.
+TEST_F(TrainerTest, CellOffsetItemWeightsWeighEachSlot) {
+  TrainOptions o = Schedule(150);
+  o.cell_classes = {5};
+  o.cell_offset_items = 2;
+  o.cell_offset_item_weights = {10.0, 10.0, 1.0};
+  auto refused = Trainer::Create(model(), o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("3 cell offset item weights for 2 offset items"), std::string::npos)
+      << refused.status();
+  o.cell_offset_item_weights = {10.0, -1.0};
+  EXPECT_EQ(Trainer::Create(model(), o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.cell_offset_item_weights = {10.0, 0.0};
+  auto trainer = Trainer::Create(model(), o);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  TrainExample e = Example();
+  e.images[0].cell_classes = at::ones({2, 2, 2, 1}, at::kLong);
+  at::Tensor offsets = at::full({2, 2, 2, 4}, 0.0f);
+  offsets.select(3, 0).fill_(0.25f);
+  offsets.select(3, 1).fill_(-0.25f);
+  offsets.select(3, 2).fill_(-0.5f);
+  offsets.select(3, 3).fill_(0.5f);
+  e.images[0].cell_offsets = offsets;
+  const auto reports = TrainAndReport(trainer->get(), {e}, 150);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  ASSERT_EQ(after.offset_error.size(), 2u);
+  EXPECT_LT(after.offset_error[0], 0.05) << before.offset_error[0];
+  EXPECT_GT(before.offset_error[1], 0.2);
+  EXPECT_GT(after.offset_error[1], 0.2);
+}
+
 // With a position loss, what a supervised head reads carries where its item
 // is: two examples whose prompts point at different cells get their own
 // position back from head 0's output (a read-out that knows nothing is off

@@ -30,18 +30,26 @@ class SyntheticTasksTest : public ::testing::Test {
     o.vocab_size = 600;
     o.reserved_pieces = 256;
     ASSERT_TRUE(tokenizer::TrainSentencePiece(SyntheticTasks::CorpusTexts(40), o, dir_.path()).ok());
+    ctx_ = Context(64);
+    ASSERT_NE(ctx_, nullptr);
+    tasks_ = std::make_unique<SyntheticTasks>(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{});
+  }
+  // A task context with that tokenizer, crops of `base` pixels, at most 2
+  // (null, with a test failure, if it cannot be made).
+  std::unique_ptr<agent::TaskContext> Context(int base) {
     auto tok = tokenizer::LoadTokenizer(dir_.path());
-    ASSERT_TRUE(tok.ok()) << tok.status();
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    if (!tok.ok()) return nullptr;
     vocab_ = (*tok)->vocab_size();
     image_ = (*tok)->special_ids().image;
     vision::AnyresOptions anyres;
-    anyres.base = 64;
+    anyres.base = base;
     anyres.max_crops = 2;
     auto ctx = agent::MakeTaskContext(std::shared_ptr<const tokenizer::Tokenizer>(std::move(*tok)), image_, false,
                                       anyres, std::nullopt);
-    ASSERT_TRUE(ctx.ok()) << ctx.status();
-    ctx_ = std::make_unique<agent::TaskContext>(*std::move(ctx));
-    tasks_ = std::make_unique<SyntheticTasks>(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{});
+    EXPECT_TRUE(ctx.ok()) << ctx.status();
+    if (!ctx.ok()) return nullptr;
+    return std::make_unique<agent::TaskContext>(*std::move(ctx));
   }
   testing::TempDir dir_;
   int32_t vocab_ = 0, image_ = 0;
@@ -456,6 +464,55 @@ TEST_F(SyntheticTasksTest, CellTargetsMarkWhatIsWhere) {
     EXPECT_TRUE(marked.masked_select(label).all().item<bool>());  // every label cell names its mark
     EXPECT_EQ(marked.logical_and(label.logical_not()).any().item<bool>(), e == &*click);
   }
+}
+
+// With CellTargetOptions::gripper_from_cells every cell of a tabletop frame
+// says where the gripper is from its centre, in cells, within 2 per axis.
+// The start of an episode puts the gripper at (0.5, 0.9) = pixel (128,
+// 230.4) of the 256x256 frame.
+TEST_F(SyntheticTasksTest, CellTargetsSeeTheGripperFromEveryCell) {
+  CellTargetOptions cells;
+  cells.gripper_from_cells = true;
+  EXPECT_EQ(SyntheticTasks::CellOffsetItems(CellTargetOptions{}), 2);
+  EXPECT_EQ(SyntheticTasks::CellOffsetItems(cells), 3);
+  const SyntheticTasks with(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{}, cells);
+  auto e = with.Path(3), plain = tasks_->Path(3);
+  ASSERT_TRUE(e.ok() && plain.ok());
+  const at::Tensor o = e->example.images[0].cell_offsets;
+  ASSERT_EQ(o.sizes(), (std::vector<int64_t>{1, 2, 2, 6}));
+  // 2x2 cells of 128 pixels, centres at 64 and 192.
+  const float expected[2][2][2] = {{{0.5f, 1.3f}, {-0.5f, 1.3f}}, {{0.5f, 0.3f}, {-0.5f, 0.3f}}};
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 2; ++j) {
+      EXPECT_NEAR(o[0][i][j][4].item<float>(), expected[i][j][0], 1e-5) << i << "," << j;
+      EXPECT_NEAR(o[0][i][j][5].item<float>(), expected[i][j][1], 1e-5) << i << "," << j;
+    }
+  }
+  // The thing and overlay slots are those of the stream without the option.
+  EXPECT_TRUE(o.narrow(3, 0, 4).allclose(plain->example.images[0].cell_offsets, 1e-6, 1e-6, true));
+  // Robot frames carry the slot; screens, with no gripper, do not.
+  auto act = with.Act(3);
+  ASSERT_TRUE(act.ok());
+  EXPECT_EQ(act->example.images[0].cell_offsets.size(3), 6);
+  EXPECT_FALSE(act->example.images[0].cell_offsets.select(3, 4).isnan().any().item<bool>());
+  auto click = with.Click(3);
+  ASSERT_TRUE(click.ok());
+  EXPECT_EQ(click->example.images[0].cell_offsets.size(3), 4);
+
+  // 224-pixel crops: 7x7 cells of 256/7 pixels; far cells are clamped.
+  const auto ctx = Context(224);
+  ASSERT_NE(ctx, nullptr);
+  const SyntheticTasks wide(ctx.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{}, cells);
+  auto big = wide.Path(3);
+  ASSERT_TRUE(big.ok());
+  const at::Tensor b = big->example.images[0].cell_offsets;
+  ASSERT_EQ(b.sizes(), (std::vector<int64_t>{1, 7, 7, 6}));
+  EXPECT_NEAR(b[0][0][0][4].item<float>(), 2.0, 1e-5);   // 3.0 cells to the right
+  EXPECT_NEAR(b[0][0][0][5].item<float>(), 2.0, 1e-5);   // 5.8 cells down
+  EXPECT_NEAR(b[0][6][6][4].item<float>(), -2.0, 1e-5);  // 3.0 cells to the left
+  EXPECT_NEAR(b[0][6][6][5].item<float>(), -0.2, 1e-4);
+  EXPECT_NEAR(b[0][6][3][4].item<float>(), 0.0, 1e-4);  // the gripper's column
+  EXPECT_NEAR(b[0][5][3][5].item<float>(), 0.8, 1e-4);
 }
 
 // With labels on text, the label head names a label only in the cells its

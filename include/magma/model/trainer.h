@@ -45,6 +45,9 @@ struct TrainOptions {
   // gets its accuracy reported.
   std::vector<double> cell_head_weights;
   double cell_offset_weight = 10.0;
+  // Per offset item (empty = cell_offset_weight for every item, else one
+  // per item in place of it).
+  std::vector<double> cell_offset_item_weights;
   double cell_where_weight = 10.0;
   // First phases in which the tower's cell heads learn one thing alone,
   // back to back from step 0: for `steps` steps the only cell loss is cell

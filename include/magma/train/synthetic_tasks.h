@@ -42,6 +42,11 @@ struct CellTargetOptions {
   // The label cell head names a widget's label only in the cells its text
   // is drawn in; the widget's other cells are left out of that head's loss.
   bool labels_on_text = false;
+  // Every cell of a tabletop frame also regresses where the gripper is
+  // from the cell's centre, in cells within +-2 (a third offset item), so
+  // that the cells of a thing near the gripper hold the thing's offset from
+  // the gripper without the tower knowing where either is in the frame.
+  bool gripper_from_cells = false;
 };
 
 // How robot frames are drawn (SyntheticTasks::Act). The defaults are the
@@ -103,8 +108,9 @@ class SyntheticTasks {
   // head's): the gripper open or closed.
   static int64_t GripperLook(bool open);
   // Items per cell with regressed offsets (TrainOptions::cell_offset_items):
-  // the thing in the cell and the overlay on it (the gripper, a mark label).
-  static int CellOffsetItems();
+  // the thing in the cell and the overlay on it (the gripper, a mark label),
+  // and with `gripper_from_cells` the gripper seen from the cell.
+  static int CellOffsetItems(const CellTargetOptions& cells);
 
   // Texts that appear in prompts and answers (for training a tokenizer).
   static std::vector<std::string> CorpusTexts(int screens);
