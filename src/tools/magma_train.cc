@@ -62,7 +62,8 @@ ABSL_FLAG(bool, marks_on_things, true,
 ABSL_FLAG(bool, gripper_from_cells, false,
           "Every tower cell of a tabletop frame also regresses where the gripper is from it (training-only cell "
           "target, within 2 cells per axis)");
-ABSL_FLAG(double, gripper_from_cells_weight, 10,
+constexpr double kGripperFromCellsWeight = 10;
+ABSL_FLAG(double, gripper_from_cells_weight, kGripperFromCellsWeight,
           "Weight of --gripper_from_cells' regression inside --cell_loss (the other offsets: --cell_offset_weight)");
 ABSL_FLAG(bool, labels_on_text, false,
           "The label cell head names a widget's label only in the cells its text is drawn in (the widget's other "
@@ -428,9 +429,13 @@ int main(int argc, char** argv) {
       to.solo_cell_phases.push_back({magma::train::SyntheticTasks::kLabelCellHead, absl::GetFlag(FLAGS_labels_next)});
     }
   } else if (!absl::GetFlag(FLAGS_cell_head_weights).empty() || absl::GetFlag(FLAGS_marks_first) > 0 ||
-             absl::GetFlag(FLAGS_labels_next) > 0) {
-    return Fail(absl::InvalidArgumentError(
-        "--cell_head_weights, --marks_first and --labels_next need the cell heads (--cell_loss > 0)"));
+             absl::GetFlag(FLAGS_labels_next) > 0 || cell_targets.gripper_from_cells) {
+    return Fail(
+        absl::InvalidArgumentError("--cell_head_weights, --marks_first, --labels_next and "
+                                   "--gripper_from_cells need the cell heads (--cell_loss > 0)"));
+  }
+  if (!cell_targets.gripper_from_cells && absl::GetFlag(FLAGS_gripper_from_cells_weight) != kGripperFromCellsWeight) {
+    return Fail(absl::InvalidArgumentError("--gripper_from_cells_weight needs --gripper_from_cells"));
   }
   to.clip_norm = absl::GetFlag(FLAGS_clip_norm);
   to.attention_loss_weight = absl::GetFlag(FLAGS_attention_loss);
@@ -567,7 +572,8 @@ int main(int argc, char** argv) {
         for (double a : aux->cell_accuracy) std::cout << " " << static_cast<int>(100 * a) << "%";
         std::cout << ", centres off by";
         for (double e : aux->offset_error) std::cout << " " << e;
-        std::cout << " cells, own position off by " << aux->where_error << " of the crop";
+        std::cout << (aux->offset_error.size() > 2 ? " cells (thing, overlay, gripper from the cell)" : " cells");
+        std::cout << ", own position off by " << aux->where_error << " of the crop";
         std::cout << ", pointer heads on their cells " << static_cast<int>(100 * aux->attention_mass) << "%";
         if (aux->head_mass.size() > 1) {
           const char* sep = " (";

@@ -187,7 +187,8 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
   at::Tensor classes = at::zeros({crops, f, f, heads}, at::kLong);
   const auto seen =
       std::find_if(items.begin(), items.end(), [](const CellItem& it) { return it.seen_from_every_cell; });
-  at::Tensor offsets = at::full({crops, f, f, seen != items.end() ? 6 : 4}, std::numeric_limits<float>::quiet_NaN());
+  const int64_t offset_items = seen != items.end() ? 3 : 2;
+  at::Tensor offsets = at::full({crops, f, f, 2 * offset_items}, std::numeric_limits<float>::quiet_NaN());
   int groups = 0;
   for (const auto& it : items) groups = std::max(groups, it.pointer + 1);
   std::vector<at::Tensor> pointers;

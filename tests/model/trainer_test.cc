@@ -720,9 +720,9 @@ TEST_F(TrainerTest, CellHeadsLearnTwoOffsetSlots) {
   EXPECT_LT(after.offset_error[1], 0.05) << before.offset_error[1];
 }
 
-// Per-item offset weights replace the common one: at 0 an item's slot is not
-// learned (its read-out stays as far off as it starts, over 0.2) while the
-// other slot is. A list that does not match the items is refused.
+// Per-item offset weights replace the common one (here 0): at 0 an item's
+// slot is not learned (its read-out stays over 0.2 off) while the other slot,
+// at 10, is. A list that does not match the items is refused.
 TEST_F(TrainerTest, CellOffsetItemWeightsWeighEachSlot) {
   TrainOptions o = Schedule(150);
   o.cell_classes = {5};
@@ -736,6 +736,7 @@ TEST_F(TrainerTest, CellOffsetItemWeightsWeighEachSlot) {
   o.cell_offset_item_weights = {10.0, -1.0};
   EXPECT_EQ(Trainer::Create(model(), o).status().code(), absl::StatusCode::kInvalidArgument);
   o.cell_offset_item_weights = {10.0, 0.0};
+  o.cell_offset_weight = 0.0;
   auto trainer = Trainer::Create(model(), o);
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   TrainExample e = Example();

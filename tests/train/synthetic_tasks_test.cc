@@ -34,8 +34,9 @@ class SyntheticTasksTest : public ::testing::Test {
     ASSERT_NE(ctx_, nullptr);
     tasks_ = std::make_unique<SyntheticTasks>(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{});
   }
-  // A task context with that tokenizer, crops of `base` pixels, at most 2
-  // (null, with a test failure, if it cannot be made).
+  // A task context with that tokenizer and crops of `base` pixels, at most 2
+  // crops per image (null, with a test failure, if it cannot be made). Sets
+  // vocab_ and image_.
   std::unique_ptr<agent::TaskContext> Context(int base) {
     auto tok = tokenizer::LoadTokenizer(dir_.path());
     EXPECT_TRUE(tok.ok()) << tok.status();

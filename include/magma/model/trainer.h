@@ -318,7 +318,9 @@ class Trainer {
   MagmaModel* model_;
   TrainOptions options_;
   std::vector<at::Tensor> params_;
-  at::Tensor cell_w_, cell_b_;          // cell heads, [sum(classes) + 4, tower channels], [sum(classes) + 4]
+  // Cell heads: [sum(classes) + 2 * cell_offset_items + 2, tower channels]
+  // and [same].
+  at::Tensor cell_w_, cell_b_;
   at::Tensor position_w_, position_b_;  // pointer position read-out, [heads, 2, head_dim], [heads, 2]
   // Class read-outs from the pointer heads: the mark, then the looks.
   struct ClassReadOut {

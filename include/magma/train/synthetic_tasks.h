@@ -34,7 +34,7 @@ struct SyntheticExample {
   bool carrying = false;
 };
 
-// Which tower cells the UI cell targets name a widget's mark and label in.
+// What the tower's cell targets name, and in which cells.
 struct CellTargetOptions {
   // The mark cell head names a marked widget's mark in the widget's cells
   // too, not only in its mark label's.
@@ -42,10 +42,13 @@ struct CellTargetOptions {
   // The label cell head names a widget's label only in the cells its text
   // is drawn in; the widget's other cells are left out of that head's loss.
   bool labels_on_text = false;
-  // Every cell of a tabletop frame also regresses where the gripper is
-  // from the cell's centre, in cells within +-2 (a third offset item), so
-  // that the cells of a thing near the gripper hold the thing's offset from
-  // the gripper without the tower knowing where either is in the frame.
+  // Every cell of a tabletop frame (act and path) also regresses where the
+  // gripper is from the cell's centre, in cells within +-2 (a third offset
+  // item). The cells of a thing near the gripper then hold the thing's and
+  // the gripper's offsets from the same centre, whose difference is the
+  // move, without the tower knowing where either is in the frame. (Path
+  // frames show the gripper where episodes start, so theirs is the same
+  // target in every scene.)
   bool gripper_from_cells = false;
 };
 
