@@ -241,7 +241,12 @@ int Gemv() {
     });
     std::cout << "parallel_for threads: " << ids.size() << " of " << at::get_num_threads() << "\n";
   }
-  std::cout << "avx512_bf16 kernel: " << (magma::model::HasAvx512Bf16() ? "yes" : "no") << "\n";
+  const auto isa = magma::model::Bf16IsaInUse();
+  std::cout << "bf16 kernels: "
+            << (isa == magma::model::Bf16Isa::kAvx512Bf16 ? "avx512-bf16"
+                : isa == magma::model::Bf16Isa::kAvx2     ? "avx2"
+                                                          : "portable")
+            << "\n";
   at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
   const double gb = n * k * 2 / 1e9;
   auto best_of_10 = [](const std::function<void()>& fn) {
@@ -260,6 +265,17 @@ int Gemv() {
     const double torch = best_of_10([&] { at::linear(x.to(at::kBFloat16), w); });
     std::cout << "gemv_weight_gb_per_s[ours,batch " << b << "]: " << gb / ours << " GB/s\n";
     std::cout << "gemv_weight_gb_per_s[libtorch,batch " << b << "]: " << gb / torch << " GB/s\n";
+  }
+  // Prefill: many rows against the same weights, as a matrix product.
+  for (int rows : {64, 512}) {
+    at::Tensor x = at::randn({rows, k});
+    const double flop = 2.0 * rows * n * k;
+    const double ours = best_of_10([&] { magma::model::LinearBf16Gemm(x, w, {}); });
+    std::cout << "gemm_gflop_per_s[ours," << rows << " rows]: " << flop / ours / 1e9 << " GFLOP/s\n";
+    if (rows == 64) {  // libtorch's bfloat16 GEMM is emulated (slow) on CPUs without AVX512-BF16
+      const double torch = best_of_10([&] { at::linear(x.to(at::kBFloat16), w); });
+      std::cout << "gemm_gflop_per_s[libtorch," << rows << " rows]: " << flop / torch / 1e9 << " GFLOP/s\n";
+    }
   }
   // The same matrix where a model loaded with resident weights keeps it:
   // anonymous memory advised for transparent huge pages.

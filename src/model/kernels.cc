@@ -2,6 +2,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -147,18 +149,105 @@ MAGMA_BF16_TARGET void GemvRowsAvx512(const uint16_t* w, const uint16_t* xb, int
     }
   }
 }
+
+// Without bfloat16 dot products (AVX2 + FMA): weights widened to float32 in
+// registers (exact: a bfloat16 is the top half of a float32), activations
+// widened once per pass. Each activation row has two accumulators of its
+// own, in the same order whatever the batch, so that a row's result never
+// depends on how many rows share the pass. Up to four activation rows go
+// with each walk along a weight row (eight accumulators, two weight
+// registers); a larger batch walks the row again, from L1.
+#define MAGMA_AVX2_TARGET __attribute__((target("avx2,fma")))
+
+MAGMA_AVX2_TARGET inline __m256 LoadBf16x8(const uint16_t* p) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+
+MAGMA_AVX2_TARGET inline float Sum8(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+template <int kCols>
+MAGMA_AVX2_TARGET inline void RowAvx2(const uint16_t* wr, int64_t K, const float* const* xs, float* const* out,
+                                      int64_t n, bool accumulate) {
+  __m256 acc[kCols][2];
+  _Pragma("GCC unroll 4") for (int c = 0; c < kCols; ++c) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256 w0 = LoadBf16x8(wr + k), w1 = LoadBf16x8(wr + k + 8);
+    _Pragma("GCC unroll 4") for (int c = 0; c < kCols; ++c) {
+      acc[c][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[c] + k), acc[c][0]);
+      acc[c][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs[c] + k + 8), acc[c][1]);
+    }
+  }
+  _Pragma("GCC unroll 4") for (int c = 0; c < kCols; ++c) {
+    float dot = Sum8(_mm256_add_ps(acc[c][0], acc[c][1]));
+    for (int64_t t = k; t < K; ++t) dot += Bf16ToFloat(wr[t]) * xs[c][t];
+    out[c][n] = accumulate ? out[c][n] + dot : dot;
+  }
+}
+
+// xf: the activations widened to float32, [B, K].
+MAGMA_AVX2_TARGET void GemvRowsAvx2(const uint16_t* w, const float* xf, int64_t B, int64_t K, int64_t N, int64_t n0,
+                                    int64_t n1, float* y, bool accumulate) {
+  constexpr int64_t kWalk = 4;  // activation rows per walk along a weight row
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t b0 = 0; b0 < B; b0 += kWalk) {
+      const int cols = static_cast<int>(std::min(kWalk, B - b0));
+      const float* xs[kWalk];
+      float* out[kWalk];
+      for (int c = 0; c < cols; ++c) {
+        xs[c] = xf + (b0 + c) * K;
+        out[c] = y + (b0 + c) * N;
+      }
+      switch (cols) {
+        case 1:
+          RowAvx2<1>(w + n * K, K, xs, out, n, accumulate);
+          break;
+        case 2:
+          RowAvx2<2>(w + n * K, K, xs, out, n, accumulate);
+          break;
+        case 3:
+          RowAvx2<3>(w + n * K, K, xs, out, n, accumulate);
+          break;
+        default:
+          RowAvx2<4>(w + n * K, K, xs, out, n, accumulate);
+          break;
+      }
+    }
+  }
+}
 #endif
 
 }  // namespace
 
-bool HasAvx512Bf16() {
+namespace {
+
+Bf16Isa DetectBf16Isa() {
 #if defined(__x86_64__)
-  static const bool has = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
-  return has;
-#else
-  return false;
+  if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw")) return Bf16Isa::kAvx512Bf16;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Bf16Isa::kAvx2;
 #endif
+  return Bf16Isa::kPortable;
 }
+
+std::atomic<Bf16Isa> isa_limit{Bf16Isa::kAvx512Bf16};
+
+}  // namespace
+
+Bf16Isa BestBf16Isa() {
+  static const Bf16Isa best = DetectBf16Isa();
+  return best;
+}
+
+Bf16Isa Bf16IsaInUse() { return std::max(BestBf16Isa(), isa_limit.load(std::memory_order_relaxed)); }
+
+Bf16Isa LimitBf16Isa(Bf16Isa isa) { return isa_limit.exchange(isa); }
+
+bool HasAvx512Bf16() { return Bf16IsaInUse() == Bf16Isa::kAvx512Bf16; }
 
 void GemvBf16(const uint16_t* xb, int64_t B, int64_t K, const std::vector<GemvTarget>& targets) {
   std::vector<int64_t> first_row{0};  // targets[i] owns rows [first_row[i], first_row[i + 1]) of the pass
@@ -168,7 +257,13 @@ void GemvBf16(const uint16_t* xb, int64_t B, int64_t K, const std::vector<GemvTa
                 "GemvBf16: weight must be contiguous bfloat16 [N, ", K, "]");
     first_row.push_back(first_row.back() + t.w->size(0));
   }
-  const bool fast = HasAvx512Bf16();
+  const Bf16Isa isa = Bf16IsaInUse();
+  // The AVX2 path multiplies float32 activations: widened once here.
+  std::vector<float> xf;
+  if (isa == Bf16Isa::kAvx2) {
+    xf.resize(static_cast<size_t>(B * K));
+    for (int64_t i = 0; i < B * K; ++i) xf[static_cast<size_t>(i)] = Bf16ToFloat(xb[i]);
+  }
   // Grain: enough rows that each task streams at least ~256 KiB of weights.
   const int64_t grain = std::max<int64_t>(16, (256 << 10) / std::max<int64_t>(1, K * 2));
   at::parallel_for(0, first_row.back(), grain, [&](int64_t r0, int64_t r1) {
@@ -180,8 +275,12 @@ void GemvBf16(const uint16_t* xb, int64_t B, int64_t K, const std::vector<GemvTa
       const auto* wp = reinterpret_cast<const uint16_t*>(t.w->data_ptr());
       const int64_t N = t.w->size(0);
 #if defined(__x86_64__)
-      if (fast) {
+      if (isa == Bf16Isa::kAvx512Bf16) {
         GemvRowsAvx512(wp, xb, B, K, N, n0, n1, t.y, t.accumulate);
+        continue;
+      }
+      if (isa == Bf16Isa::kAvx2) {
+        GemvRowsAvx2(wp, xf.data(), B, K, N, n0, n1, t.y, t.accumulate);
         continue;
       }
 #endif
@@ -200,6 +299,40 @@ at::Tensor LinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const int64_t B = x2.size(0);
   at::Tensor y = at::empty({B, N}, at::TensorOptions().dtype(at::kFloat));
   GemvBf16(reinterpret_cast<const uint16_t*>(x2.data_ptr()), B, K, {{&w, y.data_ptr<float>(), false}});
+  if (bias.defined()) y.add_(bias.to(at::kFloat));
+  return y.view(out_shape);
+}
+
+at::Tensor LinearBf16Gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.dim() == 2, "LinearBf16Gemm: bad weight");
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(x.size(-1) == K, "LinearBf16Gemm: x has ", x.size(-1), " features, weight expects ", K);
+  if (Bf16IsaInUse() == Bf16Isa::kAvx512Bf16) {
+    at::Tensor y = at::linear(x.to(at::kBFloat16), w).to(at::kFloat);
+    return bias.defined() ? y.add_(bias.to(at::kFloat)) : y;
+  }
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  // The same products as above: x rounded to bfloat16, exact float32 weights.
+  const at::Tensor xr = x.reshape({-1, K}).to(at::kBFloat16).to(at::kFloat);
+  at::Tensor y = at::empty({xr.size(0), N}, at::TensorOptions().dtype(at::kFloat));
+  // Blocks of about 16 MiB of widened weights, in a buffer each thread keeps
+  // (a fresh large block would be page-faulted in on every call).
+  const int64_t block = std::max<int64_t>(64, (int64_t{16} << 20) / (K * 4));
+  thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < std::min(block, N) * K) {
+    buffer = at::empty({std::min(block, N) * K}, at::TensorOptions().dtype(at::kFloat));
+  }
+  for (int64_t n0 = 0; n0 < N; n0 += block) {
+    const int64_t nb = std::min(block, N - n0);
+    at::Tensor wf = buffer.narrow(0, 0, nb * K).view({nb, K});
+    wf.copy_(w.narrow(0, n0, nb));
+    if (nb == N) {
+      at::mm_out(y, xr, wf.t());
+    } else {
+      y.narrow(1, n0, nb).copy_(at::mm(xr, wf.t()));
+    }
+  }
   if (bias.defined()) y.add_(bias.to(at::kFloat));
   return y.view(out_shape);
 }

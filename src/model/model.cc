@@ -128,13 +128,18 @@ constexpr int64_t kStreamedRows = 16;
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) {
   if (w.scalar_type() == at::kFloat) return at::linear(x, w, b);
   if (x.numel() / x.size(-1) <= kStreamedRows) return LinearBf16(x, w, b);
-  at::Tensor y = at::linear(x.to(w.scalar_type()), w).to(at::kFloat);
-  return b.defined() ? y.add_(b) : y;
+  return LinearBf16Gemm(x, w, b);
 }
 
 at::Tensor Conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t stride, int64_t padding,
                   int64_t groups) {
   if (w.scalar_type() == at::kFloat) return at::conv2d(x, w, b, {stride, stride}, {padding, padding}, {1, 1}, groups);
+  if (!HasAvx512Bf16()) {
+    // No bfloat16 dot products: the same products (x rounded to bfloat16,
+    // exact weights) in float32, as emulated bfloat16 is many times slower.
+    return at::conv2d(x.to(at::kBFloat16).to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat), {stride, stride},
+                      {padding, padding}, {1, 1}, groups);
+  }
   at::Tensor y = at::conv2d(x.to(w.scalar_type()), w, {}, {stride, stride}, {padding, padding}, {1, 1}, groups);
   return y.to(at::kFloat).add_(b.view({1, -1, 1, 1}));
 }

@@ -3,30 +3,89 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <utility>
+#include <vector>
+
 namespace magma::model {
 namespace {
 
+// Every bfloat16 path this CPU can run, best first.
+std::vector<Bf16Isa> PathsHere() {
+  std::vector<Bf16Isa> out;
+  for (Bf16Isa isa : {Bf16Isa::kAvx512Bf16, Bf16Isa::kAvx2, Bf16Isa::kPortable}) {
+    if (isa >= BestBf16Isa()) out.push_back(isa);
+  }
+  return out;
+}
+
+const char* Name(Bf16Isa isa) {
+  return isa == Bf16Isa::kAvx512Bf16 ? "avx512-bf16" : isa == Bf16Isa::kAvx2 ? "avx2" : "portable";
+}
+
+// Runs the kernels on one path for the life of the object.
+class OnPath {
+ public:
+  explicit OnPath(Bf16Isa isa) : previous_(LimitBf16Isa(isa)) {}
+  ~OnPath() { LimitBf16Isa(previous_); }
+
+ private:
+  Bf16Isa previous_;
+};
+
+// The reference: x rounded to bfloat16, products and sums in float64.
+at::Tensor RoundedProduct(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  return at::linear(x.to(at::kBFloat16).to(at::kDouble), w.to(at::kDouble), bias.to(at::kDouble));
+}
+
 TEST(KernelsTest, LinearBf16MatchesAFloat32ProductOfRoundedInputs) {
-  at::manual_seed(1);
-  for (int64_t k : {64, 100, 4096}) {  // 100: a masked tail
-    at::Tensor w = at::randn({37, k}).to(at::kBFloat16);
-    at::Tensor x = at::randn({5, k});
-    at::Tensor bias = at::randn({37});
-    at::Tensor got = LinearBf16(x, w, bias);
-    // The reference: x rounded to bfloat16, products and sums in float64.
-    at::Tensor want = at::linear(x.to(at::kBFloat16).to(at::kDouble), w.to(at::kDouble), bias.to(at::kDouble));
-    EXPECT_LE((got.to(at::kDouble) - want).abs().max().item<double>(), 1e-4 * std::sqrt(static_cast<double>(k)))
-        << "K = " << k;
+  for (Bf16Isa isa : PathsHere()) {
+    OnPath path(isa);
+    EXPECT_EQ(Bf16IsaInUse(), isa);
+    at::manual_seed(1);
+    for (int64_t k : {64, 100, 4096}) {       // 100: a masked tail
+      for (int64_t rows : {1, 2, 3, 5, 9}) {  // odd counts: a lone activation row in the AVX2 pass
+        at::Tensor w = at::randn({37, k}).to(at::kBFloat16);
+        at::Tensor x = at::randn({rows, k});
+        at::Tensor bias = at::randn({37});
+        at::Tensor got = LinearBf16(x, w, bias);
+        EXPECT_LE((got.to(at::kDouble) - RoundedProduct(x, w, bias)).abs().max().item<double>(),
+                  1e-4 * std::sqrt(static_cast<double>(k)))
+            << Name(isa) << ", K = " << k << ", rows = " << rows;
+      }
+    }
   }
 }
 
 TEST(KernelsTest, LinearBf16RowsDoNotDependOnTheBatch) {
-  at::manual_seed(2);
-  at::Tensor w = at::randn({300, 512}).to(at::kBFloat16);
-  at::Tensor x = at::randn({8, 512});
-  at::Tensor together = LinearBf16(x, w, {});
-  for (int64_t b = 0; b < 8; ++b) {
-    EXPECT_TRUE(at::equal(LinearBf16(x.narrow(0, b, 1), w, {}), together.narrow(0, b, 1))) << "row " << b;
+  for (Bf16Isa isa : PathsHere()) {
+    OnPath path(isa);
+    at::manual_seed(2);
+    at::Tensor w = at::randn({300, 512}).to(at::kBFloat16);
+    at::Tensor x = at::randn({8, 512});
+    at::Tensor together = LinearBf16(x, w, {});
+    for (int64_t b = 0; b < 8; ++b) {
+      EXPECT_TRUE(at::equal(LinearBf16(x.narrow(0, b, 1), w, {}), together.narrow(0, b, 1)))
+          << Name(isa) << ", row " << b;
+    }
+  }
+}
+
+TEST(KernelsTest, LinearBf16GemmMatchesAFloat32ProductOfRoundedInputs) {
+  for (Bf16Isa isa : PathsHere()) {
+    OnPath path(isa);
+    at::manual_seed(4);
+    // 5000 x 1024 weights: more than one 16 MiB block of widened rows.
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{37, 100}, {5000, 1024}}) {
+      at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
+      at::Tensor x = at::randn({2, 33, k});
+      at::Tensor bias = at::randn({n});
+      at::Tensor got = LinearBf16Gemm(x, w, bias);
+      ASSERT_EQ(got.sizes(), (std::vector<int64_t>{2, 33, n}));
+      EXPECT_EQ(got.scalar_type(), at::kFloat);
+      EXPECT_LE((got.to(at::kDouble) - RoundedProduct(x, w, bias)).abs().max().item<double>(),
+                1e-4 * std::sqrt(static_cast<double>(k)))
+          << Name(isa) << ", N = " << n << ", K = " << k;
+    }
   }
 }
 

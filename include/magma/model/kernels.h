@@ -17,6 +17,12 @@ namespace magma::model {
 // which makes small-batch decode bandwidth-bound rather than latency-bound.
 at::Tensor LinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
 
+// The same product for many rows of x (prefill), as a matrix product: with
+// oneDNN's bfloat16 GEMM where the CPU has bfloat16 dot products; elsewhere
+// with a float32 GEMM on blocks of weight rows widened to float32 (exact),
+// since emulated bfloat16 GEMM runs at a few GFLOP/s there.
+at::Tensor LinearBf16Gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+
 // One matrix of a fused matrix-vector pass: y[B, N] = (or +=) x[B, K] . w^T.
 struct GemvTarget {
   const at::Tensor* w;  // [N, K] bfloat16, contiguous
@@ -40,6 +46,21 @@ void GemvBf16(const uint16_t* xb, int64_t B, int64_t K, const std::vector<GemvTa
 // Returns [B, heads, head_dim] float32.
 at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const std::vector<int64_t>& slots, const std::vector<int64_t>& lengths, double scale);
+
+// The instruction sets the bfloat16 kernels use, best first: bfloat16 dot
+// products (AVX512-BF16), float32 FMA on widened weights (AVX2), plain C++.
+enum class Bf16Isa { kAvx512Bf16, kAvx2, kPortable };
+
+// The best one this CPU has.
+Bf16Isa BestBf16Isa();
+
+// The one the kernels use: the best this CPU has, or a slower one set with
+// LimitBf16Isa.
+Bf16Isa Bf16IsaInUse();
+
+// Keeps the kernels to `isa` or a slower one (tests compare the paths on one
+// machine); returns the previous limit. kAvx512Bf16 lifts the limit.
+Bf16Isa LimitBf16Isa(Bf16Isa isa);
 
 // True when the AVX512-BF16 path is in use on this CPU.
 bool HasAvx512Bf16();
