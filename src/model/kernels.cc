@@ -306,14 +306,16 @@ at::Tensor LinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 at::Tensor LinearBf16Gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.dim() == 2, "LinearBf16Gemm: bad weight");
   const int64_t N = w.size(0), K = w.size(1);
-  TORCH_CHECK(x.size(-1) == K, "LinearBf16Gemm: x has ", x.size(-1), " features, weight expects ", K);
+  TORCH_CHECK(K > 0 && x.size(-1) == K, "LinearBf16Gemm: x has ", x.size(-1), " features, weight expects ", K);
   if (Bf16IsaInUse() == Bf16Isa::kAvx512Bf16) {
+    // oneDNN returns bfloat16: the sums are rounded to bfloat16 on this path.
     at::Tensor y = at::linear(x.to(at::kBFloat16), w).to(at::kFloat);
     return bias.defined() ? y.add_(bias.to(at::kFloat)) : y;
   }
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
-  // The same products as above: x rounded to bfloat16, exact float32 weights.
+  // The same products as above (x rounded to bfloat16, exact float32
+  // weights), with the sums kept in float32.
   const at::Tensor xr = x.reshape({-1, K}).to(at::kBFloat16).to(at::kFloat);
   at::Tensor y = at::empty({xr.size(0), N}, at::TensorOptions().dtype(at::kFloat));
   // Blocks of about 16 MiB of widened weights, in a buffer each thread keeps

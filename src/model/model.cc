@@ -137,8 +137,9 @@ at::Tensor Conv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
   if (!HasAvx512Bf16()) {
     // No bfloat16 dot products: the same products (x rounded to bfloat16,
     // exact weights) in float32, as emulated bfloat16 is many times slower.
-    return at::conv2d(x.to(at::kBFloat16).to(at::kFloat), w.to(at::kFloat), b.to(at::kFloat), {stride, stride},
-                      {padding, padding}, {1, 1}, groups);
+    // The sums stay float32 here; oneDNN's below come back in bfloat16.
+    return at::conv2d(x.to(at::kBFloat16).to(at::kFloat), w.to(at::kFloat), b.defined() ? b.to(at::kFloat) : b,
+                      {stride, stride}, {padding, padding}, {1, 1}, groups);
   }
   at::Tensor y = at::conv2d(x.to(w.scalar_type()), w, {}, {stride, stride}, {padding, padding}, {1, 1}, groups);
   return y.to(at::kFloat).add_(b.view({1, -1, 1, 1}));

@@ -17,9 +17,10 @@ namespace magma::model {
 // which makes small-batch decode bandwidth-bound rather than latency-bound.
 at::Tensor LinearBf16(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
 
-// The same product for many rows of x (prefill), as a matrix product: with
-// oneDNN's bfloat16 GEMM where the CPU has bfloat16 dot products; elsewhere
-// with a float32 GEMM on blocks of weight rows widened to float32 (exact),
+// The same products for many rows of x (prefill), as a matrix product:
+// with oneDNN's bfloat16 GEMM where the CPU has bfloat16 dot products (its
+// result comes back rounded to bfloat16); elsewhere with a float32 GEMM on
+// blocks of weight rows widened to float32 (exact), result in float32,
 // since emulated bfloat16 GEMM runs at a few GFLOP/s there.
 at::Tensor LinearBf16Gemm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
 
