@@ -241,12 +241,7 @@ int Gemv() {
     });
     std::cout << "parallel_for threads: " << ids.size() << " of " << at::get_num_threads() << "\n";
   }
-  const auto isa = magma::model::Bf16IsaInUse();
-  std::cout << "bf16 kernels: "
-            << (isa == magma::model::Bf16Isa::kAvx512Bf16 ? "avx512-bf16"
-                : isa == magma::model::Bf16Isa::kAvx2     ? "avx2"
-                                                          : "portable")
-            << "\n";
+  std::cout << "bf16 kernels: " << magma::model::Bf16IsaName(magma::model::Bf16IsaInUse()) << "\n";
   at::Tensor w = at::randn({n, k}).to(at::kBFloat16);
   const double gb = n * k * 2 / 1e9;
   auto best_of_10 = [](const std::function<void()>& fn) {

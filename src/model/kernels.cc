@@ -238,6 +238,18 @@ std::atomic<Bf16Isa> isa_limit{Bf16Isa::kAvx512Bf16};
 
 }  // namespace
 
+const char* Bf16IsaName(Bf16Isa isa) {
+  switch (isa) {
+    case Bf16Isa::kAvx512Bf16:
+      return "avx512-bf16";
+    case Bf16Isa::kAvx2:
+      return "avx2";
+    case Bf16Isa::kPortable:
+      break;
+  }
+  return "portable";
+}
+
 Bf16Isa BestBf16Isa() {
   static const Bf16Isa best = DetectBf16Isa();
   return best;

@@ -18,10 +18,6 @@ std::vector<Bf16Isa> PathsHere() {
   return out;
 }
 
-const char* Name(Bf16Isa isa) {
-  return isa == Bf16Isa::kAvx512Bf16 ? "avx512-bf16" : isa == Bf16Isa::kAvx2 ? "avx2" : "portable";
-}
-
 // Runs the kernels on one path for the life of the object.
 class OnPath {
  public:
@@ -50,7 +46,7 @@ TEST(KernelsTest, LinearBf16MatchesAFloat32ProductOfRoundedInputs) {
         at::Tensor got = LinearBf16(x, w, bias);
         EXPECT_LE((got.to(at::kDouble) - RoundedProduct(x, w, bias)).abs().max().item<double>(),
                   1e-4 * std::sqrt(static_cast<double>(k)))
-            << Name(isa) << ", K = " << k << ", rows = " << rows;
+            << Bf16IsaName(isa) << ", K = " << k << ", rows = " << rows;
       }
     }
   }
@@ -66,7 +62,7 @@ TEST(KernelsTest, LinearBf16RowsDoNotDependOnTheBatch) {
       at::Tensor together = LinearBf16(x, w, {});
       for (int64_t b = 0; b < rows; ++b) {
         EXPECT_TRUE(at::equal(LinearBf16(x.narrow(0, b, 1), w, {}), together.narrow(0, b, 1)))
-            << Name(isa) << ", " << rows << " rows, row " << b;
+            << Bf16IsaName(isa) << ", " << rows << " rows, row " << b;
       }
     }
   }
@@ -88,10 +84,10 @@ TEST(KernelsTest, GemvBf16AddsOntoTheOutputWhenAsked) {
     const at::Tensor x = xb.to(at::kDouble);
     const double tolerance = 1e-4 * std::sqrt(static_cast<double>(K));
     EXPECT_LE((y.to(at::kDouble) - at::mm(x, w.to(at::kDouble).t())).abs().max().item<double>(), tolerance)
-        << Name(isa);
+        << Bf16IsaName(isa);
     EXPECT_LE((z.to(at::kDouble) - z0.to(at::kDouble) - at::mm(x, v.to(at::kDouble).t())).abs().max().item<double>(),
               tolerance)
-        << Name(isa);
+        << Bf16IsaName(isa);
     EXPECT_FALSE(at::equal(y, y0));
   }
 }
@@ -115,7 +111,7 @@ TEST(KernelsTest, LinearBf16GemmMatchesAFloat32ProductOfRoundedInputs) {
                                      ? 1e-4 * std::sqrt(static_cast<double>(k)) + (want - bias).abs() / 256
                                      : at::full_like(want, 1e-4 * std::sqrt(static_cast<double>(k)));
       EXPECT_TRUE(((got.to(at::kDouble) - want).abs() <= allowed).all().item<bool>())
-          << Name(isa) << ", N = " << n << ", K = " << k;
+          << Bf16IsaName(isa) << ", N = " << n << ", K = " << k;
     }
   }
 }

@@ -52,6 +52,9 @@ at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::T
 // products (AVX512-BF16), float32 FMA on widened weights (AVX2), plain C++.
 enum class Bf16Isa { kAvx512Bf16, kAvx2, kPortable };
 
+// Its name: "avx512-bf16", "avx2" or "portable".
+const char* Bf16IsaName(Bf16Isa isa);
+
 // The best one this CPU has.
 Bf16Isa BestBf16Isa();
 
