@@ -13,6 +13,7 @@
 #include <future>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include <torch/csrc/autograd/profiler_legacy.h>
@@ -64,8 +65,9 @@ ABSL_FLAG(bool, gripper_from_cells, false,
           "Every tower cell of a tabletop frame also regresses where the gripper is from it (training-only cell "
           "target, within 2 cells per axis)");
 constexpr double kGripperFromCellsWeight = 10;
-ABSL_FLAG(double, gripper_from_cells_weight, kGripperFromCellsWeight,
-          "Weight of --gripper_from_cells' regression inside --cell_loss (the other offsets: --cell_offset_weight)");
+ABSL_FLAG(std::optional<double>, gripper_from_cells_weight, std::nullopt,
+          "Weight of --gripper_from_cells' regression inside --cell_loss (the other offsets: --cell_offset_weight; "
+          "unset = 10)");
 ABSL_FLAG(bool, labels_on_text, false,
           "The label cell head names a widget's label only in the cells its text is drawn in (the widget's other "
           "cells are left out of that head's loss)");
@@ -428,7 +430,7 @@ int main(int argc, char** argv) {
     to.cell_offset_weight = absl::GetFlag(FLAGS_cell_offset_weight);
     if (cell_targets.gripper_from_cells) {
       to.cell_offset_item_weights = {to.cell_offset_weight, to.cell_offset_weight,
-                                     absl::GetFlag(FLAGS_gripper_from_cells_weight)};
+                                     absl::GetFlag(FLAGS_gripper_from_cells_weight).value_or(kGripperFromCellsWeight)};
     }
     to.cell_where_weight = absl::GetFlag(FLAGS_cell_where_weight);
     if (absl::GetFlag(FLAGS_marks_first) > 0) {
@@ -443,7 +445,7 @@ int main(int argc, char** argv) {
         absl::InvalidArgumentError("--cell_head_weights, --marks_first, --labels_next and "
                                    "--gripper_from_cells need the cell heads (--cell_loss > 0)"));
   }
-  if (!cell_targets.gripper_from_cells && absl::GetFlag(FLAGS_gripper_from_cells_weight) != kGripperFromCellsWeight) {
+  if (!cell_targets.gripper_from_cells && absl::GetFlag(FLAGS_gripper_from_cells_weight).has_value()) {
     return Fail(absl::InvalidArgumentError("--gripper_from_cells_weight needs --gripper_from_cells"));
   }
   to.clip_norm = absl::GetFlag(FLAGS_clip_norm);

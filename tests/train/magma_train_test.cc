@@ -128,6 +128,21 @@ TEST(MagmaTrainTest, RefusesRobotFrameShares) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+// A weight for a training signal that is off is refused, whatever its value
+// (also the value the weight takes when it is left unset).
+TEST(MagmaTrainTest, RefusesTheGripperFromCellsWeightWithoutTheSignal) {
+  testing::TempDir tmp;
+  const std::string out = tmp.File("run");
+  for (const char* weight : {"10", "1"}) {
+    EXPECT_EQ(RunTrain("--out " + out + " --steps 2 --gripper_from_cells_weight " + weight + kSmall, tmp.File("log")),
+              1);
+    EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --gripper_from_cells_weight needs --gripper_from_cells"),
+              std::string::npos)
+        << ReadAll(tmp.File("log"));
+  }
+  EXPECT_FALSE(fs::exists(out));
+}
+
 // --max_crops sets the new model's any-res crop limit in its config.json
 // (which the server's preprocessing reads); out of range it is refused.
 TEST(MagmaTrainTest, MaxCropsGoesIntoTheModelConfig) {
