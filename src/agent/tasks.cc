@@ -161,7 +161,7 @@ absl::StatusOr<engine::GenerationRequest> PrepareText(const TaskContext& ctx, co
   r.stop_strings = task.stop_strings;
   if (!task.choices.empty()) {
     auto g = engine::CompileChoices(task.choices, ctx.token_table);
-    if (!g.ok()) return absl::InvalidArgumentError(absl::StrCat("choices: ", g.status().message()));
+    if (!g.ok()) return absl::Status(g.status().code(), absl::StrCat("choices: ", g.status().message()));
     r.grammar = *g;
   }
   return r;
@@ -243,6 +243,11 @@ absl::StatusOr<PreparedAct> PrepareAct(const TaskContext& ctx, ActTask task) {
                        : absl::StrCat("unnorm_key is required; known keys: ", absl::StrJoin(keys, ", ")));
     }
     p.statistics = *ctx.dataset_statistics->Find(keys[0]);
+  }
+  if (!task.statistics.has_value() && p.statistics.q01.size() != 7) {
+    return absl::FailedPreconditionError(absl::StrCat("the model's dataset_statistics.json has ",
+                                                      p.statistics.q01.size(),
+                                                      " action dimensions for this key; 7 expected"));
   }
   cv::Mat resized;
   cv::resize(task.image, resized, cv::Size(ctx.robot_image_size, ctx.robot_image_size), 0, 0, cv::INTER_LINEAR);
@@ -392,6 +397,16 @@ absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& p, const engine::G
     if (!answer.ok()) return absl::InternalError(absl::StrCat("the model's trace is malformed: ", answer.status().message()));
     out.answer = *answer;
     out.traces = TracesToPixels(out.answer, *p.frame);
+    // An answer without the head (constrained answers have none) gives no
+    // start: a trace starts where its mark was drawn.
+    for (PixelTrace& t : out.traces) {
+      if (t.has_start) continue;
+      auto m =
+          std::find_if(p.marks.begin(), p.marks.end(), [&](const vision::PointMark& pm) { return pm.id == t.mark; });
+      if (m == p.marks.end()) continue;
+      t.points.insert(t.points.begin(), m->point);
+      t.has_start = true;
+    }
   } else {
     // The answer may have reasoning around the <ans> block.
     const size_t b = r.text.find("<ans>"), e = r.text.find("</ans>");

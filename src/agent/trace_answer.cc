@@ -181,6 +181,7 @@ std::vector<PixelTrace> TracesToPixels(const TraceAnswer& answer, const vision::
   for (const MarkTrace& t : answer.traces) {
     PixelTrace p;
     p.mark = t.mark;
+    p.has_start = t.start.has_value();
     if (t.start) p.points.push_back(frame.ToPixel(*t.start));
     for (const Grid256Point& g : t.future) p.points.push_back(frame.ToPixel(g));
     out.push_back(std::move(p));

@@ -23,12 +23,22 @@ namespace tk = magma::tokenizer;
 
 // What every call tracks: when it arrived, its deadline, metrics, and the
 // link from client cancellation to the engine request. Thread-safe.
+//
+// A call is deleted when its last reference goes: gRPC's (released in
+// OnDone) and, while it submits the call's engine request, the worker's. The
+// engine may finish the request, and gRPC the call, before Submit returns;
+// the worker still attaches the request's handle to the call afterwards.
 class CallState {
  public:
+  virtual ~CallState() = default;
   CallState(grpc::CallbackServerContext* ctx, const char* method, Metrics* metrics)
       : received_(absl::Now()), method_(method), metrics_(metrics) {
     const auto d = ctx->deadline();
     if (d < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) deadline_ = absl::FromChrono(d);
+  }
+  void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
   // The engine request of this call; cancelled at once if the client already left.
   void Attach(std::shared_ptr<engine::RequestHandle> h) {
@@ -57,6 +67,7 @@ class CallState {
   absl::Time deadline() const { return deadline_; }
 
  private:
+  std::atomic<int> refs_{1};  // gRPC's until OnDone
   mutable std::mutex mu_;
   std::shared_ptr<engine::RequestHandle> handle_;  // guarded by mu_
   bool cancelled_ = false;                         // guarded by mu_
@@ -75,7 +86,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public CallState {
     Finish(ToGrpcStatus(s));
   }
   void OnCancel() override { Cancel(); }
-  void OnDone() override { delete this; }
+  void OnDone() override { Unref(); }
 };
 
 // GenerateStream: one message per delta, written one at a time.
@@ -110,7 +121,7 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamRespo
     }
   }
   void OnCancel() override { Cancel(); }
-  void OnDone() override { delete this; }
+  void OnDone() override { Unref(); }
 
  private:
   void WriteNextLocked() {
@@ -193,16 +204,18 @@ absl::StatusOr<std::string> EncodePng(const cv::Mat& rgb) {
   return std::string(png.begin(), png.end());
 }
 
-void FillTokens(const engine::GenerationResult& r, const tk::Tokenizer& tok, bool with_top,
-                google::protobuf::RepeatedPtrField<v1::GeneratedToken>* out) {
-  for (size_t i = 0; i < r.token_ids.size(); ++i) {
+// `ids` with their log-probabilities (`logprobs`, one per id) and, with
+// `with_top`, the most likely alternatives.
+void FillTokens(const std::vector<int32_t>& ids, const std::vector<engine::SampledToken>& logprobs,
+                const tk::Tokenizer& tok, bool with_top, google::protobuf::RepeatedPtrField<v1::GeneratedToken>* out) {
+  for (size_t i = 0; i < ids.size(); ++i) {
     auto* t = out->Add();
-    t->set_token_id(r.token_ids[i]);
-    t->set_token(tok.Decode({r.token_ids[i]}, /*skip_special=*/false));
-    if (i < r.logprobs.size()) {
-      t->set_logprob(r.logprobs[i].logprob);
+    t->set_token_id(ids[i]);
+    t->set_token(tok.Decode({ids[i]}, /*skip_special=*/false));
+    if (i < logprobs.size()) {
+      t->set_logprob(logprobs[i].logprob);
       if (with_top) {
-        for (const auto& alt : r.logprobs[i].top) {
+        for (const auto& alt : logprobs[i].top) {
           auto* a = t->add_top();
           a->set_token_id(alt.id);
           a->set_token(tok.Decode({alt.id}, false));
@@ -245,9 +258,14 @@ template <typename Response>
 void SubmitUnary(UnaryCall* call, const Backend& backend, engine::GenerationRequest request,
                  engine::RequestCallbacks callbacks, Response* resp) {
   resp->set_request_id(NextRequestId());
+  call->Ref();
   auto h = backend.engine->Submit(std::move(request), std::move(callbacks));
-  if (!h.ok()) return call->Done(h.status());
-  call->Attach(*h);
+  if (h.ok()) {
+    call->Attach(*h);
+  } else {
+    call->Done(h.status());
+  }
+  call->Unref();
 }
 
 absl::StatusOr<int32_t> MaxTokens(int32_t requested, int32_t fallback, const Limits& limits) {
@@ -425,7 +443,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Generate(grpc::CallbackServerContext
       if (!result.status.ok()) return call->Done(result.status);
       resp->set_text(result.text);
       resp->set_finish_reason(ToProto(result.finish_reason));
-      if (tokens) FillTokens(result, *backend->tasks.tokenizer, top, resp->mutable_tokens());
+      if (tokens) FillTokens(result.token_ids, result.logprobs, *backend->tasks.tokenizer, top, resp->mutable_tokens());
       FillTimings(result.timings, call->received(), resp->mutable_timings());
       call->Done(absl::OkStatus());
     };
@@ -454,33 +472,31 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* AgentServiceImpl::Generate
     const bool tokens = req->return_tokens(), top = req->top_logprobs() > 0;
     auto id = std::make_shared<const std::string>(NextRequestId());
     engine::RequestCallbacks cb;
-    cb.on_delta = [call, backend, tokens, id](const engine::StreamDelta& d) {
+    cb.on_delta = [call, backend, tokens, top, id](const engine::StreamDelta& d) {
       v1::GenerateStreamResponse msg;
       msg.set_text_delta(d.text);
       msg.set_request_id(*id);
-      if (tokens) {
-        for (int32_t t : d.token_ids) {
-          auto* g = msg.add_tokens();
-          g->set_token_id(t);
-          g->set_token(backend->tasks.tokenizer->Decode({t}, false));
-        }
-      }
+      if (tokens) FillTokens(d.token_ids, d.logprobs, *backend->tasks.tokenizer, top, msg.mutable_tokens());
       call->Send(std::move(msg));
     };
-    cb.on_done = [call, backend, tokens, top, id](engine::GenerationResult result) {
+    cb.on_done = [call, id](engine::GenerationResult result) {
       call->Generated(result.timings);
       if (!result.status.ok()) return call->End(result.status);
       v1::GenerateStreamResponse last;
       last.set_finish_reason(ToProto(result.finish_reason));
       last.set_request_id(*id);
-      if (tokens && top) FillTokens(result, *backend->tasks.tokenizer, top, last.mutable_tokens());
       FillTimings(result.timings, call->received(), last.mutable_timings());
       call->Send(std::move(last));
       call->End(absl::OkStatus());
     };
+    call->Ref();  // see CallState
     auto h = backend->engine->Submit(*std::move(r), std::move(cb));
-    if (!h.ok()) return call->End(h.status());
-    call->Attach(*h);
+    if (h.ok()) {
+      call->Attach(*h);
+    } else {
+      call->End(h.status());
+    }
+    call->Unref();
   });
   return call;
 }
@@ -687,7 +703,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
           auto* mt = resp->add_traces();
           mt->set_mark(t.mark);
           for (size_t i = 0; i < t.points.size(); ++i) {
-            v1::TracePoint* tp = i == 0 ? mt->mutable_start() : mt->add_future();
+            v1::TracePoint* tp = i == 0 && t.has_start ? mt->mutable_start() : mt->add_future();
             tp->mutable_px()->set_x(t.points[i].x);
             tp->mutable_px()->set_y(t.points[i].y);
             const auto n = frame.ToNorm(t.points[i]);
@@ -749,6 +765,9 @@ grpc::ServerUnaryReactor* AgentServiceImpl::RenderOverlay(grpc::CallbackServerCo
           auto b = ToBox(req->som().boxes(i), absl::StrCat("som.boxes[", i, "]"));
           if (!b.ok()) return call->Done(b.status());
           boxes.push_back(*b);
+        }
+        if (!v1::MarkStyle_IsValid(req->som().style())) {
+          return call->Done(absl::InvalidArgumentError("unknown som.style"));
         }
         vision::SomOptions o;
         o.mark_base = req->som().mark_base();

@@ -519,6 +519,12 @@ std::string RegexEscape(const std::string& text) {
 absl::StatusOr<std::shared_ptr<const Grammar>> CompileChoices(const std::vector<std::string>& choices,
                                                               std::shared_ptr<const TokenTable> table) {
   if (choices.empty()) return absl::InvalidArgumentError("the choice list is empty");
+  size_t bytes = 0;
+  for (const std::string& c : choices) bytes += c.size();
+  if (bytes > kMaxChoiceBytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the choices hold ", bytes, " bytes in all; at most ", kMaxChoiceBytes));
+  }
   std::string pattern;
   for (size_t i = 0; i < choices.size(); ++i) {
     if (choices[i].empty()) return absl::InvalidArgumentError(absl::StrCat("choice ", i, " is empty"));

@@ -258,6 +258,7 @@ void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status status) {
                                               seq->streamed_tokens < r.token_ids.size())) {
     StreamDelta d;
     d.token_ids.assign(r.token_ids.begin() + static_cast<std::ptrdiff_t>(seq->streamed_tokens), r.token_ids.end());
+    d.logprobs.assign(r.logprobs.begin() + static_cast<std::ptrdiff_t>(seq->streamed_tokens), r.logprobs.end());
     d.text = r.text.substr(std::min(seq->streamed_text, r.text.size()));
     seq->cb.on_delta(d);
   }
@@ -338,6 +339,7 @@ void Engine::AfterToken(Sequence* seq, int32_t token, const SampledToken& sample
     if (safe > seq->streamed_text || seq->streamed_tokens < r.token_ids.size()) {
       StreamDelta d;
       d.token_ids.assign(r.token_ids.begin() + static_cast<std::ptrdiff_t>(seq->streamed_tokens), r.token_ids.end());
+      d.logprobs.assign(r.logprobs.begin() + static_cast<std::ptrdiff_t>(seq->streamed_tokens), r.logprobs.end());
       if (safe > seq->streamed_text) d.text = r.text.substr(seq->streamed_text, safe - seq->streamed_text);
       seq->streamed_tokens = r.token_ids.size();
       seq->streamed_text = std::max(seq->streamed_text, safe);

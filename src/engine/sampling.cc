@@ -154,7 +154,7 @@ std::unique_ptr<LogitsProcessor> MakeAllowedTokens(std::vector<int32_t> allowed)
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
   if (params.repetition_penalty != 1.0f) chain_.push_back(MakeRepetitionPenalty(params.repetition_penalty));
-  if (params.temperature > 0) {
+  if (params.temperature >= kGreedyBelowTemperature) {
     if (params.temperature != 1.0f) chain_.push_back(MakeTemperature(params.temperature));
     if (params.top_k > 0) chain_.push_back(MakeTopK(params.top_k));
     if (params.top_p < 1.0f) chain_.push_back(MakeTopP(params.top_p));
@@ -184,7 +184,7 @@ SampledToken Sampler::Sample(const float* logits, int32_t vocab, const std::vect
   }
   for (const auto& p : chain_) p->Apply(history, &c);
 
-  if (params_.temperature == 0 || c.items.size() == 1) {
+  if (params_.temperature < kGreedyBelowTemperature || c.items.size() == 1) {
     // Greedy: the first maximum, ties to the smaller id.
     const Candidate* best = &c.items[0];
     for (const auto& cand : c.items) {

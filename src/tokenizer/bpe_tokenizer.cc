@@ -11,6 +11,8 @@
 #include <iterator>
 #include <limits>
 #include <mutex>
+#include <queue>
+#include <tuple>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -322,27 +324,52 @@ void BpeTokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* out)
     out->insert(out->end(), it->second.begin(), it->second.end());
     return;
   }
-  std::vector<int32_t> ids;
-  ids.reserve(word.size());
-  for (unsigned char c : word) ids.push_back(byte_id_[c]);
   // Repeatedly merge the lowest-ranked adjacent pair, leftmost first (the
-  // order Hugging Face's priority queue produces).
-  while (ids.size() > 1) {
-    int32_t best_rank = std::numeric_limits<int32_t>::max(), best_merged = -1;
-    size_t best_pos = 0;
-    for (size_t i = 0; i + 1 < ids.size(); ++i) {
-      const uint64_t key = (static_cast<uint64_t>(ids[i]) << 32) | static_cast<uint32_t>(ids[i + 1]);
-      auto it = merges_.find(key);
-      if (it != merges_.end() && it->second.rank < best_rank) {
-        best_rank = it->second.rank;
-        best_merged = it->second.merged;
-        best_pos = i;
-      }
-    }
-    if (best_merged < 0) break;
-    ids[best_pos] = best_merged;
-    ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(best_pos) + 1);
+  // order Hugging Face's priority queue produces). The symbols form a linked
+  // list over the word's bytes, each named by the index of its first byte; a
+  // queue holds every adjacent pair that merges, by (rank, left index), and
+  // an entry whose two symbols changed since it was queued is skipped. A word
+  // of n bytes costs O(n log n), however long.
+  const int n = static_cast<int>(word.size());
+  std::vector<int32_t> id(word.size());
+  std::vector<int> next(word.size()), prev(word.size());
+  for (int i = 0; i < n; ++i) {
+    id[i] = byte_id_[static_cast<unsigned char>(word[i])];
+    next[i] = i + 1;
+    prev[i] = i - 1;
   }
+  struct Pair {
+    int32_t rank;
+    int left, right;
+    int32_t left_id, right_id, merged;
+    bool operator>(const Pair& o) const { return std::tie(rank, left) > std::tie(o.rank, o.left); }
+  };
+  std::priority_queue<Pair, std::vector<Pair>, std::greater<Pair>> queue;
+  auto push = [&](int left) {
+    const int right = next[left];
+    if (right >= n) return;
+    const uint64_t key = (static_cast<uint64_t>(id[left]) << 32) | static_cast<uint32_t>(id[right]);
+    auto it = merges_.find(key);
+    if (it != merges_.end()) queue.push({it->second.rank, left, right, id[left], id[right], it->second.merged});
+  };
+  for (int i = 0; i + 1 < n; ++i) push(i);
+  std::vector<bool> gone(word.size(), false);
+  while (!queue.empty()) {
+    const Pair p = queue.top();
+    queue.pop();
+    if (gone[p.left] || gone[p.right] || next[p.left] != p.right || id[p.left] != p.left_id ||
+        id[p.right] != p.right_id) {
+      continue;
+    }
+    id[p.left] = p.merged;
+    gone[p.right] = true;
+    next[p.left] = next[p.right];
+    if (next[p.right] < n) prev[next[p.right]] = p.left;
+    if (prev[p.left] >= 0) push(prev[p.left]);
+    push(p.left);
+  }
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; i = next[i]) ids.push_back(id[i]);
   out->insert(out->end(), ids.begin(), ids.end());
   if (cache.size() >= kCacheLimit) cache.clear();
   cache.emplace(std::string(word), std::move(ids));

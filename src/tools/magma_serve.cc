@@ -110,9 +110,13 @@ int main(int argc, char** argv) {
   const absl::Duration drain = absl::Milliseconds(config.drain_deadline_ms());
   MAGMA_LOG_INFO("draining: in-flight calls have {} ms", config.drain_deadline_ms());
   (*server)->Shutdown(drain);
-  // The engine (held by the backend and the server) goes before the model.
-  loaded_backend->backend.reset();
   server->reset();
+  // The engine's decode loop stops here, on this thread, before the backend
+  // goes: the callbacks of its last requests hold references to the backend,
+  // and the backend must not be destroyed on the engine's own thread. The
+  // engine goes before the model.
+  loaded_backend->backend->engine.reset();
+  loaded_backend->backend.reset();
   MAGMA_LOG_INFO("stopped");
   return 0;
 }

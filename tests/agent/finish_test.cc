@@ -52,6 +52,28 @@ TEST(FinishTraceTest, ABudgetCutKeepsTheCompleteTraces) {
   EXPECT_EQ(one_newline->answer.traces[0].mark, 1);
 }
 
+// Constrained answers have no head: each trace starts where its mark was
+// drawn, and its future is the answer's points.
+TEST(FinishTraceTest, ATraceWithoutAHeadStartsAtItsMark) {
+  PreparedTrace p = Tom(true);
+  p.marks = {{1, {100, 50}}, {2, {300, 200}}};
+  auto out = FinishTrace(p, Ended("\"Mark 2\": \"[[10,20],[12,22]]\"\n\n", engine::FinishReason::kGrammar, 20));
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->traces.size(), 1u);
+  EXPECT_EQ(out->traces[0].mark, 2);
+  EXPECT_TRUE(out->traces[0].has_start);
+  // g / 256 * size on a 512x256 image, after the mark's own point.
+  EXPECT_EQ(out->traces[0].points, (std::vector<vision::PixelPoint>{{300, 200}, {20, 20}, {24, 22}}));
+  // A head's start is kept as the answer gives it.
+  auto headed = FinishTrace(Tom(false), Ended("Mark 1 at [64,128] should be moved, and their future positions are:\n\n"
+                                              "\"Mark 1\": \"[[10,20]]\"\n\n",
+                                              engine::FinishReason::kStopToken, 30));
+  ASSERT_TRUE(headed.ok()) << headed.status();
+  ASSERT_EQ(headed->traces.size(), 1u);
+  EXPECT_TRUE(headed->traces[0].has_start);
+  EXPECT_EQ(headed->traces[0].points, (std::vector<vision::PixelPoint>{{128, 128}, {20, 20}}));
+}
+
 TEST(FinishTraceTest, ABudgetCutInsideTheFirstTraceIsResourceExhausted) {
   auto out = FinishTrace(Tom(true), Ended("\"Mark 1\": \"[[10,20],[1", engine::FinishReason::kLength, 12));
   ASSERT_EQ(out.status().code(), absl::StatusCode::kResourceExhausted) << out.status();

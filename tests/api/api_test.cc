@@ -24,7 +24,8 @@ namespace {
 constexpr char kStats[] = R"({"bridge": {"action": {"q01": [-1, -2, -3, -0.5, -0.5, -0.5, 0],
                                                     "q99": [1, 2, 3, 0.5, 0.5, 0.5, 1],
                                                     "mask": [true, true, true, true, true, true, false]}},
-                              "fractal": {"action": {"q01": [0,0,0,0,0,0,0], "q99": [1,1,1,1,1,1,1]}}})";
+                              "fractal": {"action": {"q01": [0,0,0,0,0,0,0], "q99": [1,1,1,1,1,1,1]}},
+                              "planar": {"action": {"q01": [0,0], "q99": [1,1]}}})";
 
 testing::TinyModel& Model() {
   static testing::TinyModel& m = testing::ProcessTinyModel(kStats);
@@ -159,11 +160,15 @@ INSTANTIATE_TEST_SUITE_P(
         BadGenerate{"NegativeTemperature", [](auto* r) { r->mutable_sampling()->set_temperature(-1); },
                     grpc::INVALID_ARGUMENT, "temperature"},
         BadGenerate{"TopPZero", [](auto* r) { r->mutable_sampling()->set_top_p(0); }, grpc::INVALID_ARGUMENT, "top_p"},
-        BadGenerate{"NaNTopP", [](auto* r) { r->mutable_sampling()->set_top_p(std::nanf("")); },
-                    grpc::INVALID_ARGUMENT, "top_p"},
+        BadGenerate{"NaNTopP", [](auto* r) { r->mutable_sampling()->set_top_p(std::nanf("")); }, grpc::INVALID_ARGUMENT,
+                    "top_p"},
         BadGenerate{"TooManyTokens", [](auto* r) { r->set_max_tokens(100000); }, grpc::RESOURCE_EXHAUSTED,
                     "max_tokens"},
-        BadGenerate{"OverContext", [](auto* r) { r->set_max_tokens(2000); r->set_prompt(std::string(3000, 'x')); },
+        BadGenerate{"OverContext",
+                    [](auto* r) {
+                      r->set_max_tokens(2000);
+                      r->set_prompt(std::string(3000, 'x'));
+                    },
                     grpc::RESOURCE_EXHAUSTED, "context"},
         BadGenerate{"UndecodableImage", [](auto* r) { r->add_images()->set_encoded("not an image at all"); },
                     grpc::INVALID_ARGUMENT, "images[0]"},
@@ -191,7 +196,13 @@ INSTANTIATE_TEST_SUITE_P(
                     },
                     grpc::RESOURCE_EXHAUSTED, "images"},
         BadGenerate{"TopLogprobs", [](auto* r) { r->set_top_logprobs(50); }, grpc::INVALID_ARGUMENT, "top_logprobs"},
-        BadGenerate{"EmptyChoice", [](auto* r) { r->add_choices(""); }, grpc::INVALID_ARGUMENT, "choice"}),
+        BadGenerate{"EmptyChoice", [](auto* r) { r->add_choices(""); }, grpc::INVALID_ARGUMENT, "choice"},
+        BadGenerate{"ChoicesTooLong",
+                    [](auto* r) {
+                      r->add_choices("yes");
+                      r->add_choices(std::string(65534, 'n'));
+                    },
+                    grpc::RESOURCE_EXHAUSTED, "choices: the choices hold 65537 bytes in all; at most 65536"}),
     [](const ::testing::TestParamInfo<BadGenerate>& info) { return info.param.name; });
 
 // The server's default budget stays under its own token limit; a client's
@@ -268,6 +279,8 @@ TEST_F(ApiTest, StreamDeltasAddUpToTheUnaryAnswer) {
   req.set_prompt("Describe the scene");
   req.set_max_tokens(16);
   req.mutable_sampling()->set_temperature(0);
+  req.set_return_tokens(true);
+  req.set_top_logprobs(2);
   v1::GenerateResponse unary;
   auto c1 = Ctx();
   ASSERT_TRUE(stub_->Generate(c1.get(), req, &unary).ok());
@@ -275,10 +288,12 @@ TEST_F(ApiTest, StreamDeltasAddUpToTheUnaryAnswer) {
   auto reader = stub_->GenerateStream(c2.get(), req);
   v1::GenerateStreamResponse msg;
   std::string text;
+  std::vector<v1::GeneratedToken> tokens;
   int messages = 0;
   v1::FinishReason reason = v1::FINISH_REASON_UNSPECIFIED;
   while (reader->Read(&msg)) {
     text += msg.text_delta();
+    tokens.insert(tokens.end(), msg.tokens().begin(), msg.tokens().end());
     ++messages;
     if (msg.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) reason = msg.finish_reason();
   }
@@ -286,6 +301,39 @@ TEST_F(ApiTest, StreamDeltasAddUpToTheUnaryAnswer) {
   EXPECT_EQ(text, unary.text());
   EXPECT_EQ(reason, unary.finish_reason());
   EXPECT_GE(messages, 2);
+  // Each token once, in order, with the logprobs and alternatives the unary
+  // answer gives it.
+  ASSERT_EQ(tokens.size(), static_cast<size_t>(unary.tokens_size()));
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const v1::GeneratedToken& u = unary.tokens(static_cast<int>(i));
+    EXPECT_EQ(tokens[i].token_id(), u.token_id()) << i;
+    EXPECT_EQ(tokens[i].token(), u.token()) << i;
+    EXPECT_FLOAT_EQ(tokens[i].logprob(), u.logprob()) << i;
+    EXPECT_LE(tokens[i].logprob(), 0) << i;
+    ASSERT_EQ(tokens[i].top_size(), 2) << i;
+    EXPECT_EQ(tokens[i].top(0).token_id(), u.top(0).token_id()) << i;
+    EXPECT_FLOAT_EQ(tokens[i].top(1).logprob(), u.top(1).logprob()) << i;
+  }
+}
+
+// Deadlines that expire while the request is prepared or queued: the engine
+// may end such a call before the worker that submitted it has returned. Every
+// call gets an answer, and the server goes on serving.
+TEST_F(ApiTest, CallsEndedByTheirDeadlineWhileBeingSubmittedAreAnswered) {
+  v1::GenerateRequest req;
+  req.set_prompt("Say something");
+  req.set_max_tokens(4);
+  *req.add_images() = Image(Png(120, 80));
+  for (int i = 0; i < 24; ++i) {
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::microseconds(250 * (i % 8)));
+    const grpc::Status st = stub_->Generate(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok() || st.error_code() == grpc::DEADLINE_EXCEEDED) << st.error_code() << " " << st.error_message();
+  }
+  v1::GenerateResponse resp;
+  auto ctx = Ctx();
+  EXPECT_TRUE(stub_->Generate(ctx.get(), req, &resp).ok());
 }
 
 TEST_F(ApiTest, CancellingAStreamFreesTheEngine) {
@@ -450,6 +498,16 @@ TEST_F(ApiTest, ActErrors) {
     EXPECT_NE(st.error_message().find("fractal"), std::string::npos) << st.error_message();
   }
   {
+    // A key of the model's statistics that does not describe a 7-DoF action
+    // is the server's problem, found before generating.
+    req.set_unnorm_key("planar");
+    auto ctx = Ctx();
+    grpc::Status st = stub_->Act(ctx.get(), req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::FAILED_PRECONDITION);
+    EXPECT_EQ(st.error_message(),
+              "the model's dataset_statistics.json has 2 action dimensions for this key; 7 expected");
+  }
+  {
     req.clear_unnorm_key();
     auto* s = req.mutable_statistics();
     s->add_q01(0);
@@ -578,6 +636,11 @@ TEST_F(ApiTest, RenderOverlayWithoutTheModel) {
   EXPECT_EQ(resp.marks_size(), 1);
   cv::Mat png = cv::imdecode(std::vector<uchar>(resp.png().begin(), resp.png().end()), cv::IMREAD_COLOR);
   EXPECT_EQ(png.cols, 200);
+  req.mutable_som()->set_style(static_cast<v1::MarkStyle>(9));
+  auto ctx_style = Ctx();
+  grpc::Status style = stub->RenderOverlay(ctx_style.get(), req, &resp);
+  EXPECT_EQ(style.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_EQ(style.error_message(), "unknown som.style");
   req.mutable_path()->set_answer("<ans>[(0.1, 0.2), <action>Open Gripper</action>, (0.5, 0.5)]</ans>");
   auto ctx2 = Ctx();
   EXPECT_TRUE(stub->RenderOverlay(ctx2.get(), req, &resp).ok());
@@ -596,7 +659,7 @@ TEST_F(ApiTest, ModelInfoListsTasksKeysAndLimits) {
   EXPECT_EQ(info.max_context_tokens(), 1024);
   EXPECT_EQ(info.dtype(), "float32");
   EXPECT_EQ(std::vector<std::string>(info.unnorm_keys().begin(), info.unnorm_keys().end()),
-            (std::vector<std::string>{"bridge", "fractal"}));
+            (std::vector<std::string>{"bridge", "fractal", "planar"}));
   EXPECT_EQ(info.tasks_size(), 4);
   EXPECT_EQ(info.limits().max_batch(), 4);
 }

@@ -204,6 +204,15 @@ TEST(ConstraintTest, MalformedPatternsAreRejectedWithPosition) {
   EXPECT_FALSE(CompileChoices({"a", ""}, table).ok());
 }
 
+// The size of a choice list is checked before any automaton is built: 64 KiB
+// in all is the most.
+TEST(ConstraintTest, ChoicesOverTheSizeLimitAreResourceExhausted) {
+  auto table = ToyTable();
+  auto big = CompileChoices({std::string(kMaxChoiceBytes - 1, 'a'), "bc"}, table);
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted) << big.status();
+  EXPECT_EQ(big.status().message(), "the choices hold 65537 bytes in all; at most 65536");
+}
+
 TEST(ConstraintTest, EscapedChoicesAreLiteral) {
   auto table = ToyTable();
   auto g = CompileChoices({"a.b", "(x)"}, table);

@@ -105,6 +105,19 @@ TEST(SamplerTest, EmpiricalFrequenciesFollowTheProcessedDistribution) {
   EXPECT_NEAR(counts[2] / double(n), 0.25 / 0.38, 0.01);
 }
 
+// A temperature so small that logits divided by it overflow float samples
+// greedily instead of from a distribution of NaNs.
+TEST(SamplerTest, TinyTemperaturesAreGreedy) {
+  const float logits[4] = {10, 30, 20, 5};
+  for (float t : {1e-37f, 1e-6f}) {
+    SamplingParams p;
+    p.temperature = t;
+    p.seed = 7;
+    Sampler s(p);
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(s.Sample(logits, 4, {}, nullptr).id, 1) << t;
+  }
+}
+
 TEST(SamplerTest, SameSeedSameDraws) {
   SamplingParams p;
   p.seed = 99;

@@ -52,6 +52,7 @@ std::string FormatTraceAnswer(const TraceAnswer& answer);
 // positions, each grid cell g mapped to g / 256 * size.
 struct PixelTrace {
   int mark = 0;
+  bool has_start = false;  // points[0] is the start
   std::vector<vision::PixelPoint> points;
 };
 std::vector<PixelTrace> TracesToPixels(const TraceAnswer& answer, const vision::ImageFrame& frame);

@@ -74,7 +74,11 @@ class Grammar {
 absl::StatusOr<std::shared_ptr<const Grammar>> CompileRegex(const std::string& pattern,
                                                             std::shared_ptr<const TokenTable> table);
 
-// Exactly one of `choices` (verbatim), then an end token.
+// Exactly one of `choices` (verbatim), then an end token. INVALID_ARGUMENT
+// for an empty list or choice; RESOURCE_EXHAUSTED when the choices hold more
+// than kMaxChoiceBytes in all (checked before anything is built) or need more
+// states than CompileRegex allows.
+inline constexpr size_t kMaxChoiceBytes = 65536;
 absl::StatusOr<std::shared_ptr<const Grammar>> CompileChoices(const std::vector<std::string>& choices,
                                                               std::shared_ptr<const TokenTable> table);
 

@@ -91,6 +91,7 @@ struct GenerationResult {
 // A piece of a streamed answer.
 struct StreamDelta {
   std::vector<int32_t> token_ids;
+  std::vector<SampledToken> logprobs;  // one per entry of token_ids
   std::string text;
 };
 

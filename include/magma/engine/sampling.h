@@ -15,8 +15,13 @@
 
 namespace magma::engine {
 
+// Temperatures below this sample greedily (as vLLM does): dividing logits by
+// a smaller one overflows float and leaves no distribution to sample from.
+inline constexpr float kGreedyBelowTemperature = 1e-5f;
+
 struct SamplingParams {
-  // 0 means greedy (argmax). Default 1.
+  // 0 (or anything below kGreedyBelowTemperature) means greedy (argmax).
+  // Default 1.
   float temperature = 1.0f;
   // Keep the k most likely tokens; 0 = all. Default 0.
   int32_t top_k = 0;
