@@ -105,10 +105,11 @@ TEST(SamplerTest, EmpiricalFrequenciesFollowTheProcessedDistribution) {
   EXPECT_NEAR(counts[2] / double(n), 0.25 / 0.38, 0.01);
 }
 
-// A temperature so small that logits divided by it overflow float samples
-// greedily instead of from a distribution of NaNs.
+// A temperature so small that logits divided by it overflow float (60 / 1e-37
+// is over FLT_MAX, 20 / 1e-37 is not) samples greedily instead of from a
+// distribution of NaNs.
 TEST(SamplerTest, TinyTemperaturesAreGreedy) {
-  const float logits[4] = {10, 30, 20, 5};
+  const float logits[4] = {10, 60, 20, 5};
   for (float t : {1e-37f, 1e-6f}) {
     SamplingParams p;
     p.temperature = t;

@@ -241,6 +241,32 @@ TEST(BpeTrainerTest, TrainedTokenizerAgreesWithReferenceAndRoundTrips) {
   }
 }
 
+// Long words of repeated letters: pairs of equal rank overlap everywhere
+// ("aaa" merges its left pair first), and the merge order must follow the
+// reference's however long the word (a run of letters is one word).
+TEST(BpeTrainerTest, LongRepeatedWordsAgreeWithReference) {
+  testing::TempDir dir;
+  BpeTrainOptions options;
+  options.num_merges = 12;
+  options.added_tokens = Llama3StyleAddedTokens(1024, 1000);
+  ASSERT_TRUE(TrainByteLevelBpe({"aaaa aaaaaaaa aaa abab ababab aab aab aaab baaa"}, options, dir.path()).ok());
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string ab, aab;
+  for (int i = 0; i < 1000; ++i) ab += "ab";
+  for (int i = 0; i < 700; ++i) aab += "aab";
+  const std::vector<std::string> texts = {
+      "a", "aa", "aaa", "aaaaaaa", std::string(5000, 'a'), ab + "a", aab + "aa", "ba" + std::string(999, 'a') + "b"};
+  testing::TempDir work;
+  const auto want = ReferenceEncode(dir.path(), texts, work);
+  ASSERT_EQ(want.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto got = (*tok)->Encode(texts[i], /*parse_special=*/true);
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(*got, want[i]) << texts[i].size() << " bytes: " << texts[i].substr(0, 12);
+  }
+}
+
 TEST(LoadTokenizerTest, Errors) {
   testing::TempDir dir;
   EXPECT_EQ(LoadTokenizer(dir.path()).status().code(), absl::StatusCode::kNotFound);

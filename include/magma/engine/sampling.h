@@ -15,8 +15,9 @@
 
 namespace magma::engine {
 
-// Temperatures below this sample greedily (as vLLM does): dividing logits by
-// a smaller one overflows float and leaves no distribution to sample from.
+// Temperatures below this sample greedily (as vLLM does): the distribution is
+// all but greedy there, and dividing logits by a tiny enough one (below about
+// 1e-37) overflows float and leaves nothing to sample from.
 inline constexpr float kGreedyBelowTemperature = 1e-5f;
 
 struct SamplingParams {
