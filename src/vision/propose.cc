@@ -72,6 +72,56 @@ bool Inside(const cv::Rect& inner, const cv::Rect& outer, int slack) {
          inner.br().y <= outer.br().y + slack;
 }
 
+cv::Rect Grown(const cv::Rect& r, int by) { return {r.x - by, r.y - by, r.width + 2 * by, r.height + 2 * by}; }
+
+// The rectangles added so far, found by the grid cells they cover: a query
+// visits only rectangles that share a cell with it, so de-duplicating N
+// candidates costs about N times the few rectangles near each, not N^2.
+class RectGrid {
+ public:
+  RectGrid(cv::Size image, int cell) : cell_(cell), cols_(image.width / cell + 1), rows_(image.height / cell + 1) {
+    cells_.resize(static_cast<size_t>(cols_) * rows_);
+  }
+  void Add(const cv::Rect& r) {
+    const int id = static_cast<int>(rects_.size());
+    rects_.push_back(r);
+    seen_.push_back(0);
+    ForCells(r, [&](std::vector<int>& cell) { cell.push_back(id); });
+  }
+  const cv::Rect& rect(int id) const { return rects_[id]; }
+  // Calls `fn(id)` once for each rectangle sharing a cell with `r` (which
+  // includes every rectangle that intersects `r`) until `fn` returns true;
+  // whether one did.
+  template <typename Fn>
+  bool AnyNear(const cv::Rect& r, Fn fn) {
+    ++query_;
+    bool found = false;
+    ForCells(r, [&](std::vector<int>& cell) {
+      for (int id : cell) {
+        if (found || seen_[id] == query_) continue;
+        seen_[id] = query_;
+        found = fn(id);
+      }
+    });
+    return found;
+  }
+
+ private:
+  template <typename Fn>
+  void ForCells(const cv::Rect& r, Fn fn) {
+    const int x0 = std::clamp(r.x / cell_, 0, cols_ - 1), x1 = std::clamp((r.br().x - 1) / cell_, 0, cols_ - 1);
+    const int y0 = std::clamp(r.y / cell_, 0, rows_ - 1), y1 = std::clamp((r.br().y - 1) / cell_, 0, rows_ - 1);
+    for (int y = y0; y <= y1; ++y) {
+      for (int x = x0; x <= x1; ++x) fn(cells_[static_cast<size_t>(y) * cols_ + x]);
+    }
+  }
+  int cell_, cols_, rows_;
+  std::vector<std::vector<int>> cells_;
+  std::vector<cv::Rect> rects_;
+  std::vector<uint32_t> seen_;  // the last query that visited each rectangle
+  uint32_t query_ = 0;
+};
+
 }  // namespace
 
 absl::StatusOr<std::vector<PixelBox>> ProposeElements(const cv::Mat& rgb, const ProposeOptions& options) {
@@ -104,32 +154,33 @@ absl::StatusOr<std::vector<PixelBox>> ProposeElements(const cv::Mat& rgb, const 
     if (a.priority != b.priority) return a.priority < b.priority;
     return a.rect.area() < b.rect.area();
   });
-  std::vector<cv::Rect> kept;
+  // Both tests below hold only between rectangles that share a grid cell
+  // (a duplicate intersects the candidate; a covering region intersects the
+  // block grown by 1).
+  const int cell = std::max(32, std::max(rgb.cols, rgb.rows) / 64);
+  RectGrid kept(rgb.size(), cell);
   std::vector<int> kept_priority;
   for (const Candidate& c : candidates) {
-    bool duplicate = false;
-    for (const cv::Rect& k : kept) {
-      // Also a duplicate: a block that only pads a kept box by its edge ring.
-      if (RectIoU(c.rect, k) > options.duplicate_iou || (Inside(k, c.rect, 0) && Inside(c.rect, k, 3))) {
-        duplicate = true;
-        break;
-      }
-    }
+    // Also a duplicate: a block that only pads a kept box by its edge ring.
+    const bool duplicate = kept.AnyNear(c.rect, [&](int id) {
+      const cv::Rect& k = kept.rect(id);
+      return RectIoU(c.rect, k) > options.duplicate_iou || (Inside(k, c.rect, 0) && Inside(c.rect, k, 3));
+    });
     if (!duplicate) {
-      kept.push_back(c.rect);
+      kept.Add(c.rect);
       kept_priority.push_back(c.priority);
     }
   }
   // Text inside a one-line widget (a button, a field) is the widget: drop
   // blocks that sit in a rectangular region at most 3 times their height.
   std::vector<cv::Rect> merged;
-  for (size_t i = 0; i < kept.size(); ++i) {
-    bool covered = false;
-    for (size_t j = 0; j < kept.size() && !covered; ++j) {
-      covered = j != i && kept_priority[j] == 0 && kept[j].area() > kept[i].area() &&
-                kept[j].height <= 3 * kept[i].height && Inside(kept[i], kept[j], 1);
-    }
-    if (!covered) merged.push_back(kept[i]);
+  for (int i = 0; i < static_cast<int>(kept_priority.size()); ++i) {
+    const cv::Rect& r = kept.rect(i);
+    const bool covered = kept.AnyNear(Grown(r, 1), [&](int j) {
+      const cv::Rect& k = kept.rect(j);
+      return j != i && kept_priority[j] == 0 && k.area() > r.area() && k.height <= 3 * r.height && Inside(r, k, 1);
+    });
+    if (!covered) merged.push_back(r);
   }
   if (merged.size() > static_cast<size_t>(options.max_elements)) {
     std::stable_sort(merged.begin(), merged.end(),

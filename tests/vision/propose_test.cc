@@ -204,6 +204,27 @@ TEST(ProposeTest, FindsAButtonAndAFieldExactly) {
   for (size_t i = 1; i < boxes->size(); ++i) EXPECT_LE((*boxes)[i - 1].y1, (*boxes)[i].y1);
 }
 
+// A screen full of labelled buttons: each is found once, with its label
+// merged into it, across every part of the image (de-duplication looks only
+// at boxes near each candidate).
+TEST(ProposeTest, ManyButtonsAreEachFoundOnce) {
+  cv::Mat img(768, 1024, CV_8UC3, cv::Scalar(250, 250, 250));
+  std::vector<cv::Rect> buttons;
+  for (int row = 0; row < 12; ++row) {
+    for (int col = 0; col < 12; ++col) {
+      const cv::Rect b(20 + col * 82, 20 + row * 60, 56, 26);
+      cv::rectangle(img, b, cv::Scalar(26, 115, 232), cv::FILLED);
+      cv::putText(img, "Go", {b.x + 16, b.y + 18}, cv::FONT_HERSHEY_SIMPLEX, 0.45, cv::Scalar(255, 255, 255), 1,
+                  cv::LINE_AA);
+      buttons.push_back(b);
+    }
+  }
+  auto boxes = ProposeElements(img);
+  ASSERT_TRUE(boxes.ok());
+  EXPECT_EQ(boxes->size(), buttons.size());
+  for (const cv::Rect& b : buttons) EXPECT_GE(BestIoU(b, *boxes), 0.85) << b;
+}
+
 TEST(ProposeTest, BlankImageHasNoElements) {
   cv::Mat img(100, 100, CV_8UC3, cv::Scalar(40, 40, 40));
   auto boxes = ProposeElements(img);
