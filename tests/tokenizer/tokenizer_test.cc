@@ -218,6 +218,21 @@ TEST(Utf8Test, Validity) {
   EXPECT_FALSE(IsValidUtf8("\xE2\x82"));          // truncated
 }
 
+// `tok` (loaded from `model_dir`) encodes each of `texts` to the JavaScript
+// reference's ids, and decodes them back to the text.
+void ExpectEncodesLikeReference(const Tokenizer& tok, const std::string& model_dir,
+                                const std::vector<std::string>& texts) {
+  testing::TempDir work;
+  const auto want = ReferenceEncode(model_dir, texts, work);
+  ASSERT_EQ(want.size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto got = tok.Encode(texts[i], /*parse_special=*/true);
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(*got, want[i]) << texts[i].size() << " bytes: " << nlohmann::json(texts[i].substr(0, 60)).dump();
+    EXPECT_EQ(tok.Decode(*got, false), texts[i]);
+  }
+}
+
 TEST(BpeTrainerTest, TrainedTokenizerAgreesWithReferenceAndRoundTrips) {
   testing::TempDir dir;
   BpeTrainOptions options;
@@ -229,16 +244,7 @@ TEST(BpeTrainerTest, TrainedTokenizerAgreesWithReferenceAndRoundTrips) {
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ((*tok)->special_ids().image, 1000);
   EXPECT_EQ((*tok)->special_ids().bos, 1023);
-  const auto texts = testing::TokenizerCorpus(400, 11);
-  testing::TempDir work;
-  const auto want = ReferenceEncode(dir.path(), texts, work);
-  ASSERT_EQ(want.size(), texts.size());
-  for (size_t i = 0; i < texts.size(); ++i) {
-    auto got = (*tok)->Encode(texts[i], /*parse_special=*/true);
-    ASSERT_TRUE(got.ok());
-    EXPECT_EQ(*got, want[i]) << nlohmann::json(texts[i]).dump();
-    EXPECT_EQ((*tok)->Decode(*got, false), texts[i]);
-  }
+  ExpectEncodesLikeReference(**tok, dir.path(), testing::TokenizerCorpus(400, 11));
 }
 
 // Long words of repeated letters: pairs of equal rank overlap everywhere
@@ -257,14 +263,7 @@ TEST(BpeTrainerTest, LongRepeatedWordsAgreeWithReference) {
   for (int i = 0; i < 700; ++i) aab += "aab";
   const std::vector<std::string> texts = {
       "a", "aa", "aaa", "aaaaaaa", std::string(5000, 'a'), ab + "a", aab + "aa", "ba" + std::string(999, 'a') + "b"};
-  testing::TempDir work;
-  const auto want = ReferenceEncode(dir.path(), texts, work);
-  ASSERT_EQ(want.size(), texts.size());
-  for (size_t i = 0; i < texts.size(); ++i) {
-    auto got = (*tok)->Encode(texts[i], /*parse_special=*/true);
-    ASSERT_TRUE(got.ok());
-    EXPECT_EQ(*got, want[i]) << texts[i].size() << " bytes: " << texts[i].substr(0, 12);
-  }
+  ExpectEncodesLikeReference(**tok, dir.path(), texts);
 }
 
 TEST(LoadTokenizerTest, Errors) {
