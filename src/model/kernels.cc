@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 namespace magma::model {
 namespace {
@@ -497,6 +498,129 @@ at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::T
                         kv_heads, capacity, d, static_cast<float>(scale), out.data_ptr<float>());
   }
   return out;
+}
+
+namespace {
+
+// Rows [r0, r1) (image rows n * H + h) of the depthwise weight gradient, into
+// acc [k * k * C] (float64). x, g: [N, H, W, C] memory.
+template <int kBlock>
+[[gnu::always_inline]] inline void DepthwiseRows(const float* x, const float* g, int64_t H, int64_t W, int64_t C,
+                                                 int64_t k, int64_t pad, int64_t r0, int64_t r1, double* acc) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / H, h = r % H;
+    const float* grow = g + (n * H + h) * W * C;
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t iy = h + i - pad;
+      if (iy < 0 || iy >= H) continue;
+      const float* xrow = x + (n * H + iy) * W * C;
+      for (int64_t j = 0; j < k; ++j) {
+        // Output columns whose input column w + j - pad lies in the row.
+        const int64_t w0 = std::max<int64_t>(0, pad - j), w1 = std::min<int64_t>(W, W + pad - j);
+        double* out = acc + (i * k + j) * C;
+        for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+          const int64_t cb = std::min<int64_t>(kBlock, C - c0);
+          float t[kBlock] = {};
+          if (cb == kBlock) {
+            for (int64_t w = w0; w < w1; ++w) {
+              const float* xp = xrow + (w + j - pad) * C + c0;
+              const float* gp = grow + w * C + c0;
+              for (int c = 0; c < kBlock; ++c) t[c] += xp[c] * gp[c];
+            }
+          } else {
+            for (int64_t w = w0; w < w1; ++w) {
+              const float* xp = xrow + (w + j - pad) * C + c0;
+              const float* gp = grow + w * C + c0;
+              for (int64_t c = 0; c < cb; ++c) t[c] += xp[c] * gp[c];
+            }
+          }
+          for (int64_t c = 0; c < cb; ++c) out[c0 + c] += t[c];
+        }
+      }
+    }
+  }
+}
+
+void DepthwiseRowsPortable(const float* x, const float* g, int64_t H, int64_t W, int64_t C, int64_t k, int64_t pad,
+                           int64_t r0, int64_t r1, double* acc) {
+  DepthwiseRows<16>(x, g, H, W, C, k, pad, r0, r1, acc);
+}
+
+#if defined(__x86_64__)
+MAGMA_AVX2_TARGET void DepthwiseRowsAvx2(const float* x, const float* g, int64_t H, int64_t W, int64_t C, int64_t k,
+                                         int64_t pad, int64_t r0, int64_t r1, double* acc) {
+  DepthwiseRows<16>(x, g, H, W, C, k, pad, r0, r1, acc);
+}
+#endif
+
+// at::conv2d's depthwise convolution with the backward pass above.
+struct DepthwiseConvFunction : public torch::autograd::Function<DepthwiseConvFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& bias, int64_t padding) {
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["bias"] = bias.defined();
+    return at::conv2d(x, w, bias, {1, 1}, {padding, padding}, {1, 1}, x.size(1));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& w = saved[1];
+    const int64_t padding = ctx->saved_data["padding"].toInt();
+    const at::Tensor g = grads[0].contiguous(x.suggest_memory_format());
+    at::Tensor gx, gw, gb;
+    if (ctx->needs_input_grad(0)) {
+      gx = at::conv2d(g, w.flip({2, 3}), {}, {1, 1}, {w.size(2) - 1 - padding, w.size(3) - 1 - padding}, {1, 1},
+                      x.size(1));
+    }
+    if (ctx->needs_input_grad(1)) gw = DepthwiseConvWeightGrad(x, g, w.size(2), padding);
+    if (ctx->needs_input_grad(2) && ctx->saved_data["bias"].toBool()) gb = g.sum({0, 2, 3});
+    return {gx, gw, gb, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor DepthwiseConvWeightGrad(const at::Tensor& x, const at::Tensor& g, int64_t k, int64_t padding) {
+  TORCH_CHECK(x.dim() == 4 && g.sizes() == x.sizes() && x.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat,
+              "DepthwiseConvWeightGrad: x and g must be float32 [N, C, H, W] of one shape");
+  TORCH_CHECK(k >= 1 && padding >= 0 && 2 * padding == k - 1,
+              "DepthwiseConvWeightGrad: the output must keep the input's size (k = 2 * padding + 1)");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  // [N, H, W, C] memory: a no-op for channels-last tensors.
+  const at::Tensor xl = x.permute({0, 2, 3, 1}).contiguous(), gl = g.permute({0, 2, 3, 1}).contiguous();
+  const float* xp = xl.data_ptr<float>();
+  const float* gp = gl.data_ptr<float>();
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<double>> acc(threads, std::vector<double>(k * k * C, 0.0));
+#if defined(__x86_64__)
+  const bool avx2 = Bf16IsaInUse() != Bf16Isa::kPortable;
+#else
+  const bool avx2 = false;
+#endif
+  at::parallel_for(0, N * H, 4, [&](int64_t r0, int64_t r1) {
+    double* a = acc[at::get_thread_num()].data();
+#if defined(__x86_64__)
+    if (avx2) return DepthwiseRowsAvx2(xp, gp, H, W, C, k, padding, r0, r1, a);
+#endif
+    DepthwiseRowsPortable(xp, gp, H, W, C, k, padding, r0, r1, a);
+  });
+  at::Tensor out = at::empty({C, 1, k, k}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t ij = 0; ij < k * k; ++ij) {
+      double sum = 0.0;
+      for (const auto& a : acc) sum += a[ij * C + c];
+      o[c * k * k + ij] = static_cast<float>(sum);
+    }
+  }
+  return out;
+}
+
+at::Tensor DepthwiseConv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, int64_t padding) {
+  return DepthwiseConvFunction::apply(x, w, bias, padding);
 }
 
 }  // namespace magma::model

@@ -435,12 +435,17 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
     while (last < order.size() && lengths[order[last]] * 4 <= lengths[order[first]] * 5) ++last;
     const int64_t longest = lengths[order[last - 1]];
     std::vector<at::Tensor> group;
+    std::vector<std::pair<int64_t, int64_t>> spans;  // the positions that predict each example's targets
     for (size_t k = first; k < last; ++k) {
       const at::Tensor& x = embeds[order[k]];
       group.push_back(x.size(0) < longest ? at::constant_pad_nd(x, {0, 0, 0, longest - x.size(0)}) : x);
+      const int64_t t = static_cast<int64_t>(batch[order[k]].target_ids.size());
+      spans.emplace_back(lengths[order[k]] - t, t);
     }
-    auto logits = model_->ForwardBatch(at::stack(group));
+    // [sum of target counts, vocab]: example k's rows follow those of the ones before it.
+    auto logits = model_->ForwardBatchSpans(at::stack(group), spans);
     if (!logits.ok()) return logits.status();
+    int64_t logit_row = 0;
     if (aux_loss != nullptr) {
       for (const auto& [option, layer] : SupervisedLayers(options_)) {
         if (!model_->captured_attention(layer).defined()) {
@@ -455,7 +460,8 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
       const int64_t b = static_cast<int64_t>(k - first);  // row in this forward
       const int64_t t = static_cast<int64_t>(e.target_ids.size());
       const int64_t answer = lengths[order[k]] - t;  // positions that predict the target tokens
-      predicted[order[k]] = (*logits)[b].narrow(0, answer, t);
+      predicted[order[k]] = logits->narrow(0, logit_row, t);
+      logit_row += t;
       if (aux_loss == nullptr) continue;
       const double per_example = 1.0 / static_cast<double>(batch.size());
       // The positions that predict the answer tokens of a pointer's span.

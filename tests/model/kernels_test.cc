@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -137,6 +138,42 @@ TEST(KernelsTest, DecodeAttentionMatchesSoftmaxAttention) {
       }
     }
   }
+}
+
+TEST(KernelsTest, DepthwiseConv2dGradientsMatchLibtorchsInFloat64) {
+  for (Bf16Isa isa : PathsHere()) {
+    OnPath path(isa);
+    at::manual_seed(3);
+    // 20 and 40 channels: a part-filled block of 16 after the full ones.
+    for (int64_t c : {16, 20, 40}) {
+      for (const bool channels_last : {true, false}) {
+        at::Tensor x = at::randn({2, c, 11, 9});
+        if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+        const at::Tensor w = at::randn({c, 1, 7, 7}), bias = at::randn({c}), g = at::randn({2, c, 11, 9});
+        const at::Tensor xr = x.detach().requires_grad_(true), wr = w.detach().requires_grad_(true),
+                         br = bias.detach().requires_grad_(true);
+        const at::Tensor y = DepthwiseConv2d(xr, wr, br, 3);
+        y.backward(g);
+        const at::Tensor xd = x.to(at::kDouble).requires_grad_(true), wd = w.to(at::kDouble).requires_grad_(true),
+                         bd = bias.to(at::kDouble).requires_grad_(true);
+        const at::Tensor yd = at::conv2d(xd, wd, bd, {1, 1}, {3, 3}, {1, 1}, c);
+        yd.backward(g.to(at::kDouble));
+        const std::string what = std::string(Bf16IsaName(isa)) + ", C = " + std::to_string(c) +
+                                 (channels_last ? ", channels-last" : ", contiguous");
+        EXPECT_LE((y.to(at::kDouble) - yd).abs().max().item<double>(), 1e-4) << what;
+        EXPECT_LE((xr.grad().to(at::kDouble) - xd.grad()).abs().max().item<double>(), 1e-4) << what;
+        // A weight's gradient sums 2 * 11 * 9 products of unit normals.
+        EXPECT_LE((wr.grad().to(at::kDouble) - wd.grad()).abs().max().item<double>(), 1e-4) << what;
+        EXPECT_LE((br.grad().to(at::kDouble) - bd.grad()).abs().max().item<double>(), 1e-4) << what;
+      }
+    }
+  }
+}
+
+TEST(KernelsTest, DepthwiseConvWeightGradRefusesAnOutputOfAnotherSize) {
+  const at::Tensor x = at::randn({1, 16, 8, 8});
+  EXPECT_THROW(DepthwiseConvWeightGrad(x, x, 7, 2), c10::Error);
+  EXPECT_THROW(DepthwiseConvWeightGrad(x, x.narrow(2, 0, 7), 7, 3), c10::Error);
 }
 
 }  // namespace

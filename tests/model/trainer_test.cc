@@ -1010,6 +1010,22 @@ TEST_F(TrainerTest, ForwardBatchMatchesForwardOfEachSequence) {
   EXPECT_EQ(model()->ForwardBatch(at::randn({2, 3})).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(TrainerTest, ForwardBatchSpansGivesTheLogitsOfItsSpansOnly) {
+  at::manual_seed(4);
+  at::Tensor x = at::randn({3, 8, model()->hidden_size()});
+  auto all = model()->ForwardBatch(x);
+  auto some = model()->ForwardBatchSpans(x, {{2, 3}, {0, 0}, {5, 3}});
+  ASSERT_TRUE(all.ok() && some.ok()) << some.status();
+  ASSERT_EQ(some->sizes(), (at::IntArrayRef{6, all->size(2)}));
+  EXPECT_LE((some->narrow(0, 0, 3) - (*all)[0].narrow(0, 2, 3)).abs().max().item<double>(), 1e-5);
+  EXPECT_LE((some->narrow(0, 3, 3) - (*all)[2].narrow(0, 5, 3)).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ(model()->ForwardBatchSpans(x, {{0, 1}, {0, 1}}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model()->ForwardBatchSpans(x, {{0, 1}, {6, 3}, {0, 1}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(model()->ForwardBatchSpans(x, {{-1, 1}, {0, 1}, {0, 1}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(TrainerTest, NeedsAFloat32Model) {
   testing::TempDir dir;
   auto m = Tiny(dir.File("m"), "bfloat16");

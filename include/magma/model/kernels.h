@@ -48,6 +48,20 @@ void GemvBf16(const uint16_t* xb, int64_t B, int64_t K, const std::vector<GemvTa
 at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const std::vector<int64_t>& slots, const std::vector<int64_t>& lengths, double scale);
 
+// Depthwise convolution with stride 1 and `padding` on every side, as
+// at::conv2d computes it: x [N, C, H, W] float32, w [C, 1, k, k], bias [C]
+// or undefined. Its backward pass computes the weight gradient with
+// DepthwiseConvWeightGrad (oneDNN's took ~10x the forward's time on
+// ConvNeXt's 7x7 kernels over 16-64 channels) and the input gradient as the
+// convolution of the output gradient with the flipped kernel.
+at::Tensor DepthwiseConv2d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, int64_t padding);
+
+// The weight gradient of that convolution: sum over n, h, w of
+// x[n, c, h + i - padding, w + j - padding] * g[n, c, h, w] into [C, 1, k, k]
+// (x, g [N, C, H, W] float32; terms outside x are zero). Sums run in float32
+// along an image row and in float64 across rows.
+at::Tensor DepthwiseConvWeightGrad(const at::Tensor& x, const at::Tensor& g, int64_t k, int64_t padding);
+
 // The instruction sets the bfloat16 kernels use, best first: bfloat16 dot
 // products (AVX512-BF16), float32 FMA on widened weights (AVX2), plain C++.
 enum class Bf16Isa { kAvx512Bf16, kAvx2, kPortable };

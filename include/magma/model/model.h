@@ -165,6 +165,12 @@ class MagmaModel {
   // cache: logits [B, T, vocab] for embeds [B, T, hidden]. Attention is
   // causal, so right-padding a shorter sequence leaves its logits unchanged.
   absl::StatusOr<at::Tensor> ForwardBatch(const at::Tensor& embeds) const;
+  // The same forward, with logits at some positions only: spans[b] = {first,
+  // count} of sequence b; returns their logits stacked, [sum of counts,
+  // vocab]. Training needs logits where targets are predicted, and the LM
+  // head over every position is a small model's largest matrix product.
+  absl::StatusOr<at::Tensor> ForwardBatchSpans(const at::Tensor& embeds,
+                                               const std::vector<std::pair<int64_t, int64_t>>& spans) const;
   // Final hidden states (after the last RMSNorm) for embeds: [L, hidden] float32.
   absl::StatusOr<at::Tensor> LastHiddenState(const at::Tensor& embeds) const;
 
@@ -218,9 +224,17 @@ class MagmaModel {
   at::Tensor DecodeLayersBf16(at::Tensor x, const std::vector<int64_t>& pos, KvCache* cache,
                               const std::vector<int>& slots) const;
   at::Tensor Tower(const at::Tensor& x) const;
+  // ForwardBatch's checks of embeds (`caller` names the method in errors).
+  absl::Status CheckBatch(const at::Tensor& embeds, const char* caller) const;
+  // The decoder over a batch from position 0, no cache: final hidden states
+  // [B, T, hidden]; keeps them when capture_final_hidden_.
+  at::Tensor BatchHidden(const at::Tensor& embeds) const;
   // A linear layer; bfloat16 products while training with
   // bf16_training_matmuls_.
   at::Tensor Dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) const;
+  // Whether the vision blocks' linears with weights `w` run as 1x1
+  // convolutions (float32 weights and products).
+  bool PointwiseAsConvolutions(const at::Tensor& w) const;
   // at::matmul, in bfloat16 under the same condition.
   at::Tensor Product(const at::Tensor& a, const at::Tensor& b) const;
   at::Tensor Project(const at::Tensor& features_nhwc) const;
