@@ -252,20 +252,29 @@ absl::StatusOr<cv::Mat> DecodeOne(const v1::Image& image, const Limits& limits, 
   return DecodeClientImage(image, ImageLimits{limits.max_image_bytes, limits.max_image_pixels}, field);
 }
 
+// Gives `request` to the engine and attaches its handle to `call`, which is
+// held while Submit runs (see CallState); `refuse` ends the call when the
+// engine refuses the request.
+template <typename Refuse>
+void SubmitHeld(CallState* call, const Backend& backend, engine::GenerationRequest request,
+                engine::RequestCallbacks callbacks, Refuse refuse) {
+  call->Ref();
+  auto h = backend.engine->Submit(std::move(request), std::move(callbacks));
+  if (h.ok()) {
+    call->Attach(*h);
+  } else {
+    refuse(h.status());
+  }
+  call->Unref();
+}
+
 // Gives the response its id and the request to the engine; the call ends in
 // the callbacks (or here, when the engine refuses the request).
 template <typename Response>
 void SubmitUnary(UnaryCall* call, const Backend& backend, engine::GenerationRequest request,
                  engine::RequestCallbacks callbacks, Response* resp) {
   resp->set_request_id(NextRequestId());
-  call->Ref();
-  auto h = backend.engine->Submit(std::move(request), std::move(callbacks));
-  if (h.ok()) {
-    call->Attach(*h);
-  } else {
-    call->Done(h.status());
-  }
-  call->Unref();
+  SubmitHeld(call, backend, std::move(request), std::move(callbacks), [call](const absl::Status& s) { call->Done(s); });
 }
 
 absl::StatusOr<int32_t> MaxTokens(int32_t requested, int32_t fallback, const Limits& limits) {
@@ -489,14 +498,7 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* AgentServiceImpl::Generate
       call->Send(std::move(last));
       call->End(absl::OkStatus());
     };
-    call->Ref();  // see CallState
-    auto h = backend->engine->Submit(*std::move(r), std::move(cb));
-    if (h.ok()) {
-      call->Attach(*h);
-    } else {
-      call->End(h.status());
-    }
-    call->Unref();
+    SubmitHeld(call, *backend, *std::move(r), std::move(cb), [call](const absl::Status& s) { call->End(s); });
   });
   return call;
 }
