@@ -83,11 +83,24 @@ absl::StatusOr<std::shared_ptr<const engine::Grammar>> GrammarCache::Get(
     if (it != grammars_.end()) return it->second;
   }
   auto g = engine::CompileRegex(pattern, std::move(table));
-  if (!g.ok()) return g.status();
+  // Malformed patterns are not kept: they come from code, not from requests.
+  if (!g.ok() && g.status().code() != absl::StatusCode::kResourceExhausted) return g.status();
+  const size_t bytes = pattern.size() + (g.ok() ? (*g)->TableBytes() : 0);
+  if (bytes > max_bytes_) return g;
   std::lock_guard<std::mutex> lock(mu_);
-  if (grammars_.size() >= 256) grammars_.clear();  // bounded: patterns depend on mark counts and steps
-  grammars_.emplace(pattern, *g);
+  if (grammars_.count(pattern) > 0) return g;  // compiled meanwhile by another request
+  if (grammars_.size() >= max_entries_ || bytes_ + bytes > max_bytes_) {
+    grammars_.clear();  // patterns depend on mark counts and steps: a full cache is mostly stale
+    bytes_ = 0;
+  }
+  grammars_.emplace(pattern, g);
+  bytes_ += bytes;
   return g;
+}
+
+size_t GrammarCache::bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bytes_;
 }
 
 absl::StatusOr<TaskContext> MakeTaskContext(std::shared_ptr<const tk::Tokenizer> tokenizer, int32_t image_token_id,

@@ -357,6 +357,7 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
     return state;
   }
   bool Accepting(int32_t state) const { return dfa_.accepting[state]; }
+  size_t TableBytes() const override { return dfa_.next.size() * sizeof(dfa_.next[0]) + dfa_.accepting.size() / 8; }
   int32_t Advance(int32_t state, int32_t id, bool first) const {
     return Run(state, first ? table_->first_bytes(id) : table_->bytes(id));
   }
@@ -474,6 +475,7 @@ class SequenceGrammar final : public Grammar {
     const int32_t n = count_ + (end_ids_.empty() ? 0 : 1);
     return n <= limit ? n : limit + 1;
   }
+  size_t TableBytes() const override { return (ids_.size() + end_ids_.size()) * sizeof(int32_t); }
 
  private:
   std::vector<int32_t> ids_;

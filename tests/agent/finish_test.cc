@@ -15,6 +15,7 @@ class NeverStarted : public engine::Grammar {
  public:
   std::unique_ptr<engine::Constraint> Start() const override { return nullptr; }
   int32_t MinTokens(int32_t) const override { return 1; }
+  size_t TableBytes() const override { return 0; }
 };
 
 PreparedTrace Tom(bool constrained) {

@@ -62,6 +62,8 @@ class Grammar {
   // The fewest tokens of a complete answer, its end token included, when
   // that is at most `limit`; otherwise limit + 1 (the search stops there).
   virtual int32_t MinTokens(int32_t limit) const = 0;
+  // Bytes of the compiled tables (for caches that bound their memory).
+  virtual size_t TableBytes() const = 0;
 };
 
 // Compiles a regular expression over bytes into a token-level automaton.

@@ -1,0 +1,78 @@
+// The grammar cache keeps compiled grammars within its byte and entry
+// bounds, and remembers the patterns refused for their size.
+#include <gtest/gtest.h>
+
+#include "magma/agent/tasks.h"
+
+namespace magma::agent {
+namespace {
+
+std::shared_ptr<const engine::TokenTable> Digits() {
+  std::vector<std::string> bytes = {""};  // id 0 ends an answer
+  for (char c : std::string("0123456789:, []")) bytes.push_back(std::string(1, c));
+  return std::make_shared<engine::TokenTable>(bytes, std::vector<int32_t>{0});
+}
+
+// A pattern of n + 1 automaton states: n ones.
+std::string Chain(int n) { return std::string(n, '1'); }
+
+TEST(GrammarCacheTest, ARepeatedPatternIsCompiledOnce) {
+  GrammarCache cache;
+  auto a = cache.Get(Chain(10), Digits());
+  auto b = cache.Get(Chain(10), Digits());
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status();
+  EXPECT_EQ(a->get(), b->get());
+  // Eleven states of 256 transitions of 4 bytes each, and the pattern's text.
+  EXPECT_GE(cache.bytes(), 11u * 256 * 4 + 10);
+  EXPECT_LT(cache.bytes(), 12u * 256 * 4 + 10);
+}
+
+TEST(GrammarCacheTest, StaysWithinItsBytes) {
+  const size_t one = GrammarCache().Get(Chain(100), Digits()).value()->TableBytes();
+  GrammarCache cache(one + one / 2);  // room for one of these grammars, not two
+  auto first = cache.Get(Chain(100), Digits());
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(cache.Get(Chain(101), Digits()).ok());
+  EXPECT_LE(cache.bytes(), one + one / 2);
+  auto again = cache.Get(Chain(100), Digits());
+  ASSERT_TRUE(again.ok());
+  EXPECT_NE(first->get(), again->get()) << "the first grammar should have made room for the second";
+}
+
+TEST(GrammarCacheTest, AGrammarLargerThanTheCacheIsNotKept) {
+  GrammarCache cache(/*max_bytes=*/4096);
+  auto a = cache.Get(Chain(100), Digits());
+  auto b = cache.Get(Chain(100), Digits());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_NE(a->get(), b->get());
+  EXPECT_EQ(cache.bytes(), 0u);
+}
+
+TEST(GrammarCacheTest, StaysWithinItsEntries) {
+  GrammarCache cache(size_t{64} << 20, /*max_entries=*/2);
+  auto first = cache.Get(Chain(3), Digits());
+  ASSERT_TRUE(cache.Get(Chain(4), Digits()).ok());
+  ASSERT_TRUE(cache.Get(Chain(5), Digits()).ok());  // the third empties the cache
+  auto again = cache.Get(Chain(3), Digits());
+  ASSERT_TRUE(first.ok() && again.ok());
+  EXPECT_NE(first->get(), again->get());
+}
+
+TEST(GrammarCacheTest, RemembersAPatternRefusedForItsSize) {
+  GrammarCache cache;
+  const std::string big = Chain(25000);  // over the automaton's 20000 states
+  auto a = cache.Get(big, Digits());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kResourceExhausted) << a.status();
+  EXPECT_EQ(cache.bytes(), big.size());  // the refusal is kept
+  auto b = cache.Get(big, Digits());
+  EXPECT_EQ(b.status(), a.status());
+}
+
+TEST(GrammarCacheTest, DoesNotKeepMalformedPatterns) {
+  GrammarCache cache;
+  EXPECT_EQ(cache.Get("(1", Digits()).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.bytes(), 0u);
+}
+
+}  // namespace
+}  // namespace magma::agent
