@@ -75,32 +75,50 @@ engine::GenerationRequest BaseRequest(const TaskContext& ctx, const GenerationKn
 
 }  // namespace
 
+namespace {
+
+// What an entry of the cache takes: its pattern and the grammar's tables as
+// they are now (a grammar's allowed-id lists grow as it is used).
+size_t EntryBytes(const std::string& pattern, const absl::StatusOr<std::shared_ptr<const engine::Grammar>>& g) {
+  return pattern.size() + (g.ok() ? (*g)->TableBytes() : 0);
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<const engine::Grammar>> GrammarCache::Get(
     const std::string& pattern, std::shared_ptr<const engine::TokenTable> table) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = grammars_.find(pattern);
-    if (it != grammars_.end()) return it->second;
+    if (it != grammars_.end()) {
+      auto g = it->second;
+      if (BytesLocked() > max_bytes_) grammars_.clear();  // the cached grammars grew past the bound
+      return g;
+    }
   }
   auto g = engine::CompileRegex(pattern, std::move(table));
   // Malformed patterns are not kept: they come from code, not from requests.
   if (!g.ok() && g.status().code() != absl::StatusCode::kResourceExhausted) return g.status();
-  const size_t bytes = pattern.size() + (g.ok() ? (*g)->TableBytes() : 0);
+  const size_t bytes = EntryBytes(pattern, g);
   if (bytes > max_bytes_) return g;
   std::lock_guard<std::mutex> lock(mu_);
   if (grammars_.count(pattern) > 0) return g;  // compiled meanwhile by another request
-  if (grammars_.size() >= max_entries_ || bytes_ + bytes > max_bytes_) {
+  if (grammars_.size() >= max_entries_ || BytesLocked() + bytes > max_bytes_) {
     grammars_.clear();  // patterns depend on mark counts and steps: a full cache is mostly stale
-    bytes_ = 0;
   }
   grammars_.emplace(pattern, g);
-  bytes_ += bytes;
   return g;
+}
+
+size_t GrammarCache::BytesLocked() const {
+  size_t total = 0;
+  for (const auto& [pattern, g] : grammars_) total += EntryBytes(pattern, g);
+  return total;
 }
 
 size_t GrammarCache::bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return bytes_;
+  return BytesLocked();
 }
 
 absl::StatusOr<TaskContext> MakeTaskContext(std::shared_ptr<const tk::Tokenizer> tokenizer, int32_t image_token_id,

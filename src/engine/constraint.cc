@@ -357,7 +357,12 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
     return state;
   }
   bool Accepting(int32_t state) const { return dfa_.accepting[state]; }
-  size_t TableBytes() const override { return dfa_.next.size() * sizeof(dfa_.next[0]) + dfa_.accepting.size() / 8; }
+  // The automaton and the allowed-id lists computed so far (they grow as
+  // decoding and MinTokens reach new states).
+  size_t TableBytes() const override {
+    return dfa_.next.size() * sizeof(dfa_.next[0]) + dfa_.accepting.size() / 8 +
+           allowed_bytes_.load(std::memory_order_relaxed);
+  }
   int32_t Advance(int32_t state, int32_t id, bool first) const {
     return Run(state, first ? table_->first_bytes(id) : table_->bytes(id));
   }
@@ -410,6 +415,7 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
     if (Accepting(state)) {
       for (int32_t e : table_->end_ids()) ids.push_back(e);
     }
+    allowed_bytes_.fetch_add(ids.size() * sizeof(int32_t) + sizeof(ids), std::memory_order_relaxed);
     return cache.emplace(state, std::move(ids)).first->second;
   }
 
@@ -420,6 +426,7 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
   mutable std::mutex mu_;
   mutable std::unordered_map<int32_t, std::vector<int32_t>> allowed_;        // guarded by mu_
   mutable std::unordered_map<int32_t, std::vector<int32_t>> allowed_first_;  // guarded by mu_
+  mutable std::atomic<size_t> allowed_bytes_{0};                             // of allowed_ and allowed_first_
 };
 
 const std::vector<int32_t>& DfaConstraint::Allowed() {

@@ -557,6 +557,8 @@ MAGMA_AVX2_TARGET void DepthwiseRowsAvx2(const float* x, const float* g, int64_t
 struct DepthwiseConvFunction : public torch::autograd::Function<DepthwiseConvFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
                             const at::Tensor& bias, int64_t padding) {
+    TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
+                "DepthwiseConv2d: x and w must be float32");
     ctx->save_for_backward({x, w});
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["bias"] = bias.defined();
@@ -565,6 +567,7 @@ struct DepthwiseConvFunction : public torch::autograd::Function<DepthwiseConvFun
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(), "DepthwiseConv2d has no second derivative (create_graph)");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& x = saved[0];
     const at::Tensor& w = saved[1];
@@ -601,7 +604,9 @@ at::Tensor DepthwiseConvWeightGrad(const at::Tensor& x, const at::Tensor& g, int
   const bool avx2 = false;
 #endif
   at::parallel_for(0, N * H, 4, [&](int64_t r0, int64_t r1) {
-    double* a = acc[at::get_thread_num()].data();
+    const int tid = at::get_thread_num();
+    TORCH_CHECK(tid >= 0 && tid < threads, "DepthwiseConvWeightGrad: thread ", tid, " of ", threads);
+    double* a = acc[tid].data();
 #if defined(__x86_64__)
     if (avx2) return DepthwiseRowsAvx2(xp, gp, H, W, C, k, padding, r0, r1, a);
 #endif

@@ -1184,7 +1184,7 @@ absl::StatusOr<at::Tensor> MagmaModel::ForwardBatchSpans(const at::Tensor& embed
   std::vector<int64_t> rows;  // into the B * T positions
   for (int64_t b = 0; b < B; ++b) {
     const auto [first, count] = spans[b];
-    if (first < 0 || count < 0 || first + count > T) {
+    if (first < 0 || first > T || count < 0 || count > T - first) {
       return absl::InvalidArgumentError(absl::StrCat("ForwardBatchSpans: span [", first, ", ", first + count,
                                                      ") of sequence ", b, " is outside its ", T, " positions"));
     }

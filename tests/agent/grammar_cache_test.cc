@@ -48,6 +48,23 @@ TEST(GrammarCacheTest, AGrammarLargerThanTheCacheIsNotKept) {
   EXPECT_EQ(cache.bytes(), 0u);
 }
 
+TEST(GrammarCacheTest, CountsTheAllowedTokensAGrammarComputesAsItIsUsed) {
+  const std::string pattern = Chain(100);
+  const size_t fresh = GrammarCache().Get(pattern, Digits()).value()->TableBytes() + pattern.size();
+  GrammarCache cache(fresh + 1000);
+  auto g = cache.Get(pattern, Digits());
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(cache.bytes(), fresh);
+  // The shortest answer walks all 101 states: an allowed-id list for each.
+  EXPECT_EQ((*g)->MinTokens(200), 101);
+  EXPECT_GT(cache.bytes(), fresh + 1000);
+  // Over the bound now: the next look-up still answers, and empties the cache.
+  auto again = cache.Get(pattern, Digits());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->get(), g->get());
+  EXPECT_EQ(cache.bytes(), 0u);
+}
+
 TEST(GrammarCacheTest, StaysWithinItsEntries) {
   GrammarCache cache(size_t{64} << 20, /*max_entries=*/2);
   auto first = cache.Get(Chain(3), Digits());

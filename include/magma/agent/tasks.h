@@ -37,22 +37,25 @@ namespace magma::agent {
 // `max_entries` entries whose tables take at most `max_bytes` in all (a
 // Trace grammar over many marks and steps takes megabytes): a grammar that
 // does not fit is compiled for each request that uses it, and one that
-// would overflow the cache empties it first. Thread-safe.
+// would overflow the cache empties it first (as does a hit when the cached
+// grammars' allowed-id lists have grown past the bound). Patterns are the
+// keys: a cache serves one token table (one per TaskContext). Thread-safe.
 class GrammarCache {
  public:
   explicit GrammarCache(size_t max_bytes = size_t{64} << 20, size_t max_entries = 256)
       : max_bytes_(max_bytes), max_entries_(max_entries) {}
   absl::StatusOr<std::shared_ptr<const engine::Grammar>> Get(const std::string& pattern,
                                                             std::shared_ptr<const engine::TokenTable> table);
-  // The bytes the cached entries take, as counted against max_bytes.
+  // The bytes the cached entries take now, as counted against max_bytes.
   size_t bytes() const;
 
  private:
+  size_t BytesLocked() const;  // needs mu_
+
   const size_t max_bytes_, max_entries_;
   mutable std::mutex mu_;
   // guarded by mu_
   std::map<std::string, absl::StatusOr<std::shared_ptr<const engine::Grammar>>> grammars_;
-  size_t bytes_ = 0;  // guarded by mu_
 };
 
 // What tasks need to know about the served model. Immutable once built.
