@@ -400,6 +400,18 @@ absl::StatusOr<PreparedTrace> PrepareTrace(const TaskContext& ctx, TraceTask tas
   if (!ids.ok()) return ids.status();
   p.request.prompt_ids = *std::move(ids);
   p.request.images.push_back({Crops(ctx, p.model_image), ContentKey(p.model_image, ctx)});
+  if (task.constrain_output && task.format == TraceFormat::kMagmaTom) {
+    // The trace grammar's automaton takes at least 16 + 26 * steps states a
+    // mark (exactly that for one mark, measured); what cannot fit is refused
+    // at once instead of after seconds of building up to the limit.
+    const size_t marks = p.marks.size(), least = marks * (16 + 26 * static_cast<size_t>(task.steps)) - (marks - 1);
+    if (!p.marks.empty() && least > engine::kMaxGrammarStates) {
+      return absl::ResourceExhaustedError(absl::StrCat("a constrained trace of ", marks, " marks and ", task.steps,
+                                                       " steps needs at least ", least, " automaton states; at most ",
+                                                       engine::kMaxGrammarStates,
+                                                       ": ask for fewer marks or steps, or set free_answer"));
+    }
+  }
   if (task.constrain_output) {
     auto g = ctx.grammars->Get(
         task.format == TraceFormat::kMagmaTom ? TraceGrammar(p.marks, task.steps) : PathGrammar(), ctx.token_table);

@@ -253,8 +253,6 @@ struct Dfa {
   int32_t start = 0;
 };
 
-constexpr size_t kMaxDfaStates = 20000;
-
 absl::StatusOr<Dfa> BuildDfa(const std::vector<NfaState>& nfa, const Fragment& f) {
   auto closure = [&](std::set<int> s) {
     std::vector<int> stack(s.begin(), s.end());
@@ -280,8 +278,8 @@ absl::StatusOr<Dfa> BuildDfa(const std::vector<NfaState>& nfa, const Fragment& f
   };
   dfa.start = intern(closure({f.start}));
   for (size_t i = 0; i < sets.size(); ++i) {
-    if (sets.size() > kMaxDfaStates) {
-      return absl::ResourceExhaustedError(absl::StrCat("grammar needs more than ", kMaxDfaStates, " states"));
+    if (sets.size() > kMaxGrammarStates) {
+      return absl::ResourceExhaustedError(absl::StrCat("grammar needs more than ", kMaxGrammarStates, " states"));
     }
     std::array<int32_t, 256> row;
     row.fill(-1);

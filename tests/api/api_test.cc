@@ -619,6 +619,25 @@ TEST_F(ApiTest, TraceErrors) {
   req.add_marks()->set_x(std::nan(""));
   auto ctx2 = Ctx();
   EXPECT_EQ(stub_->Trace(ctx2.get(), req, &resp).error_code(), grpc::INVALID_ARGUMENT);
+  // 64 marks of 16 steps: an answer automaton of at least 64 * (16 + 26 * 16)
+  // - 63 states, over the 20000 a grammar may have; refused before building it.
+  req.clear_marks();
+  for (int i = 0; i < 64; ++i) {
+    auto* m = req.add_marks();
+    m->set_x(i);
+    m->set_y(i);
+  }
+  req.set_steps(16);
+  auto ctx3 = Ctx();
+  grpc::Status st = stub_->Trace(ctx3.get(), req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("needs at least 27585 automaton states; at most 20000"), std::string::npos)
+      << st.error_message();
+  // The same marks answered freely are not refused for it.
+  req.set_free_answer(true);
+  auto ctx4 = Ctx();
+  st = stub_->Trace(ctx4.get(), req, &resp);
+  EXPECT_EQ(st.error_message().find("automaton states"), std::string::npos) << st.error_message();
 }
 
 // ------------------------------------------------------------ RenderOverlay and info

@@ -72,7 +72,8 @@ class Grammar {
 // quantifiers ? * + {m} {m,} {m,n}. The whole output must match; then one
 // of table->end_ids() ends it. INVALID_ARGUMENT (with the position) for a
 // malformed pattern, RESOURCE_EXHAUSTED when the automaton would exceed
-// 20000 states.
+// kMaxGrammarStates states.
+inline constexpr size_t kMaxGrammarStates = 20000;
 absl::StatusOr<std::shared_ptr<const Grammar>> CompileRegex(const std::string& pattern,
                                                             std::shared_ptr<const TokenTable> table);
 
