@@ -403,7 +403,7 @@ absl::StatusOr<PreparedTrace> PrepareTrace(const TaskContext& ctx, TraceTask tas
   if (task.constrain_output && task.format == TraceFormat::kMagmaTom) {
     // The trace grammar's automaton takes at least 16 + 26 * steps states a
     // mark (exactly that for one mark, measured); what cannot fit is refused
-    // at once instead of after seconds of building up to the limit.
+    // at once instead of after building the automaton up to the limit.
     const size_t marks = p.marks.size(), least = marks * (16 + 26 * static_cast<size_t>(task.steps)) - (marks - 1);
     if (!p.marks.empty() && least > engine::kMaxGrammarStates) {
       return absl::ResourceExhaustedError(absl::StrCat("a constrained trace of ", marks, " marks and ", task.steps,

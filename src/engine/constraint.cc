@@ -146,15 +146,22 @@ class RegexParser {
       states_[loop.end].eps.push_back(loop.start);
       states_[loop.end].eps.push_back(star.end);
       append(star);
-    } else {
-      for (int i = lo; i < hi; ++i) {
-        const Fragment& opt = copies[used++];
-        Fragment maybe{NewState(), NewState()};
-        states_[maybe.start].eps.push_back(opt.start);
-        states_[maybe.start].eps.push_back(maybe.end);
-        states_[opt.end].eps.push_back(maybe.end);
-        append(maybe);
+    } else if (hi > lo) {
+      // The optional copies nested, (x(x(x)?)?)?, rather than in a row,
+      // x?x?x?: after each copy only the next one and the way out are open,
+      // so the automaton's state sets stay small (in a row, each would hold
+      // every later copy's start).
+      const int end = NewState();
+      int next = end;  // where the copy after this one starts
+      for (int i = hi - lo - 1; i >= 0; --i) {
+        const Fragment& opt = copies[used + i];
+        const int maybe = NewState();
+        states_[maybe].eps.push_back(opt.start);
+        states_[maybe].eps.push_back(end);
+        states_[opt.end].eps.push_back(next);
+        next = maybe;
       }
+      append(Fragment{next, end});
     }
     return result;
   }
@@ -276,6 +283,24 @@ absl::StatusOr<Dfa> BuildDfa(const std::vector<NfaState>& nfa, const Fragment& f
     sets.push_back(std::move(s));
     return id;
   };
+  // Bytes that no edge tells apart (all digits, say) form one class: each
+  // state's transitions are worked out once per class, not once per byte.
+  std::vector<std::vector<int>> classes;  // the bytes of each class
+  {
+    std::set<std::array<bool, 256>> distinct;
+    for (const NfaState& st : nfa) {
+      for (const auto& e : st.edges) distinct.insert(e.first);
+    }
+    std::map<std::vector<bool>, size_t> ids;
+    for (int b = 0; b < 256; ++b) {
+      std::vector<bool> signature;
+      signature.reserve(distinct.size());
+      for (const auto& d : distinct) signature.push_back(d[b]);
+      const size_t k = ids.emplace(std::move(signature), classes.size()).first->second;
+      if (k == classes.size()) classes.emplace_back();
+      classes[k].push_back(b);
+    }
+  }
   dfa.start = intern(closure({f.start}));
   for (size_t i = 0; i < sets.size(); ++i) {
     if (sets.size() > kMaxGrammarStates) {
@@ -284,14 +309,17 @@ absl::StatusOr<Dfa> BuildDfa(const std::vector<NfaState>& nfa, const Fragment& f
     std::array<int32_t, 256> row;
     row.fill(-1);
     std::map<std::set<int>, std::vector<int>> by_target;
-    for (int b = 0; b < 256; ++b) {
+    for (const std::vector<int>& members : classes) {
+      const int b = members.front();
       std::set<int> target;
       for (int s : sets[i]) {
         for (const auto& [bytes, to] : nfa[s].edges) {
           if (bytes[b]) target.insert(to);
         }
       }
-      if (!target.empty()) by_target[closure(std::move(target))].push_back(b);
+      if (target.empty()) continue;
+      std::vector<int>& bytes = by_target[closure(std::move(target))];
+      bytes.insert(bytes.end(), members.begin(), members.end());
     }
     for (auto& [target, bytes] : by_target) {
       const int32_t t = intern(target);
