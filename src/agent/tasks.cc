@@ -73,10 +73,6 @@ engine::GenerationRequest BaseRequest(const TaskContext& ctx, const GenerationKn
   return r;
 }
 
-}  // namespace
-
-namespace {
-
 // What an entry of the cache takes: its pattern and the grammar's tables as
 // they are now (a grammar's allowed-id lists grow as it is used).
 size_t EntryBytes(const std::string& pattern, const absl::StatusOr<std::shared_ptr<const engine::Grammar>>& g) {
@@ -334,6 +330,13 @@ std::string TraceGrammar(const std::vector<vision::PointMark>& marks, int steps)
   return out;
 }
 
+// The fewest automaton states TraceGrammar(marks, steps) compiles to:
+// 16 + 26 * steps a mark (exactly that for one mark, measured), the marks'
+// chains sharing their ends.
+size_t TraceGrammarLeastStates(size_t marks, int steps) {
+  return marks == 0 ? 0 : marks * (16 + 26 * static_cast<size_t>(steps)) - (marks - 1);
+}
+
 // A HAMSTER answer: points with 1-3 decimals in [0, 1], gripper tags after
 // a first point, at most 40 items.
 std::string PathGrammar() {
@@ -401,14 +404,13 @@ absl::StatusOr<PreparedTrace> PrepareTrace(const TaskContext& ctx, TraceTask tas
   p.request.prompt_ids = *std::move(ids);
   p.request.images.push_back({Crops(ctx, p.model_image), ContentKey(p.model_image, ctx)});
   if (task.constrain_output && task.format == TraceFormat::kMagmaTom) {
-    // The trace grammar's automaton takes at least 16 + 26 * steps states a
-    // mark (exactly that for one mark, measured); what cannot fit is refused
-    // at once instead of after building the automaton up to the limit.
-    const size_t marks = p.marks.size(), least = marks * (16 + 26 * static_cast<size_t>(task.steps)) - (marks - 1);
-    if (!p.marks.empty() && least > engine::kMaxGrammarStates) {
-      return absl::ResourceExhaustedError(absl::StrCat("a constrained trace of ", marks, " marks and ", task.steps,
-                                                       " steps needs at least ", least, " automaton states; at most ",
-                                                       engine::kMaxGrammarStates,
+    // What cannot fit is refused at once instead of after building the
+    // automaton up to the limit.
+    const size_t least = TraceGrammarLeastStates(p.marks.size(), task.steps);
+    if (least > engine::kMaxGrammarStates) {
+      return absl::ResourceExhaustedError(absl::StrCat("a constrained trace of ", p.marks.size(), " marks and ",
+                                                       task.steps, " steps needs at least ", least,
+                                                       " automaton states; at most ", engine::kMaxGrammarStates,
                                                        ": ask for fewer marks or steps, or set free_answer"));
     }
   }
