@@ -1,4 +1,5 @@
-// magma-agent-bench: latency of the agent overlays and parsers (no model).
+// magma-agent-bench: latency of the agent overlays, parsers and answer
+// grammars (no model).
 // Prints "<name>: <value> <unit>" lines; times are medians over
 // --iterations runs, each on a fresh copy of the image.
 #include <algorithm>
@@ -14,8 +15,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "magma/agent/path_answer.h"
+#include "magma/agent/tasks.h"
 #include "magma/agent/trace_answer.h"
 #include "magma/agent/ui_answer.h"
+#include "magma/engine/constraint.h"
 #include "magma/vision/overlay.h"
 #include "magma/vision/propose.h"
 
@@ -126,6 +129,22 @@ int main(int argc, char** argv) {
                  iterations, [] {},
                  [&] { ok = ok && magma::agent::ParseUiAnswer("Coordinate: (0.24, 0.28). Mark: 9", {}, frame).ok(); });
   Report("parse_ui_answer", ui_us, "us");
+
+  // Compiling a constrained Trace answer's grammar (a byte vocabulary: the
+  // automaton does not depend on the tokens).
+  std::vector<std::string> bytes = {""};
+  for (int c = 1; c < 128; ++c) bytes.push_back(std::string(1, static_cast<char>(c)));
+  const auto table = std::make_shared<magma::engine::TokenTable>(bytes, std::vector<int32_t>{0});
+  for (const auto& [marks, steps] : std::vector<std::pair<int, int>>{{10, 64}, {40, 16}}) {
+    std::vector<magma::vision::PointMark> points;
+    for (int i = 1; i <= marks; ++i) points.push_back({i, {10.0 * i, 5.0}});
+    const std::string pattern = magma::agent::TraceGrammar(points, steps);
+    const double ms = MedianMs(
+        std::max(1, iterations / 10), [] {}, [&] { ok = ok && magma::engine::CompileRegex(pattern, table).ok(); });
+    const std::string name =
+        "compile_trace_grammar_" + std::to_string(marks) + "_marks_" + std::to_string(steps) + "_steps";
+    Report(name.c_str(), ms, "ms");
+  }
   if (!ok) {
     std::fprintf(stderr, "error: a benchmarked call failed\n");
     return 1;

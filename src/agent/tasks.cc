@@ -317,8 +317,8 @@ namespace {
 // 0..255 without leading zeros.
 constexpr char kGridNumber[] = "([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])";
 
-// Per-mark traces in the reference's answer format, marks in increasing
-// order, each optional, at most `steps` future points.
+}  // namespace
+
 std::string TraceGrammar(const std::vector<vision::PointMark>& marks, int steps) {
   const std::string n = kGridNumber;
   const std::string point = "\\[" + n + "," + n + "\\]";
@@ -330,12 +330,11 @@ std::string TraceGrammar(const std::vector<vision::PointMark>& marks, int steps)
   return out;
 }
 
-// The fewest automaton states TraceGrammar(marks, steps) compiles to:
-// 16 + 26 * steps a mark (exactly that for one mark, measured), the marks'
-// chains sharing their ends.
 size_t TraceGrammarLeastStates(size_t marks, int steps) {
   return marks == 0 ? 0 : marks * (16 + 26 * static_cast<size_t>(steps)) - (marks - 1);
 }
+
+namespace {
 
 // A HAMSTER answer: points with 1-3 decimals in [0, 1], gripper tags after
 // a first point, at most 40 items.

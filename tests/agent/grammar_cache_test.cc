@@ -91,5 +91,26 @@ TEST(GrammarCacheTest, DoesNotKeepMalformedPatterns) {
   EXPECT_EQ(cache.bytes(), 0u);
 }
 
+// PrepareTrace refuses before compiling what TraceGrammarLeastStates puts
+// over the limit: the count must never exceed the automaton's.
+TEST(TraceGrammarTest, LeastStatesBoundTheCompiledAutomaton) {
+  std::vector<std::string> bytes = {""};
+  for (int c = 1; c < 128; ++c) bytes.push_back(std::string(1, static_cast<char>(c)));
+  auto table = std::make_shared<engine::TokenTable>(bytes, std::vector<int32_t>{0});
+  for (const auto& [marks, steps] : std::vector<std::pair<int, int>>{{1, 1}, {1, 10}, {2, 10}, {9, 10}, {12, 5}}) {
+    std::vector<vision::PointMark> points;
+    for (int i = 1; i <= marks; ++i) points.push_back({i, {10.0 * i, 5.0}});
+    auto g = engine::CompileRegex(TraceGrammar(points, steps), table);
+    ASSERT_TRUE(g.ok()) << g.status();
+    // 256 transitions of 4 bytes a state, before any allowed-id list.
+    const size_t states = (*g)->TableBytes() / (256 * sizeof(int32_t));
+    const size_t least = TraceGrammarLeastStates(points.size(), steps);
+    EXPECT_LE(least, states) << marks << " marks, " << steps << " steps";
+    if (marks == 1) {
+      EXPECT_EQ(least, states) << steps << " steps";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace magma::agent

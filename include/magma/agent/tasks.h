@@ -198,6 +198,17 @@ struct TraceOutcome {
 
 absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& prepared, const engine::GenerationResult& result);
 
+// The grammar of a constrained MAGMA_TOM answer: per-mark traces in the
+// reference's answer format, marks in increasing order, each optional, at
+// most `steps` future points on the 256 grid.
+std::string TraceGrammar(const std::vector<vision::PointMark>& marks, int steps);
+
+// The fewest automaton states TraceGrammar compiles to for `marks` marks:
+// 16 + 26 * steps a mark (exactly that for one mark, measured), the marks'
+// chains sharing their ends. PrepareTrace refuses what cannot fit
+// engine::kMaxGrammarStates before compiling anything.
+size_t TraceGrammarLeastStates(size_t marks, int steps);
+
 // The HAMSTER path prompt (the one its released server sends to the VLM).
 std::string HamsterPathPrompt(const std::string& instruction);
 
