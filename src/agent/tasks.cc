@@ -16,9 +16,6 @@ namespace {
 
 namespace tk = magma::tokenizer;
 
-// Most marks a click prompt carries (beyond, labels stop being legible).
-constexpr size_t kMaxClickMarks = 300;
-
 std::shared_ptr<const vision::Crops> Crops(const TaskContext& ctx, const cv::Mat& rgb) {
   return std::make_shared<vision::Crops>(vision::PreprocessAnyres(rgb, ctx.anyres));
 }
@@ -205,7 +202,7 @@ absl::StatusOr<PreparedClick> PrepareClick(const TaskContext& ctx, ClickTask tas
     task.boxes = *std::move(proposed);
     p.proposed = true;
   }
-  if (task.boxes.size() > kMaxClickMarks) {
+  if (task.boxes.size() > static_cast<size_t>(kMaxClickMarks)) {
     if (!p.proposed) {
       return absl::ResourceExhaustedError(absl::StrCat(task.boxes.size(), " elements; at most ", kMaxClickMarks));
     }

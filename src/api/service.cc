@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "image_input.h"
 #include "magma/agent/path_answer.h"
+#include "magma/agent/trace_answer.h"
 #include "magma/util/logging.h"
 #include "status.h"
 
@@ -36,6 +37,8 @@ class CallState {
     const auto d = ctx->deadline();
     if (d < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) deadline_ = absl::FromChrono(d);
   }
+  // Ends the call with `s` (not OK).
+  virtual void Fail(const absl::Status& s) = 0;
   void Ref() { refs_.fetch_add(1, std::memory_order_relaxed); }
   void Unref() {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
@@ -85,6 +88,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor, public CallState {
     Record(s);
     Finish(ToGrpcStatus(s));
   }
+  void Fail(const absl::Status& s) override { Done(s); }
   void OnCancel() override { Cancel(); }
   void OnDone() override { Unref(); }
 };
@@ -108,6 +112,7 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamRespo
     ended_ = true;
     if (!writing_) FinishLocked();
   }
+  void Fail(const absl::Status& s) override { End(s); }
   void OnWriteDone(bool ok) override {
     if (!ok) Cancel();  // the client went away
     std::lock_guard<std::mutex> lock(mu_);
@@ -138,6 +143,25 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamRespo
   bool writing_ = false, ended_ = false, finished_ = false;  // guarded by mu_
   grpc::Status end_;                                         // guarded by mu_
 };
+
+// Runs `job` (the call's decoding, preprocessing and submission) on a worker
+// thread. RESOURCE_EXHAUSTED at once when `max_waiting` calls already wait
+// for a worker; a call whose client left or whose deadline passed while it
+// waited ends without running its job.
+void RunOnWorker(ThreadPool* workers, int max_waiting, CallState* call, std::function<void()> job) {
+  auto run = [call, job = std::move(job)] {
+    if (call->cancelled())
+      return call->Fail(absl::CancelledError("the call was cancelled while it waited for a worker"));
+    if (absl::Now() > call->deadline()) {
+      return call->Fail(absl::DeadlineExceededError("the call's deadline passed while it waited for a worker"));
+    }
+    job();
+  };
+  if (!workers->TryPost(std::move(run), static_cast<size_t>(max_waiting))) {
+    call->Fail(absl::ResourceExhaustedError(
+        absl::StrCat(max_waiting, " calls already wait for a worker thread (limits.max_waiting_calls); retry later")));
+  }
+}
 
 // ------------------------------------------------------------ conversions
 
@@ -194,6 +218,27 @@ absl::StatusOr<vision::PixelBox> ToBox(const v1::BoxPx& b, const std::string& wh
     return absl::InvalidArgumentError(absl::StrCat(what, " is inverted (x1 > x2 or y1 > y2)"));
   }
   return vision::PixelBox{b.x1(), b.y1(), b.x2(), b.y2()};
+}
+
+// Trace points a RenderOverlay call may draw in all.
+constexpr int64_t kMaxOverlayTracePoints = 100000;
+
+// A path point given in the image's pixels (`px`, preferred when set) or
+// normalised (`norm`, within [0, 1]), normalised.
+absl::StatusOr<vision::NormPoint> PathPointNorm(const v1::PathPoint& p, const vision::ImageFrame& frame,
+                                                const std::string& what) {
+  if (p.has_px()) {
+    if (!Finite(p.px().x()) || !Finite(p.px().y())) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ".px has a non-finite coordinate"));
+    }
+    return frame.ToNorm(vision::PixelPoint{p.px().x(), p.px().y()});
+  }
+  if (!p.has_norm()) return absl::InvalidArgumentError(absl::StrCat(what, " sets neither px nor norm"));
+  const double x = p.norm().x(), y = p.norm().y();
+  if (!(x >= 0 && x <= 1 && y >= 0 && y <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ".norm (", x, ", ", y, ") is outside [0, 1]"));
+  }
+  return vision::NormPoint{x, y};
 }
 
 absl::StatusOr<std::string> EncodePng(const cv::Mat& rgb) {
@@ -382,10 +427,11 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetModelInfo(grpc::CallbackServerCon
   l->set_max_image_bytes(options_.limits.max_image_bytes);
   l->set_max_image_pixels(options_.limits.max_image_pixels);
   l->set_max_images_per_request(options_.limits.max_images_per_request);
-  l->set_max_elements(options_.limits.max_elements);
+  l->set_max_elements(std::min<int32_t>(options_.limits.max_elements, agent::kMaxClickMarks));
   l->set_max_tokens(options_.limits.max_tokens);
   l->set_max_queue(info.max_queue);
   l->set_max_batch(info.max_batch);
+  l->set_max_waiting_calls(options_.limits.max_waiting_calls);
   call->Done(absl::OkStatus());
   return call;
 }
@@ -424,7 +470,16 @@ absl::StatusOr<engine::GenerationRequest> BuildTextRequest(const v1::GenerateReq
   if (!sampling.ok()) return sampling.status();
   task.knobs.sampling = *sampling;
   task.knobs.sampling.top_logprobs = req.top_logprobs();
-  auto max_tokens = MaxTokens(req.max_tokens(), 256, limits);
+  // With choices the default is what the longest one can take (a token
+  // holds at least one byte) and its end token, so that a short answer fits
+  // a context with little room left.
+  int32_t default_tokens = 256;
+  if (req.choices_size() > 0) {
+    size_t longest = 0;
+    for (const auto& c : req.choices()) longest = std::max(longest, c.size());
+    default_tokens = static_cast<int32_t>(std::min<size_t>(256, longest + 1));
+  }
+  auto max_tokens = MaxTokens(req.max_tokens(), default_tokens, limits);
   if (!max_tokens.ok()) return max_tokens.status();
   task.knobs.max_new_tokens = *max_tokens;
   // A default budget is cut to the context, unless a cut would leave half a choice.
@@ -442,7 +497,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Generate(grpc::CallbackServerContext
                                                      v1::GenerateResponse* resp) {
   auto* call = new UnaryCall(ctx, "Generate", metrics_);
   MAGMA_BEGIN_CALL(call, ctx);
-  workers_->Post([this, call, req, resp, backend] {
+  RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp, backend] {
     auto r = BuildTextRequest(*req, *backend, options_.limits, call->deadline(), call->received());
     if (!r.ok()) return call->Done(r.status());
     const bool tokens = req->return_tokens(), top = req->top_logprobs() > 0;
@@ -474,7 +529,7 @@ grpc::ServerWriteReactor<v1::GenerateStreamResponse>* AgentServiceImpl::Generate
     return call;
   }
   std::shared_ptr<Backend> backend = *std::move(backend_or);
-  workers_->Post([this, call, req, backend] {
+  RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, backend] {
     auto r = BuildTextRequest(*req, *backend, options_.limits, call->deadline(), call->received());
     if (!r.ok()) return call->End(r.status());
     r->stream = true;
@@ -507,7 +562,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
                                                   v1::ClickResponse* resp) {
   auto* call = new UnaryCall(ctx, "Click", metrics_);
   MAGMA_BEGIN_CALL(call, ctx);
-  workers_->Post([this, call, req, resp, backend] {
+  RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp, backend] {
     const Limits& limits = options_.limits;
     if (req->instruction().empty()) return call->Done(absl::InvalidArgumentError("instruction is empty"));
     if (req->elements_size() > limits.max_elements) {
@@ -604,7 +659,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Act(grpc::CallbackServerContext* ctx
   auto* call = new UnaryCall(ctx, "Act", metrics_);
   resp->set_received_unix_ns(absl::ToUnixNanos(call->received()));
   MAGMA_BEGIN_CALL(call, ctx);
-  workers_->Post([this, call, req, resp, backend] {
+  RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp, backend] {
     if (req->instruction().empty()) return call->Done(absl::InvalidArgumentError("instruction is empty"));
     auto image = DecodeOne(req->image(), options_.limits, "image");
     if (!image.ok()) return call->Done(image.status());
@@ -617,6 +672,8 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Act(grpc::CallbackServerContext* ctx
       s.q01.assign(req->statistics().q01().begin(), req->statistics().q01().end());
       s.q99.assign(req->statistics().q99().begin(), req->statistics().q99().end());
       s.mask.assign(req->statistics().mask().begin(), req->statistics().mask().end());
+      // As in dataset_statistics.json: no mask unnormalises every dimension.
+      if (s.mask.empty()) s.mask.assign(s.q01.size(), true);
       task.statistics = s;
     }
     auto sampling = ToSampling(req->sampling(), 0.7f);
@@ -652,7 +709,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
                                                   v1::TraceResponse* resp) {
   auto* call = new UnaryCall(ctx, "Trace", metrics_);
   MAGMA_BEGIN_CALL(call, ctx);
-  workers_->Post([this, call, req, resp, backend] {
+  RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp, backend] {
     if (req->instruction().empty()) return call->Done(absl::InvalidArgumentError("instruction is empty"));
     if (!v1::TraceFormat_IsValid(req->format())) return call->Done(absl::InvalidArgumentError("unknown format"));
     auto image = DecodeOne(req->image(), options_.limits, "image");
@@ -750,7 +807,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::RenderOverlay(grpc::CallbackServerCo
     call->Done(absl::UnavailableError("the server is shutting down"));
     return call;
   }
-  workers_->Post([this, call, req, resp] {
+  RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp] {
     auto image = DecodeOne(req->image(), options_.limits, "image");
     if (!image.ok()) return call->Done(image.status());
     cv::Mat drawn = image->clone();
@@ -788,6 +845,17 @@ grpc::ServerUnaryReactor* AgentServiceImpl::RenderOverlay(grpc::CallbackServerCo
         break;
       }
       case v1::RenderOverlayRequest::kMarks: {
+        // Drawing time grows with the marks and points (and the image's
+        // size): bounded like a Trace answer's.
+        int64_t trace_points = 0;
+        for (const auto& t : req->marks().traces()) trace_points += t.points_size();
+        if (req->marks().points_size() > agent::kMaxTraceMarks || req->marks().traces_size() > agent::kMaxTraceMarks ||
+            trace_points > kMaxOverlayTracePoints) {
+          return call->Done(absl::ResourceExhaustedError(
+              absl::StrCat(req->marks().points_size(), " marks and ", req->marks().traces_size(), " traces of ",
+                           trace_points, " points; at most ", agent::kMaxTraceMarks, " marks, ", agent::kMaxTraceMarks,
+                           " traces and ", kMaxOverlayTracePoints, " trace points")));
+        }
         std::vector<vision::PointMark> marks;
         for (int i = 0; i < req->marks().points_size(); ++i) {
           const auto& p = req->marks().points(i);
@@ -806,11 +874,19 @@ grpc::ServerUnaryReactor* AgentServiceImpl::RenderOverlay(grpc::CallbackServerCo
         std::vector<vision::PathWaypoint> path;
         if (!req->path().answer().empty()) {
           auto parsed = agent::ParsePathAnswer(req->path().answer());
-          if (!parsed.ok()) return call->Done(absl::InvalidArgumentError(absl::StrCat("path.answer: ", parsed.status().message())));
+          if (!parsed.ok())
+            return call->Done(absl::InvalidArgumentError(absl::StrCat("path.answer: ", parsed.status().message())));
           path = *parsed;
         } else {
-          for (const auto& p : req->path().points()) {
-            path.push_back({{p.norm().x(), p.norm().y()}, p.gripper_open() ? vision::Gripper::kOpen : vision::Gripper::kClosed});
+          if (req->path().points_size() > agent::kMaxPathPoints) {
+            return call->Done(absl::ResourceExhaustedError(
+                absl::StrCat(req->path().points_size(), " path points; at most ", agent::kMaxPathPoints)));
+          }
+          for (int i = 0; i < req->path().points_size(); ++i) {
+            const auto& p = req->path().points(i);
+            auto point = PathPointNorm(p, frame, absl::StrCat("path.points[", i, "]"));
+            if (!point.ok()) return call->Done(point.status());
+            path.push_back({*point, p.gripper_open() ? vision::Gripper::kOpen : vision::Gripper::kClosed});
           }
         }
         s = vision::DrawPath(path, {}, &drawn);

@@ -30,6 +30,7 @@ api::ServerOptions ServerOptionsFrom(const config::ServerConfig& c) {
   o.limits.max_images_per_request = c.limits().max_images_per_request();
   o.limits.max_elements = c.limits().max_elements();
   o.limits.max_tokens = c.limits().max_tokens();
+  o.limits.max_waiting_calls = c.limits().max_waiting_calls();
   return o;
 }
 

@@ -428,11 +428,16 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
 
   // Allowed ids at `state` (as the answer's first token or later),
   // computed once per state.
+  // The vocabulary scan runs outside the lock, so that a thread looking up a
+  // known state (the engine's) never waits behind another's scan; map
+  // references stay valid as entries are added.
   const std::vector<int32_t>& AllowedAt(int32_t state, bool first) const {
-    std::lock_guard<std::mutex> lock(mu_);
     auto& cache = first ? allowed_first_ : allowed_;
-    auto it = cache.find(state);
-    if (it != cache.end()) return it->second;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = cache.find(state);
+      if (it != cache.end()) return it->second;
+    }
     std::vector<int32_t> ids;
     for (int32_t id = 0; id < table_->size(); ++id) {
       const std::string& b = first ? table_->first_bytes(id) : table_->bytes(id);
@@ -441,8 +446,10 @@ class DfaGrammar final : public Grammar, public std::enable_shared_from_this<Dfa
     if (Accepting(state)) {
       for (int32_t e : table_->end_ids()) ids.push_back(e);
     }
-    allowed_bytes_.fetch_add(ids.size() * sizeof(int32_t) + sizeof(ids), std::memory_order_relaxed);
-    return cache.emplace(state, std::move(ids)).first->second;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto [it, added] = cache.emplace(state, std::move(ids));
+    if (added) allowed_bytes_.fetch_add(it->second.size() * sizeof(int32_t) + sizeof(ids), std::memory_order_relaxed);
+    return it->second;
   }
 
  private:

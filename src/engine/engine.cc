@@ -212,7 +212,11 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) return absl::UnavailableError("the server is shutting down");
-    if (static_cast<int64_t>(incoming_.size()) + n_waiting_.load() >= options_.max_queue) {
+    // A request waits when the batch has no free place for it; at most
+    // max_queue requests wait.
+    const int64_t batch = std::min(options_.max_batch, runner_->num_slots());
+    const int64_t free_places = std::max<int64_t>(0, batch - n_running_.load());
+    if (static_cast<int64_t>(incoming_.size()) + n_waiting_.load() >= options_.max_queue + free_places) {
       return absl::ResourceExhaustedError(absl::StrCat("the request queue is full (", options_.max_queue,
                                                        " waiting); retry later"));
     }
@@ -353,7 +357,10 @@ void Engine::SampleNext(Sequence* s, const float* logits) {
   const std::vector<int32_t>* allowed = nullptr;
   if (s->constraint != nullptr) {
     allowed = &s->constraint->Allowed();
-    if (allowed->empty()) {
+    // A tokenizer may hold ids past the model's rows (added tokens); the
+    // sampler skips those, so they cannot continue the answer either.
+    const int32_t vocab = vocab_size_;
+    if (std::none_of(allowed->begin(), allowed->end(), [vocab](int32_t id) { return id >= 0 && id < vocab; })) {
       Finish(s, FinishReason::kError,
              absl::FailedPreconditionError("the output grammar cannot be satisfied with this vocabulary"));
       return;
@@ -396,7 +403,7 @@ bool Engine::Admit(Sequence* seq, int64_t* budget) {
       seq->result.timings.vision_cache_hits += static_cast<int32_t>(seq->req.images.size());
       seq->prompt_positions = cached->positions() + *positions;
       seq->prefilled = cached->positions();
-      prompt_tokens_ += *positions;
+      prompt_tokens_ += seq->prompt_positions;  // the whole prompt, as its timings report it
       return true;
     }
   }
@@ -450,6 +457,9 @@ bool Engine::Iterate() {
       waiting_.push_back(std::move(incoming_.front()));
       incoming_.pop_front();
     }
+    // Counted as waiting from here, so that Submit's queue limit holds
+    // while this iteration runs.
+    n_waiting_ = static_cast<int64_t>(waiting_.size());
   }
   // Cancellations and deadlines, queued or running.
   const absl::Time now = absl::Now();
@@ -501,6 +511,8 @@ bool Engine::Iterate() {
     worked = true;
     running_.push_back(std::move(front));
     waiting_.pop_front();
+    n_waiting_ = static_cast<int64_t>(waiting_.size());
+    n_running_ = static_cast<int64_t>(running_.size());
     if (running_.back()->state == Sequence::State::kPrefill) prefill(running_.back().get());
   }
 

@@ -37,4 +37,14 @@ void ThreadPool::Post(std::function<void()> fn) {
   cv_.notify_one();
 }
 
+bool ThreadPool::TryPost(std::function<void()> fn, size_t max_waiting) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (work_.size() >= max_waiting) return false;
+    work_.push_back(std::move(fn));
+  }
+  cv_.notify_one();
+  return true;
+}
+
 }  // namespace magma

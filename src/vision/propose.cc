@@ -10,6 +10,10 @@
 namespace magma::vision {
 namespace {
 
+// Largest derived text gap, pixels: the closing that joins characters costs
+// about rows x cols x gap.
+constexpr int kMaxTextGap = 64;
+
 struct Candidate {
   cv::Rect rect;
   int priority;  // lower is kept first among duplicates
@@ -141,7 +145,8 @@ absl::StatusOr<std::vector<PixelBox>> ProposeElements(const cv::Mat& rgb, const 
     const cv::Mat grad = ColourGradient(rgb);
     cv::Mat edges;
     cv::threshold(grad, edges, options.edge_threshold - 1, 255, cv::THRESH_BINARY);
-    const int gap = options.text_gap > 0 ? options.text_gap : std::max(4, static_cast<int>(rgb.rows * 0.01 + 0.5));
+    const int gap =
+        options.text_gap > 0 ? options.text_gap : std::clamp(static_cast<int>(rgb.rows * 0.01 + 0.5), 4, kMaxTextGap);
     RectangularRegions(edges, options, &candidates);
     TextBlocks(edges, gap, options, &candidates);
   } catch (const cv::Exception& e) {

@@ -518,6 +518,28 @@ TEST_F(ApiTest, ActErrors) {
   }
 }
 
+// Statistics sent with the request may leave out the mask, as
+// dataset_statistics.json may: then every dimension is unnormalised.
+TEST_F(ApiTest, ActStatisticsWithoutAMaskUnnormaliseEveryDimension) {
+  v1::ActRequest req;
+  *req.mutable_image() = Image(Png(64, 64));
+  req.set_instruction("pick");
+  req.mutable_sampling()->set_temperature(0);
+  for (int d = 0; d < 7; ++d) {
+    req.mutable_statistics()->add_q01(-2.0 - d);
+    req.mutable_statistics()->add_q99(4.0 + d);
+  }
+  v1::ActResponse resp;
+  auto ctx = Ctx();
+  grpc::Status st = stub_->Act(ctx.get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.action_size(), 7);
+  for (int d = 0; d < 7; ++d) {
+    const double x = resp.normalized_action(d);
+    EXPECT_NEAR(resp.action(d), 0.5 * (x + 1) * (6.0 + 2 * d) - 2.0 - d, 1e-12) << d;
+  }
+}
+
 // ------------------------------------------------------------ Trace
 
 constexpr int kLongPromptWords = 420;  // about 900 prompt positions
@@ -605,6 +627,15 @@ TEST_F(ApiTest, DefaultBudgetsFitTheContext) {
   st = stub_->Generate(ctx3.get(), gen, &resp);
   EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
   EXPECT_NE(st.error_message().find("exceeds the context of 1024"), std::string::npos) << st.error_message();
+  // With choices the default budget is what the longest choice can take.
+  gen.set_max_tokens(0);
+  gen.add_choices("yes");
+  gen.add_choices("no");
+  auto ctx4 = Ctx();
+  st = stub_->Generate(ctx4.get(), gen, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_TRUE(resp.text() == "yes" || resp.text() == "no") << resp.text();
+  EXPECT_EQ(resp.finish_reason(), v1::GRAMMAR);
 }
 
 TEST_F(ApiTest, TraceErrors) {
@@ -674,6 +705,60 @@ TEST_F(ApiTest, RenderOverlayWithoutTheModel) {
   EXPECT_EQ(stub->RenderOverlay(ctx4.get(), req, &resp).error_code(), grpc::INVALID_ARGUMENT);
 }
 
+// Path points in pixels or normalised draw the same path; a point with
+// neither, or a normalised one off the image, is refused; so are more marks
+// than a Trace answer can hold.
+TEST_F(ApiTest, RenderOverlayPathPointsAndLimits) {
+  auto render = [&](const v1::RenderOverlayRequest& req, v1::RenderOverlayResponse* resp) {
+    auto ctx = Ctx();
+    return stub_->RenderOverlay(ctx.get(), req, resp);
+  };
+  v1::RenderOverlayRequest by_px, by_norm;
+  *by_px.mutable_image() = Image(Png(200, 100));
+  *by_norm.mutable_image() = Image(Png(200, 100));
+  const double xs[] = {0.1, 0.5, 0.9}, ys[] = {0.2, 0.7, 0.4};
+  for (int i = 0; i < 3; ++i) {
+    auto* a = by_px.mutable_path()->add_points();
+    a->mutable_px()->set_x(xs[i] * 200);
+    a->mutable_px()->set_y(ys[i] * 100);
+    a->set_gripper_open(i != 1);
+    auto* b = by_norm.mutable_path()->add_points();
+    b->mutable_norm()->set_x(xs[i]);
+    b->mutable_norm()->set_y(ys[i]);
+    b->set_gripper_open(i != 1);
+  }
+  v1::RenderOverlayResponse px_resp, norm_resp;
+  ASSERT_TRUE(render(by_px, &px_resp).ok());
+  ASSERT_TRUE(render(by_norm, &norm_resp).ok());
+  EXPECT_EQ(px_resp.png(), norm_resp.png());
+  const std::string original = Png(200, 100);
+  cv::Mat before = cv::imdecode(std::vector<uchar>(original.begin(), original.end()), cv::IMREAD_COLOR);
+  cv::Mat after = cv::imdecode(std::vector<uchar>(norm_resp.png().begin(), norm_resp.png().end()), cv::IMREAD_COLOR);
+  ASSERT_EQ(after.size(), before.size());
+  EXPECT_GT(cv::norm(before, after, cv::NORM_L1), 0);  // the path was drawn
+
+  by_norm.mutable_path()->add_points()->set_gripper_open(true);
+  grpc::Status st = render(by_norm, &norm_resp);
+  EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "path.points[3] sets neither px nor norm");
+  by_norm.mutable_path()->mutable_points(3)->mutable_norm()->set_x(1.5);
+  st = render(by_norm, &norm_resp);
+  EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "path.points[3].norm (1.5, 0) is outside [0, 1]");
+
+  v1::RenderOverlayRequest marks;
+  *marks.mutable_image() = Image(Png(200, 100));
+  for (int i = 0; i < 1001; ++i) {
+    auto* p = marks.mutable_marks()->add_points();
+    p->set_x(i % 200);
+    p->set_y(50);
+  }
+  st = render(marks, &norm_resp);
+  EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("1001 marks and 0 traces of 0 points; at most 1000 marks"), std::string::npos)
+      << st.error_message();
+}
+
 TEST_F(ApiTest, ModelInfoListsTasksKeysAndLimits) {
   v1::ModelInfo info;
   auto ctx = Ctx();
@@ -684,6 +769,8 @@ TEST_F(ApiTest, ModelInfoListsTasksKeysAndLimits) {
             (std::vector<std::string>{"bridge", "fractal", "planar"}));
   EXPECT_EQ(info.tasks_size(), 4);
   EXPECT_EQ(info.limits().max_batch(), 4);
+  EXPECT_EQ(info.limits().max_elements(), 300);
+  EXPECT_EQ(info.limits().max_waiting_calls(), 64);
 }
 
 // ------------------------------------------------------------ auth and concurrency

@@ -223,19 +223,25 @@ TEST(EngineTest, DeadlineExpiresTheRequest) {
   EXPECT_EQ(c.results[0].status.code(), absl::StatusCode::kDeadlineExceeded);
 }
 
-TEST(EngineTest, FullQueueIsResourceExhaustedAndCapacityQueues) {
-  auto runner = std::make_unique<FakeRunner>(kVocab, 1, 64, Hashed());
-  FakeRunner* fake = runner.get();
-  fake->CloseGate();
+// An engine whose runner (`slots` KV slots) blocks at its closed gate.
+std::unique_ptr<Engine> GatedEngine(int slots, int max_queue, int max_batch, FakeRunner** fake) {
+  auto runner = std::make_unique<FakeRunner>(kVocab, slots, 64, Hashed());
+  *fake = runner.get();
+  (*fake)->CloseGate();
   EngineOptions o;
-  o.max_queue = 3;
-  o.max_batch = 1;
-  Engine engine(std::move(runner), nullptr, o);
+  o.max_queue = max_queue;
+  o.max_batch = max_batch;
+  return std::make_unique<Engine>(std::move(runner), nullptr, o);
+}
+
+TEST(EngineTest, FullQueueIsResourceExhaustedAndCapacityQueues) {
+  FakeRunner* fake = nullptr;
+  auto engine = GatedEngine(1, 3, 1, &fake);
   Collector c;
   int accepted = 0, rejected = 0;
   // One runs (and blocks in the gate), three wait, the rest are refused.
   for (int i = 0; i < 8; ++i) {
-    auto h = engine.Submit(Prompt({1, i}, 4, 0, 0), c.For(i));
+    auto h = engine->Submit(Prompt({1, i}, 4, 0, 0), c.For(i));
     if (h.ok()) {
       ++accepted;
     } else {
@@ -251,6 +257,36 @@ TEST(EngineTest, FullQueueIsResourceExhaustedAndCapacityQueues) {
   fake->OpenGate();
   c.WaitFor(static_cast<size_t>(accepted));
   for (auto& [k, r] : c.results) EXPECT_EQ(r.token_ids.size(), 4u);  // one slot: served in turn
+}
+
+// max_queue counts the requests that wait for a place in the batch, not
+// those the batch can take at once: with no queue, an idle engine still runs
+// a batch's worth.
+TEST(EngineTest, RequestsThatFitTheBatchDoNotCountAgainstTheQueue) {
+  FakeRunner* fake = nullptr;
+  auto engine = GatedEngine(2, 0, 2, &fake);
+  Collector c;
+  ASSERT_TRUE(engine->Submit(Prompt({1, 2}, 4, 0, 0), c.For(0)).ok());
+  fake->WaitUntilBlocked();  // one runs, one place left
+  ASSERT_TRUE(engine->Submit(Prompt({1, 3}, 4, 0, 0), c.For(1)).ok());
+  auto refused = engine->Submit(Prompt({1, 4}, 4, 0, 0), c.For(2));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  fake->OpenGate();
+  c.WaitFor(2);
+  for (int k = 0; k < 2; ++k) EXPECT_EQ(c.results[k].token_ids.size(), 4u) << k;
+}
+
+// A grammar whose next ids all lie past the model's vocabulary fails its
+// request instead of sampling from nothing.
+TEST(EngineTest, GrammarWithNoIdInTheModelsVocabularyFailsTheRequest) {
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 64, Hashed()), nullptr, {});
+  Collector c;
+  auto req = Prompt({1}, 8, 0, 0);
+  req.grammar = TokenSequenceGrammar({kVocab, kVocab + 5}, 2, {2});
+  ASSERT_TRUE(engine.Submit(req, c.For(0)).ok());
+  c.WaitFor(1);
+  EXPECT_EQ(c.results[0].status.code(), absl::StatusCode::kFailedPrecondition) << c.results[0].status;
+  EXPECT_TRUE(c.results[0].token_ids.empty());
 }
 
 TEST(EngineTest, SubmitValidation) {

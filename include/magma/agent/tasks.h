@@ -105,6 +105,10 @@ absl::StatusOr<engine::GenerationRequest> PrepareText(const TaskContext& ctx, co
 
 // -------------------------------------------------------------- click
 
+// Most marks a click prompt carries (beyond, labels stop being legible):
+// more given boxes are RESOURCE_EXHAUSTED, more proposed ones are cut.
+inline constexpr int kMaxClickMarks = 300;
+
 struct ClickTask {
   cv::Mat screenshot;                    // RGB, original pixels
   std::string instruction;

@@ -32,6 +32,10 @@ struct Limits {
   int32_t max_tokens = 2048;                // largest max_tokens
   int32_t max_stop_strings = 8;
   int32_t max_choices = 256;
+  // Calls waiting for a worker thread (image decoding, overlays,
+  // tokenization) before they reach the engine's queue; more get
+  // RESOURCE_EXHAUSTED.
+  int32_t max_waiting_calls = 64;
 };
 
 struct ServerOptions {

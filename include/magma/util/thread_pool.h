@@ -22,6 +22,9 @@ class ThreadPool {
 
   // Queues `fn`; thread-safe.
   void Post(std::function<void()> fn);
+  // Queues `fn` unless `max_waiting` closures already wait for a thread;
+  // false (and `fn` dropped) then. Thread-safe.
+  bool TryPost(std::function<void()> fn, size_t max_waiting);
 
  private:
   std::mutex mu_;

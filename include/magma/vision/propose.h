@@ -30,7 +30,8 @@ struct ProposeOptions {
   // duplicate. Default 0.6.
   double duplicate_iou = 0.6;
   // Gap, in pixels, across which characters join into one text block.
-  // Default 0: derived from the image height (1% of it, at least 4).
+  // Default 0: derived from the image height (1% of it, at least 4 and at
+  // most 64, so that a very tall image costs no more per pixel).
   int text_gap = 0;
   // At most this many boxes are returned (the largest-area ones beyond it
   // are dropped first). Default 400.
