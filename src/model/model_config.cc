@@ -91,6 +91,21 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& config_json,
   }
   t.head_dim = t.hidden_size / t.num_heads;
   MAGMA_RETURN_IF_ERROR(GetInt(*text, prefix, "head_dim", false, &t.head_dim));
+  // RoPE rotates pairs of a head's channels; positions index its tables.
+  if (t.head_dim <= 0 || t.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: ", prefix, "head_dim (", t.head_dim,
+                                                   ", or hidden_size / num_attention_heads) ",
+                                                   "must be positive and even"));
+  }
+  if (t.max_position_embeddings < 1 || t.max_position_embeddings > (int64_t{1} << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: ", prefix, "max_position_embeddings (",
+                                                   t.max_position_embeddings, ") must be in 1..16777216"));
+  }
+  if (!(t.rope_theta > 0) || !(t.rms_norm_eps >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json: ", prefix, "rope_theta (", t.rope_theta,
+                                                   ") must be positive and rms_norm_eps (", t.rms_norm_eps,
+                                                   ") non-negative"));
+  }
   if (t.num_kv_heads <= 0 || t.num_heads % t.num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("config.json: ", prefix, "num_attention_heads (", t.num_heads,
                                                    ") must be a multiple of num_key_value_heads (",
@@ -140,6 +155,12 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& config_json,
   PreprocessConfig& p = c.preprocess;
   MAGMA_RETURN_IF_ERROR(GetInt(v, "vision_config.", "img_size", false, &p.base_img_size));
   MAGMA_RETURN_IF_ERROR(GetInt(v, "vision_config.", "max_num_crops", false, &p.num_crops));
+  // Where each preprocessing size comes from, for the messages below.
+  std::string size_source = "config.json: vision_config.img_size";
+  if (p.base_img_size <= 0) return absl::InvalidArgumentError(absl::StrCat(size_source, " must be positive"));
+  if (p.num_crops <= 0) {
+    return absl::InvalidArgumentError("config.json: vision_config.max_num_crops must be positive");
+  }
 
   if (!preprocessor_json.empty()) {
     json pp = json::parse(preprocessor_json, nullptr, /*allow_exceptions=*/false);
@@ -165,13 +186,15 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& config_json,
         return Missing("preprocessor_config.json", key, "must be a positive integer");
       }
       (std::string(key) == "base_img_size" ? p.base_img_size : p.num_crops) = it->get<int64_t>();
+      if (std::string(key) == "base_img_size") size_source = "preprocessor_config.json: base_img_size";
     }
   }
   for (float s : p.std) {
     if (!(s > 0)) return Missing("preprocessor_config.json", "image_std", "must be positive");
   }
   if (p.base_img_size % 32 != 0) {
-    return Missing("preprocessor_config.json", "base_img_size", "must be a multiple of 32 (the tower stride)");
+    return absl::InvalidArgumentError(
+        absl::StrCat(size_source, " (", p.base_img_size, ") must be a multiple of 32 (the tower stride)"));
   }
   return c;
 }

@@ -161,12 +161,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     if (!(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned()) {
       return bad_tensor("data_offsets are not non-negative integers");
     }
-    const int64_t begin = static_cast<int64_t>((*off)[0].get<uint64_t>());
-    const int64_t end = static_cast<int64_t>((*off)[1].get<uint64_t>());
-    if (begin > end || end > data_size) {
-      return bad_tensor(absl::StrCat("data_offsets [", begin, ", ", end, "] lie outside the data section of ",
+    // Compared unsigned: offsets past 2^63 must not wrap to negative numbers.
+    const uint64_t ubegin = (*off)[0].get<uint64_t>(), uend = (*off)[1].get<uint64_t>();
+    if (ubegin > uend || uend > static_cast<uint64_t>(data_size)) {
+      return bad_tensor(absl::StrCat("data_offsets [", ubegin, ", ", uend, "] lie outside the data section of ",
                                      data_size, " bytes"));
     }
+    const int64_t begin = static_cast<int64_t>(ubegin), end = static_cast<int64_t>(uend);
     view.nbytes = end - begin;
     if (view.nbytes != numel * StDTypeSize(view.dtype)) {
       return bad_tensor(absl::StrCat("holds ", view.nbytes, " bytes but shape [",
@@ -179,12 +180,16 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
   std::sort(ranges.begin(), ranges.end(),
             [](const Range& a, const Range& b) { return a.begin < b.begin || (a.begin == b.begin && a.end < b.end); });
-  for (size_t i = 1; i < ranges.size(); ++i) {
-    // Empty tensors occupy no bytes and may share an offset.
-    if (ranges[i].begin < ranges[i - 1].end && ranges[i].begin != ranges[i].end) {
-      return Bad(path, absl::StrCat("tensors '", *ranges[i - 1].name, "' and '", *ranges[i].name,
-                                    "' overlap"));
+  // Each tensor against the one reaching furthest before it (an empty tensor
+  // between two others must not hide their overlap); empty tensors occupy no
+  // bytes and may share an offset.
+  const Range* furthest = nullptr;
+  for (const Range& r : ranges) {
+    if (r.begin == r.end) continue;
+    if (furthest != nullptr && r.begin < furthest->end) {
+      return Bad(path, absl::StrCat("tensors '", *furthest->name, "' and '", *r.name, "' overlap"));
     }
+    if (furthest == nullptr || r.end > furthest->end) furthest = &r;
   }
   return file;
 }

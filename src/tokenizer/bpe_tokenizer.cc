@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace magma::tokenizer {
@@ -110,6 +111,29 @@ absl::Status Unsupported(const std::string& file, const std::string& what) {
   return absl::UnimplementedError(absl::StrCat(file, ": ", what, " is not supported"));
 }
 
+// obj[key], or null when `obj` is not an object or lacks `key` (operator[]
+// on a const json must not be given a missing key).
+const json& Field(const json& obj, const char* key) {
+  static const json kNull;
+  if (!obj.is_object()) return kNull;
+  const auto it = obj.find(key);
+  return it == obj.end() ? kNull : *it;
+}
+
+// Token ids up to this bound (16M, beyond any real vocabulary); the id
+// tables are sized by the largest id.
+constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+
+// A token id read from `j`, or an error naming `file` and `what`.
+absl::StatusOr<int32_t> TokenId(const json& j, const std::string& file, const std::string& what) {
+  if (!j.is_number_integer()) return Bad(file, absl::StrCat(what, " has no integer id"));
+  const int64_t id = j.get<int64_t>();
+  if (id < 0 || id >= kMaxTokenId) {
+    return Bad(file, absl::StrCat(what, " has id ", id, "; ids must be in 0..", kMaxTokenId - 1));
+  }
+  return static_cast<int32_t>(id);
+}
+
 std::string TokenContent(const json& j) {
   if (j.is_string()) return j.get<std::string>();
   if (j.is_object() && j.contains("content") && j["content"].is_string()) return j["content"].get<std::string>();
@@ -134,19 +158,22 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
   if (root.contains("normalizer") && !root["normalizer"].is_null()) return Unsupported(path, "a normalizer");
 
   // Vocabulary.
-  const json& vocab = model["vocab"];
+  const json& vocab = Field(model, "vocab");
   if (!vocab.is_object()) return Bad(path, "model.vocab is not an object");
   int32_t max_id = -1;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    if (!it.value().is_number_integer()) return Bad(path, absl::StrCat("vocab entry '", it.key(), "' has no id"));
-    max_id = std::max(max_id, it.value().get<int32_t>());
+    auto id = TokenId(it.value(), path, absl::StrCat("vocab entry '", it.key(), "'"));
+    if (!id.ok()) return id.status();
+    max_id = std::max(max_id, *id);
   }
   base_vocab_size_ = max_id + 1;
   std::vector<AddedToken> added;
   if (root.contains("added_tokens") && root["added_tokens"].is_array()) {
     for (const json& t : root["added_tokens"]) {
       if (!t.contains("id") || !t.contains("content")) return Bad(path, "added_tokens entry without id or content");
-      added.push_back({t["content"].get<std::string>(), t["id"].get<int32_t>(), t.value("special", false)});
+      auto id = TokenId(t["id"], path, absl::StrCat("added token '", TokenContent(t), "'"));
+      if (!id.ok()) return id.status();
+      added.push_back({t["content"].get<std::string>(), *id, t.value("special", false)});
     }
   }
   // tokenizer_config.json may declare further added tokens.
@@ -157,7 +184,13 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
     if (config.is_discarded() || !config.is_object()) return Bad(config_path, "not a JSON object");
     if (config.contains("added_tokens_decoder") && config["added_tokens_decoder"].is_object()) {
       for (auto it = config["added_tokens_decoder"].begin(); it != config["added_tokens_decoder"].end(); ++it) {
-        const int32_t id = std::stoi(it.key());
+        int64_t key = -1;
+        if (!absl::SimpleAtoi(it.key(), &key)) {
+          return Bad(config_path, absl::StrCat("added_tokens_decoder key '", it.key(), "' is not an integer id"));
+        }
+        auto checked = TokenId(json(key), config_path, absl::StrCat("added_tokens_decoder entry '", it.key(), "'"));
+        if (!checked.ok()) return checked.status();
+        const int32_t id = *checked;
         const bool known = std::any_of(added.begin(), added.end(), [&](const AddedToken& a) { return a.id == id; });
         if (!known) added.push_back({TokenContent(it.value()), id, it.value().value("special", false)});
       }
@@ -172,13 +205,17 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
       a.special = true;
     }
   }
+  // Ids may leave holes, not mostly holes: the tables below have max_id + 1 rows.
+  const int64_t entries = static_cast<int64_t>(vocab.size() + added.size());
+  if (max_id >= 2 * entries + 1024) {
+    return Bad(path, absl::StrCat("token id ", max_id, " for ", entries, " tokens: the ids are too sparse"));
+  }
   id_bytes_.assign(max_id + 1, "");
   id_pieces_.assign(max_id + 1, "");
   is_special_.assign(max_id + 1, false);
   std::string bytes;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int32_t id = it.value().get<int32_t>();
-    if (id < 0) return Bad(path, absl::StrCat("negative id for '", it.key(), "'"));
+    const int32_t id = it.value().get<int32_t>();  // checked above
     if (!PieceToBytes(it.key(), &bytes)) {
       return Unsupported(path, absl::StrCat("vocabulary entry '", it.key(), "' outside the byte-level alphabet"));
     }
@@ -205,7 +242,7 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
             [](const AddedToken& x, const AddedToken& y) { return x.content.size() > y.content.size(); });
 
   // Merges: "a b" strings or [a, b] pairs, by rank.
-  const json& merges = model["merges"];
+  const json& merges = Field(model, "merges");
   if (!merges.is_array()) return Bad(path, "model.merges is not a list");
   int32_t rank = 0;
   for (const json& m : merges) {
@@ -234,7 +271,9 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
   std::vector<const json*> steps;
   const json& pre = root["pre_tokenizer"];
   if (pre.is_object() && pre.value("type", "") == "Sequence") {
-    for (const json& p : pre["pretokenizers"]) steps.push_back(&p);
+    const json& list = Field(pre, "pretokenizers");
+    if (!list.is_array()) return Bad(path, "pre_tokenizer.pretokenizers is not a list");
+    for (const json& p : list) steps.push_back(&p);
   } else if (pre.is_object()) {
     steps.push_back(&pre);
   }
@@ -245,7 +284,7 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
       if (p->value("behavior", "") != "Isolated" || p->value("invert", false)) {
         return Unsupported(path, "a Split pre-tokenizer other than behavior Isolated, invert false");
       }
-      const json& pattern = (*p)["pattern"];
+      const json& pattern = Field(*p, "pattern");
       if (!pattern.is_object() || !pattern.contains("Regex")) return Unsupported(path, "a Split on a plain string");
       auto regex = Regex::Compile(pattern["Regex"].get<std::string>());
       if (!regex.ok()) return Bad(path, std::string(regex.status().message()));
@@ -272,14 +311,18 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
   std::vector<const json*> posts;
   const json& post = root["post_processor"];
   if (post.is_object() && post.value("type", "") == "Sequence") {
-    for (const json& p : post["processors"]) posts.push_back(&p);
+    const json& list = Field(post, "processors");
+    if (!list.is_array()) return Bad(path, "post_processor.processors is not a list");
+    for (const json& p : list) posts.push_back(&p);
   } else if (post.is_object()) {
     posts.push_back(&post);
   }
   for (const json* p : posts) {
     if (p->value("type", "") != "TemplateProcessing") continue;
     bool after = false;
-    for (const json& item : (*p)["single"]) {
+    const json& single = Field(*p, "single");
+    if (!single.is_array()) return Bad(path, "post_processor TemplateProcessing.single is not a list");
+    for (const json& item : single) {
       if (item.contains("Sequence")) {
         after = true;
       } else if (item.contains("SpecialToken")) {

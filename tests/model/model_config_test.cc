@@ -1,6 +1,7 @@
 #include "magma/model/model_config.h"
 
 #include <fstream>
+#include <functional>
 #include <iterator>
 
 #include <gtest/gtest.h>
@@ -71,7 +72,34 @@ TEST(ModelConfigTest, BadPreprocessorValuesAreNamed) {
   EXPECT_NE(c.status().message().find("image_mean"), std::string::npos);
   c = ParseModelConfig(config, R"({"base_img_size":50})");
   ASSERT_FALSE(c.ok());
-  EXPECT_NE(c.status().message().find("base_img_size"), std::string::npos);
+  EXPECT_NE(c.status().message().find("preprocessor_config.json: base_img_size (50) must be a multiple of 32"),
+            std::string::npos)
+      << c.status();
+}
+
+// Values that would load and then fail every request (or crash the first
+// image) are refused at load, naming the file and field they come from.
+TEST(ModelConfigTest, SizesThatCannotWorkAreRefusedAtLoad) {
+  const nlohmann::json golden = nlohmann::json::parse(Read(kGolden + "/config.json"));
+  const std::pair<std::function<void(nlohmann::json*)>, std::string> cases[] = {
+      {[](nlohmann::json* j) { (*j)["vision_config"]["img_size"] = 0; }, "vision_config.img_size must be positive"},
+      {[](nlohmann::json* j) { (*j)["vision_config"]["img_size"] = 336; },
+       "config.json: vision_config.img_size (336) must be a multiple of 32"},
+      {[](nlohmann::json* j) { (*j)["vision_config"]["max_num_crops"] = -1; },
+       "vision_config.max_num_crops must be positive"},
+      {[](nlohmann::json* j) { (*j)["text_config"]["head_dim"] = 7; }, "must be positive and even"},
+      {[](nlohmann::json* j) { (*j)["text_config"]["max_position_embeddings"] = 0; },
+       "max_position_embeddings (0) must be in 1..16777216"},
+      {[](nlohmann::json* j) { (*j)["text_config"]["rope_theta"] = -1.0; }, "rope_theta (-1) must be positive"},
+  };
+  for (const auto& [edit, message] : cases) {
+    nlohmann::json j = golden;
+    edit(&j);
+    auto c = ParseModelConfig(j.dump(), "");
+    ASSERT_FALSE(c.ok()) << message;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+    EXPECT_NE(c.status().message().find(message), std::string::npos) << c.status();
+  }
 }
 
 TEST(ModelConfigTest, UnsupportedFeaturesAreRefusedNotIgnored) {

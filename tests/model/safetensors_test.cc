@@ -53,14 +53,24 @@ INSTANTIATE_TEST_SUITE_P(
                   "tensor 'w': unknown dtype 'F8'"},
         Malformed{"OffsetsOutsideFile", MakeFile(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8),
                   "tensor 'w': data_offsets [0, 16] lie outside"},
-        Malformed{"ShapeByteSizeMismatch",
-                  MakeFile(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", 16),
+        Malformed{"ShapeByteSizeMismatch", MakeFile(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", 16),
                   "tensor 'w': holds 16 bytes but shape [3] of F32 needs 12"},
         Malformed{"OverlappingTensors",
                   MakeFile(R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
                            R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})",
                            16),
                   "overlap"},
+        Malformed{"OffsetsPastTwoToThe63",
+                  MakeFile(R"({"w":{"dtype":"F32","shape":[2],)"
+                           R"("data_offsets":[18446742974197923840,18446742974197923848]}})",
+                           8),
+                  "data_offsets [18446742974197923840, 18446742974197923848] lie outside"},
+        Malformed{"OverlapAcrossAnEmptyTensor",
+                  MakeFile(R"({"a":{"dtype":"F32","shape":[16],"data_offsets":[0,64]},)"
+                           R"("b":{"dtype":"F32","shape":[0],"data_offsets":[8,8]},)"
+                           R"("c":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}})",
+                           64),
+                  "tensors 'a' and 'c' overlap"},
         Malformed{"NegativeDimension", MakeFile(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4),
                   "negative"},
         Malformed{"MissingOffsets", MakeFile(R"({"w":{"dtype":"F32","shape":[1]}})", 4), "missing data_offsets"}),

@@ -277,6 +277,33 @@ TEST(LoadTokenizerTest, Errors) {
   t = LoadTokenizer(dir.path());
   EXPECT_EQ(t.status().code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(t.status().message().find("BPE"), std::string::npos);
+  // Missing fields, and ids that would index outside (or blow up) the id
+  // tables, are refused with the file and the entry named.
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"model": {"type": "BPE", "merges": []}})", "tokenizer.json: model.vocab is not an object"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": -1}, "merges": []}})",
+       "tokenizer.json: vocab entry 'a' has id -1; ids must be in 0..16777215"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 3000000000}, "merges": []}})",
+       "tokenizer.json: vocab entry 'a' has id 3000000000"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 5000}, "merges": []}})",
+       "tokenizer.json: token id 5000 for 2 tokens: the ids are too sparse"},
+      {R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+           "added_tokens": [{"id": -7, "content": "<x>"}]})",
+       "tokenizer.json: added token '<x>' has id -7"},
+  };
+  for (const auto& [json, message] : cases) {
+    testing::WriteFile(dir.File("tokenizer.json"), json);
+    t = LoadTokenizer(dir.path());
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument) << json << ": " << t.status();
+    EXPECT_NE(t.status().message().find(message), std::string::npos) << t.status();
+  }
+  testing::WriteFile(dir.File("tokenizer.json"), R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
+  testing::WriteFile(dir.File("tokenizer_config.json"), R"({"added_tokens_decoder": {"x1": {"content": "<y>"}}})");
+  t = LoadTokenizer(dir.path());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find("tokenizer_config.json: added_tokens_decoder key 'x1' is not an integer id"),
+            std::string::npos)
+      << t.status();
 }
 
 TEST(ChatTest, VicunaAndPlainFormats) {
