@@ -319,16 +319,25 @@ constexpr char kGridNumber[] = "([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5
 std::string TraceGrammar(const std::vector<vision::PointMark>& marks, int steps) {
   const std::string n = kGridNumber;
   const std::string point = "\\[" + n + "," + n + "\\]";
-  std::string out;
+  if (marks.empty()) return "";  // nothing can move
+  std::vector<std::string> ids;
+  for (const auto& m : marks) ids.push_back(absl::StrCat(m.id));
+  // The head, as the reference writes it: where the moving marks are.
+  const std::string item = absl::StrCat("Mark (", absl::StrJoin(ids, "|"), ") at ", point);
+  std::string out = absl::StrCat("(", item, "(, ", item, ")* should be moved, and their future positions are:\\n\\n)?");
+  // Then each mark's trace, in increasing order, ended by a blank line or by
+  // the end of the answer (the reference's last trace has no blank line).
   for (const auto& m : marks) {
     absl::StrAppend(&out, "(\\\"Mark ", m.id, "\\\": \\\"\\[", point, "(,", point, "){0,", steps - 1,
-                    "}\\]\\\"\\n\\n)?");
+                    "}\\]\\\"(\\n\\n)?)?");
   }
   return out;
 }
 
 size_t TraceGrammarLeastStates(size_t marks, int steps) {
-  return marks == 0 ? 0 : marks * (16 + 26 * static_cast<size_t>(steps)) - (marks - 1);
+  if (marks == 0) return 0;
+  const size_t two_digit_ids = marks > 9 ? marks - 9 : 0;
+  return 122 + 17 * marks + two_digit_ids + 26 * marks * static_cast<size_t>(steps);
 }
 
 namespace {
@@ -377,8 +386,11 @@ absl::StatusOr<PreparedTrace> PrepareTrace(const TaskContext& ctx, TraceTask tas
           task.marks.push_back({(b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2});
         }
       }
-      for (int gy = 1; task.marks.empty() && gy <= 3; ++gy) {
-        for (int gx = 1; gx <= 3; ++gx) task.marks.push_back({task.image.cols * gx / 4.0, task.image.rows * gy / 4.0});
+      if (task.marks.empty()) {
+        for (int gy = 1; gy <= 3; ++gy) {
+          for (int gx = 1; gx <= 3; ++gx)
+            task.marks.push_back({task.image.cols * gx / 4.0, task.image.rows * gy / 4.0});
+        }
       }
     }
     if (task.marks.size() > 64) return absl::ResourceExhaustedError("at most 64 marks");
@@ -391,7 +403,9 @@ absl::StatusOr<PreparedTrace> PrepareTrace(const TaskContext& ctx, TraceTask tas
     }
     if (auto s = vision::DrawPointMarks(p.marks, *p.frame, &p.model_image); !s.ok()) return s;
     content = tk::TraceContent(task.instruction, task.speed, task.steps);
-    p.request.max_new_tokens = std::max(task.knobs.max_new_tokens, 64 + 12 * task.steps * static_cast<int>(p.marks.size()));
+    // About 12 tokens a point, and a point's worth a mark for the head.
+    p.request.max_new_tokens =
+        std::max(task.knobs.max_new_tokens, 64 + 12 * (task.steps + 1) * static_cast<int>(p.marks.size()));
   } else {
     content = {tk::Trusted(tk::kImagePlaceholder), tk::Untrusted(HamsterPathPrompt(task.instruction))};
   }
@@ -426,13 +440,14 @@ absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& p, const engine::G
     if (p.request.grammar != nullptr) {
       // The grammar makes every mark's trace optional: a constrained answer
       // that stops by itself may list none (no mark moves). One the token
-      // budget cut short keeps its complete traces, each ending in "\n\n".
+      // budget cut short keeps its complete traces, each ending in ']"'
+      // (which the head never holds).
       if (CutByBudget(p.request, r)) {
-        const size_t end = text.rfind("\n\n");
+        const size_t end = text.rfind("]\"");
         if (end == absl::string_view::npos) return RanOutOfTokens(r, "its first trace was complete");
         text = text.substr(0, end + 2);
       }
-      if (absl::StripAsciiWhitespace(text).empty()) return out;
+      if (text.find("\"Mark") == absl::string_view::npos) return out;
     }
     auto answer = ParseTraceAnswer(text);
     if (!answer.ok()) return absl::InternalError(absl::StrCat("the model's trace is malformed: ", answer.status().message()));
@@ -449,15 +464,24 @@ absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& p, const engine::G
       t.has_start = true;
     }
   } else {
-    // The answer may have reasoning around the <ans> block.
-    const size_t b = r.text.find("<ans>"), e = r.text.find("</ans>");
-    if (e == std::string::npos && CutByBudget(p.request, r)) return RanOutOfTokens(r, "its path was complete");
-    if (b == std::string::npos || e == std::string::npos || e < b) {
+    // The answer may have reasoning around the <ans> block, and may mention
+    // the tags in it ("points between <ans> and </ans> tags"): the last
+    // block that parses is the path.
+    std::optional<absl::StatusOr<std::vector<vision::PathWaypoint>>> path;
+    for (size_t b = r.text.find("<ans>"); b != std::string::npos; b = r.text.find("<ans>", b + 1)) {
+      const size_t e = r.text.find("</ans>", b);
+      if (e == std::string::npos) break;
+      auto parsed = ParsePathAnswer(r.text.substr(b, e + 6 - b));
+      if (parsed.ok() || !path.has_value() || !path->ok()) path = std::move(parsed);
+    }
+    if (!path.has_value()) {
+      if (CutByBudget(p.request, r)) return RanOutOfTokens(r, "its path was complete");
       return absl::InternalError("the model's answer has no <ans>...</ans> path");
     }
-    auto path = ParsePathAnswer(r.text.substr(b, e + 6 - b));
-    if (!path.ok()) return absl::InternalError(absl::StrCat("the model's path is malformed: ", path.status().message()));
-    out.path = *path;
+    if (!path->ok()) {
+      return absl::InternalError(absl::StrCat("the model's path is malformed: ", path->status().message()));
+    }
+    out.path = **path;
     out.path_pixels = PathToPixels(out.path, *p.frame);
   }
   return out;

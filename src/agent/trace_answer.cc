@@ -42,17 +42,12 @@ absl::Status ReadMarkId(Scanner* s, int* id) {
   return absl::OkStatus();
 }
 
-struct Located {
-  size_t pos;
-  size_t index;
-};
-
 }  // namespace
 
 absl::StatusOr<TraceAnswer> ParseTraceAnswer(absl::string_view text) {
   Scanner s(text, "trace answer");
   TraceAnswer answer;
-  std::map<int, Located> head;  // mark -> where the head names it, index in `starts`
+  std::map<int, size_t> head;  // mark -> index in `starts` of its first head entry
   std::vector<std::pair<int, Grid256Point>> starts;
   const size_t head_end = text.find(kHeadEnd);
   s.SkipSpace();
@@ -68,11 +63,10 @@ absl::StatusOr<TraceAnswer> ParseTraceAnswer(absl::string_view text) {
       s.SkipSpace();
       Grid256Point p;
       if (auto st = ReadGridPoint(&s, &p); !st.ok()) return st;
-      if (head.count(id) > 0) return s.ErrorAt(at, absl::StrCat("mark ", id, " is listed twice"));
       if (starts.size() >= static_cast<size_t>(kMaxTraceMarks)) {
         return s.ErrorAt(at, absl::StrCat("more than ", kMaxTraceMarks, " marks"));
       }
-      head[id] = {at, starts.size()};
+      head.emplace(id, starts.size());  // the first entry counts
       starts.push_back({id, p});
       s.SkipSpace();
       if (s.TryConsume(",")) {
@@ -141,17 +135,12 @@ absl::StatusOr<TraceAnswer> ParseTraceAnswer(absl::string_view text) {
   }
   if (!s.AtEnd()) return s.Error("unexpected text after the traces");
   if (answer.traces.empty()) return s.ErrorAt(s.pos(), "the answer has no traces");
-  if (!head.empty()) {
-    for (const auto& [id, loc] : head) {
-      if (seen.count(id) == 0) return s.ErrorAt(loc.pos, absl::StrCat("mark ", id, " is listed but has no trace"));
-    }
-    for (MarkTrace& t : answer.traces) {
-      const auto it = head.find(t.mark);
-      if (it == head.end()) {
-        return s.ErrorAt(seen[t.mark], absl::StrCat("mark ", t.mark, " has a trace but is not listed before it"));
-      }
-      t.start = starts[it->second.index].second;
-    }
+  // The head only says where marks start (the reference reads the traces
+  // alone): a trace whose mark it does not name has no start, and a mark it
+  // names without a trace is not moved.
+  for (MarkTrace& t : answer.traces) {
+    const auto it = head.find(t.mark);
+    if (it != head.end()) t.start = starts[it->second].second;
   }
   return answer;
 }
@@ -167,11 +156,15 @@ std::string FormatTraceAnswer(const TraceAnswer& answer) {
     }
     absl::StrAppend(&out, absl::StrJoin(heads, ", "), " should be moved, ", kHeadEnd, "\n\n");
   }
+  std::vector<std::string> traces;
   for (const MarkTrace& t : answer.traces) {
     std::vector<std::string> points;
     for (const Grid256Point& p : t.future) points.push_back(absl::StrCat("[", p.x, ",", p.y, "]"));
-    absl::StrAppend(&out, "\"Mark ", t.mark, "\": \"[", absl::StrJoin(points, ","), "]\"\n\n");
+    traces.push_back(absl::StrCat("\"Mark ", t.mark, "\": \"[", absl::StrJoin(points, ","), "]\""));
   }
+  // Blank lines between traces; the chat template strips the one the
+  // reference's data loader leaves after the last.
+  absl::StrAppend(&out, absl::StrJoin(traces, "\n\n"));
   return out;
 }
 

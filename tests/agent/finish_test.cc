@@ -45,12 +45,27 @@ TEST(FinishTraceTest, ABudgetCutKeepsTheCompleteTraces) {
   ASSERT_EQ(out->traces.size(), 1u);
   // g / 256 * size on a 512x256 image.
   EXPECT_EQ(out->traces[0].points, (std::vector<vision::PixelPoint>{{20, 20}, {24, 22}}));
-  // A trace is complete with the blank line the grammar ends it with.
+  // A trace is complete at its closing quote, blank line or not.
   auto one_newline = FinishTrace(
       Tom(true), Ended("\"Mark 1\": \"[[1,2]]\"\n\n\"Mark 2\": \"[[3,4]]\"\n", engine::FinishReason::kLength, 30));
   ASSERT_TRUE(one_newline.ok()) << one_newline.status();
-  ASSERT_EQ(one_newline->answer.traces.size(), 1u);
-  EXPECT_EQ(one_newline->answer.traces[0].mark, 1);
+  ASSERT_EQ(one_newline->answer.traces.size(), 2u);
+  EXPECT_EQ(one_newline->answer.traces[1].future, (std::vector<Grid256Point>{{3, 4}}));
+  // The head's points end in ']' too, never in ']"': a cut inside the first
+  // trace keeps nothing.
+  auto in_first = FinishTrace(Tom(true), Ended("Mark 1 at [1,2] should be moved, and their future positions are:\n\n"
+                                               "\"Mark 1\": \"[[10,20],[1",
+                                               engine::FinishReason::kLength, 30));
+  EXPECT_EQ(in_first.status().code(), absl::StatusCode::kResourceExhausted) << in_first.status();
+}
+
+// The grammar lets a constrained answer end after its head, or at once: no
+// mark moves.
+TEST(FinishTraceTest, AConstrainedHeadWithoutTracesMovesNoMark) {
+  auto out = FinishTrace(Tom(true), Ended("Mark 1 at [1,2] should be moved, and their future positions are:\n\n",
+                                          engine::FinishReason::kStopToken, 20));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(out->traces.empty());
 }
 
 // Constrained answers have no head: each trace starts where its mark was
@@ -98,6 +113,20 @@ TEST(FinishTraceTest, ABudgetCutPathIsResourceExhausted) {
   ASSERT_TRUE(whole.ok()) << whole.status();
   ASSERT_EQ(whole->path.size(), 1u);
   EXPECT_EQ(whole->path_pixels[0], (vision::PixelPoint{256, 64}));
+}
+
+// A free answer may mention the tags before its path, as the prompt does.
+TEST(FinishTraceTest, TheLastAnsBlockThatParsesIsThePath) {
+  PreparedTrace path = Tom(false);
+  path.format = TraceFormat::kHamsterPath;
+  auto out = FinishTrace(path, Ended("I'll put points between <ans> and </ans> tags.\n<ans>[(0.5, 0.25)]</ans>",
+                                     engine::FinishReason::kStopToken, 30));
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->path_pixels.size(), 1u);
+  EXPECT_EQ(out->path_pixels[0], (vision::PixelPoint{256, 64}));
+  auto none = FinishTrace(path, Ended("<ans> and </ans>", engine::FinishReason::kStopToken, 8));
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(none.status().message().find("the model's path is malformed"), std::string::npos) << none.status();
 }
 
 TEST(FinishTraceTest, AConstrainedAnswerMayMoveNoMark) {

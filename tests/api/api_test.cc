@@ -662,7 +662,7 @@ TEST_F(ApiTest, TraceErrors) {
   auto ctx3 = Ctx();
   grpc::Status st = stub_->Trace(ctx3.get(), req, &resp);
   EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
-  EXPECT_NE(st.error_message().find("needs at least 27585 automaton states; at most 20000"), std::string::npos)
+  EXPECT_NE(st.error_message().find("needs at least 27889 automaton states; at most 20000"), std::string::npos)
       << st.error_message();
   // The same marks answered freely are not refused for it.
   req.set_free_answer(true);

@@ -202,15 +202,17 @@ struct TraceOutcome {
 
 absl::StatusOr<TraceOutcome> FinishTrace(const PreparedTrace& prepared, const engine::GenerationResult& result);
 
-// The grammar of a constrained MAGMA_TOM answer: per-mark traces in the
-// reference's answer format, marks in increasing order, each optional, at
-// most `steps` future points on the 256 grid.
+// The grammar of a constrained MAGMA_TOM answer in the reference's format:
+// an optional head ("Mark 3 at [x,y], ... should be moved, and their future
+// positions are:"), then per-mark traces, marks in increasing order, each
+// optional, at most `steps` future points on the 256 grid, blank lines
+// between them.
 std::string TraceGrammar(const std::vector<vision::PointMark>& marks, int steps);
 
-// The fewest automaton states TraceGrammar compiles to for `marks` marks:
-// 16 + 26 * steps a mark (exactly that for one mark, measured), the marks'
-// chains sharing their ends. PrepareTrace refuses what cannot fit
-// engine::kMaxGrammarStates before compiling anything.
+// The automaton states TraceGrammar compiles to for marks numbered
+// 1..`marks` (measured: 122 + 17 a mark + 1 a two-digit id + 26 a mark and
+// step); PrepareTrace refuses what cannot fit engine::kMaxGrammarStates
+// before compiling anything.
 size_t TraceGrammarLeastStates(size_t marks, int steps);
 
 // The HAMSTER path prompt (the one its released server sends to the VLM).

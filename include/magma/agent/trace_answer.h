@@ -5,9 +5,10 @@
 //   "Mark 3": "[[121,90],[125,97]]"
 //
 //   "Mark 7": "[[41,198]]"
-// The head (up to "are:") is optional; the traces may be wrapped in
-// <trace_start> ... <trace_end>. The reference reads the traces with
-// ast.literal_eval; this is a strict parser of the same text.
+// The head (up to "are:") is optional and only says where marks start; the
+// traces may be wrapped in <trace_start> ... <trace_end>. The reference
+// reads the traces with ast.literal_eval; this is a strict parser of the
+// same text.
 #ifndef MAGMA_AGENT_TRACE_ANSWER_H_
 #define MAGMA_AGENT_TRACE_ANSWER_H_
 
@@ -39,13 +40,14 @@ struct TraceAnswer {
 
 // Parses `text`. Surrounding whitespace is ignored; anything else outside the
 // grammar is an error. Coordinates are integers in 0..255; mark ids are
-// non-negative; a mark appears at most once in the head and once among the
-// traces, and when there is a head both name the same marks.
+// non-negative; a mark has at most one trace. A trace takes its start from
+// the head's first entry for its mark (none without one); head entries
+// without a trace move nothing.
 // INVALID_ARGUMENT with the 0-based character position and the reason.
 absl::StatusOr<TraceAnswer> ParseTraceAnswer(absl::string_view text);
 
 // The answer in Magma's training format (head included when every trace has
-// a start).
+// a start), traces separated by blank lines.
 std::string FormatTraceAnswer(const TraceAnswer& answer);
 
 // A trace in original-image pixels: the start (when known) then the future
