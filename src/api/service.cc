@@ -155,7 +155,14 @@ void RunOnWorker(ThreadPool* workers, int max_waiting, CallState* call, std::fun
     if (absl::Now() > call->deadline()) {
       return call->Fail(absl::DeadlineExceededError("the call's deadline passed while it waited for a worker"));
     }
-    job();
+    // A library exception (OpenCV on an image it cannot handle) fails the
+    // call instead of the process; jobs throw, if at all, before they
+    // answer or submit.
+    try {
+      job();
+    } catch (const std::exception& e) {
+      call->Fail(absl::InternalError(absl::StrCat("preparing the request failed: ", e.what())));
+    }
   };
   if (!workers->TryPost(std::move(run), static_cast<size_t>(max_waiting))) {
     call->Fail(absl::ResourceExhaustedError(
