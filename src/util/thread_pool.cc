@@ -1,5 +1,7 @@
 #include "magma/util/thread_pool.h"
 
+#include <limits>
+
 namespace magma {
 
 ThreadPool::ThreadPool(int threads) {
@@ -29,13 +31,7 @@ ThreadPool::~ThreadPool() {
   for (auto& t : threads_) t.join();
 }
 
-void ThreadPool::Post(std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    work_.push_back(std::move(fn));
-  }
-  cv_.notify_one();
-}
+void ThreadPool::Post(std::function<void()> fn) { TryPost(std::move(fn), std::numeric_limits<size_t>::max()); }
 
 bool ThreadPool::TryPost(std::function<void()> fn, size_t max_waiting) {
   {
