@@ -14,9 +14,10 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <set>
 #include <thread>
 
-#include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/flags/flag.h"
@@ -125,7 +126,7 @@ ABSL_FLAG(bool, bf16, true,
           "times slower");
 ABSL_FLAG(int64_t, profile_steps, 0,
           "Record libtorch's operator profile of this many steps (after 10 warm-up steps) into "
-          "<out>/profile.json, a Chrome trace (chrome://tracing, Perfetto)");
+          "<out>/profile.json, a Chrome trace (chrome://tracing, Perfetto) with each call's input shapes");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
 ABSL_FLAG(double, layer_scale_init, 1e-6,
           "New models: initial ConvNeXt layer scale (timm's default 1e-6 starts every block as the identity)");
@@ -768,17 +769,44 @@ int main(int argc, char** argv) {
   const auto policy = absl::GetFlag(FLAGS_prefetch) ? std::launch::async : std::launch::deferred;
   std::future<std::vector<magma::model::TrainExample>> next = std::async(policy, make_batch, start_step);
   double wait_secs = 0;
-  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+  // libtorch's operator profiler, with each call's input shapes.
+  namespace prof = torch::autograd::profiler;
+  const torch::profiler::impl::ProfilerConfig profile_config(torch::profiler::impl::ProfilerState::KINETO,
+                                                             /*report_input_shapes=*/true);
+  const std::set<torch::profiler::impl::ActivityType> profile_activities{torch::profiler::impl::ActivityType::CPU};
+  bool profiling = false;
+  auto stop_profile = [&] {
+    if (!profiling) return;
+    profiling = false;
+    // Written as a Chrome trace by hand: Debian's libtorch has no Kineto
+    // trace writer.
+    const auto result = prof::disableProfiler();
+    nlohmann::json events = nlohmann::json::array();
+    for (const auto& e : result->events()) {
+      nlohmann::json shapes = nlohmann::json::array();
+      for (const auto& shape : e.shapes()) shapes.push_back(shape);
+      events.push_back({{"name", e.name()},
+                        {"ph", "X"},
+                        {"ts", e.startUs()},
+                        {"dur", e.durationUs()},
+                        {"pid", 0},
+                        {"tid", e.startThreadId()},
+                        {"args", {{"Input Dims", shapes}}}});
+    }
+    std::ofstream((fs::path(dir) / "profile.json").string()) << nlohmann::json{{"traceEvents", events}}.dump();
+  };
   for (int64_t step = start_step; step < absl::GetFlag(FLAGS_steps); ++step) {
     const auto w0 = std::chrono::steady_clock::now();
     std::vector<magma::model::TrainExample> examples = next.get();
     wait_secs += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
     if (step + 1 < absl::GetFlag(FLAGS_steps)) next = std::async(policy, make_batch, step + 1);
     if (step == start_step + 10 && absl::GetFlag(FLAGS_profile_steps) > 0) {
-      profile = std::make_unique<torch::autograd::profiler::RecordProfile>((fs::path(dir) / "profile.json").string());
+      prof::prepareProfiler(profile_config, profile_activities);
+      prof::enableProfiler(profile_config, profile_activities);
+      profiling = true;
     }
     auto loss = (*trainer)->Step(examples);
-    if (profile && step + 1 == start_step + 10 + absl::GetFlag(FLAGS_profile_steps)) profile.reset();
+    if (step + 1 == start_step + 10 + absl::GetFlag(FLAGS_profile_steps)) stop_profile();
     if (!loss.ok()) return Fail(loss.status());
     ema = step == start_step ? *loss : 0.95 * ema + 0.05 * *loss;
     const int64_t done = step + 1 - start_step, left = absl::GetFlag(FLAGS_steps) - step - 1;
@@ -799,7 +827,7 @@ int main(int argc, char** argv) {
       }
     }
   }
-  profile.reset();  // a run that ended inside the window
+  stop_profile();  // a run that ended inside the window
   if (absl::GetFlag(FLAGS_profile_steps) > 0 && absl::GetFlag(FLAGS_steps) <= start_step + 10) {
     std::cerr << "no profile: --profile_steps starts after 10 steps of this run" << std::endl;
   }
