@@ -49,8 +49,8 @@ if [ "$what" = train ]; then
   "$BUILD_DIR/src/tools/magma-train" --out "$out/run" --steps 60 --batch 8 --lr 2e-3 --warmup 200 \
     --position_loss 10 --word_loss 0.5 --ground_loss 0.5 --ground_layer 0 \
     --tower_dims 16,32,64,128,192 --tower_depths 1,1,1,2,1 --eval_every 0 --checkpoint_every 1000 \
-    --marks_first 20 --marks_on_things=false --mark_loss 1 --seed 5 --grip_on_the_move --offset_loss 1 \
-    --release_steps 0.5 --gripper_from_cells --gripper_from_cells_weight 1 > "$out/log"
+    --marks_first 20 --marks_on_things=false --mark_loss 1 --seed 6 --grip_on_the_move --offset_loss 1 \
+    --release_steps 0.5 --gripper_from_cells --gripper_from_cells_weight 1 --labels_on_text --look_loss 1 > "$out/log"
   awk '/^step (20|60)\/60 /{for (i = 1; i <= NF; ++i) if ($i == "s/step,") t[$2] = $(i - 1)}
        END {printf "train_seconds_per_step[magma-tiny recipe, batch 8, steps 21-60]: %.3f\n", (60 * t["60/60"] - 20 * t["20/60"]) / 40}' "$out/log"
   rm -rf "$out"
