@@ -230,13 +230,18 @@ absl::StatusOr<vision::PixelBox> ToBox(const v1::BoxPx& b, const std::string& wh
 // Trace points a RenderOverlay call may draw in all.
 constexpr int64_t kMaxOverlayTracePoints = 100000;
 
-// A path point given in the image's pixels (`px`, preferred when set) or
-// normalised (`norm`, within [0, 1]), normalised.
+// A path point given in the image's pixels (`px`, preferred when set, within
+// the image) or normalised (`norm`, within [0, 1]), normalised.
 absl::StatusOr<vision::NormPoint> PathPointNorm(const v1::PathPoint& p, const vision::ImageFrame& frame,
                                                 const std::string& what) {
   if (p.has_px()) {
     if (!Finite(p.px().x()) || !Finite(p.px().y())) {
       return absl::InvalidArgumentError(absl::StrCat(what, ".px has a non-finite coordinate"));
+    }
+    const vision::ImageSize size = frame.original();
+    if (!(p.px().x() >= 0 && p.px().x() <= size.width && p.px().y() >= 0 && p.px().y() <= size.height)) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ".px (", p.px().x(), ", ", p.px().y(), ") is outside the ",
+                                                     size.width, "x", size.height, " image"));
     }
     return frame.ToNorm(vision::PixelPoint{p.px().x(), p.px().y()});
   }

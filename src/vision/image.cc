@@ -17,7 +17,9 @@ absl::StatusOr<cv::Mat> DecodeRgb(const std::string& bytes) {
   cv::Mat decoded;
   try {
     const cv::Mat buf(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
-    decoded = cv::imdecode(buf, cv::IMREAD_COLOR);
+    // Pixels as stored, whatever a JPEG's EXIF orientation says, as the
+    // reference's PIL reads them.
+    decoded = cv::imdecode(buf, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
   } catch (const cv::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("cannot decode image: ", e.what()));
   }

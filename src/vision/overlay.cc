@@ -685,6 +685,21 @@ absl::Status DrawPointMarks(const std::vector<PointMark>& marks, const ImageFram
   return absl::OkStatus();
 }
 
+namespace {
+
+// cv::line of the part of a-b that can touch the image. OpenCV fills a thick
+// line's outline row by row from its lowest row, inside the image or not,
+// so a point 10^8 rows above the image would cost 10^8 steps. Segments
+// within reach of the image are drawn unchanged.
+void DrawLineNearImage(cv::Mat* image, cv::Point a, cv::Point b, const cv::Scalar& colour, int thickness,
+                       int line_type) {
+  const int reach = thickness + 2;
+  if (!cv::clipLine(cv::Rect(-reach, -reach, image->cols + 2 * reach, image->rows + 2 * reach), a, b)) return;
+  cv::line(*image, a, b, colour, thickness, line_type);
+}
+
+}  // namespace
+
 absl::Status DrawTraces(const std::vector<std::vector<PixelPoint>>& traces, const ImageFrame& frame,
                         const TraceOptions& options, cv::Mat* image) {
   if (auto s = CheckImage(image, frame); !s.ok()) return s;
@@ -720,7 +735,7 @@ absl::Status DrawTraces(const std::vector<std::vector<PixelPoint>>& traces, cons
       for (size_t s = 0; s + 1 < t.size(); ++s) {
         const Rgb c =
             options.coloring == TraceColoring::kByStartRow ? row_colour : ColormapRgb(options.time_colormap, s / steps);
-        cv::line(*image, t[s], t[s + 1], ToScalar(c), options.thickness, cv::LINE_AA);
+        DrawLineNearImage(image, t[s], t[s + 1], ToScalar(c), options.thickness, cv::LINE_AA);
       }
     }
   } catch (const cv::Exception& e) {
@@ -762,7 +777,7 @@ absl::Status DrawPath(const std::vector<PathWaypoint>& path, const PathOptions& 
     const double colour_step = 1.0 / (options.num_samples - 1);  // np.linspace(0, 1, num_samples)
     for (int k = 0; k + 1 < options.num_samples; ++k) {
       const Rgb c = ColormapRgb(Colormap::kJet, k * colour_step);
-      cv::line(*image, samples[k], samples[k + 1], ToScalar(c), line_thickness);
+      DrawLineNearImage(image, samples[k], samples[k + 1], ToScalar(c), line_thickness, cv::LINE_8);
     }
   } catch (const cv::Exception& e) {
     return absl::InternalError(absl::StrCat("path: OpenCV: ", e.what()));

@@ -745,6 +745,10 @@ TEST_F(ApiTest, RenderOverlayPathPointsAndLimits) {
   st = render(by_norm, &norm_resp);
   EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT);
   EXPECT_EQ(st.error_message(), "path.points[3].norm (1.5, 0) is outside [0, 1]");
+  by_px.mutable_path()->mutable_points(1)->mutable_px()->set_y(-1e9);
+  st = render(by_px, &px_resp);
+  EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "path.points[1].px (100, -1e+09) is outside the 200x100 image");
 
   v1::RenderOverlayRequest marks;
   *marks.mutable_image() = Image(Png(200, 100));

@@ -83,6 +83,28 @@ TEST(DecodeTest, RejectsNonImages) {
   EXPECT_FALSE(DecodeRgb("").ok());
 }
 
+TEST(DecodeTest, KeepsTheStoredFrameOfAJpegWithAnExifOrientation) {
+  // A 40x20 JPEG whose EXIF block says "rotate 90 degrees clockwise to
+  // display" (orientation 6), as phone cameras write. The reference reads
+  // images with PIL, which leaves the pixels as stored; so do we, so that
+  // coordinates in original pixels are those of the stored image.
+  cv::Mat bgr(20, 40, CV_8UC3, cv::Scalar(0, 0, 255));
+  bgr(cv::Rect(0, 0, 20, 20)).setTo(cv::Scalar(255, 0, 0));
+  std::vector<uchar> jpeg;
+  ASSERT_TRUE(cv::imencode(".jpg", bgr, jpeg));
+  const std::vector<uchar> exif = {0xFF, 0xE1, 0x00, 0x22, 'E',  'x',  'i',  'f',  0x00, 0x00, 'M',  'M',
+                                   0x00, 0x2A, 0x00, 0x00, 0x00, 0x08, 0x00, 0x01, 0x01, 0x12, 0x00, 0x03,
+                                   0x00, 0x00, 0x00, 0x01, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+  jpeg.insert(jpeg.begin() + 2, exif.begin(), exif.end());  // after the start-of-image marker
+  auto rgb = DecodeRgb(std::string(jpeg.begin(), jpeg.end()));
+  ASSERT_TRUE(rgb.ok()) << rgb.status();
+  EXPECT_EQ(rgb->cols, 40);
+  EXPECT_EQ(rgb->rows, 20);
+  // Blue on the left, red on the right, as stored.
+  EXPECT_GT(rgb->at<cv::Vec3b>(10, 5)[2], 200);
+  EXPECT_GT(rgb->at<cv::Vec3b>(10, 35)[0], 200);
+}
+
 TEST(DecodeTest, ConvertsBgrToRgbAndDropsAlpha) {
   cv::Mat bgra(2, 2, CV_8UC4, cv::Scalar(10, 20, 30, 40));  // B, G, R, A
   std::vector<uchar> png;

@@ -495,6 +495,26 @@ TEST(TracesTest, ColoursByTimeAndByStartRow) {
   EXPECT_EQ(At(one, 50, 60), (Rgb{255, 0, 40}));
 }
 
+TEST(TracesTest, PointsFarOutsideTheImageDrawOnlyWhatReachesIt) {
+  // Vertical segments between a point 10^9 rows above the image and (50, 50):
+  // OpenCV alone would walk every one of those rows for each segment.
+  cv::Mat img = Flat(100, 100, {0, 0, 0});
+  std::vector<PixelPoint> trace;
+  for (int i = 0; i < 1000; ++i) trace.push_back(i % 2 == 0 ? PixelPoint{50, -1e9} : PixelPoint{50, 50});
+  TraceOptions options;
+  options.thickness = 3;
+  ASSERT_TRUE(DrawTraces({trace}, Identity(img), options, &img).ok());
+  EXPECT_NE(At(img, 50, 0), (Rgb{0, 0, 0}));
+  EXPECT_NE(At(img, 50, 49), (Rgb{0, 0, 0}));
+  EXPECT_EQ(At(img, 50, 60), (Rgb{0, 0, 0}));
+  EXPECT_EQ(At(img, 70, 20), (Rgb{0, 0, 0}));
+  // A path through a point far below and to the right.
+  cv::Mat path_img = Flat(100, 100, {0, 0, 0});
+  ASSERT_TRUE(DrawPath(Path({{0.5, 0.5, Gripper::kOpen}, {1e7, 1e7, Gripper::kOpen}}), {}, &path_img).ok());
+  EXPECT_NE(At(path_img, 75, 75), (Rgb{0, 0, 0}));
+  EXPECT_EQ(At(path_img, 25, 75), (Rgb{0, 0, 0}));
+}
+
 TEST(TracesTest, RejectsBadInput) {
   cv::Mat img = Flat(20, 20);
   EXPECT_FALSE(DrawTraces({{{1, 1}, {std::nan(""), 2}}}, Identity(img), {}, &img).ok());

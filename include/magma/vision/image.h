@@ -15,7 +15,8 @@
 namespace magma::vision {
 
 // Decodes PNG/JPEG/WebP/BMP bytes into an 8-bit 3-channel RGB image (alpha is
-// dropped, grey is expanded). INVALID_ARGUMENT when the bytes are not an image.
+// dropped, grey is expanded; a JPEG's EXIF orientation is not applied, as PIL
+// does not). INVALID_ARGUMENT when the bytes are not an image.
 absl::StatusOr<cv::Mat> DecodeRgb(const std::string& bytes);
 
 // Reads and decodes a file (NOT_FOUND if unreadable).
