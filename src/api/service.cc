@@ -268,14 +268,14 @@ void FillTokens(const std::vector<int32_t>& ids, const std::vector<engine::Sampl
   for (size_t i = 0; i < ids.size(); ++i) {
     auto* t = out->Add();
     t->set_token_id(ids[i]);
-    t->set_token(tok.Decode({ids[i]}, /*skip_special=*/false));
+    t->set_token(tok.TokenText(ids[i]));
     if (i < logprobs.size()) {
       t->set_logprob(logprobs[i].logprob);
       if (with_top) {
         for (const auto& alt : logprobs[i].top) {
           auto* a = t->add_top();
           a->set_token_id(alt.id);
-          a->set_token(tok.Decode({alt.id}, false));
+          a->set_token(tok.TokenText(alt.id));
           a->set_logprob(alt.logprob);
         }
       }

@@ -93,8 +93,11 @@ class BpeTokenizer final : public Tokenizer {
   SpecialIds special_;
 
   // Per-thread cache of word -> ids (words repeat a lot in real text), tagged
-  // with the tokenizer's serial number.
-  static constexpr size_t kCacheLimit = 1 << 16;
+  // with the tokenizer's serial number. Only words of up to kCacheWordBytes
+  // bytes are kept (as Hugging Face's BPE does), so that a thread's cache
+  // stays within a few tens of MB whatever clients send.
+  static constexpr size_t kCacheLimit = 1 << 14;
+  static constexpr size_t kCacheWordBytes = 256;
   const uint64_t serial_ = NextSerial();
   static uint64_t NextSerial() {
     static std::atomic<uint64_t> next{1};
@@ -415,6 +418,7 @@ void BpeTokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* out)
   std::vector<int32_t> ids;
   for (int i = 0; i < n; i = next[i]) ids.push_back(id[i]);
   out->insert(out->end(), ids.begin(), ids.end());
+  if (word.size() > kCacheWordBytes) return;
   if (cache.size() >= kCacheLimit) cache.clear();
   cache.emplace(std::string(word), std::move(ids));
 }

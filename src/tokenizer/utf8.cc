@@ -108,6 +108,13 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(absl::string_view text, b
   return EncodeSegments({Segment{std::string(text), parse_special}}, /*add_special_tokens=*/false);
 }
 
+std::string Tokenizer::TokenText(int32_t id) const {
+  const std::string bytes = TokenBytes(id, /*first=*/false);
+  std::string out;
+  if (TakeCompleteUtf8(bytes, &out) < bytes.size()) out.append(kReplacement);
+  return out;
+}
+
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special) const {
   IncrementalDecoder decoder(this, skip_special);
   std::string out;

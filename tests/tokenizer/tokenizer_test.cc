@@ -321,6 +321,20 @@ TEST(ChatTest, VicunaAndPlainFormats) {
   EXPECT_FALSE(ParseChatFormat("chatml").ok());
 }
 
+TEST(ChatTest, Llama3TrimsUnicodeWhitespaceAsPythonsStrip) {
+  // The reference template trims each message with Jinja's `trim`
+  // (str.strip()): ideographic and no-break spaces and U+001C go too; a
+  // zero-width space (not whitespace to Python) stays.
+  auto segs = BuildPrompt(ChatFormat::kLlama3, {ChatMessage{"user", {Untrusted("\u3000\x1c What is this?\u00a0\n")}}});
+  std::string text;
+  for (const auto& s : segs) text += s.text;
+  EXPECT_NE(text.find("<|end_header_id|>\n\nWhat is this?<|eot_id|>"), std::string::npos) << text;
+  segs = BuildPrompt(ChatFormat::kLlama3, {ChatMessage{"user", {Untrusted("\u200bhi\u2029")}}});
+  text.clear();
+  for (const auto& s : segs) text += s.text;
+  EXPECT_NE(text.find("<|end_header_id|>\n\n\u200bhi<|eot_id|>"), std::string::npos) << text;
+}
+
 TEST(ChatTest, ImageStartEndWrapping) {
   PromptOptions o;
   o.image_start_end = true;
@@ -393,6 +407,16 @@ TEST(SentencePieceTest, MatchesSpmEncode) {
   // Decoding drops the dummy-prefix space of the first token.
   auto hello = (*tok)->Encode("hello world");
   EXPECT_EQ((*tok)->Decode(*hello), "hello world");
+  // A token listed on its own keeps it: it follows other text.
+  const std::string space = "\u2581";
+  int32_t world = -1;
+  for (size_t i = 1; i < hello->size(); ++i) {
+    if ((*tok)->IdToPiece((*hello)[i]).rfind(space, 0) == 0) world = (*hello)[i];
+  }
+  ASSERT_GE(world, 0) << "no piece of \"hello world\" after the first starts with a space";
+  const std::string piece = (*tok)->IdToPiece(world);
+  EXPECT_EQ((*tok)->TokenText(world), " " + piece.substr(space.size()));
+  EXPECT_EQ((*tok)->Decode({world}), piece.substr(space.size()));
 #endif
 }
 

@@ -57,6 +57,11 @@ class Tokenizer {
   // out-of-range ids.
   virtual std::string TokenBytes(int32_t id, bool first) const = 0;
 
+  // Text of one token inside a text, as listed with log-probabilities:
+  // TokenBytes(id, false) (SentencePiece's "▁Mark" keeps its space: " Mark"),
+  // with a cut multi-byte character as U+FFFD.
+  std::string TokenText(int32_t id) const;
+
   // The vocabulary entry of `id` as stored (e.g. "Ġthe", "▁the", "<|eot_id|>").
   virtual std::string IdToPiece(int32_t id) const = 0;
   // -1 when `piece` is not in the vocabulary.
