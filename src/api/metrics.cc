@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include <charconv>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 
@@ -20,8 +22,12 @@ void Metrics::Histogram::Render(const std::string& name, const std::string& help
     cumulative += counts[i];
     absl::StrAppend(out, name, "_bucket{le=\"", bounds[i], "\"} ", cumulative, "\n");
   }
-  absl::StrAppend(out, name, "_bucket{le=\"+Inf\"} ", count, "\n", name, "_sum ", sum, "\n", name, "_count ", count,
-                  "\n");
+  // The sum in full (shortest round-trip) precision: StrAppend's six
+  // significant digits would make rate(_sum) coarse on a long-running server.
+  char digits[32];
+  const auto end = std::to_chars(digits, digits + sizeof(digits), sum).ptr;
+  absl::StrAppend(out, name, "_bucket{le=\"+Inf\"} ", count, "\n", name, "_sum ",
+                  absl::string_view(digits, static_cast<size_t>(end - digits)), "\n", name, "_count ", count, "\n");
 }
 
 void Metrics::RecordCall(const std::string& method, const std::string& code, double seconds) {

@@ -1,5 +1,6 @@
 #include "magma/api/server.h"
 
+#include <chrono>
 #include <fstream>
 #include <thread>
 
@@ -62,7 +63,23 @@ class Server::Impl {
     if (metrics_port <= 0) {
       return absl::UnavailableError(absl::StrCat("cannot listen for metrics on '", listen, "'"));
     }
+    // One scrape is a small GET: bodies are refused, and a client that stalls
+    // holds a thread for at most a few seconds.
+    http->set_payload_max_length(4096);
+    http->set_read_timeout(std::chrono::seconds(2));
+    http->set_write_timeout(std::chrono::seconds(2));
+    http->set_keep_alive_timeout(2);
     http_thread = std::thread([this] { http->listen_after_bind(); });
+    // httplib's stop() only works once the server listens: wait for that, so
+    // that stopping right after the start (a model that fails to load) does
+    // not block forever.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!http->is_running()) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        return absl::UnavailableError(absl::StrCat("the metrics endpoint on '", listen, "' did not start"));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     return absl::OkStatus();
   }
   void StopMetrics() {
@@ -144,8 +161,11 @@ void Server::BeginDrain() {
 
 void Server::Shutdown(absl::Duration deadline) {
   BeginDrain();
+  // Calls already accepted run on (the engine keeps decoding) until the
+  // deadline, when gRPC cancels what is left; new calls are refused.
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + deadline));
   impl_->server->Wait();
+  if (const auto backend = impl_->state.backend(); backend && backend->engine) backend->engine->Shutdown();
   impl_->StopMetrics();
 }
 

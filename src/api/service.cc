@@ -357,7 +357,6 @@ void ServiceState::SetReady(std::shared_ptr<Backend> backend) {
 void ServiceState::SetDraining() {
   std::lock_guard<std::mutex> lock(mu_);
   phase_ = Phase::kDraining;
-  if (backend_ && backend_->engine) backend_->engine->Shutdown();
 }
 
 std::shared_ptr<Backend> ServiceState::backend() const {

@@ -111,7 +111,15 @@ absl::StatusOr<LoadedBackend> LoadBackend(const config::ServerConfig& c) {
   // engine's decode steps measured ~25% slower. A thread that exits takes its
   // team with it.
   absl::StatusOr<LoadedBackend> result = absl::UnknownError("not loaded");
-  std::thread([&] { result = LoadOnThisThread(c); }).join();
+  std::thread([&] {
+    // libtorch reports a failed allocation (say, a KV cache of engine.max_batch
+    // slots that does not fit in memory) by throwing.
+    try {
+      result = LoadOnThisThread(c);
+    } catch (const std::exception& e) {
+      result = absl::ResourceExhaustedError(absl::StrCat("loading the model from '", c.model().dir(), "': ", e.what()));
+    }
+  }).join();
   return result;
 }
 

@@ -126,13 +126,16 @@ absl::Status Validate(const ServerConfig& c) {
   if (g.max_send_message_bytes() <= 0 || g.max_send_message_bytes() > (int64_t{1} << 31) - 1) {
     return bad("grpc.max_send_message_bytes", "must be in 1..2147483647", g.max_send_message_bytes());
   }
-  if (g.keepalive_min_ping_interval_ms() < 0) {
-    return bad("grpc.keepalive_min_ping_interval_ms", "must be >= 0",
-               g.keepalive_min_ping_interval_ms());
+  // gRPC takes these as int channel arguments.
+  constexpr int64_t kIntMax = (int64_t{1} << 31) - 1;
+  if (g.keepalive_min_ping_interval_ms() < 0 || g.keepalive_min_ping_interval_ms() > kIntMax) {
+    return bad("grpc.keepalive_min_ping_interval_ms", "must be in 0..2147483647", g.keepalive_min_ping_interval_ms());
   }
-  if (g.keepalive_time_ms() <= 0) return bad("grpc.keepalive_time_ms", "must be > 0", g.keepalive_time_ms());
-  if (g.keepalive_timeout_ms() <= 0) {
-    return bad("grpc.keepalive_timeout_ms", "must be > 0", g.keepalive_timeout_ms());
+  if (g.keepalive_time_ms() <= 0 || g.keepalive_time_ms() > kIntMax) {
+    return bad("grpc.keepalive_time_ms", "must be in 1..2147483647", g.keepalive_time_ms());
+  }
+  if (g.keepalive_timeout_ms() <= 0 || g.keepalive_timeout_ms() > kIntMax) {
+    return bad("grpc.keepalive_timeout_ms", "must be in 1..2147483647", g.keepalive_timeout_ms());
   }
   const auto& m = c.model();
   if (m.dir().empty()) return bad("model.dir", "must not be empty", "''");

@@ -102,8 +102,9 @@ int main(int argc, char** argv) {
     (*server)->Shutdown(absl::ZeroDuration());
     return Fail(loaded_backend.status());
   }
-  (*server)->SetReady(loaded_backend->backend);
+  // A signal from here on drains (before SetReady, nothing is in flight yet).
   loaded.store(true);
+  (*server)->SetReady(loaded_backend->backend);
   MAGMA_LOG_INFO("model loaded; SERVING");
 
   stop_requested.get_future().wait();

@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "../src/api/metrics.h"
 #include "testing/server_fixture.h"
 #include "testing/tiny_model.h"
 
@@ -166,6 +167,28 @@ TEST(ServerTest, ShutdownStopsAcceptingCalls) {
   f.Stop(500);
   const std::string after = f.HealthStatus();
   EXPECT_EQ(after, "ERROR " + std::to_string(grpc::StatusCode::UNAVAILABLE));
+}
+
+TEST(ServerTest, StoppingRightAfterStartingWithMetricsReturns) {
+  // A model that fails to load stops the server at once; the metrics
+  // endpoint's thread may not listen yet by then.
+  for (int i = 0; i < 20; ++i) {
+    api::ServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.metrics_listen = "127.0.0.1:0";
+    auto server = api::Server::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    (*server)->Shutdown(absl::ZeroDuration());
+  }
+}
+
+TEST(MetricsTest, HistogramSumsKeepTheirDigits) {
+  api::Metrics metrics;
+  metrics.RecordCall("Click", "OK", 12345678.25);
+  metrics.RecordCall("Click", "OK", 0.5);
+  const std::string text = metrics.Render(nullptr);
+  EXPECT_NE(text.find("\nmagma_request_latency_seconds_sum 12345678.75\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nmagma_request_latency_seconds_count 2\n"), std::string::npos) << text;
 }
 
 TEST(ServerTest, BindingAnAddressInUseFails) {

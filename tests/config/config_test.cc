@@ -70,18 +70,19 @@ TEST_P(ConfigValidateTest, NamesTheField) {
   EXPECT_NE(s.message().find(GetParam().field), std::string::npos) << s;
 }
 
-INSTANTIATE_TEST_SUITE_P(Table, ConfigValidateTest,
-                         ::testing::Values(BadValue{"listen: \"nohost\"", "listen"}, BadValue{"threads: -1", "threads"},
-                                           BadValue{"log_level: \"loud\"", "log_level"},
-                                           BadValue{"drain_deadline_ms: -5", "drain_deadline_ms"},
-                                           BadValue{"grpc { max_receive_message_bytes: 0 }",
-                                                    "grpc.max_receive_message_bytes"},
-                                           BadValue{"grpc { keepalive_time_ms: 0 }", "grpc.keepalive_time_ms"},
-                                           BadValue{"model { dir: \"\" }", "model.dir"},
-                                           BadValue{"model { dtype: \"int8\" }", "model.dtype"},
-                                           BadValue{"model { vision_dtype: \"fp16\" }", "model.vision_dtype"},
-                                           BadValue{"model { weights: \"hugepages\" }", "model.weights"},
-                                           BadValue{"limits { max_waiting_calls: 0 }", "limits.max_waiting_calls"}));
+INSTANTIATE_TEST_SUITE_P(
+    Table, ConfigValidateTest,
+    ::testing::Values(
+        BadValue{"listen: \"nohost\"", "listen"}, BadValue{"threads: -1", "threads"},
+        BadValue{"log_level: \"loud\"", "log_level"}, BadValue{"drain_deadline_ms: -5", "drain_deadline_ms"},
+        BadValue{"grpc { max_receive_message_bytes: 0 }", "grpc.max_receive_message_bytes"},
+        BadValue{"grpc { keepalive_time_ms: 0 }", "grpc.keepalive_time_ms"},
+        BadValue{"grpc { keepalive_timeout_ms: 2147483648 }", "grpc.keepalive_timeout_ms"},
+        BadValue{"grpc { keepalive_min_ping_interval_ms: 9999999999 }", "grpc.keepalive_min_ping_interval_ms"},
+        BadValue{"model { dir: \"\" }", "model.dir"}, BadValue{"model { dtype: \"int8\" }", "model.dtype"},
+        BadValue{"model { vision_dtype: \"fp16\" }", "model.vision_dtype"},
+        BadValue{"model { weights: \"hugepages\" }", "model.weights"},
+        BadValue{"limits { max_waiting_calls: 0 }", "limits.max_waiting_calls"}));
 
 }  // namespace
 }  // namespace magma::config
