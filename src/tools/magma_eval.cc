@@ -40,6 +40,7 @@ ABSL_FLAG(int, log_questions, 0, "Generate: print the first N questions with the
 ABSL_FLAG(std::string, demo_dir, "",
           "Write the first screen's Set-of-Mark image and the first robot episode's frames, each with the "
           "model's 2D path drawn, here");
+ABSL_FLAG(int, connect_seconds, 120, "Wait this long for the server to accept connections");
 ABSL_FLAG(uint64_t, first_seed, 1000000000000,
           "Held-out seeds start here (magma-train draws seed * 1000003 + step * batch + i, and 2^40 + i)");
 
@@ -96,11 +97,22 @@ int main(int argc, char** argv) {
     return 2;
   }
   const magma::worlds::RobotWorldOptions ro = *table;
-  auto stub = AgentService::NewStub(grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials()));
+  const auto channel = grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  // The server listens once its model is loaded.
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() +
+                                 std::chrono::seconds(absl::GetFlag(FLAGS_connect_seconds)))) {
+    std::cerr << "magma-eval: no server at " << absl::GetFlag(FLAGS_server) << " after "
+              << absl::GetFlag(FLAGS_connect_seconds) << " s" << std::endl;
+    return 2;
+  }
+  auto stub = AgentService::NewStub(channel);
   const uint64_t base = absl::GetFlag(FLAGS_first_seed);
   const std::string demo = absl::GetFlag(FLAGS_demo_dir);
   if (!demo.empty()) std::filesystem::create_directories(demo);
-  int errors = 0;
+  // Failed calls, by task. A failed call counts as a wrong answer (a failed
+  // robot step as a failed episode), never as one not asked.
+  int click_errors = 0, robot_errors = 0, path_errors = 0, question_errors = 0;
+  int path_unparsed = 0;  // answered, but no path could be read from the answer
 
   // Click accuracy, also apart for instructions that name the element by its
   // label ("open Settings") and by how it looks ("click the red circle icon").
@@ -121,11 +133,14 @@ int main(int argc, char** argv) {
     }
     magma::v1::ClickResponse resp;
     auto ctx = Ctx();
+    const auto& target = screen.widgets[in.target];
+    auto& by = click_by[in.by_label ? "label" : "look"];
+    ++clicks;
+    ++by.second;
     if (!stub->Click(ctx.get(), req, &resp).ok()) {
-      ++errors;
+      ++click_errors;
       continue;
     }
-    ++clicks;
     if (!demo.empty() && i == 0) {
       WriteFile(demo + "/click_som.png", resp.som_image_png());
       WriteFile(demo + "/click_screen.png", Png(screen.rgb));
@@ -139,17 +154,14 @@ int main(int argc, char** argv) {
       std::cout << "demo: \"" << in.text << "\" -> mark " << resp.mark() << ", click at (" << resp.click_px().x()
                 << ", " << resp.click_px().y() << ")" << std::endl;
     }
-    const auto& target = screen.widgets[in.target];
     const auto& t = target.box;
     const bool ok = resp.found() && resp.click_px().x() >= t.x1 && resp.click_px().x() <= t.x2 &&
                     resp.click_px().y() >= t.y1 && resp.click_px().y() <= t.y2;
     correct += ok;
-    auto& by = click_by[in.names == target.label ? "label" : "look"];
     by.first += ok;
-    ++by.second;
   }
   std::cout << "click_accuracy: " << (clicks ? 100.0 * correct / clicks : 0) << " % (" << correct << "/" << clicks
-            << " screens); named by";
+            << " screens, " << click_errors << " failed calls counted wrong); named by";
   for (const auto& [by, n] : click_by) std::cout << " " << by << " " << n.first << "/" << n.second;
   std::cout << std::endl;
 
@@ -214,18 +226,23 @@ int main(int argc, char** argv) {
       std::cout << "demo: \"" << scene.instruction << "\" " << (magma::worlds::Success(scene) ? "succeeded" : "failed")
                 << " after " << scene.steps << " steps" << std::endl;
     }
-    errors += failed;
+    robot_errors += failed;
     if (!failed) outcomes[record.Outcome(scene)].push_back(record.FailureDistance());
     ++episodes;
     successes += magma::worlds::Success(scene);
     grasped += held_pick;
   }
   std::cout << "robot_success: " << (episodes ? 100.0 * successes / episodes : 0) << " % (" << successes << "/"
-            << episodes << " episodes, <= " << absl::GetFlag(FLAGS_max_steps) << " steps)" << std::endl;
+            << episodes << " episodes, <= " << absl::GetFlag(FLAGS_max_steps) << " steps, " << robot_errors
+            << " ended by a failed call)" << std::endl;
   std::cout << "robot_grasped_named_block: " << (episodes ? 100.0 * grasped / episodes : 0) << " % (" << grasped << "/"
             << episodes << " episodes)" << std::endl;
   std::cout << "robot_outcomes:";
   const char* sep = " ";
+  if (robot_errors > 0) {
+    std::cout << sep << "failed call " << robot_errors;
+    sep = ", ";
+  }
   for (auto& [outcome, distances] : outcomes) {
     std::cout << sep << magma::worlds::OutcomeName(outcome) << " " << distances.size();
     sep = ", ";
@@ -244,7 +261,9 @@ int main(int argc, char** argv) {
   }
   std::cout << std::endl;
 
-  // 2D path error.
+  // 2D path error. A path the server could not give (a failed call, or an
+  // answer that does not parse) counts as the largest error a path within
+  // the image can have: the whole diagonal.
   double total_error = 0;
   int paths = 0;
   for (int i = 0; i < absl::GetFlag(FLAGS_paths); ++i) {
@@ -255,8 +274,11 @@ int main(int argc, char** argv) {
     req.set_format(magma::v1::HAMSTER_PATH);
     magma::v1::TraceResponse resp;
     auto ctx = Ctx();
-    if (!stub->Trace(ctx.get(), req, &resp).ok() || resp.path_size() == 0) {
-      ++errors;
+    ++paths;
+    const grpc::Status st = stub->Trace(ctx.get(), req, &resp);
+    if (!st.ok() || resp.path_size() == 0) {
+      ++(st.ok() ? path_unparsed : path_errors);
+      total_error += 1.0;
       continue;
     }
     std::vector<cv::Point2d> got, want;
@@ -280,10 +302,10 @@ int main(int argc, char** argv) {
                 << points(want) << "; answered" << points(got) << "; raw answer " << resp.raw_text() << std::endl;
     }
     total_error += error;
-    ++paths;
   }
   std::cout << "path_error: " << (paths ? 100.0 * total_error / paths : 0) << " % of the diagonal (" << paths
-            << " paths)" << std::endl;
+            << " paths; " << path_errors << " failed calls and " << path_unparsed
+            << " answers without a path counted as 100 %)" << std::endl;
 
   // Questions (the generator training uses, held-out seeds): the answer
   // must equal the expected one, case and final punctuation aside.
@@ -295,10 +317,16 @@ int main(int argc, char** argv) {
     const auto q = magma::worlds::AskAbout(screen, seed);
     magma::v1::GenerateRequest req;
     req.set_prompt(q.question);
+    const std::string kind = q.with_marks                           ? "mark"
+                             : q.question.rfind("How many", 0) == 0 ? "count"
+                             : q.question.rfind("Is there", 0) == 0 ? "yes/no"
+                                                                    : "color";
+    ++asked;
+    ++by_kind[kind].second;
     if (q.with_marks) {
       auto marked = magma::worlds::MarkScreen(screen);
       if (!marked.ok()) {
-        ++errors;
+        ++question_errors;
         continue;
       }
       req.add_images()->set_encoded(Png(*marked));
@@ -310,7 +338,7 @@ int main(int argc, char** argv) {
     magma::v1::GenerateResponse resp;
     auto ctx = Ctx();
     if (!stub->Generate(ctx.get(), req, &resp).ok()) {
-      ++errors;
+      ++question_errors;
       continue;
     }
     auto normal = [](std::string text) {
@@ -318,24 +346,19 @@ int main(int argc, char** argv) {
       while (!text.empty() && (text.back() == '.' || text.back() == '!')) text.pop_back();
       return text;
     };
-    const std::string kind = q.with_marks                            ? "mark"
-                             : q.question.rfind("How many", 0) == 0  ? "count"
-                             : q.question.rfind("Is there", 0) == 0  ? "yes/no"
-                                                                     : "color";
     const bool ok = normal(resp.text()) == normal(q.answer);
     if (i < absl::GetFlag(FLAGS_log_questions)) {
       std::cout << (ok ? "  right " : "  wrong ") << q.question << " expected \"" << q.answer << "\" answered \""
                 << resp.text() << "\"" << std::endl;
     }
-    ++asked;
     right += ok;
     by_kind[kind].first += ok;
-    ++by_kind[kind].second;
   }
   std::cout << "question_accuracy: " << (asked ? 100.0 * right / asked : 0) << " % (" << right << "/" << asked
-            << " questions;";
+            << " questions, " << question_errors << " failed calls counted wrong;";
   for (const auto& [kind, n] : by_kind) std::cout << " " << kind << " " << n.first << "/" << n.second;
   std::cout << ")" << std::endl;
+  const int errors = click_errors + robot_errors + path_errors + question_errors;
   std::cout << "rpc_errors: " << errors << std::endl;
-  return 0;
+  return errors > 0 ? 1 : 0;
 }

@@ -161,9 +161,11 @@ std::vector<UiInstruction> Instructions(const UiScreen& screen) {
     const auto& w = screen.widgets[i];
     const int target = static_cast<int>(i);
     if (!w.label.empty() && by_label[w.label] == 1) {
-      if (w.kind == "button") out.push_back({"click " + w.label, target, w.label});
-      if (w.kind == "checkbox") out.push_back({"check " + w.label, target, w.label});
-      if (w.kind == "text_field") out.push_back({"type in the " + w.label + " field", target, w.label + " field"});
+      if (w.kind == "button") out.push_back({"click " + w.label, target, w.label, /*by_label=*/true});
+      if (w.kind == "checkbox") out.push_back({"check " + w.label, target, w.label, /*by_label=*/true});
+      if (w.kind == "text_field") {
+        out.push_back({"type in the " + w.label + " field", target, w.label + " field", /*by_label=*/true});
+      }
     }
     const std::string look = w.color + " " + w.shape + " " + w.kind;
     if (by_look[look] == 1) {

@@ -112,6 +112,7 @@ TEST(UiWorldTest, InstructionsNameExactlyOneWidget) {
       const bool by_label = !w.label.empty() && in.text.find(w.label) != std::string::npos;
       const bool by_look = in.text.find(w.color + " " + w.shape) != std::string::npos;
       EXPECT_TRUE(by_label || by_look) << in.text;
+      EXPECT_EQ(in.by_label, by_label) << in.text;
       // `names` is the part of the text that does it.
       EXPECT_EQ(in.names, by_label && w.kind == "text_field" ? w.label + " field"
                           : by_label                         ? w.label

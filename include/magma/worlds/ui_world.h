@@ -46,6 +46,7 @@ struct UiInstruction {
   std::string text;  // e.g. "open Settings", "click the red circle button"
   int target = 0;    // index into UiScreen::widgets
   std::string names;  // the words of `text` that name the target: "Settings", "red circle button"
+  bool by_label = false;  // named by its label ("open Settings"), not by how it looks
 };
 
 // Instructions that each identify exactly one widget of `screen` (by label,
