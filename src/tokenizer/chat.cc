@@ -1,9 +1,8 @@
 #include "magma/tokenizer/chat.h"
 
-#include <cstdint>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 
 namespace magma::tokenizer {
 namespace {
@@ -12,48 +11,21 @@ constexpr char kVicunaSystem[] =
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
-// Whether code point `c` is whitespace to Python's str.isspace(), which the
-// reference template's Jinja `trim` (str.strip()) removes.
-bool IsPythonSpace(uint32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-// The code point whose UTF-8 encoding is `bytes` (2 to 4 bytes; 1 for ASCII);
-// a byte string that is not one encoding gives 0xFFFFFFFF.
-uint32_t CodePoint(absl::string_view bytes) {
-  const auto* b = reinterpret_cast<const unsigned char*>(bytes.data());
-  const size_t n = bytes.size();
-  if (n == 1) return b[0] < 0x80 ? b[0] : 0xFFFFFFFF;
-  const size_t want = b[0] >= 0xF0 ? 4 : b[0] >= 0xE0 ? 3 : b[0] >= 0xC0 ? 2 : 0;
-  if (want != n) return 0xFFFFFFFF;
-  uint32_t c = b[0] & (0x7F >> n);
-  for (size_t i = 1; i < n; ++i) {
-    if ((b[i] & 0xC0) != 0x80) return 0xFFFFFFFF;
-    c = (c << 6) | (b[i] & 0x3F);
-  }
-  return c;
-}
-
-// Length in bytes of the UTF-8 character that starts `text`.
-size_t FirstCharLength(absl::string_view text) {
-  size_t n = 1;
-  while (n < text.size() && n < 4 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) ++n;
-  return n;
-}
-
-// Length in bytes of the UTF-8 character that ends `text`.
-size_t LastCharLength(absl::string_view text) {
-  size_t n = 1;
-  while (n < text.size() && n < 4 && (static_cast<unsigned char>(text[text.size() - n]) & 0xC0) == 0x80) ++n;
-  return n;
-}
+// The UTF-8 encodings of the characters Python's str.isspace() accepts,
+// which the reference template's Jinja `trim` (str.strip()) removes.
+// UTF-8 is self-synchronising, so a match at either end of valid text is a
+// whole character.
+constexpr absl::string_view kPythonSpaces[] = {
+    "\t",     "\n",     "\v",     "\f",     "\r",     "\x1c",   "\x1d",   "\x1e",   "\x1f",   " ",
+    "\u0085", "\u00a0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003", "\u2004", "\u2005", "\u2006",
+    "\u2007", "\u2008", "\u2009", "\u200a", "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"};
 
 absl::string_view StripPythonSpace(absl::string_view text, bool leading) {
-  while (!text.empty()) {
-    const size_t n = leading ? FirstCharLength(text) : LastCharLength(text);
-    if (!IsPythonSpace(CodePoint(leading ? text.substr(0, n) : text.substr(text.size() - n)))) break;
-    text = leading ? text.substr(n) : text.substr(0, text.size() - n);
+  for (bool stripped = true; stripped;) {
+    stripped = false;
+    for (absl::string_view space : kPythonSpaces) {
+      if (leading ? absl::ConsumePrefix(&text, space) : absl::ConsumeSuffix(&text, space)) stripped = true;
+    }
   }
   return text;
 }

@@ -48,6 +48,14 @@ size_t SequenceLength(const unsigned char* s, size_t n, size_t* bad, bool* incom
   return len;
 }
 
+// `bytes` as text, invalid sequences and a truncated last character as
+// U+FFFD.
+std::string LossyUtf8(absl::string_view bytes) {
+  std::string out;
+  if (TakeCompleteUtf8(bytes, &out) < bytes.size()) out.append(kReplacement);  // one truncated character
+  return out;
+}
+
 }  // namespace
 
 size_t TakeCompleteUtf8(absl::string_view bytes, std::string* out) {
@@ -97,9 +105,7 @@ std::string IncrementalDecoder::Push(int32_t id) {
 }
 
 std::string IncrementalDecoder::Finish() {
-  std::string out;
-  const size_t used = TakeCompleteUtf8(pending_, &out);
-  if (used < pending_.size()) out.append(kReplacement);  // one truncated character
+  std::string out = LossyUtf8(pending_);
   pending_.clear();
   return out;
 }
@@ -108,12 +114,7 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(absl::string_view text, b
   return EncodeSegments({Segment{std::string(text), parse_special}}, /*add_special_tokens=*/false);
 }
 
-std::string Tokenizer::TokenText(int32_t id) const {
-  const std::string bytes = TokenBytes(id, /*first=*/false);
-  std::string out;
-  if (TakeCompleteUtf8(bytes, &out) < bytes.size()) out.append(kReplacement);
-  return out;
-}
+std::string Tokenizer::TokenText(int32_t id) const { return LossyUtf8(TokenBytes(id, /*first=*/false)); }
 
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special) const {
   IncrementalDecoder decoder(this, skip_special);
