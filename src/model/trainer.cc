@@ -580,7 +580,9 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         if (options_.attention_loss_weight > 0) {
           // The head, from the positions that predict its span, should rest
           // on the span's cells.
-          const at::Tensor on = attention_at(options_.attention_layer, ptr, rows, cells);
+          std::vector<int64_t> targets = cells;
+          for (int64_t at_sink : WordPositions(e, ptr.sink, *model_)) targets.push_back(at_sink);
+          const at::Tensor on = attention_at(options_.attention_layer, ptr, rows, targets);
           if (!on.defined()) continue;
           const at::Tensor mass = on.sum(1);
           if (report != nullptr) {

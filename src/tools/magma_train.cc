@@ -72,6 +72,9 @@ ABSL_FLAG(std::optional<double>, gripper_from_cells_weight, std::nullopt,
 ABSL_FLAG(bool, labels_on_text, false,
           "The label cell head names a widget's label only in the cells its text is drawn in (the widget's other "
           "cells are left out of that head's loss)");
+ABSL_FLAG(bool, absent_to_start, false,
+          "Questions about something not on the screen train the pointer head to rest on the prompt's first token "
+          "(otherwise they have no pointer)");
 ABSL_FLAG(int, near_goal_quarters, 1,
           "Robot frames: quarters (1-3) whose gripper is moved to within two steps per axis of its goal (one more "
           "quarter puts it anywhere on the table)");
@@ -510,7 +513,9 @@ int main(int argc, char** argv) {
     to.ordered_ids = ctx->action_codec->last_token() - ctx->action_codec->first_token() + 1;
   }
   magma::worlds::UiWorldOptions ui;
-  const magma::train::SyntheticTasks tasks(&*ctx, ui, robot, cell_targets, act_frames);
+  magma::train::QuestionOptions questions;
+  questions.absent_to_start = absl::GetFlag(FLAGS_absent_to_start);
+  const magma::train::SyntheticTasks tasks(&*ctx, ui, robot, cell_targets, act_frames, questions);
   auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
   if (!mix.ok()) return Fail(mix.status());
 

@@ -361,8 +361,8 @@ const std::vector<int64_t>& SyntheticTasks::LookClasses() {
 
 SyntheticTasks::SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
                                const worlds::RobotWorldOptions& robot, const CellTargetOptions& cells,
-                               const ActFrameOptions& act)
-    : ctx_(ctx), ui_(ui), robot_(robot), cells_(cells), act_(act) {}
+                               const ActFrameOptions& act, const QuestionOptions& questions)
+    : ctx_(ctx), ui_(ui), robot_(robot), cells_(cells), act_(act), questions_(questions) {}
 
 absl::StatusOr<model::TrainExample> SyntheticTasks::ToExample(const engine::GenerationRequest& r,
                                                               const std::string& answer) const {
@@ -572,8 +572,17 @@ absl::StatusOr<SyntheticExample> SyntheticTasks::Question(uint64_t seed) const {
   if (!e.ok()) return e.status();
   // A question may be about several things: no one position to read.
   const vision::NormPoint nowhere{std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::quiet_NaN()};
-  PointAll(AttachCellTargets(UiItems(screen, marks, q.about, cells_), screen.rgb.size(), &e->images[0]), 0, 0, nowhere,
-           &*e, WordTokens(*ctx_->tokenizer, e->prompt_ids, q.names));
+  const auto groups = AttachCellTargets(UiItems(screen, marks, q.about, cells_), screen.rgb.size(), &e->images[0]);
+  std::vector<int64_t> words = WordTokens(*ctx_->tokenizer, e->prompt_ids, q.names);
+  if (groups.empty() && questions_.absent_to_start) {
+    model::TrainPointer p;
+    p.head = 0;
+    p.sink = {0};
+    p.words = std::move(words);
+    e->pointers.push_back(std::move(p));
+  } else {
+    PointAll(groups, 0, 0, nowhere, &*e, std::move(words));
+  }
   // About one widget (its colour, what is at its mark): the answer names
   // how it looks.
   if (q.answers_look && !e->pointers.empty()) {

@@ -262,6 +262,29 @@ TEST_F(TrainerTest, PointersTeachHeadsWhereToLook) {
   for (int64_t t = 14; t < 16; ++t) EXPECT_GT(probs[1][t][9].item<double>(), 0.8) << t;  // head 1, targets 2-3
 }
 
+// A pointer with no cells and a sink teaches its head to rest on the sink's
+// prompt token (position 0 here, the first token of [bos, 17, image, ...]).
+TEST_F(TrainerTest, SinksGiveAPointerWithNothingToPointAtAPlaceToRest) {
+  TrainOptions o = Schedule(80);
+  o.attention_loss_weight = 1.0;
+  auto trainer = Trainer::Create(model(), o);
+  ASSERT_TRUE(trainer.ok());
+  TrainExample e = Example();
+  TrainPointer p;
+  p.head = 1;
+  p.sink = {0};
+  e.pointers = {p};
+  const auto reports = TrainAndReport(trainer->get(), {e}, 80);
+  ASSERT_TRUE(reports.has_value());
+  const auto& [before, after] = *reports;
+  EXPECT_EQ(before.pointers, 1);
+  EXPECT_LT(before.attention_mass, 0.5);
+  EXPECT_GT(after.attention_mass, 0.9) << before.attention_mass << " -> " << after.attention_mass;
+  const at::Tensor last = Captured(model(), e, {1, 17, 511, 44, 45, 100, 200, 300}, -1);
+  ASSERT_TRUE(last.defined());
+  for (int64_t t = 13; t < 17; ++t) EXPECT_GT(last[1][t][0].item<double>(), 0.8) << t;  // head 1, all targets
+}
+
 // An example that lists a target outside its answer as ordered is refused
 // before anything trains.
 TEST_F(TrainerTest, RefusesOrderedTargetsOutsideTheAnswer) {

@@ -644,6 +644,45 @@ TEST_F(SyntheticTasksTest, PointersLookAtWhatTheAnswerIsAbout) {
   EXPECT_GT(clicks, 5);
 }
 
+// With QuestionOptions::absent_to_start, a question about nothing on the
+// screen ("No.", or no buttons to count) points its head at the prompt's
+// first token, which is text (not an image cell), and names the words that
+// say what is asked about; without it such a question has no pointer.
+// Questions about something there point at it either way.
+TEST_F(SyntheticTasksTest, AbsentThingsPointAtThePromptsFirstToken) {
+  QuestionOptions on;
+  on.absent_to_start = true;
+  const SyntheticTasks sinking(ctx_.get(), worlds::UiWorldOptions{}, worlds::RobotWorldOptions{}, {}, {}, on);
+  int absent = 0, present = 0;
+  for (uint64_t seed = 0; seed < 120; ++seed) {
+    auto plain = tasks_->Question(seed);
+    auto q = sinking.Question(seed);
+    ASSERT_TRUE(plain.ok() && q.ok());
+    ASSERT_EQ(q->target_text, plain->target_text);
+    EXPECT_NE(q->example.prompt_ids[0], image_);
+    if (plain->example.pointers.empty()) {
+      ++absent;
+      if (q->target_text != "No.") {
+        EXPECT_EQ(q->target_text, "0");
+      }
+      ASSERT_EQ(q->example.pointers.size(), 1u);
+      const auto& p = q->example.pointers[0];
+      EXPECT_EQ(p.sink, (std::vector<int64_t>{0}));
+      EXPECT_TRUE(p.cells.empty());
+      EXPECT_EQ(p.head, 0);
+      EXPECT_FALSE(p.words.empty());
+    } else {
+      ++present;
+      EXPECT_NE(q->target_text, "No.") << "seed " << seed << ": a pointer for an absent thing";
+      ASSERT_EQ(q->example.pointers.size(), plain->example.pointers.size());
+      EXPECT_TRUE(q->example.pointers[0].sink.empty());
+      EXPECT_TRUE(q->example.pointers[0].cells[0].equal(plain->example.pointers[0].cells[0]));
+    }
+  }
+  EXPECT_GT(absent, 5);
+  EXPECT_GT(present, 60);
+}
+
 // A question whose answer says how one widget looks (its colour, what is at
 // its mark) gives its pointer the widget's look classes: kind, shape and
 // colour as the "what" cell head names them (1 + look x 8 + colour), and

@@ -180,6 +180,11 @@ struct TrainPointer {
   // Its classes for the look read-outs, one per entry of
   // TrainOptions::look_classes (-1 or missing: none).
   std::vector<int64_t> looks;
+  // Indices into TrainExample::prompt_ids of tokens the head should rest on
+  // as well as `cells` (TrainOptions::attention_loss_weight): for a thing
+  // that is not there, a place to look that says "nothing found" (softmax
+  // attention must put its mass somewhere).
+  std::vector<int64_t> sink;
 };
 
 // What the final hidden state at the position that predicts target token

@@ -72,12 +72,22 @@ struct ActFrameOptions {
   int arrival_quarters = 0;
 };
 
+// How question examples are supervised (SyntheticTasks::Question).
+struct QuestionOptions {
+  // A question about nothing on the screen ("is there a red button?" with
+  // none there) gives its pointer the prompt's first token to rest on
+  // (TrainPointer::sink) and the words that name what is asked about;
+  // otherwise it has no pointer. Where the head then looks says whether
+  // the thing is there.
+  bool absent_to_start = false;
+};
+
 class SyntheticTasks {
  public:
   // `ctx` must outlive this object.
   SyntheticTasks(const agent::TaskContext* ctx, const worlds::UiWorldOptions& ui,
                  const worlds::RobotWorldOptions& robot, const CellTargetOptions& cells = {},
-                 const ActFrameOptions& act = {});
+                 const ActFrameOptions& act = {}, const QuestionOptions& questions = {});
 
   // A Set-of-Mark screen and an instruction; target "Mark: N".
   absl::StatusOr<SyntheticExample> Click(uint64_t seed) const;
@@ -126,6 +136,7 @@ class SyntheticTasks {
   worlds::RobotWorldOptions robot_;
   CellTargetOptions cells_;
   ActFrameOptions act_;
+  QuestionOptions questions_;
 };
 
 }  // namespace magma::train
