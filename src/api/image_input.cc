@@ -1,6 +1,9 @@
 #include "image_input.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "magma/vision/image.h"
@@ -11,6 +14,7 @@ namespace {
 uint32_t Be32(const unsigned char* p) { return (uint32_t{p[0]} << 24) | (p[1] << 16) | (p[2] << 8) | p[3]; }
 uint16_t Be16(const unsigned char* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
 uint32_t Le32(const unsigned char* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | (uint32_t{p[3]} << 24); }
+uint16_t Le16(const unsigned char* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 uint32_t Le24(const unsigned char* p) { return p[0] | (p[1] << 8) | (p[2] << 16); }
 
 absl::Status Cut(const char* format) {
@@ -66,8 +70,16 @@ absl::StatusOr<std::pair<int, int>> PeekImageSize(const std::string& bytes) {
     return Cut("WebP");
   }
   if (n >= 26 && p[0] == 'B' && p[1] == 'M') {
-    const int32_t w = static_cast<int32_t>(Le32(p + 18)), h = static_cast<int32_t>(Le32(p + 22));
-    return std::make_pair(w < 0 ? -w : w, h < 0 ? -h : h);
+    if (Le32(p + 14) == 12) {
+      // OS/2 1.x (BITMAPCOREHEADER): unsigned 16-bit width and height.
+      return std::make_pair(static_cast<int>(Le16(p + 18)), static_cast<int>(Le16(p + 20)));
+    }
+    // Windows headers: signed 32-bit; a negative height is a top-down image.
+    auto magnitude = [](uint32_t v) {
+      const int64_t m = std::abs(int64_t{static_cast<int32_t>(v)});
+      return static_cast<int>(std::min<int64_t>(m, std::numeric_limits<int>::max()));
+    };
+    return std::make_pair(magnitude(Le32(p + 18)), magnitude(Le32(p + 22)));
   }
   return absl::InvalidArgumentError("the image is not PNG, JPEG, WebP or BMP");
 }

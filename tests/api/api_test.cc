@@ -226,6 +226,35 @@ TEST_F(ApiTest, DefaultBudgetStaysUnderTheTokenLimit) {
   EXPECT_EQ(st.error_message(), "max_tokens 6 exceeds the limit of 5");
 }
 
+// An OS/2 1.x bitmap (12-byte BITMAPCOREHEADER, 16-bit width and height),
+// made by hand: 3x2 pixels, 24 bits, rows padded to 12 bytes. Its size is
+// read from its own header, so it is neither refused as huge nor let past
+// a limit it exceeds.
+TEST_F(ApiTest, Os2BitmapsAreMeasuredByTheirOwnHeader) {
+  std::string bmp = {'B', 'M', 50, 0, 0, 0, 0, 0, 0, 0, 26, 0, 0, 0,  // file header: size 50, pixels at 26
+                     12,  0,   0,  0, 3, 0, 2, 0, 1, 0, 24, 0};       // core header: 3x2, 1 plane, 24 bits
+  bmp += std::string(24, '\x80');
+  ASSERT_EQ(bmp.size(), 50u);
+  for (const int64_t limit : {int64_t{5}, int64_t{0}}) {
+    api::ServerOptions options;
+    if (limit > 0) options.limits.max_image_pixels = limit;
+    Start(options);
+    v1::GenerateRequest req;
+    req.set_prompt("what colour?");
+    req.set_max_tokens(2);
+    req.add_images()->set_encoded(bmp);
+    v1::GenerateResponse resp;
+    auto ctx = Ctx();
+    grpc::Status st = stub_->Generate(ctx.get(), req, &resp);
+    if (limit > 0) {
+      EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED) << st.error_message();
+      EXPECT_NE(st.error_message().find("3x2 pixels"), std::string::npos) << st.error_message();
+    } else {
+      EXPECT_TRUE(st.ok()) << st.error_message();
+    }
+  }
+}
+
 // Sizes come from each format's header: checked before decoding.
 TEST_F(ApiTest, ImageFormatsAndPixelLimitsFromHeaders) {
   cv::Mat m(45, 123, CV_8UC3, cv::Scalar(10, 200, 30));
