@@ -51,7 +51,11 @@ class Server::Impl {
         requested > 65535) {
       return absl::InvalidArgumentError(absl::StrCat("metrics address '", listen, "' is not host:port"));
     }
-    const std::string host = listen.substr(0, colon);
+    // As in gRPC's listen address: "[::1]:port" for an IPv6 host, ":port"
+    // for every interface.
+    std::string host = listen.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    if (host.empty()) host = "0.0.0.0";
     http = std::make_unique<httplib::Server>();
     http->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       std::shared_ptr<Backend> backend = state.backend();

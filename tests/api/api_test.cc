@@ -889,14 +889,28 @@ TEST_F(ApiTest, ConcurrentMixedCalls) {
 }
 
 // GET http://127.0.0.1:port/path with a plain socket; returns the body.
-std::string HttpGet(int port, const std::string& path) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
+// GET `path` from `host` (an IPv4 or IPv6 address) at `port`: the body,
+// or "" when the connection fails.
+std::string HttpGet(int port, const std::string& path, const std::string& host = "127.0.0.1") {
+  const bool v6 = host.find(':') != std::string::npos;
+  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  if (v6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET6, host.c_str(), &a->sin6_addr);
+    len = sizeof(*a);
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, host.c_str(), &a->sin_addr);
+    len = sizeof(*a);
+  }
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+    if (fd >= 0) close(fd);
     return "";
   }
   const std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
@@ -908,6 +922,27 @@ std::string HttpGet(int port, const std::string& path) {
   close(fd);
   const size_t body = resp.find("\r\n\r\n");
   return body == std::string::npos ? resp : resp.substr(body + 4);
+}
+
+// The metrics address is written as gRPC's listen address is: an IPv6
+// host in brackets, or no host for every interface.
+TEST_F(ApiTest, MetricsListenOnIpv6AndEveryInterface) {
+  api::ServerOptions options;
+  options.metrics_listen = ":0";
+  Start(options);
+  ASSERT_GT(fixture_->server().metrics_port(), 0);
+  EXPECT_NE(HttpGet(fixture_->server().metrics_port(), "/metrics").find("magma_"), std::string::npos);
+  const int probe = socket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 loopback{};
+  loopback.sin6_family = AF_INET6;
+  loopback.sin6_addr = in6addr_loopback;
+  const bool has_v6 = probe >= 0 && bind(probe, reinterpret_cast<sockaddr*>(&loopback), sizeof(loopback)) == 0;
+  if (probe >= 0) close(probe);
+  if (!has_v6) GTEST_SKIP() << "no IPv6 loopback on this machine";
+  options.metrics_listen = "[::1]:0";
+  Start(options);
+  ASSERT_GT(fixture_->server().metrics_port(), 0);
+  EXPECT_NE(HttpGet(fixture_->server().metrics_port(), "/metrics", "::1").find("magma_"), std::string::npos);
 }
 
 TEST_F(ApiTest, PrometheusMetrics) {
