@@ -61,8 +61,9 @@ struct ServerOptions {
   // PEM files for TLS; both empty = plaintext.
   std::string tls_cert_file;
   std::string tls_key_file;
-  // host:port of the Prometheus endpoint (GET /metrics); port 0 picks a free
-  // port; empty = no endpoint. Default "" .
+  // host:port of the Prometheus endpoint (GET /metrics): "[::1]:port" for
+  // an IPv6 host, ":port" for every interface; port 0 picks a free port;
+  // empty = no endpoint. Default "".
   std::string metrics_listen;
   Limits limits;
 };
