@@ -580,12 +580,24 @@ absl::StatusOr<std::vector<at::Tensor>> Trainer::TargetLogits(const std::vector<
         if (options_.attention_loss_weight > 0) {
           // The head, from the positions that predict its span, should rest
           // on the span's cells.
+          // Sink tokens that are text (an image token's position is its
+          // first cell's).
+          std::vector<int64_t> sink;
+          for (int64_t w : ptr.sink) {
+            if (w >= 0 && w < static_cast<int64_t>(e.prompt_ids.size()) &&
+                e.prompt_ids[w] != model_->image_token_id()) {
+              sink.push_back(w);
+            }
+          }
           std::vector<int64_t> targets = cells;
-          for (int64_t at_sink : WordPositions(e, ptr.sink, *model_)) targets.push_back(at_sink);
+          for (int64_t at_sink : WordPositions(e, sink, *model_)) targets.push_back(at_sink);
           const at::Tensor on = attention_at(options_.attention_layer, ptr, rows, targets);
           if (!on.defined()) continue;
           const at::Tensor mass = on.sum(1);
-          if (report != nullptr) {
+          if (report != nullptr && cells.empty()) {
+            report->sink_mass += mass.mean().item<double>();
+            ++report->sink_pointers;
+          } else if (report != nullptr) {
             const double m = mass.mean().item<double>();
             report->attention_mass += m;
             ++report->pointers;
@@ -735,6 +747,7 @@ absl::StatusOr<AuxiliaryReport> Trainer::Auxiliary(const std::vector<TrainExampl
     // Sums to means over their counts (`none` when there is nothing).
     auto mean = [](double* sum, int n, double none = 0.0) { *sum = n > 0 ? *sum / n : none; };
     mean(&report.attention_mass, report.pointers);
+    mean(&report.sink_mass, report.sink_pointers);
     for (size_t h = 0; h < report.head_mass.size(); ++h) {
       mean(&report.head_mass[h], report.head_pointers[h]);
       mean(&report.head_others[h], report.head_others_pointers[h], std::numeric_limits<double>::quiet_NaN());

@@ -73,8 +73,8 @@ ABSL_FLAG(bool, labels_on_text, false,
           "The label cell head names a widget's label only in the cells its text is drawn in (the widget's other "
           "cells are left out of that head's loss)");
 ABSL_FLAG(bool, absent_to_start, false,
-          "Questions about something not on the screen train the pointer head to rest on the prompt's first token "
-          "(otherwise they have no pointer)");
+          "Questions about something not on the screen train the pointer head to rest on the prompt's first token, "
+          "and the word layer to read the words naming it (otherwise they have no pointer)");
 ABSL_FLAG(int, near_goal_quarters, 1,
           "Robot frames: quarters (1-3) whose gripper is moved to within two steps per axis of its goal (one more "
           "quarter puts it anywhere on the table)");
@@ -606,6 +606,9 @@ int main(int argc, char** argv) {
             sep = ", ";
           }
           std::cout << ")";
+        }
+        if (aux->sink_pointers > 0) {
+          std::cout << ", on the sink where nothing is there " << static_cast<int>(100 * aux->sink_mass) << "%";
         }
         if (aux->positions > 0) std::cout << ", read where they look to " << aux->position_error;
         if (aux->marks > 0) std::cout << ", read the mark there " << static_cast<int>(100 * aux->mark_accuracy) << "%";

@@ -277,12 +277,20 @@ TEST_F(TrainerTest, SinksGiveAPointerWithNothingToPointAtAPlaceToRest) {
   const auto reports = TrainAndReport(trainer->get(), {e}, 80);
   ASSERT_TRUE(reports.has_value());
   const auto& [before, after] = *reports;
-  EXPECT_EQ(before.pointers, 1);
-  EXPECT_LT(before.attention_mass, 0.5);
-  EXPECT_GT(after.attention_mass, 0.9) << before.attention_mass << " -> " << after.attention_mass;
+  // Reported apart from the pointers with cells.
+  EXPECT_EQ(before.pointers, 0);
+  EXPECT_EQ(before.sink_pointers, 1);
+  EXPECT_LT(before.sink_mass, 0.5);
+  EXPECT_GT(after.sink_mass, 0.9) << before.sink_mass << " -> " << after.sink_mass;
   const at::Tensor last = Captured(model(), e, {1, 17, 511, 44, 45, 100, 200, 300}, -1);
   ASSERT_TRUE(last.defined());
   for (int64_t t = 13; t < 17; ++t) EXPECT_GT(last[1][t][0].item<double>(), 0.8) << t;  // head 1, all targets
+  // A sink on the image token (prompt index 2) is no sink: nothing to rest on.
+  e.pointers[0].sink = {2};
+  auto on_image = (*trainer)->Auxiliary({e});
+  ASSERT_TRUE(on_image.ok()) << on_image.status();
+  EXPECT_EQ(on_image->sink_pointers, 0);
+  EXPECT_EQ(on_image->pointers, 0);
 }
 
 // An example that lists a target outside its answer as ordered is refused

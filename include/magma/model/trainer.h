@@ -218,9 +218,13 @@ struct AuxiliaryReport {
   // read from the tower's output.
   double where_error = 0;
   // Mean attention mass of each supervised head on its pointed cells, over
-  // the positions of its span, averaged over the pointers.
+  // the positions of its span, averaged over the pointers with cells.
   double attention_mass = 0;
   int pointers = 0;
+  // The same for the pointers with a sink and no cells (a thing that is
+  // not there): mass on their sink tokens.
+  double sink_mass = 0;
+  int sink_pointers = 0;
   // The same per supervised head (index = head; heads without a pointer in
   // the batch have 0 pointers).
   std::vector<double> head_mass;
