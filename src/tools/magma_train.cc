@@ -45,6 +45,7 @@ ABSL_FLAG(double, lr, 2e-3, "Peak learning rate");
 ABSL_FLAG(int64_t, warmup, 100, "Warm-up steps");
 ABSL_FLAG(int64_t, checkpoint_every, 250, "Steps between checkpoints");
 ABSL_FLAG(bool, resume, false, "Continue from the checkpoint in --out");
+ABSL_FLAG(bool, overwrite, false, "Start anew in an --out that holds a training run, replacing it");
 ABSL_FLAG(int64_t, average_last, 0,
           "At the end, also write <out>/averaged: the model whose weights are the mean of the last N checkpoints' "
           "(the final step's and the N-1 at multiples of --checkpoint_every before it; their weights are kept in "
@@ -245,19 +246,46 @@ absl::Status CreateModel(const std::string& dir, uint64_t seed) {
 // which made a training step about 20 times slower than in float32.
 bool TrainInBf16() { return absl::GetFlag(FLAGS_bf16) && magma::model::HasAvx512Bf16(); }
 
+// A checkpoint's files. SaveCheckpoint writes each to "<name>.tmp", then
+// creates kCommitMark, then renames them into place and removes the mark:
+// a run killed before the mark leaves only .tmp files (dropped by the next
+// start), one killed after it leaves complete files whose renames the next
+// start finishes (FinishCheckpoint). Either way the directory holds one
+// step's weights, optimizer state and trainer_state.json.
+constexpr const char* kCheckpointFiles[] = {"model.safetensors", "optimizer.pt", "trainer_state.json"};
+constexpr char kCommitMark[] = "checkpoint.commit";
+
+// Completes or drops a checkpoint that a killed run left half-written.
+absl::Status FinishCheckpoint(const std::string& dir) {
+  std::error_code ec;
+  const bool committed = fs::exists(fs::path(dir) / kCommitMark, ec);
+  for (const char* f : kCheckpointFiles) {
+    const fs::path tmp = fs::path(dir) / (std::string(f) + ".tmp");
+    if (!fs::exists(tmp, ec)) continue;
+    if (committed) {
+      fs::rename(tmp, fs::path(dir) / f, ec);
+    } else {
+      fs::remove(tmp, ec);
+    }
+    if (ec) return absl::InternalError(absl::StrCat("cannot finish the checkpoint in ", dir, ": ", ec.message()));
+  }
+  if (committed && fs::exists(fs::path(dir) / "model.safetensors", ec)) {
+    // One file replaces the initial shards.
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("model-", 0) == 0 || name == "model.safetensors.index.json") fs::remove(e.path(), ec);
+    }
+  }
+  fs::remove(fs::path(dir) / kCommitMark, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot finish the checkpoint in ", dir, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
 absl::Status SaveCheckpoint(magma::model::MagmaModel& model, const magma::model::Trainer& trainer,
                             const std::string& dir, int64_t step, double loss, double seconds) {
-  const std::string tmp = dir + "/model.safetensors.tmp";
-  if (auto s = model.SaveWeights(tmp); !s.ok()) return s;
+  if (auto s = model.SaveWeights(dir + "/model.safetensors.tmp"); !s.ok()) return s;
   // The optimizer state, for --resume (not needed to serve the model).
   if (auto s = trainer.SaveState(dir + "/optimizer.pt.tmp"); !s.ok()) return s;
-  fs::rename(dir + "/optimizer.pt.tmp", fs::path(dir) / "optimizer.pt");
-  // One file replaces the initial shards.
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("model-", 0) == 0 || name == "model.safetensors.index.json") fs::remove(e.path());
-  }
-  fs::rename(tmp, fs::path(dir) / "model.safetensors");
   const json state = {{"step", step},
                       {"loss", loss},
                       {"steps", absl::GetFlag(FLAGS_steps)},
@@ -267,8 +295,42 @@ absl::Status SaveCheckpoint(magma::model::MagmaModel& model, const magma::model:
                       {"seed", absl::GetFlag(FLAGS_seed)},
                       {"bf16", TrainInBf16()},
                       {"train_seconds", seconds}};
-  std::ofstream(fs::path(dir) / "trainer_state.json") << state.dump(2) << "\n";
-  return absl::OkStatus();
+  std::ofstream out(fs::path(dir) / "trainer_state.json.tmp");
+  out << state.dump(2) << "\n";
+  out.close();
+  std::ofstream mark(fs::path(dir) / kCommitMark);
+  mark.close();
+  if (!out || !mark)
+    return absl::InternalError(absl::StrCat("cannot write the checkpoint of step ", step, " in ", dir));
+  return FinishCheckpoint(dir);
+}
+
+// The run a checkpoint directory holds, from its trainer_state.json.
+struct SavedRun {
+  int64_t step = 0;
+  double train_seconds = 0;
+  std::optional<int64_t> batch;
+  std::optional<uint64_t> seed;
+  std::optional<int64_t> steps;
+};
+
+absl::StatusOr<SavedRun> ReadSavedRun(const std::string& dir) {
+  const fs::path path = fs::path(dir) / "trainer_state.json";
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("no trainer_state.json in ", dir));
+  const json state = json::parse(in, nullptr, false);
+  if (!state.is_object() || !state.contains("step") || !state["step"].is_number_unsigned()) {
+    return absl::DataLossError(absl::StrCat(path.string(), " is not a trainer state (no step)"));
+  }
+  SavedRun run;
+  run.step = state["step"].get<int64_t>();
+  if (state.contains("train_seconds") && state["train_seconds"].is_number()) {
+    run.train_seconds = state["train_seconds"].get<double>();
+  }
+  if (state.contains("batch") && state["batch"].is_number_integer()) run.batch = state["batch"].get<int64_t>();
+  if (state.contains("seed") && state["seed"].is_number_unsigned()) run.seed = state["seed"].get<uint64_t>();
+  if (state.contains("steps") && state["steps"].is_number_integer()) run.steps = state["steps"].get<int64_t>();
+  return run;
 }
 
 // The steps of the last `n` checkpoints of a run of `steps` steps that
@@ -465,30 +527,74 @@ int main(int argc, char** argv) {
   to.ground_layer = absl::GetFlag(FLAGS_ground_layer);
   to.offset_loss_weight = absl::GetFlag(FLAGS_offset_loss);
   to.bin_smoothing = absl::GetFlag(FLAGS_bin_smoothing);
+  if (absl::GetFlag(FLAGS_batch) < 1) return Fail(absl::InvalidArgumentError("--batch must be >= 1"));
+  if (absl::GetFlag(FLAGS_steps) < 1) return Fail(absl::InvalidArgumentError("--steps must be >= 1"));
+  for (const auto& [flag, weight] : {std::pair<const char*, double>{"cell_loss", absl::GetFlag(FLAGS_cell_loss)},
+                                     {"attention_loss", to.attention_loss_weight},
+                                     {"position_loss", to.position_loss_weight},
+                                     {"word_loss", to.word_loss_weight},
+                                     {"ground_loss", to.ground_loss_weight}}) {
+    if (!(weight >= 0))
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 0; got ", weight)));
+  }
+  auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
+  if (!mix.ok()) return Fail(mix.status());
   int64_t start_step = 0;
   double prior_seconds = 0;  // training time before a resume
   const bool existing = absl::GetFlag(FLAGS_resume) || absl::GetFlag(FLAGS_report_only);
-  if (absl::GetFlag(FLAGS_report_only) && !fs::exists(fs::path(dir) / "trainer_state.json")) {
-    return Fail(absl::NotFoundError("--report_only: no trainer_state.json in --out"));
+  if (fs::exists(dir)) {
+    if (auto s = FinishCheckpoint(dir); !s.ok()) return Fail(s);
   }
-  if (existing && fs::exists(fs::path(dir) / "trainer_state.json")) {
-    std::ifstream in(fs::path(dir) / "trainer_state.json");
-    const json state = json::parse(in, nullptr, false);
-    start_step = state.value("step", int64_t{0});
-    prior_seconds = state.value("train_seconds", 0.0);
-    std::cout << "resuming at step " << start_step << "\n";
-    if (!averaged_steps.empty() && !absl::GetFlag(FLAGS_report_only)) {
-      if (auto s = CheckKeptWeights(dir, start_step, absl::GetFlag(FLAGS_steps), averaged_steps); !s.ok()) {
-        return Fail(s);
+  const bool has_run = fs::exists(fs::path(dir) / "trainer_state.json");
+  if (existing) {
+    auto saved = ReadSavedRun(dir);
+    if (!saved.ok()) {
+      return Fail(absl::Status(
+          saved.status().code(),
+          absl::StrCat(absl::GetFlag(FLAGS_report_only) ? "--report_only: " : "--resume: ", saved.status().message())));
+    }
+    start_step = saved->step;
+    prior_seconds = saved->train_seconds;
+    if (!absl::GetFlag(FLAGS_report_only)) {
+      // The data stream is a function of the seed, the batch and the step:
+      // another seed or batch would not continue it.
+      if (saved->batch.has_value() && *saved->batch != absl::GetFlag(FLAGS_batch)) {
+        return Fail(absl::InvalidArgumentError(
+            absl::StrCat("--resume: --batch ", absl::GetFlag(FLAGS_batch), " differs from the run's ", *saved->batch)));
+      }
+      if (saved->seed.has_value() && *saved->seed != absl::GetFlag(FLAGS_seed)) {
+        return Fail(absl::InvalidArgumentError(
+            absl::StrCat("--resume: --seed ", absl::GetFlag(FLAGS_seed), " differs from the run's ", *saved->seed)));
+      }
+      if (!averaged_steps.empty()) {
+        if (auto s = CheckKeptWeights(dir, start_step, absl::GetFlag(FLAGS_steps), averaged_steps); !s.ok()) {
+          return Fail(s);
+        }
+      }
+      if (absl::GetFlag(FLAGS_steps) < start_step) {
+        return Fail(
+            absl::InvalidArgumentError(absl::StrCat("--resume: the checkpoint in ", dir, " is at step ", start_step,
+                                                    ", past --steps ", absl::GetFlag(FLAGS_steps))));
+      }
+      if (saved->steps.has_value() && *saved->steps != absl::GetFlag(FLAGS_steps)) {
+        std::cout << "the run was started for " << *saved->steps << " steps: its schedule now ends at step "
+                  << absl::GetFlag(FLAGS_steps) << "\n";
       }
     }
+    std::cout << "resuming at step " << start_step << "\n";
   } else {
+    if (has_run && !absl::GetFlag(FLAGS_overwrite)) {
+      return Fail(absl::FailedPreconditionError(
+          absl::StrCat(dir, " holds a training run: continue it with --resume or replace it with --overwrite")));
+    }
     // A new model has the preset's layers: check the options against them
     // before anything is written (a resumed one is checked on load).
     if (auto s = magma::model::CheckTrainOptions(to, kDecoderLayers); !s.ok()) return Fail(s);
     fs::create_directories(dir);
-    // Kept and averaged weights of an earlier run in the same directory.
+    // What an earlier run in the same directory left: its checkpoint, kept
+    // and averaged weights.
     std::error_code ec;
+    for (const char* f : kCheckpointFiles) fs::remove(fs::path(dir) / f, ec);
     fs::remove_all(fs::path(dir) / "kept", ec);
     fs::remove_all(fs::path(dir) / "averaged", ec);
     if (auto s = CreateModel(dir, absl::GetFlag(FLAGS_seed)); !s.ok()) return Fail(s);
@@ -516,8 +622,6 @@ int main(int argc, char** argv) {
   magma::train::QuestionOptions questions;
   questions.absent_to_start = absl::GetFlag(FLAGS_absent_to_start);
   const magma::train::SyntheticTasks tasks(&*ctx, ui, robot, cell_targets, act_frames, questions);
-  auto mix = magma::train::ParseTaskMix(absl::GetFlag(FLAGS_mix));
-  if (!mix.ok()) return Fail(mix.status());
 
   auto trainer = magma::model::Trainer::Create(model->get(), to);
   if (!trainer.ok()) return Fail(trainer.status());

@@ -195,10 +195,87 @@ TEST(MagmaTrainTest, AveragingNeedsWeightsKeptFromTheStart) {
                 .find("INVALID_ARGUMENT: --average_last: the checkpoint in " + out + " is at step 3, past --steps 2"),
             std::string::npos)
       << ReadAll(tmp.File("log"));
-  ASSERT_EQ(RunTrain("--out " + out + " --steps 1 --checkpoint_every 1" + kSmall, tmp.File("log")), 0)
+  ASSERT_EQ(RunTrain("--out " + out + " --overwrite --steps 1 --checkpoint_every 1" + kSmall, tmp.File("log")), 0)
       << ReadAll(tmp.File("log"));
   EXPECT_FALSE(fs::exists(out + "/kept"));
   EXPECT_FALSE(fs::exists(out + "/averaged"));
+}
+
+// A directory that holds a run is not replaced by a start without
+// --overwrite, and --resume only continues the run's own data stream.
+TEST(MagmaTrainTest, GuardsARunInItsDirectory) {
+  testing::TempDir tmp;
+  const std::string out = tmp.File("run");
+  const std::string log = tmp.File("log");
+  EXPECT_EQ(RunTrain("--out " + out + " --resume --steps 2" + kSmall, log), 1);
+  EXPECT_NE(ReadAll(log).find("NOT_FOUND: --resume: no trainer_state.json in " + out), std::string::npos)
+      << ReadAll(log);
+  ASSERT_EQ(RunTrain("--out " + out + " --steps 2 --checkpoint_every 1" + kSmall, log), 0) << ReadAll(log);
+  const std::string step2 = ReadAll(out + "/model.safetensors");
+  EXPECT_EQ(RunTrain("--out " + out + " --steps 2" + kSmall, log), 1);
+  EXPECT_NE(ReadAll(log).find("FAILED_PRECONDITION: " + out +
+                              " holds a training run: continue it with --resume or replace it with --overwrite"),
+            std::string::npos)
+      << ReadAll(log);
+  // Flags checked before the directory is touched.
+  EXPECT_EQ(RunTrain("--out " + out + " --overwrite --steps 2 --mix clik=4" + kSmall, log), 1);
+  EXPECT_EQ(RunTrain("--out " + out + " --overwrite --steps 2 --batch 0 --eval_every 0 --threads 1", log), 1);
+  EXPECT_NE(ReadAll(log).find("--batch must be >= 1"), std::string::npos) << ReadAll(log);
+  EXPECT_EQ(RunTrain("--out " + out + " --overwrite --steps 2 --word_loss -1" + kSmall, log), 1);
+  EXPECT_NE(ReadAll(log).find("--word_loss must be >= 0; got -1"), std::string::npos) << ReadAll(log);
+  EXPECT_EQ(RunTrain("--out " + out + " --resume --steps 3 --seed 2" + kSmall, log), 1);
+  EXPECT_NE(ReadAll(log).find("--resume: --seed 2 differs from the run's 1"), std::string::npos) << ReadAll(log);
+  EXPECT_EQ(RunTrain("--out " + out + " --resume --steps 1" + kSmall, log), 1);
+  EXPECT_NE(ReadAll(log).find("the checkpoint in " + out + " is at step 2, past --steps 1"), std::string::npos)
+      << ReadAll(log);
+  EXPECT_EQ(ReadAll(out + "/model.safetensors"), step2) << "a refused call changed the run";
+  // --batch is checked against the run's (kSmall's 1) after the others.
+  EXPECT_EQ(RunTrain("--out " + out +
+                         " --resume --steps 3 --batch 2 --eval_every 0 --threads 1 --tower_dims "
+                         "8,8,16,16 --tower_depths 1,1,1,1 --prefetch=false",
+                     log),
+            1);
+  EXPECT_NE(ReadAll(log).find("--resume: --batch 2 differs from the run's 1"), std::string::npos) << ReadAll(log);
+}
+
+// A run killed while it saves a checkpoint. Before the commit mark (a): the
+// next start drops the .tmp files and resumes from the files in place.
+// After it (b): the next start finishes the renames. Both then go on
+// exactly as each other.
+TEST(MagmaTrainTest, ResumesFromACheckpointCutShortByAKill) {
+  testing::TempDir tmp;
+  const std::string log = tmp.File("log");
+  const std::string a = tmp.File("a"), b = tmp.File("b");
+  const std::string flags = " --checkpoint_every 1" + std::string(kSmall);
+  for (const std::string& out : {a, b}) {
+    ASSERT_EQ(RunTrain("--out " + out + " --steps 4 --average_last 2" + flags, log), 0) << ReadAll(log);
+  }
+  ASSERT_EQ(ReadAll(a + "/model.safetensors"), ReadAll(b + "/model.safetensors"));
+  // a: killed while writing step 5's files, before the mark.
+  std::ofstream(a + "/model.safetensors.tmp") << "half a file";
+  std::ofstream(a + "/trainer_state.json.tmp") << "{\"st";
+  // b: killed between renames of step 4's files: optimizer.pt renamed, the
+  // weights and the state not, step 3's still in place.
+  fs::rename(b + "/model.safetensors", b + "/model.safetensors.tmp");
+  fs::rename(b + "/trainer_state.json", b + "/trainer_state.json.tmp");
+  fs::copy_file(b + "/kept/step-3.safetensors", b + "/model.safetensors");
+  std::ofstream(b + "/trainer_state.json") << R"({"step": 3, "steps": 4, "batch": 1, "seed": 1})";
+  std::ofstream(b + "/checkpoint.commit").close();
+  for (const std::string& out : {a, b}) {
+    ASSERT_EQ(RunTrain("--out " + out + " --resume --steps 5" + flags, log), 0) << ReadAll(log);
+    EXPECT_NE(ReadAll(log).find("resuming at step 4"), std::string::npos) << ReadAll(log);
+    for (const char* f : {"/model.safetensors.tmp", "/trainer_state.json.tmp", "/checkpoint.commit"}) {
+      EXPECT_FALSE(fs::exists(out + f)) << out << f;
+    }
+    EXPECT_EQ(nlohmann::json::parse(ReadAll(out + "/trainer_state.json")).at("step"), 5);
+  }
+  EXPECT_EQ(ReadAll(a + "/model.safetensors"), ReadAll(b + "/model.safetensors"));
+  // A state file that is not one is refused, not a crash.
+  std::ofstream(a + "/trainer_state.json") << "{\"step\": \"five\"}";
+  EXPECT_EQ(RunTrain("--out " + a + " --resume --steps 6" + flags, log), 1);
+  EXPECT_NE(ReadAll(log).find("DATA_LOSS: --resume: " + a + "/trainer_state.json is not a trainer state"),
+            std::string::npos)
+      << ReadAll(log);
 }
 
 }  // namespace
