@@ -9,6 +9,11 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${MAGMA_BUILD_DIR:-$ROOT/build}"
+what="${1:-all}"
+case "$what" in
+  all | model | engine | tokenizer | agent | load8b | train) ;;
+  *) echo "bench.sh: unknown benchmark '$what' (model, engine, tokenizer, agent, load8b or train)" >&2; exit 2 ;;
+esac
 "$ROOT/scripts/setup.sh" >/dev/null
 cmake -S "$ROOT" -B "$BUILD_DIR" -DMAGMA_BUILD_BENCHMARKS=ON >/dev/null
 cmake --build "$BUILD_DIR" -j "${MAGMA_JOBS:-2}" --target magma-bench magma-engine-bench magma-tokenizer-bench \
@@ -19,7 +24,6 @@ mkdir -p "$MODELS"
 model() {
   [ -f "$MODELS/$1/tokenizer.json" ] || "$BUILD_DIR/src/tools/magma-cli" init --preset "$1" --seed 1 --out "$MODELS/$1" >/dev/null
 }
-what="${1:-all}"
 if [ "$what" = all ] || [ "$what" = model ]; then
   model small
   model 1b
@@ -46,6 +50,7 @@ if [ "$what" = train ]; then
   # Training step time of the magma-tiny recipe (a 20-step mark phase instead
   # of 1500), from scratch: the mean of steps 21-60, after start-up.
   out="$(mktemp -d)"
+  trap 'rm -rf "$out"' EXIT
   "$BUILD_DIR/src/tools/magma-train" --out "$out/run" --steps 60 --batch 8 --lr 2e-3 --warmup 200 \
     --position_loss 10 --word_loss 0.5 --ground_loss 0.5 --ground_layer 0 \
     --tower_dims 16,32,64,128,192 --tower_depths 1,1,1,2,1 --eval_every 0 --checkpoint_every 1000 \
@@ -62,7 +67,7 @@ if [ "$what" = load8b ]; then
   sync
   if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; fi
   start=$(date +%s.%N); cat "$MODELS"/8b/*.safetensors > /dev/null; end=$(date +%s.%N)
-  echo "read_checkpoint_seconds[cat, cold cache]: $(echo "$end - $start" | bc)"
+  echo "read_checkpoint_seconds[cat, cold cache]: $(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.2f", b - a}')"
   if [ -w /proc/sys/vm/drop_caches ]; then sync; echo 3 > /proc/sys/vm/drop_caches; fi
   "$B/magma-bench" --mode load --model_dir "$MODELS/8b" --prefault
 fi

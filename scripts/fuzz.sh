@@ -34,7 +34,7 @@ for p in "${PARSERS[@]}"; do
     -artifact_prefix="$artifacts" "$corpus" "$ROOT/fuzz/corpus/$p" >"$log" 2>&1
   rc=$?
   set -e
-  execs=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
+  execs=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}' || true)
   if [[ $rc -ne 0 ]]; then
     status=1
     echo "fuzz_$p: FAILED (exit $rc) after ${execs:-?} executions; see $log and $artifacts"

@@ -2,9 +2,13 @@
 # Sets everything up (scripts/setup.sh) and runs magma-serve with
 # configs/default.textproto. Extra arguments go to magma-serve, e.g.
 #   scripts/serve.sh --listen 0.0.0.0:50051 --log_level debug
+# magma-serve runs in the repository's root: relative paths in the extra
+# arguments are taken from there. MAGMA_BUILD_DIR, as for setup.sh, is taken
+# from the current directory.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD_DIR="${MAGMA_BUILD_DIR:-$ROOT/build}"
+BUILD_DIR="$(realpath -m "${MAGMA_BUILD_DIR:-$ROOT/build}")"
+export MAGMA_BUILD_DIR="$BUILD_DIR"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 MODEL_DIR="models/magma-tiny"

