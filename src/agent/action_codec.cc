@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "magma/util/file.h"
 
 namespace magma::agent {
 
@@ -168,10 +169,9 @@ absl::StatusOr<DatasetStatistics> DatasetStatistics::FromJson(const std::string&
 }
 
 absl::StatusOr<DatasetStatistics> DatasetStatistics::Load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read dataset statistics '", path, "'"));
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return FromJson(text, path);
+  auto text = util::ReadFile(path, "dataset statistics");
+  if (!text.ok()) return text.status();
+  return FromJson(*text, path);
 }
 
 absl::StatusOr<ActionStatistics> DatasetStatistics::Find(const std::string& key) const {

@@ -13,6 +13,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "magma/util/file.h"
 #include "magma/util/logging.h"
 #include "service.h"
 
@@ -21,10 +22,10 @@ namespace {
 
 constexpr char kAgentServiceName[] = "magma.v1.AgentService";
 
-absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read the TLS ", what, " file '", path, "'"));
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+absl::StatusOr<std::string> ReadTlsFile(const std::string& path, const char* what) {
+  auto bytes = util::ReadFile(path, absl::StrCat("the TLS ", what, " file"));
+  if (!bytes.ok()) return absl::InvalidArgumentError(bytes.status().message());
+  return bytes;
 }
 
 }  // namespace
@@ -105,9 +106,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
-    auto cert = ReadFile(options.tls_cert_file, "certificate");
+    auto cert = ReadTlsFile(options.tls_cert_file, "certificate");
     if (!cert.ok()) return cert.status();
-    auto key = ReadFile(options.tls_key_file, "key");
+    auto key = ReadTlsFile(options.tls_key_file, "key");
     if (!key.ok()) return key.status();
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});

@@ -6,11 +6,12 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "magma/util/file.h"
 #include "magma/util/logging.h"
 
 namespace magma::config {
@@ -98,10 +99,9 @@ absl::StatusOr<ServerConfig> ParseText(absl::string_view text, absl::string_view
 }
 
 absl::StatusOr<ServerConfig> LoadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file '", path, "'"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return ParseText(text, path);
+  auto text = util::ReadFile(path, "config file");
+  if (!text.ok()) return text.status();
+  return ParseText(*text, path);
 }
 
 absl::Status Validate(const ServerConfig& c) {

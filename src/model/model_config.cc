@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "magma/util/file.h"
 
 namespace magma::model {
 namespace {
@@ -211,9 +212,9 @@ vision::AnyresOptions AnyresOptionsOf(const PreprocessConfig& p) {
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   namespace fs = std::filesystem;
   auto read = [](const fs::path& p, std::string* out) {
-    std::ifstream in(p);
-    if (!in) return false;
-    out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    auto bytes = util::ReadFile(p.string(), p.filename().string());
+    if (!bytes.ok()) return false;
+    *out = *std::move(bytes);
     return true;
   };
   std::string config, preprocessor;

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "magma/agent/path_answer.h"
+#include "magma/util/file.h"
 #include "magma/vision/geometry.h"
 #include "magma/vision/image.h"
 #include "magma/vision/overlay.h"
@@ -61,9 +62,9 @@ absl::Status WriteRgbPng(const cv::Mat& rgb) {
 
 absl::StatusOr<std::vector<PixelBox>> ReadBoxes(const std::string& path) {
   if (path.empty()) return absl::InvalidArgumentError("--boxes is required");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read boxes file '", path, "'"));
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto read = util::ReadFile(path, "boxes file");
+  if (!read.ok()) return read.status();
+  const std::string& text = *read;
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);

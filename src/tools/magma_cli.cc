@@ -9,6 +9,7 @@
 //   magma-cli draw-path  --image I.png --answer "<ans>[...]</ans>" --out O.png
 //   magma-cli draw-som   --image I.png --boxes boxes.json --out O.png
 //   magma-cli propose    --image I.png
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 
@@ -142,6 +143,12 @@ int CmdGenerate() {
   auto embeds = PromptEmbeddings(**model);
   if (!embeds.ok()) return Fail(embeds.status());
   const int n = absl::GetFlag(FLAGS_max_new_tokens);
+  const int64_t room = (*model)->max_context_tokens() - embeds->size(0);
+  if (n < 1 || n > room) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--max_new_tokens must be in 1..", std::max<int64_t>(room, 0),
+                                                        " (the context left after the ", embeds->size(0),
+                                                        "-position prompt); got ", n)));
+  }
   magma::model::KvCache cache((*model)->config().text, 1, static_cast<int>(embeds->size(0)) + n, (*model)->dtype());
   const int slot = cache.Allocate();
   auto logits = (*model)->Prefill(*embeds, &cache, slot);
@@ -189,6 +196,9 @@ int CmdTokenize() {
   if (auto s = Require("input", absl::GetFlag(FLAGS_input)); !s.ok()) return Fail(s);
   auto tok = magma::tokenizer::LoadTokenizer(absl::GetFlag(FLAGS_model_dir));
   if (!tok.ok()) return Fail(tok.status());
+  if (!std::filesystem::is_regular_file(absl::GetFlag(FLAGS_input))) {
+    return Fail(absl::NotFoundError("cannot read " + absl::GetFlag(FLAGS_input) + ": not a readable file"));
+  }
   std::ifstream in(absl::GetFlag(FLAGS_input));
   if (!in) return Fail(absl::NotFoundError("cannot read " + absl::GetFlag(FLAGS_input)));
   std::string line;
@@ -205,6 +215,7 @@ int CmdTokenize() {
     if (!ids.ok()) return Fail(ids.status());
     std::cout << "[" << absl::StrJoin(*ids, ",") << "]\n";
   }
+  if (in.bad()) return Fail(absl::DataLossError("reading " + absl::GetFlag(FLAGS_input) + " failed"));
   return 0;
 }
 
@@ -216,7 +227,10 @@ int main(int argc, char** argv) {
       "commands: preprocess, forward, generate, init, inspect, tokenize, draw-path, draw-som, propose\n"
       "(see --helpfull)");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
-  (void)magma::log::SetLevel(absl::GetFlag(FLAGS_log_level));
+  if (auto s = magma::log::SetLevel(absl::GetFlag(FLAGS_log_level)); !s.ok()) {
+    std::cerr << "--log_level: " << s.message() << "\n";
+    return 2;
+  }
   magma::model::ConfigureRuntime(absl::GetFlag(FLAGS_threads));
   if (args.size() != 2) {
     std::cerr << absl::ProgramUsageMessage() << "\n";

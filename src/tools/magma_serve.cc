@@ -3,11 +3,12 @@
 // drains within the configured deadline and exits 0.
 #include <atomic>
 #include <csignal>
-#include <future>
 #include <cstdlib>
+#include <future>
 #include <iostream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -27,8 +28,13 @@ ABSL_FLAG(std::string, log_level, "", "trace|debug|info|warn|error|critical|off;
 
 namespace {
 
+// Start-up errors reach the user whatever the log level.
 int Fail(const absl::Status& status) {
-  MAGMA_LOG_ERROR("{}", status.ToString());
+  if (spdlog::should_log(spdlog::level::err)) {
+    MAGMA_LOG_ERROR("{}", status.ToString());
+  } else {
+    std::cerr << "magma-serve: " << status.ToString() << "\n";
+  }
   return 2;
 }
 
@@ -49,7 +55,12 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Serves a Magma-style vision-language-action model over gRPC.\n"
       "  magma-serve --config configs/default.textproto [--listen 127.0.0.1:50051]");
-  absl::ParseCommandLine(argc, argv);
+  const std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    std::cerr << "magma-serve: unexpected argument '" << rest[1] << "' (a config file is given with --config)\n"
+              << absl::ProgramUsageMessage() << "\n";
+    return 2;
+  }
   const sigset_t stop_signals = BlockStopSignals();
 
   // Config: file (or defaults), then flags, then validation.

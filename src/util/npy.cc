@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "magma/util/file.h"
 
 namespace magma::npy {
 namespace {
@@ -51,9 +52,9 @@ int64_t Array::NumElements() const {
 }
 
 absl::StatusOr<Array> Read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto read = util::ReadFile(path, "npy file");
+  if (!read.ok()) return read.status();
+  const std::string& bytes = *read;
   if (bytes.size() < 10 || bytes.compare(0, 6, kMagic, 6) != 0) return Bad(path, "bad magic");
   const int major = static_cast<unsigned char>(bytes[6]);
   size_t header_len, header_start;

@@ -9,6 +9,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "magma/util/file.h"
 
 namespace magma::vision {
 
@@ -33,10 +34,9 @@ absl::StatusOr<cv::Mat> DecodeRgb(const std::string& bytes) {
 }
 
 absl::StatusOr<cv::Mat> ReadRgb(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read image file '", path, "'"));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  auto rgb = DecodeRgb(bytes);
+  auto bytes = util::ReadFile(path, "image file");
+  if (!bytes.ok()) return bytes.status();
+  auto rgb = DecodeRgb(*bytes);
   if (!rgb.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", rgb.status().message()));
   return rgb;
 }

@@ -18,6 +18,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "magma/model/random_init.h"
+#include "magma/util/npy.h"
 #include "testing/temp_dir.h"
 
 extern char** environ;
@@ -40,10 +41,13 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
-// Spawns magma-serve with `args`, stdout+stderr to `log_path`.
-pid_t Spawn(const std::vector<std::string>& args, const std::string& log_path) {
+const std::string kCli = std::string(MAGMA_BINARY_DIR) + "/src/tools/magma-cli";
+
+// Spawns `binary` (default magma-serve) with `args`, stdout+stderr to
+// `log_path`.
+pid_t Spawn(const std::vector<std::string>& args, const std::string& log_path, const std::string& binary = kServe) {
   std::vector<char*> argv;
-  std::vector<std::string> owned = {kServe};
+  std::vector<std::string> owned = {binary};
   owned.insert(owned.end(), args.begin(), args.end());
   for (auto& a : owned) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -52,7 +56,7 @@ pid_t Spawn(const std::vector<std::string>& args, const std::string& log_path) {
   posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
   pid_t pid = -1;
-  EXPECT_EQ(posix_spawn(&pid, kServe.c_str(), &actions, nullptr, argv.data(), environ), 0);
+  EXPECT_EQ(posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ), 0);
   posix_spawn_file_actions_destroy(&actions);
   return pid;
 }
@@ -163,8 +167,53 @@ INSTANTIATE_TEST_SUITE_P(
         BadStart{"BadValue", "model { dtype: \"float16\" }\n", {}, "model.dtype"},
         BadStart{"MissingConfigFile", "", {"--config", "/nonexistent/magma.textproto"}, "/nonexistent/magma.textproto"},
         BadStart{"BadFlagValue", "", {"--log_level", "loud"}, "log_level"},
-        BadStart{"MissingModelDir", "", {"--model_dir", "/nonexistent/model"}, "/nonexistent/model"}),
+        BadStart{"MissingModelDir", "", {"--model_dir", "/nonexistent/model"}, "/nonexistent/model"},
+        BadStart{"ConfigIsADirectory", "", {"--config", "/tmp"}, "cannot read config file '/tmp': not a regular file"},
+        BadStart{"PositionalArgument",
+                 "",
+                 {"configs/default.textproto"},
+                 "unexpected argument 'configs/default.textproto' (a config file is given with --config)"},
+        BadStart{"ErrorsShowAtAnyLogLevel",
+                 "",
+                 {"--log_level", "off", "--model_dir", "/nonexistent/model"},
+                 "/nonexistent/model"}),
     [](const ::testing::TestParamInfo<BadStart>& info) { return info.param.name; });
+
+// magma-cli refuses bad input with a message and an exit status, not an
+// abort or a silent success.
+TEST(CliProcessTest, RefusesBadInputWithAMessage) {
+  testing::TempDir dir;
+  auto preset = model::GetPreset("tiny");
+  ASSERT_TRUE(preset.ok());
+  ASSERT_TRUE(model::WriteRandomModel(*preset, 7, dir.File("m")).ok());
+  ASSERT_TRUE(npy::Write(dir.File("ids.npy"), npy::FromInt64({3}, {1, 17, 44})).ok());
+  struct Case {
+    std::vector<std::string> args;
+    int exit;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      {{"--log_level", "verbose", "inspect"}, 2, "--log_level"},
+      {{"tokenize", "--model_dir", dir.File("m"), "--input", dir.path()}, 1, "not a readable file"},
+      {{"generate", "--model_dir", dir.File("m"), "--input_ids", dir.File("ids.npy"), "--max_new_tokens", "0"},
+       1,
+       "--max_new_tokens must be in 1.."},
+      {{"generate", "--model_dir", dir.File("m"), "--input_ids", dir.File("ids.npy"), "--max_new_tokens", "-5"},
+       1,
+       "got -5"},
+      {{"generate", "--model_dir", dir.File("m"), "--input_ids", dir.path()}, 1, "not a regular file"},
+  };
+  for (const Case& c : cases) {
+    const pid_t pid = Spawn(c.args, dir.File("log"), kCli);
+    EXPECT_EQ(WaitExit(pid, std::chrono::seconds(60)), c.exit) << c.args[0] << ": " << ReadAll(dir.File("log"));
+    EXPECT_NE(ReadAll(dir.File("log")).find(c.expected), std::string::npos) << ReadAll(dir.File("log"));
+  }
+  // A good call still works: 2 new tokens.
+  const pid_t pid =
+      Spawn({"generate", "--model_dir", dir.File("m"), "--input_ids", dir.File("ids.npy"), "--max_new_tokens", "2"},
+            dir.File("log"), kCli);
+  EXPECT_EQ(WaitExit(pid, std::chrono::seconds(60)), 0) << ReadAll(dir.File("log"));
+}
 
 }  // namespace
 }  // namespace magma
