@@ -7,6 +7,7 @@
 #include <google/protobuf/text_format.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -118,6 +119,15 @@ absl::Status Validate(const ServerConfig& c) {
                absl::StrCat("'", c.log_level(), "'"));
   }
   if (c.drain_deadline_ms() < 0) return bad("drain_deadline_ms", "must be >= 0", c.drain_deadline_ms());
+  if (!c.metrics_listen().empty()) {
+    const size_t colon = c.metrics_listen().rfind(':');
+    int port = -1;
+    if (colon == std::string::npos || !absl::SimpleAtoi(c.metrics_listen().substr(colon + 1), &port) || port < 0 ||
+        port > 65535) {
+      return bad("metrics_listen", "must be empty or host:port with a port in 0..65535",
+                 absl::StrCat("'", c.metrics_listen(), "'"));
+    }
+  }
   const auto& g = c.grpc();
   if (g.max_receive_message_bytes() <= 0 || g.max_receive_message_bytes() > (int64_t{1} << 31) - 1) {
     return bad("grpc.max_receive_message_bytes", "must be in 1..2147483647",
@@ -153,6 +163,11 @@ absl::Status Validate(const ServerConfig& c) {
   if (e.prefix_cache_mb() < 0) return bad("engine.prefix_cache_mb", "must be >= 0", e.prefix_cache_mb());
   const auto& l = c.limits();
   if (l.max_image_bytes() < 1) return bad("limits.max_image_bytes", "must be >= 1", l.max_image_bytes());
+  if (l.max_image_bytes() > g.max_receive_message_bytes()) {
+    // An image arrives inside a request: gRPC would refuse it first, with
+    // its own message.
+    return bad("limits.max_image_bytes", "must not exceed grpc.max_receive_message_bytes", l.max_image_bytes());
+  }
   if (l.max_image_pixels() < 1) return bad("limits.max_image_pixels", "must be >= 1", l.max_image_pixels());
   if (l.max_images_per_request() < 0) {
     return bad("limits.max_images_per_request", "must be >= 0", l.max_images_per_request());

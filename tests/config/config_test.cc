@@ -82,7 +82,10 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{"model { dir: \"\" }", "model.dir"}, BadValue{"model { dtype: \"int8\" }", "model.dtype"},
         BadValue{"model { vision_dtype: \"fp16\" }", "model.vision_dtype"},
         BadValue{"model { weights: \"hugepages\" }", "model.weights"},
-        BadValue{"limits { max_waiting_calls: 0 }", "limits.max_waiting_calls"}));
+        BadValue{"limits { max_waiting_calls: 0 }", "limits.max_waiting_calls"},
+        BadValue{"metrics_listen: \"9464\"", "metrics_listen"},
+        BadValue{"metrics_listen: \"127.0.0.1:70000\"", "metrics_listen"},
+        BadValue{"limits { max_image_bytes: 40000000 }", "limits.max_image_bytes"}));
 
 }  // namespace
 }  // namespace magma::config
