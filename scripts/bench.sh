@@ -22,7 +22,7 @@ B="$BUILD_DIR/bench"
 MODELS="$BUILD_DIR/bench-models"
 mkdir -p "$MODELS"
 model() {
-  [ -f "$MODELS/$1/tokenizer.json" ] || "$BUILD_DIR/src/tools/magma-cli" init --preset "$1" --seed 1 --out "$MODELS/$1" >/dev/null
+  [ -f "$MODELS/$1/tokenizer.json" ] || "$BUILD_DIR/src/tools/magma-cli" init --preset "$1" --seed 1 --out "$MODELS/$1" --overwrite >/dev/null
 }
 if [ "$what" = all ] || [ "$what" = model ]; then
   model small

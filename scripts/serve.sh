@@ -17,7 +17,7 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
   # the same architecture so that the whole path can be exercised.
   MODEL_DIR="$BUILD_DIR/models/random-tiny"
   if [ ! -f "$MODEL_DIR/tokenizer.json" ]; then
-    "$BUILD_DIR/src/tools/magma-cli" init --preset tiny --seed 0 --out "$MODEL_DIR"
+    "$BUILD_DIR/src/tools/magma-cli" init --preset tiny --seed 0 --out "$MODEL_DIR" --overwrite
   fi
   echo "serve: models/magma-tiny not found; serving random weights from $MODEL_DIR" >&2
   exec "$BUILD_DIR/src/tools/magma-serve" --config configs/default.textproto --model_dir "$MODEL_DIR" "$@"

@@ -22,6 +22,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "magma/model/model.h"
@@ -43,6 +44,7 @@ ABSL_FLAG(std::string, vision_dtype, "", "Vision tower dtype (default: --dtype)"
 ABSL_FLAG(int, max_new_tokens, 16, "generate: tokens to produce (greedy)");
 ABSL_FLAG(std::string, preset, "tiny", "init: tiny, small, 1b or 8b");
 ABSL_FLAG(uint64_t, seed, 0, "init: random seed");
+ABSL_FLAG(bool, overwrite, false, "init: replace the checkpoint files already in --out");
 ABSL_FLAG(int, threads, 0, "libtorch threads (0 = one per core)");
 ABSL_FLAG(std::string, log_level, "warn", "Log level");
 ABSL_FLAG(std::string, input, "", "tokenize: JSON Lines file, one JSON string per line");
@@ -170,6 +172,25 @@ int CmdInit() {
   if (auto s = Require("out", absl::GetFlag(FLAGS_out)); !s.ok()) return Fail(s);
   auto preset = magma::model::GetPreset(absl::GetFlag(FLAGS_preset));
   if (!preset.ok()) return Fail(preset.status());
+  // The files of a checkpoint (and of a training run) that a new one would
+  // mix with.
+  const std::filesystem::path out = absl::GetFlag(FLAGS_out);
+  std::vector<std::filesystem::path> old;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(out, ec)) {
+    const std::string name = e.path().filename().string();
+    if (absl::StartsWith(name, "model") || absl::StartsWith(name, "tokenizer") || name == "config.json" ||
+        name == "preprocessor_config.json" || name == "dataset_statistics.json" || name == "trainer_state.json" ||
+        name == "optimizer.pt") {
+      old.push_back(e.path());
+    }
+  }
+  if (!old.empty() && !absl::GetFlag(FLAGS_overwrite)) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat(out.string(), " already holds checkpoint files (",
+                                                           old.front().filename().string(),
+                                                           "): pass --overwrite to replace them")));
+  }
+  for (const auto& f : old) std::filesystem::remove(f, ec);
   auto s = magma::model::WriteRandomModel(*preset, absl::GetFlag(FLAGS_seed), absl::GetFlag(FLAGS_out));
   if (!s.ok()) return Fail(s);
   std::cout << "wrote " << preset->name << " model to " << absl::GetFlag(FLAGS_out) << "\n";

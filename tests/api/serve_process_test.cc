@@ -202,11 +202,20 @@ TEST(CliProcessTest, RefusesBadInputWithAMessage) {
        1,
        "got -5"},
       {{"generate", "--model_dir", dir.File("m"), "--input_ids", dir.path()}, 1, "not a regular file"},
+      {{"init", "--out", dir.File("m")}, 1, "already holds checkpoint files"},
   };
   for (const Case& c : cases) {
     const pid_t pid = Spawn(c.args, dir.File("log"), kCli);
     EXPECT_EQ(WaitExit(pid, std::chrono::seconds(60)), c.exit) << c.args[0] << ": " << ReadAll(dir.File("log"));
     EXPECT_NE(ReadAll(dir.File("log")).find(c.expected), std::string::npos) << ReadAll(dir.File("log"));
+  }
+  // --overwrite replaces the checkpoint: another seed, other weights; the
+  // first seed again, the first weights.
+  const std::string weights = ReadAll(dir.File("m/model-00001-of-00004.safetensors"));
+  for (const char* seed : {"8", "7"}) {
+    const pid_t init = Spawn({"init", "--out", dir.File("m"), "--seed", seed, "--overwrite"}, dir.File("log"), kCli);
+    EXPECT_EQ(WaitExit(init, std::chrono::seconds(60)), 0) << ReadAll(dir.File("log"));
+    EXPECT_EQ(ReadAll(dir.File("m/model-00001-of-00004.safetensors")) == weights, std::string(seed) == "7") << seed;
   }
   // A good call still works: 2 new tokens.
   const pid_t pid =

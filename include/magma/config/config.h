@@ -26,7 +26,8 @@ absl::StatusOr<ServerConfig> ParseText(absl::string_view text, absl::string_view
 absl::StatusOr<ServerConfig> LoadFile(const std::string& path);
 
 // Checks value ranges and enumerations. The error names the field by its
-// full path, e.g. "grpc.max_receive_message_bytes must be > 0 (got -1)".
+// full path, e.g. "invalid config: grpc.max_receive_message_bytes must be in
+// 1..2147483647 (got -1)".
 absl::Status Validate(const ServerConfig& config);
 
 }  // namespace magma::config
