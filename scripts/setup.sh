@@ -64,8 +64,13 @@ fi
 
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 # Configured every time (seconds when nothing changed), so that a build
-# directory whose configuration failed or lacks the tests is set right.
-cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DMAGMA_BUILD_TESTS=ON \
-  -DMAGMA_BUILD_BENCHMARKS=ON -DMAGMA_JS_REFERENCE_DIR="$NPM_DIR" \
-  -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
+# directory whose configuration failed is set right; the settings are given
+# to a new build directory only, so that one configured by hand keeps its own.
+if [ -f "$BUILD_DIR/CMakeCache.txt" ]; then
+  cmake -S "$ROOT" -B "$BUILD_DIR" >/dev/null
+else
+  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DMAGMA_BUILD_TESTS=ON \
+    -DMAGMA_BUILD_BENCHMARKS=ON -DMAGMA_JS_REFERENCE_DIR="$NPM_DIR" \
+    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >/dev/null
+fi
 cmake --build "$BUILD_DIR" -j "$JOBS"

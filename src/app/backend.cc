@@ -1,5 +1,7 @@
 #include "magma/app/backend.h"
 
+#include <algorithm>
+
 #include <filesystem>
 #include <thread>
 
@@ -25,7 +27,9 @@ api::ServerOptions ServerOptionsFrom(const config::ServerConfig& c) {
   o.tls_cert_file = c.security().tls_cert_file();
   o.tls_key_file = c.security().tls_key_file();
   o.metrics_listen = c.metrics_listen();
-  o.limits.max_image_bytes = c.limits().max_image_bytes();
+  // An image travels inside a request: no larger than gRPC accepts (a
+  // config that lowers only the message limit lowers this one too).
+  o.limits.max_image_bytes = std::min(c.limits().max_image_bytes(), c.grpc().max_receive_message_bytes());
   o.limits.max_image_pixels = c.limits().max_image_pixels();
   o.limits.max_images_per_request = c.limits().max_images_per_request();
   o.limits.max_elements = c.limits().max_elements();

@@ -163,11 +163,6 @@ absl::Status Validate(const ServerConfig& c) {
   if (e.prefix_cache_mb() < 0) return bad("engine.prefix_cache_mb", "must be >= 0", e.prefix_cache_mb());
   const auto& l = c.limits();
   if (l.max_image_bytes() < 1) return bad("limits.max_image_bytes", "must be >= 1", l.max_image_bytes());
-  if (l.max_image_bytes() > g.max_receive_message_bytes()) {
-    // An image arrives inside a request: gRPC would refuse it first, with
-    // its own message.
-    return bad("limits.max_image_bytes", "must not exceed grpc.max_receive_message_bytes", l.max_image_bytes());
-  }
   if (l.max_image_pixels() < 1) return bad("limits.max_image_pixels", "must be >= 1", l.max_image_pixels());
   if (l.max_images_per_request() < 0) {
     return bad("limits.max_images_per_request", "must be >= 0", l.max_images_per_request());

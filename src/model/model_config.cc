@@ -211,18 +211,19 @@ vision::AnyresOptions AnyresOptionsOf(const PreprocessConfig& p) {
 
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& dir) {
   namespace fs = std::filesystem;
-  auto read = [](const fs::path& p, std::string* out) {
-    auto bytes = util::ReadFile(p.string(), p.filename().string());
-    if (!bytes.ok()) return false;
-    *out = *std::move(bytes);
-    return true;
-  };
-  std::string config, preprocessor;
-  if (!read(fs::path(dir) / "config.json", &config)) {
+  auto config = util::ReadFile((fs::path(dir) / "config.json").string(), "config.json");
+  if (!config.ok()) {
     return absl::NotFoundError(absl::StrCat("no readable config.json in model directory '", dir, "'"));
   }
-  read(fs::path(dir) / "preprocessor_config.json", &preprocessor);
-  return ParseModelConfig(config, preprocessor);
+  // No preprocessor_config.json: the defaults; one that cannot be read: an error.
+  std::string preprocessor;
+  auto pre = util::ReadFile((fs::path(dir) / "preprocessor_config.json").string(), "preprocessor_config.json");
+  if (pre.ok()) {
+    preprocessor = *std::move(pre);
+  } else if (pre.status().code() != absl::StatusCode::kNotFound) {
+    return pre.status();
+  }
+  return ParseModelConfig(*config, preprocessor);
 }
 
 }  // namespace magma::model

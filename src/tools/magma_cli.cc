@@ -22,7 +22,6 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "magma/model/model.h"
@@ -172,25 +171,19 @@ int CmdInit() {
   if (auto s = Require("out", absl::GetFlag(FLAGS_out)); !s.ok()) return Fail(s);
   auto preset = magma::model::GetPreset(absl::GetFlag(FLAGS_preset));
   if (!preset.ok()) return Fail(preset.status());
-  // The files of a checkpoint (and of a training run) that a new one would
-  // mix with.
-  const std::filesystem::path out = absl::GetFlag(FLAGS_out);
-  std::vector<std::filesystem::path> old;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(out, ec)) {
-    const std::string name = e.path().filename().string();
-    if (absl::StartsWith(name, "model") || absl::StartsWith(name, "tokenizer") || name == "config.json" ||
-        name == "preprocessor_config.json" || name == "dataset_statistics.json" || name == "trainer_state.json" ||
-        name == "optimizer.pt") {
-      old.push_back(e.path());
-    }
-  }
+  const std::string out = absl::GetFlag(FLAGS_out);
+  const std::vector<std::string> old = magma::model::CheckpointFilesIn(out);
   if (!old.empty() && !absl::GetFlag(FLAGS_overwrite)) {
-    return Fail(absl::FailedPreconditionError(absl::StrCat(out.string(), " already holds checkpoint files (",
-                                                           old.front().filename().string(),
+    return Fail(absl::FailedPreconditionError(absl::StrCat(out, " already holds checkpoint files (",
+                                                           std::filesystem::path(old.front()).filename().string(),
                                                            "): pass --overwrite to replace them")));
   }
-  for (const auto& f : old) std::filesystem::remove(f, ec);
+  for (const auto& f : old) {
+    std::error_code ec;
+    if (!std::filesystem::remove(f, ec) && ec) {
+      return Fail(absl::InternalError(absl::StrCat("cannot remove ", f, ": ", ec.message())));
+    }
+  }
   auto s = magma::model::WriteRandomModel(*preset, absl::GetFlag(FLAGS_seed), absl::GetFlag(FLAGS_out));
   if (!s.ok()) return Fail(s);
   std::cout << "wrote " << preset->name << " model to " << absl::GetFlag(FLAGS_out) << "\n";
@@ -217,8 +210,8 @@ int CmdTokenize() {
   if (auto s = Require("input", absl::GetFlag(FLAGS_input)); !s.ok()) return Fail(s);
   auto tok = magma::tokenizer::LoadTokenizer(absl::GetFlag(FLAGS_model_dir));
   if (!tok.ok()) return Fail(tok.status());
-  if (!std::filesystem::is_regular_file(absl::GetFlag(FLAGS_input))) {
-    return Fail(absl::NotFoundError("cannot read " + absl::GetFlag(FLAGS_input) + ": not a readable file"));
+  if (std::filesystem::is_directory(absl::GetFlag(FLAGS_input))) {
+    return Fail(absl::InvalidArgumentError("cannot read " + absl::GetFlag(FLAGS_input) + ": it is a directory"));
   }
   std::ifstream in(absl::GetFlag(FLAGS_input));
   if (!in) return Fail(absl::NotFoundError("cannot read " + absl::GetFlag(FLAGS_input)));

@@ -5,9 +5,14 @@
 //   magma-train --out models/magma-tiny [--steps 3000] [--batch 8] [--lr 2e-3]
 //               [--checkpoint_every 250] [--resume] [--seed 1] [--threads 2]
 //               [--average_last N]
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -270,10 +275,13 @@ absl::Status FinishCheckpoint(const std::string& dir) {
     if (ec) return absl::InternalError(absl::StrCat("cannot finish the checkpoint in ", dir, ": ", ec.message()));
   }
   if (committed && fs::exists(fs::path(dir) / "model.safetensors", ec)) {
-    // One file replaces the initial shards.
-    for (const auto& e : fs::directory_iterator(dir, ec)) {
-      const std::string name = e.path().filename().string();
-      if (name.rfind("model-", 0) == 0 || name == "model.safetensors.index.json") fs::remove(e.path(), ec);
+    // One file replaces the initial shards (the loader prefers an index).
+    for (const std::string& f : magma::model::CheckpointFilesIn(dir)) {
+      const std::string name = fs::path(f).filename().string();
+      if (name.rfind("model-", 0) != 0 && name != "model.safetensors.index.json") continue;
+      if (!fs::remove(f, ec) && ec) {
+        return absl::InternalError(absl::StrCat("cannot finish the checkpoint in ", dir, ": ", ec.message()));
+      }
     }
   }
   fs::remove(fs::path(dir) / kCommitMark, ec);
@@ -298,11 +306,38 @@ absl::Status SaveCheckpoint(magma::model::MagmaModel& model, const magma::model:
   std::ofstream out(fs::path(dir) / "trainer_state.json.tmp");
   out << state.dump(2) << "\n";
   out.close();
-  std::ofstream mark(fs::path(dir) / kCommitMark);
-  mark.close();
-  if (!out || !mark)
+  // Every file complete before the mark: a set that is not is dropped.
+  bool complete = static_cast<bool>(out);
+  for (const char* f : kCheckpointFiles) complete = complete && fs::exists(fs::path(dir) / (std::string(f) + ".tmp"));
+  if (complete) {
+    std::ofstream mark(fs::path(dir) / kCommitMark);
+    mark.close();
+    complete = static_cast<bool>(mark);
+  }
+  if (!complete) {
+    std::error_code ec;
+    fs::remove(fs::path(dir) / kCommitMark, ec);
+    (void)FinishCheckpoint(dir);  // drops the .tmp files
     return absl::InternalError(absl::StrCat("cannot write the checkpoint of step ", step, " in ", dir));
+  }
   return FinishCheckpoint(dir);
+}
+
+// Takes <dir>/magma-train.lock for the rest of the process, so that a
+// second magma-train on the same directory (which would drop the first
+// one's checkpoint files as half-written) is refused.
+absl::Status LockRun(const std::string& dir) {
+  static int fd = -1;
+  if (fd >= 0) return absl::OkStatus();
+  const std::string path = (fs::path(dir) / "magma-train.lock").string();
+  const int f = open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (f < 0) return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  if (flock(f, LOCK_EX | LOCK_NB) != 0) {
+    close(f);
+    return absl::FailedPreconditionError(absl::StrCat("another magma-train is using ", dir));
+  }
+  fd = f;
+  return absl::OkStatus();
 }
 
 // The run a checkpoint directory holds, from its trainer_state.json.
@@ -543,9 +578,10 @@ int main(int argc, char** argv) {
   double prior_seconds = 0;  // training time before a resume
   const bool existing = absl::GetFlag(FLAGS_resume) || absl::GetFlag(FLAGS_report_only);
   if (fs::exists(dir)) {
+    if (auto s = LockRun(dir); !s.ok()) return Fail(s);
     if (auto s = FinishCheckpoint(dir); !s.ok()) return Fail(s);
   }
-  const bool has_run = fs::exists(fs::path(dir) / "trainer_state.json");
+  const std::vector<std::string> old_files = magma::model::CheckpointFilesIn(dir);
   if (existing) {
     auto saved = ReadSavedRun(dir);
     if (!saved.ok()) {
@@ -583,18 +619,23 @@ int main(int argc, char** argv) {
     }
     std::cout << "resuming at step " << start_step << "\n";
   } else {
-    if (has_run && !absl::GetFlag(FLAGS_overwrite)) {
-      return Fail(absl::FailedPreconditionError(
-          absl::StrCat(dir, " holds a training run: continue it with --resume or replace it with --overwrite")));
+    if (!old_files.empty() && !absl::GetFlag(FLAGS_overwrite)) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          dir, fs::exists(fs::path(dir) / "trainer_state.json") ? " holds a training run" : " holds a checkpoint",
+          ": continue it with --resume or replace it with --overwrite")));
     }
     // A new model has the preset's layers: check the options against them
     // before anything is written (a resumed one is checked on load).
     if (auto s = magma::model::CheckTrainOptions(to, kDecoderLayers); !s.ok()) return Fail(s);
     fs::create_directories(dir);
+    if (auto s = LockRun(dir); !s.ok()) return Fail(s);
     // What an earlier run in the same directory left: its checkpoint, kept
     // and averaged weights.
     std::error_code ec;
-    for (const char* f : kCheckpointFiles) fs::remove(fs::path(dir) / f, ec);
+    for (const std::string& f : old_files) {
+      if (!fs::remove(f, ec) && ec)
+        return Fail(absl::InternalError(absl::StrCat("cannot remove ", f, ": ", ec.message())));
+    }
     fs::remove_all(fs::path(dir) / "kept", ec);
     fs::remove_all(fs::path(dir) / "averaged", ec);
     if (auto s = CreateModel(dir, absl::GetFlag(FLAGS_seed)); !s.ok()) return Fail(s);

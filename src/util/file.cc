@@ -15,8 +15,8 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view 
   if (ec || !std::filesystem::exists(status)) {
     return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));
   }
-  if (!std::filesystem::is_regular_file(status)) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot read ", what, " '", path, "': not a regular file"));
+  if (std::filesystem::is_directory(status)) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot read ", what, " '", path, "': it is a directory"));
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " '", path, "'"));

@@ -168,7 +168,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadStart{"MissingConfigFile", "", {"--config", "/nonexistent/magma.textproto"}, "/nonexistent/magma.textproto"},
         BadStart{"BadFlagValue", "", {"--log_level", "loud"}, "log_level"},
         BadStart{"MissingModelDir", "", {"--model_dir", "/nonexistent/model"}, "/nonexistent/model"},
-        BadStart{"ConfigIsADirectory", "", {"--config", "/tmp"}, "cannot read config file '/tmp': not a regular file"},
+        BadStart{"ConfigIsADirectory", "", {"--config", "/tmp"}, "cannot read config file '/tmp': it is a directory"},
         BadStart{"PositionalArgument",
                  "",
                  {"configs/default.textproto"},
@@ -194,14 +194,14 @@ TEST(CliProcessTest, RefusesBadInputWithAMessage) {
   };
   const std::vector<Case> cases = {
       {{"--log_level", "verbose", "inspect"}, 2, "--log_level"},
-      {{"tokenize", "--model_dir", dir.File("m"), "--input", dir.path()}, 1, "not a readable file"},
+      {{"tokenize", "--model_dir", dir.File("m"), "--input", dir.path()}, 1, "it is a directory"},
       {{"generate", "--model_dir", dir.File("m"), "--input_ids", dir.File("ids.npy"), "--max_new_tokens", "0"},
        1,
        "--max_new_tokens must be in 1.."},
       {{"generate", "--model_dir", dir.File("m"), "--input_ids", dir.File("ids.npy"), "--max_new_tokens", "-5"},
        1,
        "got -5"},
-      {{"generate", "--model_dir", dir.File("m"), "--input_ids", dir.path()}, 1, "not a regular file"},
+      {{"generate", "--model_dir", dir.File("m"), "--input_ids", dir.path()}, 1, "it is a directory"},
       {{"init", "--out", dir.File("m")}, 1, "already holds checkpoint files"},
   };
   for (const Case& c : cases) {

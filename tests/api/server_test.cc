@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 
 #include "../src/api/metrics.h"
+#include "magma/app/backend.h"
+#include "magma/config/config.h"
 #include "testing/server_fixture.h"
 #include "testing/tiny_model.h"
 
@@ -180,6 +182,15 @@ TEST(ServerTest, StoppingRightAfterStartingWithMetricsReturns) {
     ASSERT_TRUE(server.ok()) << server.status();
     (*server)->Shutdown(absl::ZeroDuration());
   }
+}
+
+// A config that lowers only gRPC's message limit lowers the image limit
+// with it: an image travels inside a request.
+TEST(ServerOptionsTest, ImageLimitStaysUnderTheMessageLimit) {
+  config::ServerConfig c = config::DefaultConfig();
+  EXPECT_EQ(app::ServerOptionsFrom(c).limits.max_image_bytes, 16 << 20);
+  c.mutable_grpc()->set_max_receive_message_bytes(4 << 20);
+  EXPECT_EQ(app::ServerOptionsFrom(c).limits.max_image_bytes, 4 << 20);
 }
 
 TEST(MetricsTest, HistogramSumsKeepTheirDigits) {

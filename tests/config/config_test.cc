@@ -84,8 +84,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{"model { weights: \"hugepages\" }", "model.weights"},
         BadValue{"limits { max_waiting_calls: 0 }", "limits.max_waiting_calls"},
         BadValue{"metrics_listen: \"9464\"", "metrics_listen"},
-        BadValue{"metrics_listen: \"127.0.0.1:70000\"", "metrics_listen"},
-        BadValue{"limits { max_image_bytes: 40000000 }", "limits.max_image_bytes"}));
+        BadValue{"metrics_listen: \"127.0.0.1:70000\"", "metrics_listen"}));
 
 }  // namespace
 }  // namespace magma::config

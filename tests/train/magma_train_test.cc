@@ -1,7 +1,10 @@
 // The magma-train binary as a user runs it: a short run that keeps its last
 // checkpoints' weights and writes their mean as a servable model, and the
 // option errors it refuses before writing anything.
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -229,6 +232,25 @@ TEST(MagmaTrainTest, GuardsARunInItsDirectory) {
   EXPECT_NE(ReadAll(log).find("the checkpoint in " + out + " is at step 2, past --steps 1"), std::string::npos)
       << ReadAll(log);
   EXPECT_EQ(ReadAll(out + "/model.safetensors"), step2) << "a refused call changed the run";
+  // A second magma-train on the same directory is refused while the first
+  // holds it.
+  {
+    const int lock = open((out + "/magma-train.lock").c_str(), O_RDWR);
+    ASSERT_GE(lock, 0);
+    ASSERT_EQ(flock(lock, LOCK_EX | LOCK_NB), 0);
+    EXPECT_EQ(RunTrain("--out " + out + " --resume --steps 3" + kSmall, log), 1);
+    EXPECT_NE(ReadAll(log).find("FAILED_PRECONDITION: another magma-train is using " + out), std::string::npos)
+        << ReadAll(log);
+    close(lock);
+  }
+  // A checkpoint that is not a run (magma-cli init's) is not replaced either.
+  const std::string init = tmp.File("init");
+  fs::create_directories(init);
+  std::ofstream(init + "/config.json") << "{}";
+  EXPECT_EQ(RunTrain("--out " + init + " --steps 2" + kSmall, log), 1);
+  EXPECT_NE(ReadAll(log).find(init + " holds a checkpoint: continue it with --resume or replace it with --overwrite"),
+            std::string::npos)
+      << ReadAll(log);
   // --batch is checked against the run's (kSmall's 1) after the others.
   EXPECT_EQ(RunTrain("--out " + out +
                          " --resume --steps 3 --batch 2 --eval_every 0 --threads 1 --tower_dims "

@@ -1,5 +1,10 @@
 #include "magma/util/file.h"
 
+#include <sys/stat.h>
+
+#include <fstream>
+#include <thread>
+
 #include <gtest/gtest.h>
 
 #include "testing/temp_dir.h"
@@ -23,7 +28,15 @@ TEST(ReadFileTest, ReadsAWholeFileAndNamesWhatFailed) {
   // refused before opening.
   auto directory = ReadFile(dir.path(), "config file");
   EXPECT_EQ(directory.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(directory.status().message(), "cannot read config file '" + dir.path() + "': not a regular file");
+  EXPECT_EQ(directory.status().message(), "cannot read config file '" + dir.path() + "': it is a directory");
+
+  // A pipe is read too (a config given as --config <(...) or /dev/stdin).
+  ASSERT_EQ(mkfifo(dir.File("fifo").c_str(), 0600), 0);
+  std::thread writer([&] { std::ofstream(dir.File("fifo")) << "piped"; });
+  auto piped = ReadFile(dir.File("fifo"), "test file");
+  writer.join();
+  ASSERT_TRUE(piped.ok()) << piped.status();
+  EXPECT_EQ(*piped, "piped");
 }
 
 }  // namespace

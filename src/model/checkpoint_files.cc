@@ -1,0 +1,34 @@
+#include <filesystem>
+#include <regex>
+#include <set>
+
+#include "magma/model/random_init.h"
+
+namespace magma::model {
+
+std::vector<std::string> CheckpointFilesIn(const std::string& dir) {
+  static const std::set<std::string> kNames = {"config.json",
+                                               "preprocessor_config.json",
+                                               "generation_config.json",
+                                               "tokenizer.json",
+                                               "tokenizer.model",
+                                               "tokenizer_config.json",
+                                               "special_tokens_map.json",
+                                               "model.safetensors",
+                                               "model.safetensors.index.json",
+                                               "dataset_statistics.json",
+                                               "trainer_state.json",
+                                               "optimizer.pt"};
+  static const std::regex kShard("model-[0-9]+-of-[0-9]+\\.safetensors");
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file(ec) && (kNames.count(name) > 0 || std::regex_match(name, kShard))) {
+      out.push_back(e.path().string());
+    }
+  }
+  return out;
+}
+
+}  // namespace magma::model
