@@ -11,8 +11,8 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "magma/util/address.h"
 #include "magma/util/file.h"
 #include "magma/util/logging.h"
 #include "service.h"
@@ -46,17 +46,10 @@ class Server::Impl {
   int metrics_port = 0;
 
   absl::Status StartMetrics(const std::string& listen) {
-    const size_t colon = listen.rfind(':');
-    int requested = -1;
-    if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &requested) || requested < 0 ||
-        requested > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat("metrics address '", listen, "' is not host:port"));
-    }
-    // As in gRPC's listen address: "[::1]:port" for an IPv6 host, ":port"
-    // for every interface.
-    std::string host = listen.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-    if (host.empty()) host = "0.0.0.0";
+    auto address = util::ParseHostPort(listen);
+    if (!address.ok()) return absl::InvalidArgumentError(absl::StrCat("metrics address ", address.status().message()));
+    const int requested = address->port;
+    const std::string host = address->host.empty() ? "0.0.0.0" : address->host;
     http = std::make_unique<httplib::Server>();
     http->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       std::shared_ptr<Backend> backend = state.backend();

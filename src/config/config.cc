@@ -7,11 +7,11 @@
 #include <google/protobuf/text_format.h>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "magma/util/address.h"
 #include "magma/util/file.h"
 #include "magma/util/logging.h"
 
@@ -119,14 +119,9 @@ absl::Status Validate(const ServerConfig& c) {
                absl::StrCat("'", c.log_level(), "'"));
   }
   if (c.drain_deadline_ms() < 0) return bad("drain_deadline_ms", "must be >= 0", c.drain_deadline_ms());
-  if (!c.metrics_listen().empty()) {
-    const size_t colon = c.metrics_listen().rfind(':');
-    int port = -1;
-    if (colon == std::string::npos || !absl::SimpleAtoi(c.metrics_listen().substr(colon + 1), &port) || port < 0 ||
-        port > 65535) {
-      return bad("metrics_listen", "must be empty or host:port with a port in 0..65535",
-                 absl::StrCat("'", c.metrics_listen(), "'"));
-    }
+  if (!c.metrics_listen().empty() && !util::ParseHostPort(c.metrics_listen()).ok()) {
+    return bad("metrics_listen", "must be empty or host:port with a port in 0..65535",
+               absl::StrCat("'", c.metrics_listen(), "'"));
   }
   const auto& g = c.grpc();
   if (g.max_receive_message_bytes() <= 0 || g.max_receive_message_bytes() > (int64_t{1} << 31) - 1) {

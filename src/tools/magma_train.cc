@@ -624,9 +624,11 @@ int main(int argc, char** argv) {
           dir, fs::exists(fs::path(dir) / "trainer_state.json") ? " holds a training run" : " holds a checkpoint",
           ": continue it with --resume or replace it with --overwrite")));
     }
-    // A new model has the preset's layers: check the options against them
-    // before anything is written (a resumed one is checked on load).
+    // A new model has the preset's layers: check the options against them,
+    // and the tower flags, before anything is written (a resumed one is
+    // checked on load).
     if (auto s = magma::model::CheckTrainOptions(to, kDecoderLayers); !s.ok()) return Fail(s);
+    if (auto p = AgentPreset(0); !p.ok()) return Fail(p.status());
     fs::create_directories(dir);
     if (auto s = LockRun(dir); !s.ok()) return Fail(s);
     // What an earlier run in the same directory left: its checkpoint, kept

@@ -231,18 +231,27 @@ TEST_F(TrainerTest, LearnsAnAnswerThatOnlyTheImageGives) {
 // bottom-right cell for the last two answer tokens. The tiny preset's 64-pixel
 // crops give 2x2 cells each; the image's 2 rows of 4 cells and a separator
 // after each row start at position 1 of the prompt.
-TEST_F(TrainerTest, PointersTeachHeadsWhereToLook) {
-  TrainOptions o = Schedule(80);
+// Trains `e` alone for `steps` steps with the attention loss on (Schedule()
+// otherwise): the reports before and after. `*trainer` keeps the trainer.
+std::optional<std::pair<AuxiliaryReport, AuxiliaryReport>> TrainPointers(MagmaModel* m, const TrainExample& e,
+                                                                         int steps, std::unique_ptr<Trainer>* trainer) {
+  TrainOptions o = Schedule(steps);
   o.attention_loss_weight = 1.0;
-  auto trainer = Trainer::Create(model(), o);
-  ASSERT_TRUE(trainer.ok());
+  auto created = Trainer::Create(m, o);
+  EXPECT_TRUE(created.ok()) << created.status();
+  if (!created.ok()) return std::nullopt;
+  *trainer = *std::move(created);
+  return TrainAndReport(trainer->get(), {e}, steps);
+}
+
+TEST_F(TrainerTest, PointersTeachHeadsWhereToLook) {
   TrainExample e = Example();
   TrainPointer b = PointAt(1, 1, 1, 1);
   b.first = 2;
   b.count = 2;
   e.pointers = {PointAt(0, 0, 0, 0), b};
-  const std::vector<TrainExample> batch = {e};
-  const auto reports = TrainAndReport(trainer->get(), batch, 80);
+  std::unique_ptr<Trainer> trainer;
+  const auto reports = TrainPointers(model(), e, 80, &trainer);
   ASSERT_TRUE(reports.has_value());
   const auto& [before, after] = *reports;
   EXPECT_EQ(before.pointers, 2);
@@ -265,16 +274,13 @@ TEST_F(TrainerTest, PointersTeachHeadsWhereToLook) {
 // A pointer with no cells and a sink teaches its head to rest on the sink's
 // prompt token (position 0 here, the first token of [bos, 17, image, ...]).
 TEST_F(TrainerTest, SinksGiveAPointerWithNothingToPointAtAPlaceToRest) {
-  TrainOptions o = Schedule(80);
-  o.attention_loss_weight = 1.0;
-  auto trainer = Trainer::Create(model(), o);
-  ASSERT_TRUE(trainer.ok());
   TrainExample e = Example();
   TrainPointer p;
   p.head = 1;
   p.sink = {0};
   e.pointers = {p};
-  const auto reports = TrainAndReport(trainer->get(), {e}, 80);
+  std::unique_ptr<Trainer> trainer;
+  const auto reports = TrainPointers(model(), e, 80, &trainer);
   ASSERT_TRUE(reports.has_value());
   const auto& [before, after] = *reports;
   // Reported apart from the pointers with cells.
@@ -287,7 +293,7 @@ TEST_F(TrainerTest, SinksGiveAPointerWithNothingToPointAtAPlaceToRest) {
   for (int64_t t = 13; t < 17; ++t) EXPECT_GT(last[1][t][0].item<double>(), 0.8) << t;  // head 1, all targets
   // A sink on the image token (prompt index 2) is no sink: nothing to rest on.
   e.pointers[0].sink = {2};
-  auto on_image = (*trainer)->Auxiliary({e});
+  auto on_image = trainer->Auxiliary({e});
   ASSERT_TRUE(on_image.ok()) << on_image.status();
   EXPECT_EQ(on_image->sink_pointers, 0);
   EXPECT_EQ(on_image->pointers, 0);

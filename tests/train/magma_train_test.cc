@@ -226,6 +226,8 @@ TEST(MagmaTrainTest, GuardsARunInItsDirectory) {
   EXPECT_NE(ReadAll(log).find("--batch must be >= 1"), std::string::npos) << ReadAll(log);
   EXPECT_EQ(RunTrain("--out " + out + " --overwrite --steps 2 --word_loss -1" + kSmall, log), 1);
   EXPECT_NE(ReadAll(log).find("--word_loss must be >= 0; got -1"), std::string::npos) << ReadAll(log);
+  EXPECT_EQ(RunTrain("--out " + out + " --overwrite --steps 2" + kSmall + " --tower_dims 8,8,16", log), 1);
+  EXPECT_NE(ReadAll(log).find("--tower_dims and --tower_depths need four stages"), std::string::npos) << ReadAll(log);
   EXPECT_EQ(RunTrain("--out " + out + " --resume --steps 3 --seed 2" + kSmall, log), 1);
   EXPECT_NE(ReadAll(log).find("--resume: --seed 2 differs from the run's 1"), std::string::npos) << ReadAll(log);
   EXPECT_EQ(RunTrain("--out " + out + " --resume --steps 1" + kSmall, log), 1);
