@@ -41,7 +41,17 @@ absl::Status CheckInstruction(const std::string& text, const char* field) {
 absl::StatusOr<std::vector<int32_t>> EncodePrompt(const TaskContext& ctx, const std::vector<tk::ChatMessage>& messages) {
   tk::PromptOptions po;
   po.image_start_end = ctx.image_start_end;
-  auto ids = ctx.tokenizer->EncodeSegments(tk::BuildPrompt(ctx.chat_format, messages, po), /*add_special_tokens=*/true);
+  const std::vector<tk::Segment> segments = tk::BuildPrompt(ctx.chat_format, messages, po);
+  if (ctx.context_positions > 0 && ctx.max_token_bytes > 0) {
+    size_t bytes = 0;
+    for (const tk::Segment& s : segments) bytes += s.text.size();
+    if (bytes / ctx.max_token_bytes > static_cast<size_t>(ctx.context_positions)) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the prompt's ", bytes, " bytes of text cannot fit the context of ", ctx.context_positions,
+                       " positions (a token holds at most ", ctx.max_token_bytes, " bytes)"));
+    }
+  }
+  auto ids = ctx.tokenizer->EncodeSegments(segments, /*add_special_tokens=*/true);
   if (!ids.ok()) return ids.status();
   const int32_t tok_image = ctx.tokenizer->special_ids().image;
   for (int32_t& id : *ids) {
@@ -141,6 +151,7 @@ absl::StatusOr<TaskContext> MakeTaskContext(std::shared_ptr<const tk::Tokenizer>
     bytes[id] = tokenizer->TokenBytes(id, /*first=*/false);
     first_bytes[id] = tokenizer->TokenBytes(id, /*first=*/true);
   }
+  ctx.max_token_bytes = tokenizer->MaxBytesPerToken();
   ctx.token_table = std::make_shared<engine::TokenTable>(std::move(bytes), ctx.stop_ids, std::move(first_bytes));
   ActionCodecOptions ao;
   ao.vocab_size = tokenizer->base_vocab_size();

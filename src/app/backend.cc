@@ -87,6 +87,7 @@ absl::StatusOr<LoadedBackend> LoadOnThisThread(const config::ServerConfig& c) {
   auto backend = std::make_shared<api::Backend>();
   backend->engine = std::make_unique<engine::Engine>(std::move(runner), tokenizer, eo);
   backend->tasks = *std::move(ctx);
+  backend->tasks.context_positions = context;
   api::ServingInfo& info = backend->info;
   info.model_name = mm.name();
   info.architecture = mm.architecture();

@@ -253,11 +253,32 @@ void Engine::Loop() {
   running_.clear();
 }
 
+bool Engine::CutAtStopString(Sequence* seq, size_t before) {
+  std::string& text = seq->result.text;
+  // A stop string may straddle the previous text's end.
+  const size_t from = before >= seq->max_stop_len ? before - seq->max_stop_len + 1 : 0;
+  size_t cut = std::string::npos;
+  for (const auto& s : seq->req.stop_strings) {
+    const size_t at = text.find(s, from);
+    if (at != std::string::npos) cut = std::min(cut, at);
+  }
+  if (cut == std::string::npos) return false;
+  text.resize(cut);
+  return true;
+}
+
 void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status status) {
   if (seq->state == Sequence::State::kDone) return;
   const absl::Time now = absl::Now();
   GenerationResult& r = seq->result;
-  if (seq->detok != nullptr && reason != FinishReason::kStopString) r.text += seq->detok->Finish();
+  if (seq->detok != nullptr && reason != FinishReason::kStopString) {
+    // The decoder's last held-back text may hold a stop string too.
+    const size_t before = r.text.size();
+    r.text += seq->detok->Finish();
+    if ((reason == FinishReason::kStopToken || reason == FinishReason::kLength) && CutAtStopString(seq, before)) {
+      reason = FinishReason::kStopString;
+    }
+  }
   if (seq->req.stream && seq->cb.on_delta && (seq->streamed_text < r.text.size() ||
                                               seq->streamed_tokens < r.token_ids.size())) {
     StreamDelta d;
@@ -314,15 +335,7 @@ void Engine::AfterToken(Sequence* seq, int32_t token, const SampledToken& sample
   if (seq->detok != nullptr) {
     const size_t before = r.text.size();
     r.text += seq->detok->Push(token);
-    // A stop string may straddle the previous text's end.
-    const size_t from = before >= seq->max_stop_len ? before - seq->max_stop_len + 1 : 0;
-    size_t cut = std::string::npos;
-    for (const auto& s : seq->req.stop_strings) {
-      const size_t at = r.text.find(s, from);
-      if (at != std::string::npos) cut = std::min(cut, at);
-    }
-    if (cut != std::string::npos) {
-      r.text.resize(cut);
+    if (CutAtStopString(seq, before)) {
       Finish(seq, FinishReason::kStopString, absl::OkStatus());
       return;
     }
@@ -381,7 +394,13 @@ bool Engine::Admit(Sequence* seq, int64_t* budget) {
   seq->sampler = std::make_unique<Sampler>(seq->req.sampling);
   if (seq->req.grammar != nullptr) seq->constraint = seq->req.grammar->Start();
   seq->history = seq->req.prompt_ids;
-  if (tokenizer_ != nullptr) seq->detok = std::make_unique<tokenizer::IncrementalDecoder>(tokenizer_.get());
+  if (tokenizer_ != nullptr) {
+    // A constrained answer reads as its grammar spelled it (a choice comes
+    // back verbatim); free text is cleaned up as the tokenizer's decode does.
+    seq->detok = std::make_unique<tokenizer::IncrementalDecoder>(
+        tokenizer_.get(), /*skip_special=*/true,
+        tokenizer_->clean_up_tokenization_spaces() && seq->req.grammar == nullptr);
+  }
   for (const auto& s : seq->req.stop_strings) seq->max_stop_len = std::max(seq->max_stop_len, s.size());
 
   // A prompt whose prefix (up to the last image) is cached skips the images

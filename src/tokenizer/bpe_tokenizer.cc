@@ -68,10 +68,13 @@ class BpeTokenizer final : public Tokenizer {
   int32_t base_vocab_size() const override { return base_vocab_size_; }
   const SpecialIds& special_ids() const override { return special_; }
   const char* kind() const override { return "bpe"; }
+  // Every byte has a token and there is no normaliser: a token stands for
+  // exactly its bytes.
+  size_t MaxBytesPerToken() const override { return max_token_bytes_; }
 
  private:
   // Appends the ids of plain text (no special tokens in it).
-  void EncodeText(absl::string_view text, std::vector<int32_t>* out) const;
+  absl::Status EncodeText(absl::string_view text, std::vector<int32_t>* out) const;
   void EncodeWord(absl::string_view word, std::vector<int32_t>* out) const;
 
   std::vector<std::string> id_bytes_;   // raw bytes per id
@@ -89,6 +92,7 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<PreTokenizerStep> pre_;
   std::vector<AddedToken> added_;  // longest first
   bool any_plain_added_ = false;    // an added token that is not special
+  size_t max_token_bytes_ = 1;
   std::vector<int32_t> prefix_, suffix_;  // post-processor tokens around one sequence
   SpecialIds special_;
 
@@ -185,6 +189,9 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
   if (std::ifstream cin(config_path); cin) {
     config = json::parse(cin, nullptr, /*allow_exceptions=*/false);
     if (config.is_discarded() || !config.is_object()) return Bad(config_path, "not a JSON object");
+    if (config.contains("clean_up_tokenization_spaces") && config["clean_up_tokenization_spaces"].is_boolean()) {
+      clean_up_tokenization_spaces_ = config["clean_up_tokenization_spaces"].get<bool>();
+    }
     if (config.contains("added_tokens_decoder") && config["added_tokens_decoder"].is_object()) {
       for (auto it = config["added_tokens_decoder"].begin(); it != config["added_tokens_decoder"].end(); ++it) {
         int64_t key = -1;
@@ -240,6 +247,7 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
     if (!a.special) any_plain_added_ = true;
     if (!a.content.empty()) added_first_byte_[static_cast<unsigned char>(a.content[0])] = true;
   }
+  for (const std::string& b : id_bytes_) max_token_bytes_ = std::max(max_token_bytes_, b.size());
   added_ = added;
   std::sort(added_.begin(), added_.end(),
             [](const AddedToken& x, const AddedToken& y) { return x.content.size() > y.content.size(); });
@@ -423,8 +431,8 @@ void BpeTokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* out)
   cache.emplace(std::string(word), std::move(ids));
 }
 
-void BpeTokenizer::EncodeText(absl::string_view text, std::vector<int32_t>* out) const {
-  if (text.empty()) return;
+absl::Status BpeTokenizer::EncodeText(absl::string_view text, std::vector<int32_t>* out) const {
+  if (text.empty()) return absl::OkStatus();
   // Pieces after each pre-tokenizer step, as [begin, end) into `buffer`.
   std::string buffer(text);
   std::vector<std::pair<size_t, size_t>> pieces = {{0, buffer.size()}};
@@ -442,16 +450,18 @@ void BpeTokenizer::EncodeText(absl::string_view text, std::vector<int32_t>* out)
     for (const auto& [b, e] : pieces) {
       absl::string_view piece(buffer.data() + b, e - b);
       size_t last = 0;
-      step.regex->ForEachMatch(piece, [&](size_t mb, size_t me) {
+      auto matched = step.regex->ForEachMatch(piece, [&](size_t mb, size_t me) {
         if (mb > last) next.emplace_back(b + last, b + mb);  // the text between matches stays a piece
         next.emplace_back(b + mb, b + me);
         last = me;
       });
+      if (!matched.ok()) return matched;
       if (last < piece.size()) next.emplace_back(b + last, e);
     }
     pieces = std::move(next);
   }
   for (const auto& [b, e] : pieces) EncodeWord(absl::string_view(buffer.data() + b, e - b), out);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<int32_t>> BpeTokenizer::EncodeSegments(const std::vector<Segment>& segments,
@@ -491,13 +501,13 @@ absl::StatusOr<std::vector<int32_t>> BpeTokenizer::EncodeSegments(const std::vec
         ++i;
         continue;
       }
-      EncodeText(plain, &out);
+      if (auto s = EncodeText(plain, &out); !s.ok()) return s;
       plain.clear();
       out.push_back(hit->id);
       i += hit->content.size();
     }
   }
-  EncodeText(plain, &out);
+  if (auto s = EncodeText(plain, &out); !s.ok()) return s;
   if (add_special_tokens) out.insert(out.end(), suffix_.begin(), suffix_.end());
   return out;
 }

@@ -38,11 +38,12 @@ absl::Status TrainByteLevelBpe(const std::vector<std::string>& corpus, const Bpe
   for (const std::string& text : corpus) {
     if (!IsValidUtf8(text)) return absl::InvalidArgumentError("training text is not valid UTF-8");
     size_t last = 0;
-    (*regex)->ForEachMatch(text, [&](size_t b, size_t e) {
+    auto matched = (*regex)->ForEachMatch(text, [&](size_t b, size_t e) {
       if (b > last) ++words[text.substr(last, b - last)];
       ++words[text.substr(b, e - b)];
       last = e;
     });
+    if (!matched.ok()) return matched;
     if (last < text.size()) ++words[text.substr(last)];
   }
   std::vector<std::string> tokens;  // id -> bytes

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -35,16 +36,28 @@ class Regex {
   ~Regex() { pcre2_code_free(code_); }
 
   // Calls fn(begin, end) for each match, in order. REQUIRES: valid UTF-8.
+  // A match that PCRE2 gives up on (its backtracking, depth, heap or JIT
+  // stack limits) is RESOURCE_EXHAUSTED: the text cannot be split as the
+  // reference splits it.
   template <typename Fn>
-  void ForEachMatch(absl::string_view text, Fn&& fn) const {
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
+  absl::Status ForEachMatch(absl::string_view text, Fn&& fn) const {
+    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
+        pcre2_match_data_create_from_pattern(code_, nullptr), &pcre2_match_data_free);
+    if (md == nullptr) return absl::ResourceExhaustedError("out of memory for a pre-tokenizer match");
     PCRE2_SIZE start = 0;
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     while (start < text.size()) {
       // The text was validated as UTF-8 up front.
-      const int rc = pcre2_match(code_, subject, text.size(), start, PCRE2_NO_UTF_CHECK, md, nullptr);
-      if (rc < 0) break;
-      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+      const int rc = pcre2_match(code_, subject, text.size(), start, PCRE2_NO_UTF_CHECK, md.get(), nullptr);
+      if (rc == PCRE2_ERROR_NOMATCH) break;
+      if (rc < 0) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(rc, msg, sizeof(msg));
+        return absl::ResourceExhaustedError(absl::StrCat("the pre-tokenizer regex failed at byte ", start, " of a ",
+                                                         text.size(),
+                                                         "-byte text: ", reinterpret_cast<const char*>(msg)));
+      }
+      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
       size_t b = ov[0], e = ov[1];
       if (e == b) {  // an empty match: step over one character
         e = b + 1;
@@ -55,7 +68,7 @@ class Regex {
       fn(b, e);
       start = e;
     }
-    pcre2_match_data_free(md);
+    return absl::OkStatus();
   }
 
  private:

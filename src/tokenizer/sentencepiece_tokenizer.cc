@@ -142,6 +142,9 @@ class SentencePieceTokenizer final : public Tokenizer {
       if (config.is_object()) {
         if (config.contains("add_bos_token") && config["add_bos_token"].is_boolean()) add_bos_ = config["add_bos_token"];
         if (config.contains("add_eos_token") && config["add_eos_token"].is_boolean()) add_eos_ = config["add_eos_token"];
+        if (config.contains("clean_up_tokenization_spaces") && config["clean_up_tokenization_spaces"].is_boolean()) {
+          clean_up_tokenization_spaces_ = config["clean_up_tokenization_spaces"].get<bool>();
+        }
       }
     }
     std::sort(specials_.begin(), specials_.end(),

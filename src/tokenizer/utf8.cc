@@ -1,4 +1,7 @@
 #include <string>
+#include <utility>
+
+#include "absl/strings/str_replace.h"
 
 #include "magma/tokenizer/tokenizer.h"
 
@@ -91,8 +94,36 @@ bool IsValidUtf8(absl::string_view text) {
   return true;
 }
 
-IncrementalDecoder::IncrementalDecoder(const Tokenizer* tokenizer, bool skip_special)
-    : tokenizer_(tokenizer), skip_special_(skip_special) {}
+IncrementalDecoder::IncrementalDecoder(const Tokenizer* tokenizer, bool skip_special,
+                                       std::optional<bool> clean_up_spaces)
+    : tokenizer_(tokenizer),
+      skip_special_(skip_special),
+      clean_up_(clean_up_spaces.value_or(tokenizer->clean_up_tokenization_spaces())) {}
+
+namespace {
+
+// The longest cut of `text` after which the clean-up's patterns (a space and
+// at most three more bytes) cannot reach back: the three bytes before it are
+// not spaces (the text before `text` ended on such a cut) and it does not
+// split a character.
+size_t CleanCut(absl::string_view text) {
+  for (size_t cut = text.size(); cut > 0; --cut) {
+    if (cut < text.size() && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) continue;
+    const size_t from = cut < 3 ? 0 : cut - 3;
+    if (text.substr(from, cut - from).find(' ') == absl::string_view::npos) return cut;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string CleanUpTokenizationSpaces(std::string text) {
+  static constexpr std::pair<absl::string_view, absl::string_view> kSteps[] = {
+      {" .", "."},     {" ?", "?"},   {" !", "!"},   {" ,", ","},     {" ' ", "'"},
+      {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+  for (const auto& [from, to] : kSteps) absl::StrReplaceAll({{from, to}}, &text);
+  return text;
+}
 
 std::string IncrementalDecoder::Push(int32_t id) {
   if (skip_special_ && tokenizer_->IsSpecial(id)) return "";
@@ -101,12 +132,20 @@ std::string IncrementalDecoder::Push(int32_t id) {
   std::string out;
   const size_t used = TakeCompleteUtf8(pending_, &out);
   pending_.erase(0, used);
+  if (!clean_up_) return out;
+  unclean_ += out;
+  const size_t cut = CleanCut(unclean_);
+  out = CleanUpTokenizationSpaces(unclean_.substr(0, cut));
+  unclean_.erase(0, cut);
   return out;
 }
 
 std::string IncrementalDecoder::Finish() {
   std::string out = LossyUtf8(pending_);
   pending_.clear();
+  if (!clean_up_) return out;
+  out = CleanUpTokenizationSpaces(unclean_ + out);
+  unclean_.clear();
   return out;
 }
 

@@ -656,6 +656,15 @@ TEST_F(ApiTest, DefaultBudgetsFitTheContext) {
   st = stub_->Generate(ctx3.get(), gen, &resp);
   EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
   EXPECT_NE(st.error_message().find("exceeds the context of 1024"), std::string::npos) << st.error_message();
+  // A prompt with more text than 1024 of the tokenizer's longest tokens is
+  // refused before it is encoded.
+  v1::GenerateRequest huge;
+  huge.set_prompt(std::string(1 << 20, 'x'));
+  auto ctx_huge = Ctx();
+  st = stub_->Generate(ctx_huge.get(), huge, &resp);
+  EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("bytes of text cannot fit the context of 1024 positions"), std::string::npos)
+      << st.error_message();
   // With choices the default budget is what the longest choice can take.
   gen.set_max_tokens(0);
   gen.add_choices("yes");

@@ -163,6 +163,38 @@ TEST(EngineTest, StopStringsCutTheTextAndStreamingNeverLeaksThem) {
   EXPECT_EQ(c.streamed[0], c.results[0].text);
 }
 
+// With Llama-3's clean_up_tokenization_spaces the text loses the space
+// before "," and "."; a stop string in the text the decoder still held when
+// the answer ended is cut as well.
+TEST(EngineTest, CleansUpSpacesAndFindsStopStringsInTheLastHeldText) {
+  testing::TempDir dir;
+  ByteTokenizer(dir.path());
+  testing::WriteFile(dir.File("tokenizer_config.json"), R"({"clean_up_tokenization_spaces": true})");
+  auto loaded = tokenizer::LoadTokenizer(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  std::shared_ptr<const tokenizer::Tokenizer> tok(std::move(*loaded));
+  auto run = [&](const std::vector<std::string>& stops) {
+    Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 128, Spell("yes , it is . a b")), tok, {});
+    Collector c;
+    auto req = Prompt({1}, 100, 0, 0);
+    req.stop_token_ids = {kEos};
+    req.stop_strings = stops;
+    req.stream = true;
+    EXPECT_TRUE(engine.Submit(req, c.For(0)).ok());
+    c.WaitFor(1);
+    EXPECT_EQ(c.streamed[0], c.results[0].text);
+    return c.results[0];
+  };
+  const auto plain = run({});
+  EXPECT_EQ(plain.text, "yes, it is. a b");
+  EXPECT_EQ(plain.finish_reason, FinishReason::kStopToken);
+  // " b" is held back until the end of the answer (a space among the last
+  // three bytes): the stop string is found there.
+  const auto stopped = run({"b"});
+  EXPECT_EQ(stopped.text, "yes, it is. a ");
+  EXPECT_EQ(stopped.finish_reason, FinishReason::kStopString);
+}
+
 TEST(EngineTest, GrammarRestrictsTheOutput) {
   testing::TempDir dir;
   auto tok = ByteTokenizer(dir.path());

@@ -3,6 +3,8 @@
 //
 //   node reference_tokenize.mjs NPM_DIR MODEL_DIR encode INPUT.jsonl   -> one JSON id array per line
 //   node reference_tokenize.mjs NPM_DIR MODEL_DIR decode INPUT.jsonl   -> one JSON string per id array
+//   node reference_tokenize.mjs NPM_DIR MODEL_DIR decode-config INPUT.jsonl
+//        -> the same, cleaning up spaces as tokenizer_config.json says
 //   node reference_tokenize.mjs NPM_DIR MODEL_DIR bench CORPUS.txt     -> "MB/s"
 import { readFileSync } from "fs";
 import { createRequire } from "module";
@@ -26,6 +28,11 @@ if (mode === "encode") {
     if (line === "") continue;
     out.push(JSON.stringify(tokenizer.decode(JSON.parse(line), { skip_special_tokens: false,
                                                                  clean_up_tokenization_spaces: false })));
+  }
+} else if (mode === "decode-config") {
+  for (const line of readFileSync(inputPath, "utf8").split("\n")) {
+    if (line === "") continue;
+    out.push(JSON.stringify(tokenizer.decode(JSON.parse(line), { skip_special_tokens: false })));
   }
 } else if (mode === "bench") {
   const text = readFileSync(inputPath, "utf8");

@@ -109,7 +109,8 @@ TEST_F(Llama3Test, DecodeRoundTripsAndStreamsValidUtf8) {
   for (const auto& s : testing::TokenizerCorpus(2400, 7)) {
     auto ids = tok_->Encode(s, /*parse_special=*/true);
     ASSERT_TRUE(ids.ok());
-    EXPECT_EQ(tok_->Decode(*ids, /*skip_special=*/false), s);
+    // Llama-3's tokenizer_config.json asks for the space clean-up.
+    EXPECT_EQ(tok_->Decode(*ids, /*skip_special=*/false), CleanUpTokenizationSpaces(s));
     IncrementalDecoder dec(tok_, /*skip_special=*/false);
     std::string streamed;
     for (int32_t id : *ids) {
@@ -118,8 +119,49 @@ TEST_F(Llama3Test, DecodeRoundTripsAndStreamsValidUtf8) {
       streamed += piece;
     }
     streamed += dec.Finish();
-    EXPECT_EQ(streamed, s);
+    EXPECT_EQ(streamed, CleanUpTokenizationSpaces(s));
   }
+}
+
+// Decoded text matches the JavaScript reference's decode under Llama-3's
+// tokenizer_config.json (which cleans up spaces), in one call and streamed.
+TEST_F(Llama3Test, DecodeCleansUpSpacesLikeTheReference) {
+  ASSERT_NE(tok_, nullptr);
+  ASSERT_TRUE(tok_->clean_up_tokenization_spaces());
+  std::vector<std::string> texts = testing::TokenizerCorpus(600, 11);
+  for (const char* t :
+       {"Hello , world ! Is it ? Yes .", "I do n't know , I 'm sure it 's fine", "we 've seen they 're here", "x ' s",
+        "x ' .", "a  .", "' ' ' '", " . , ! ?", "end with a space ", "n't 's 'm", "Mark : 3 .", "[0.5 , 0.25]"}) {
+    texts.push_back(t);
+  }
+  testing::TempDir dir;
+  std::vector<std::vector<int32_t>> ids;
+  {
+    std::ofstream out(dir.File("ids.jsonl"));
+    for (const auto& t : texts) {
+      auto encoded = tok_->Encode(t, /*parse_special=*/true);
+      ASSERT_TRUE(encoded.ok()) << encoded.status();
+      if (encoded->empty()) encoded->push_back(1917);  // the reference refuses an empty list
+      ids.push_back(*encoded);
+      out << nlohmann::json(*encoded).dump() << "\n";
+    }
+  }
+  const auto lines = Lines(
+      RunCommand("node " + kScript + " " + kNpmDir + " " + kLlama3Dir + " decode-config " + dir.File("ids.jsonl")));
+  ASSERT_EQ(lines.size(), texts.size()) << "the JavaScript reference did not answer for every list";
+  int mismatches = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string want = nlohmann::json::parse(lines[i]).get<std::string>();
+    IncrementalDecoder dec(tok_, /*skip_special=*/false);
+    std::string streamed;
+    for (int32_t id : ids[i]) streamed += dec.Push(id);
+    streamed += dec.Finish();
+    if ((tok_->Decode(ids[i], false) != want || streamed != want) && ++mismatches <= 5) {
+      ADD_FAILURE() << nlohmann::json(texts[i]).dump() << "\n  ours: " << nlohmann::json(tok_->Decode(ids[i], false))
+                    << "\n  streamed: " << nlohmann::json(streamed) << "\n  ref: " << lines[i];
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
 }
 
 TEST_F(Llama3Test, ClientTextCannotInjectSpecialTokens) {
@@ -186,6 +228,41 @@ TEST(BosBehaviourTest, TemplateProcessingAddsASecondBosLikeTheReference) {
   EXPECT_EQ(no_specials->front(), (*tok)->PieceToId("hi"));
 }
 
+// A split the regex engine gives up on (catastrophic backtracking hits
+// PCRE2's match limit) is an error, not a silently shorter split.
+TEST(PreTokenizerTest, ARegexThatGivesUpIsAnError) {
+  testing::TempDir dir;
+  auto j = nlohmann::json::parse(std::ifstream(kLlama3Dir + "/tokenizer.json"));
+  j["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "(a+)+b"}}}, {"behavior", "Isolated"}, {"invert", false}};
+  std::ofstream(dir.File("tokenizer.json")) << j.dump();
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto fine = (*tok)->Encode(std::string(10, 'a') + "cb");
+  ASSERT_TRUE(fine.ok()) << fine.status();
+  // The "b" the pattern needs is there, so PCRE2 tries every way to split
+  // the run of "a"s before it gives up.
+  auto given_up = (*tok)->Encode(std::string(40, 'a') + "cb");
+  EXPECT_EQ(given_up.status().code(), absl::StatusCode::kResourceExhausted) << given_up.status();
+  EXPECT_NE(given_up.status().message().find("the pre-tokenizer regex failed at byte 0 of a 42-byte text"),
+            std::string::npos)
+      << given_up.status();
+}
+
+// Byte-level BPE: a token stands for its bytes, so the longest token (here
+// an added special token's text) bounds the bytes per token.
+TEST(PreTokenizerTest, ByteLevelBpeBoundsTheBytesPerToken) {
+  auto tok = LoadTokenizer(kLlama3Dir);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  size_t longest = 0;
+  for (int32_t id = 0; id < (*tok)->vocab_size(); ++id) {
+    longest =
+        std::max(longest, (*tok)->IsSpecial(id) ? (*tok)->IdToPiece(id).size() : (*tok)->TokenBytes(id, false).size());
+  }
+  EXPECT_GT(longest, 20u);
+  EXPECT_EQ((*tok)->MaxBytesPerToken(), longest);
+}
+
 TEST(IncrementalDecoderTest, HoldsBackSplitCharacters) {
   // A tokenizer whose tokens are single bytes: the Euro sign (E2 82 AC)
   // arrives in three tokens.
@@ -208,6 +285,37 @@ TEST(IncrementalDecoderTest, HoldsBackSplitCharacters) {
   IncrementalDecoder dec2(tok->get());
   EXPECT_EQ(dec2.Push(0xFF), "\xEF\xBF\xBD");
   EXPECT_EQ((*tok)->Decode({0xE2, 0x82, 'x'}), "\xEF\xBF\xBDx");  // maximal subpart -> one U+FFFD
+}
+
+TEST(CleanUpTest, RemovesSpacesAsHuggingFaceDoes) {
+  EXPECT_EQ(CleanUpTokenizationSpaces("Hello , world ! Is it ? Yes ."), "Hello, world! Is it? Yes.");
+  EXPECT_EQ(CleanUpTokenizationSpaces("I do n't know , I 'm sure it 's fine ; we 've seen they 're here"),
+            "I don't know, I'm sure it's fine ; we've seen they're here");
+  EXPECT_EQ(CleanUpTokenizationSpaces("x ' s"), "x's");
+  EXPECT_EQ(CleanUpTokenizationSpaces("x ' ."), "x '.");  // " ." goes first: " ' " no longer matches
+  EXPECT_EQ(CleanUpTokenizationSpaces("a  ."), "a .");    // one pass per pattern
+  EXPECT_EQ(CleanUpTokenizationSpaces("no change: 'quoted' [1, 2]"), "no change: 'quoted' [1, 2]");
+}
+
+// Streaming with the clean-up holds back text while a space is among its
+// last three bytes, and never takes back what it gave.
+TEST(IncrementalDecoderTest, HoldsBackWhatTheCleanUpMayChange) {
+  testing::TempDir dir;
+  BpeTrainOptions options;
+  options.num_merges = 0;
+  options.added_tokens = {{"<|begin_of_text|>", 300, true}, {"<|end_of_text|>", 301, true}};
+  ASSERT_TRUE(TrainByteLevelBpe({"abc"}, options, dir.path()).ok());
+  testing::WriteFile(dir.File("tokenizer_config.json"), R"({"clean_up_tokenization_spaces": true})");
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  ASSERT_TRUE((*tok)->clean_up_tokenization_spaces());
+  IncrementalDecoder dec(tok->get());
+  const std::vector<std::pair<char, std::string>> steps = {{'a', "a"}, {' ', ""},      {'\'', ""}, {' ', ""}, {'.', ""},
+                                                           {'x', ""},  {'y', " '.xy"}, {'z', "z"}, {' ', ""}, {'n', ""},
+                                                           {'\'', ""}, {'t', "n't"},   {' ', ""},  {'b', ""}};
+  for (const auto& [byte, want] : steps) EXPECT_EQ(dec.Push(static_cast<unsigned char>(byte)), want) << byte;
+  EXPECT_EQ(dec.Finish(), " b");
+  EXPECT_EQ((*tok)->Decode({'a', ' ', '\'', ' ', 's'}), "a's");
 }
 
 TEST(Utf8Test, Validity) {

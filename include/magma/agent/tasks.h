@@ -71,6 +71,11 @@ struct TaskContext {
   std::optional<DatasetStatistics> dataset_statistics;
   int robot_image_size = 256;     // Act resizes the camera image to this square first
   std::shared_ptr<GrammarCache> grammars = std::make_shared<GrammarCache>();
+  // The engine's context in positions (0: unknown). A prompt whose text has
+  // more bytes than this many tokens can stand for is refused before it is
+  // encoded: no tokenization could make it fit.
+  int64_t context_positions = 0;
+  size_t max_token_bytes = 0;  // Tokenizer::MaxBytesPerToken (0: no bound)
 };
 
 // Builds the context from a tokenizer and the model's facts. FAILED_PRECONDITION

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,7 +51,13 @@ class Tokenizer {
   absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text, bool parse_special = false) const;
 
   // Text of `ids`; invalid UTF-8 (a cut multi-byte character) becomes U+FFFD.
+  // With clean_up_tokenization_spaces(), CleanUpTokenizationSpaces applies.
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special = true) const;
+
+  // tokenizer_config.json's clean_up_tokenization_spaces (Llama-3: true;
+  // absent: false, as for Hugging Face's Llama tokenizers): decoded text
+  // loses the space before "." "," "!" "?" and some English contractions.
+  bool clean_up_tokenization_spaces() const { return clean_up_tokenization_spaces_; }
 
   // Raw bytes token `id` contributes to a decoded text; `first` says the token
   // starts the text (SentencePiece drops the leading space there). Empty for
@@ -76,6 +83,14 @@ class Tokenizer {
   virtual const SpecialIds& special_ids() const = 0;
   // "bpe" or "sentencepiece".
   virtual const char* kind() const = 0;
+  // The most bytes of input text one token can stand for, or 0 when there is
+  // no such bound (a normaliser that drops or merges text, a run of unknown
+  // characters read as one <unk>). A text of more than n times this many
+  // bytes needs more than n tokens.
+  virtual size_t MaxBytesPerToken() const { return 0; }
+
+ protected:
+  bool clean_up_tokenization_spaces_ = false;
 };
 
 struct LoadOptions {
@@ -91,14 +106,23 @@ struct LoadOptions {
 // features this implementation does not cover (named in the message).
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& dir, const LoadOptions& options = {});
 
+// Hugging Face's clean_up_tokenization: " ." " ?" " !" " ," " ' " " n't"
+// " 'm" " 's" " 've" " 're" lose their space, each replaced throughout the
+// text in that order (so "a ' ." stays "a '.").
+std::string CleanUpTokenizationSpaces(std::string text);
+
 // Turns ids into text one token at a time for streaming: every returned
 // piece is valid UTF-8, a multi-byte character split across tokens is held
 // back until complete, and the concatenation of all pieces plus Finish()
-// equals Tokenizer::Decode of the same ids.
+// equals Tokenizer::Decode of the same ids. With the space clean-up, text
+// that the clean-up could still change (a space among its last three bytes)
+// waits for what follows.
 class IncrementalDecoder {
  public:
-  // `tokenizer` must outlive the decoder.
-  IncrementalDecoder(const Tokenizer* tokenizer, bool skip_special = true);
+  // `tokenizer` must outlive the decoder. `clean_up_spaces` defaults to the
+  // tokenizer's clean_up_tokenization_spaces().
+  IncrementalDecoder(const Tokenizer* tokenizer, bool skip_special = true,
+                     std::optional<bool> clean_up_spaces = std::nullopt);
 
   // Text that became complete with `id` (possibly empty).
   std::string Push(int32_t id);
@@ -108,8 +132,10 @@ class IncrementalDecoder {
  private:
   const Tokenizer* tokenizer_;
   bool skip_special_;
+  bool clean_up_;
   bool first_ = true;
   std::string pending_;
+  std::string unclean_;  // complete text the clean-up may still change
 };
 
 // Length of the longest prefix of `bytes` that ends on a character boundary
