@@ -253,17 +253,19 @@ void Engine::Loop() {
   running_.clear();
 }
 
-bool Engine::CutAtStopString(Sequence* seq, size_t before) {
+bool Engine::CutAtStopString(Sequence* seq, size_t before, const std::string& held) {
+  if (seq->req.stop_strings.empty()) return false;
   std::string& text = seq->result.text;
+  const std::string with_held = text + held;
   // A stop string may straddle the previous text's end.
   const size_t from = before >= seq->max_stop_len ? before - seq->max_stop_len + 1 : 0;
   size_t cut = std::string::npos;
   for (const auto& s : seq->req.stop_strings) {
-    const size_t at = text.find(s, from);
+    const size_t at = with_held.find(s, from);
     if (at != std::string::npos) cut = std::min(cut, at);
   }
   if (cut == std::string::npos) return false;
-  text.resize(cut);
+  text = with_held.substr(0, cut);
   return true;
 }
 
@@ -272,10 +274,12 @@ void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status status) {
   const absl::Time now = absl::Now();
   GenerationResult& r = seq->result;
   if (seq->detok != nullptr && reason != FinishReason::kStopString) {
-    // The decoder's last held-back text may hold a stop string too.
+    // What the decoder still held back (a cut character, text the space
+    // clean-up waited on) is cut at a stop string whatever ended the
+    // answer; an answer that ended by itself then ends on the stop string.
     const size_t before = r.text.size();
     r.text += seq->detok->Finish();
-    if ((reason == FinishReason::kStopToken || reason == FinishReason::kLength) && CutAtStopString(seq, before)) {
+    if (CutAtStopString(seq, before, "") && (reason == FinishReason::kStopToken || reason == FinishReason::kLength)) {
       reason = FinishReason::kStopString;
     }
   }
@@ -335,7 +339,9 @@ void Engine::AfterToken(Sequence* seq, int32_t token, const SampledToken& sample
   if (seq->detok != nullptr) {
     const size_t before = r.text.size();
     r.text += seq->detok->Push(token);
-    if (CutAtStopString(seq, before)) {
+    // The text the space clean-up still holds back ends the answer too if
+    // it holds a stop string: it would be the answer's end if it stopped.
+    if (CutAtStopString(seq, before, seq->req.stop_strings.empty() ? "" : seq->detok->Held())) {
       Finish(seq, FinishReason::kStopString, absl::OkStatus());
       return;
     }

@@ -230,6 +230,7 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
       return Unsupported(path, absl::StrCat("vocabulary entry '", it.key(), "' outside the byte-level alphabet"));
     }
     id_bytes_[id] = bytes;
+    max_token_bytes_ = std::max(max_token_bytes_, bytes.size());
     id_pieces_[id] = it.key();
     bytes_to_id_[bytes] = id;
     piece_to_id_[it.key()] = id;
@@ -247,7 +248,9 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
     if (!a.special) any_plain_added_ = true;
     if (!a.content.empty()) added_first_byte_[static_cast<unsigned char>(a.content[0])] = true;
   }
-  for (const std::string& b : id_bytes_) max_token_bytes_ = std::max(max_token_bytes_, b.size());
+  // An added token that renames a vocabulary id still stands for the
+  // vocabulary's bytes where merges produce it.
+  for (const auto& a : added) max_token_bytes_ = std::max(max_token_bytes_, a.content.size());
   added_ = added;
   std::sort(added_.begin(), added_.end(),
             [](const AddedToken& x, const AddedToken& y) { return x.content.size() > y.content.size(); });

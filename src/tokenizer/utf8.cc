@@ -102,15 +102,47 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer* tokenizer, bool skip_spe
 
 namespace {
 
-// The longest cut of `text` after which the clean-up's patterns (a space and
-// at most three more bytes) cannot reach back: the three bytes before it are
-// not spaces (the text before `text` ended on such a cut) and it does not
-// split a character.
-size_t CleanCut(absl::string_view text) {
-  for (size_t cut = text.size(); cut > 0; --cut) {
-    if (cut < text.size() && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) continue;
-    const size_t from = cut < 3 ? 0 : cut - 3;
-    if (text.substr(from, cut - from).find(' ') == absl::string_view::npos) return cut;
+// Bytes of text before a cut that can take part in a clean-up match across
+// it: a space, at most two more characters of the pattern, and the spaces
+// between them that earlier replacements delete.
+constexpr size_t kCleanUpReach = 16;
+
+// True when a clean-up match could start before the end of `text` and go on
+// into what follows. Every pattern starts with a space, and replacements
+// only delete spaces, so such a match starts at a space of `text` whose
+// remainder, without the later spaces the earlier replacements may delete,
+// begins one of the patterns: " ", " '", " n", " n'", " 'v" or " 'r".
+bool CleanUpMayCross(absl::string_view text) {
+  static constexpr absl::string_view kOpen[] = {" ", " '", " n", " n'", " 'v", " 'r"};
+  const size_t from = text.size() > kCleanUpReach ? text.size() - kCleanUpReach : 0;
+  for (size_t s = text.find(' ', from); s != absl::string_view::npos; s = text.find(' ', s + 1)) {
+    std::string rest = " ";
+    for (char c : text.substr(s + 1)) {
+      if (c != ' ') rest.push_back(c);
+    }
+    for (absl::string_view open : kOpen) {
+      if (rest == open) return true;
+    }
+  }
+  return false;
+}
+
+// The longest cut of `text` (which follows `before`) that the clean-up
+// cannot reach across and that does not split a character.
+size_t CleanCut(absl::string_view before, absl::string_view text) {
+  size_t cut = text.size();
+  while (cut > 0) {
+    if (text[cut - 1] == ' ') {  // a text that ends with a space may go on " ."
+      --cut;
+      continue;
+    }
+    if (cut == text.size() || (static_cast<unsigned char>(text[cut]) & 0xC0) != 0x80) {
+      std::string context;
+      if (cut < kCleanUpReach) context = std::string(before);
+      context.append(text.data() + (cut > kCleanUpReach ? cut - kCleanUpReach : 0), std::min(cut, kCleanUpReach));
+      if (!CleanUpMayCross(context)) return cut;
+    }
+    --cut;
   }
   return 0;
 }
@@ -134,7 +166,10 @@ std::string IncrementalDecoder::Push(int32_t id) {
   pending_.erase(0, used);
   if (!clean_up_) return out;
   unclean_ += out;
-  const size_t cut = CleanCut(unclean_);
+  const size_t cut = CleanCut(given_tail_, unclean_);
+  if (cut == 0) return "";
+  given_tail_ += unclean_.substr(0, cut);
+  if (given_tail_.size() > kCleanUpReach) given_tail_.erase(0, given_tail_.size() - kCleanUpReach);
   out = CleanUpTokenizationSpaces(unclean_.substr(0, cut));
   unclean_.erase(0, cut);
   return out;
@@ -146,8 +181,11 @@ std::string IncrementalDecoder::Finish() {
   if (!clean_up_) return out;
   out = CleanUpTokenizationSpaces(unclean_ + out);
   unclean_.clear();
+  given_tail_.clear();
   return out;
 }
+
+std::string IncrementalDecoder::Held() const { return clean_up_ ? CleanUpTokenizationSpaces(unclean_) : ""; }
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(absl::string_view text, bool parse_special) const {
   return EncodeSegments({Segment{std::string(text), parse_special}}, /*add_special_tokens=*/false);

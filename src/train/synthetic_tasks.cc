@@ -253,10 +253,11 @@ std::vector<at::Tensor> AttachCellTargets(const std::vector<CellItem>& items, cv
   return pointers;
 }
 
-// The text `ids` decode to; `ends` receives where each token ends in it.
+// The text `ids` decode to, without the space clean-up (the offsets are into
+// the target text as written); `ends` receives where each token ends in it.
 std::string DecodeWithEnds(const tokenizer::Tokenizer& tok, const std::vector<int64_t>& ids, std::vector<size_t>* ends) {
   std::string text;
-  tokenizer::IncrementalDecoder decoder(&tok);
+  tokenizer::IncrementalDecoder decoder(&tok, /*skip_special=*/true, /*clean_up_spaces=*/false);
   for (int64_t id : ids) {
     text += decoder.Push(static_cast<int32_t>(id));
     ends->push_back(text.size());

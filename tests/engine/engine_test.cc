@@ -164,17 +164,18 @@ TEST(EngineTest, StopStringsCutTheTextAndStreamingNeverLeaksThem) {
 }
 
 // With Llama-3's clean_up_tokenization_spaces the text loses the space
-// before "," and "."; a stop string in the text the decoder still held when
-// the answer ended is cut as well.
-TEST(EngineTest, CleansUpSpacesAndFindsStopStringsInTheLastHeldText) {
+// before "," and "."; a stop string in the text the decoder still holds
+// back for the clean-up stops the answer at once.
+TEST(EngineTest, CleansUpSpacesAndFindsStopStringsInHeldText) {
   testing::TempDir dir;
   ByteTokenizer(dir.path());
   testing::WriteFile(dir.File("tokenizer_config.json"), R"({"clean_up_tokenization_spaces": true})");
   auto loaded = tokenizer::LoadTokenizer(dir.path());
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   std::shared_ptr<const tokenizer::Tokenizer> tok(std::move(*loaded));
+  const std::string spelled = "yes , it is . a n't b";
   auto run = [&](const std::vector<std::string>& stops) {
-    Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 128, Spell("yes , it is . a b")), tok, {});
+    Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 128, Spell(spelled)), tok, {});
     Collector c;
     auto req = Prompt({1}, 100, 0, 0);
     req.stop_token_ids = {kEos};
@@ -186,13 +187,14 @@ TEST(EngineTest, CleansUpSpacesAndFindsStopStringsInTheLastHeldText) {
     return c.results[0];
   };
   const auto plain = run({});
-  EXPECT_EQ(plain.text, "yes, it is. a b");
+  EXPECT_EQ(plain.text, "yes, it is. an't b");
   EXPECT_EQ(plain.finish_reason, FinishReason::kStopToken);
-  // " b" is held back until the end of the answer (a space among the last
-  // three bytes): the stop string is found there.
-  const auto stopped = run({"b"});
+  // " n'" waits for what follows (it may become "n't"), yet the stop string
+  // in it ends the answer with the token that completed it.
+  const auto stopped = run({"n'"});
   EXPECT_EQ(stopped.text, "yes, it is. a ");
   EXPECT_EQ(stopped.finish_reason, FinishReason::kStopString);
+  EXPECT_EQ(stopped.token_ids.size(), spelled.find('\'') + 1);
 }
 
 TEST(EngineTest, GrammarRestrictsTheOutput) {

@@ -226,11 +226,6 @@ TEST_F(TrainerTest, LearnsAnAnswerThatOnlyTheImageGives) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ((*predicted)[i][0], batch[i].target_ids[0]) << i;
 }
 
-// Pointers teach chosen query heads where to look: head 0 at the first
-// crop's top-left cell for the whole answer, head 1 at the second crop's
-// bottom-right cell for the last two answer tokens. The tiny preset's 64-pixel
-// crops give 2x2 cells each; the image's 2 rows of 4 cells and a separator
-// after each row start at position 1 of the prompt.
 // Trains `e` alone for `steps` steps with the attention loss on (Schedule()
 // otherwise): the reports before and after. `*trainer` keeps the trainer.
 std::optional<std::pair<AuxiliaryReport, AuxiliaryReport>> TrainPointers(MagmaModel* m, const TrainExample& e,
@@ -244,6 +239,11 @@ std::optional<std::pair<AuxiliaryReport, AuxiliaryReport>> TrainPointers(MagmaMo
   return TrainAndReport(trainer->get(), {e}, steps);
 }
 
+// Pointers teach chosen query heads where to look: head 0 at the first
+// crop's top-left cell for the whole answer, head 1 at the second crop's
+// bottom-right cell for the last two answer tokens. The tiny preset's 64-pixel
+// crops give 2x2 cells each; the image's 2 rows of 4 cells and a separator
+// after each row start at position 1 of the prompt.
 TEST_F(TrainerTest, PointersTeachHeadsWhereToLook) {
   TrainExample e = Example();
   TrainPointer b = PointAt(1, 1, 1, 1);

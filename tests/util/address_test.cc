@@ -23,12 +23,15 @@ TEST(ParseHostPortTest, SplitsTheForms) {
 }
 
 TEST(ParseHostPortTest, RefusesAddressesWithoutAValidPort) {
-  for (const char* bad : {"", "localhost", "localhost:", "localhost:65536", "localhost:-1", "host:9x", "[::1]"}) {
+  for (const char* bad : {"", "localhost", "localhost:", "localhost:65536", "localhost:-1", "host:9x", "[::1]",
+                          "host: 80", "host:+80", "::1", "fe80::1:9464"}) {
     auto parsed = ParseHostPort(bad);
     ASSERT_FALSE(parsed.ok()) << bad;
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_NE(parsed.status().message().find("is not host:port"), absl::string_view::npos) << bad;
   }
+  EXPECT_NE(ParseHostPort("::1:9464").status().message().find("write an IPv6 host in brackets"),
+            absl::string_view::npos);
 }
 
 }  // namespace

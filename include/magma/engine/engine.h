@@ -102,9 +102,10 @@ class Engine {
   void Loop();
   bool Iterate();  // one scheduling iteration; false when idle
   void Finish(Sequence* seq, FinishReason reason, absl::Status status);
-  // Cuts the result's text at the first stop string that ends after byte
-  // `before` (the text's length before its last piece); true if one did.
-  bool CutAtStopString(Sequence* seq, size_t before);
+  // Cuts the result's text, followed by `held`, at the first stop string
+  // that ends after byte `before` (the text's length before its last
+  // piece); true if one did (the text is then the part before it).
+  bool CutAtStopString(Sequence* seq, size_t before, const std::string& held);
   void AfterToken(Sequence* seq, int32_t token, const SampledToken& sampled);
   // Samples the next token of `seq` from its logits [vocab] under its
   // grammar or allowed set, then AfterToken.

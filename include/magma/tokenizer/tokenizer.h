@@ -114,9 +114,9 @@ std::string CleanUpTokenizationSpaces(std::string text);
 // Turns ids into text one token at a time for streaming: every returned
 // piece is valid UTF-8, a multi-byte character split across tokens is held
 // back until complete, and the concatenation of all pieces plus Finish()
-// equals Tokenizer::Decode of the same ids. With the space clean-up, text
-// that the clean-up could still change (a space among its last three bytes)
-// waits for what follows.
+// equals Tokenizer::Decode of the same ids. With the space clean-up, the
+// end of the text that a clean-up pattern could still reach (" ", " '",
+// " n", " n'", " 'v", " 'r") waits for what follows.
 class IncrementalDecoder {
  public:
   // `tokenizer` must outlive the decoder. `clean_up_spaces` defaults to the
@@ -128,6 +128,9 @@ class IncrementalDecoder {
   std::string Push(int32_t id);
   // Whatever is still held back, invalid remainders as U+FFFD.
   std::string Finish();
+  // The cleaned text held back for the clean-up: what Finish() would add
+  // now, but for an incomplete character.
+  std::string Held() const;
 
  private:
   const Tokenizer* tokenizer_;
@@ -135,7 +138,8 @@ class IncrementalDecoder {
   bool clean_up_;
   bool first_ = true;
   std::string pending_;
-  std::string unclean_;  // complete text the clean-up may still change
+  std::string unclean_;     // complete text the clean-up may still change
+  std::string given_tail_;  // the end of the text given out, before clean-up
 };
 
 // Length of the longest prefix of `bytes` that ends on a character boundary
