@@ -631,16 +631,28 @@ int main(int argc, char** argv) {
     if (auto p = AgentPreset(0); !p.ok()) return Fail(p.status());
     fs::create_directories(dir);
     if (auto s = LockRun(dir); !s.ok()) return Fail(s);
-    // What an earlier run in the same directory left: its checkpoint, kept
-    // and averaged weights.
+    // The new model is made beside what an earlier run left (its
+    // checkpoint, kept and averaged weights), which is replaced only once
+    // the new one is complete.
     std::error_code ec;
+    const fs::path fresh = fs::path(dir) / ".new-model";
+    fs::remove_all(fresh, ec);
+    fs::create_directories(fresh, ec);
+    if (auto s = CreateModel(fresh.string(), absl::GetFlag(FLAGS_seed)); !s.ok()) {
+      fs::remove_all(fresh, ec);
+      return Fail(s);
+    }
     for (const std::string& f : old_files) {
       if (!fs::remove(f, ec) && ec)
         return Fail(absl::InternalError(absl::StrCat("cannot remove ", f, ": ", ec.message())));
     }
     fs::remove_all(fs::path(dir) / "kept", ec);
     fs::remove_all(fs::path(dir) / "averaged", ec);
-    if (auto s = CreateModel(dir, absl::GetFlag(FLAGS_seed)); !s.ok()) return Fail(s);
+    for (const auto& entry : fs::directory_iterator(fresh)) {
+      fs::rename(entry.path(), fs::path(dir) / entry.path().filename(), ec);
+      if (ec) return Fail(absl::InternalError(absl::StrCat("cannot move ", entry.path().string(), ": ", ec.message())));
+    }
+    fs::remove_all(fresh, ec);
   }
   magma::model::LoadOptions lo;
   lo.dtype = "float32";

@@ -228,6 +228,15 @@ TEST(MagmaTrainTest, GuardsARunInItsDirectory) {
   EXPECT_NE(ReadAll(log).find("--word_loss must be >= 0; got -1"), std::string::npos) << ReadAll(log);
   EXPECT_EQ(RunTrain("--out " + out + " --overwrite --steps 2" + kSmall + " --tower_dims 8,8,16", log), 1);
   EXPECT_NE(ReadAll(log).find("--tower_dims and --tower_depths need four stages"), std::string::npos) << ReadAll(log);
+  // A new model that cannot be made (no spm_train to train its tokenizer)
+  // leaves the old run as it was.
+  const int no_trainer = std::system(
+      ("PATH=/nonexistent " + kTrain + " --out " + out + " --overwrite --steps 2" + kSmall + " > " + log + " 2>&1")
+          .c_str());
+  EXPECT_EQ(WIFEXITED(no_trainer) ? WEXITSTATUS(no_trainer) : -1, 1);
+  EXPECT_NE(ReadAll(log).find("cannot run 'spm_train'"), std::string::npos) << ReadAll(log);
+  EXPECT_TRUE(std::filesystem::exists(out + "/trainer_state.json"));
+  EXPECT_FALSE(std::filesystem::exists(out + "/.new-model"));
   EXPECT_EQ(RunTrain("--out " + out + " --resume --steps 3 --seed 2" + kSmall, log), 1);
   EXPECT_NE(ReadAll(log).find("--resume: --seed 2 differs from the run's 1"), std::string::npos) << ReadAll(log);
   EXPECT_EQ(RunTrain("--out " + out + " --resume --steps 1" + kSmall, log), 1);
