@@ -119,9 +119,12 @@ absl::Status Validate(const ServerConfig& c) {
                absl::StrCat("'", c.log_level(), "'"));
   }
   if (c.drain_deadline_ms() < 0) return bad("drain_deadline_ms", "must be >= 0", c.drain_deadline_ms());
-  if (!c.metrics_listen().empty() && !util::ParseHostPort(c.metrics_listen()).ok()) {
-    return bad("metrics_listen", "must be empty or host:port with a port in 0..65535",
-               absl::StrCat("'", c.metrics_listen(), "'"));
+  if (!c.metrics_listen().empty()) {
+    if (auto parsed = util::ParseHostPort(c.metrics_listen()); !parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid config: metrics_listen must be empty or host:port with a port in 0..65535 (",
+                       parsed.status().message(), ")"));
+    }
   }
   const auto& g = c.grpc();
   if (g.max_receive_message_bytes() <= 0 || g.max_receive_message_bytes() > (int64_t{1} << 31) - 1) {

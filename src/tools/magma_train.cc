@@ -637,7 +637,9 @@ int main(int argc, char** argv) {
     std::error_code ec;
     const fs::path fresh = fs::path(dir) / ".new-model";
     fs::remove_all(fresh, ec);
-    fs::create_directories(fresh, ec);
+    if (ec || !fs::create_directories(fresh, ec)) {
+      return Fail(absl::InternalError(absl::StrCat("cannot make ", fresh.string(), ": ", ec.message())));
+    }
     if (auto s = CreateModel(fresh.string(), absl::GetFlag(FLAGS_seed)); !s.ok()) {
       fs::remove_all(fresh, ec);
       return Fail(s);
@@ -648,9 +650,11 @@ int main(int argc, char** argv) {
     }
     fs::remove_all(fs::path(dir) / "kept", ec);
     fs::remove_all(fs::path(dir) / "averaged", ec);
-    for (const auto& entry : fs::directory_iterator(fresh)) {
-      fs::rename(entry.path(), fs::path(dir) / entry.path().filename(), ec);
-      if (ec) return Fail(absl::InternalError(absl::StrCat("cannot move ", entry.path().string(), ": ", ec.message())));
+    std::vector<fs::path> made;
+    for (const auto& entry : fs::directory_iterator(fresh)) made.push_back(entry.path());
+    for (const fs::path& f : made) {
+      fs::rename(f, fs::path(dir) / f.filename(), ec);
+      if (ec) return Fail(absl::InternalError(absl::StrCat("cannot move ", f.string(), ": ", ec.message())));
     }
     fs::remove_all(fresh, ec);
   }

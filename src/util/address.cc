@@ -18,9 +18,15 @@ absl::StatusOr<HostPort> ParseHostPort(absl::string_view address) {
     return absl::InvalidArgumentError(absl::StrCat("'", address, "' is not host:port with a port in 0..65535"));
   }
   absl::string_view host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  } else if (host.find(':') != absl::string_view::npos) {
+  if (!host.empty() && host.front() == '[') {
+    // As gRPC: brackets hold an IPv6 address, nothing else.
+    const absl::string_view inside = host.size() >= 2 && host.back() == ']' ? host.substr(1, host.size() - 2) : "";
+    if (inside.find(':') == absl::string_view::npos || inside.find_first_of("[]") != absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", address, "' is not host:port: brackets hold an IPv6 address"));
+    }
+    host = inside;
+  } else if (host.find_first_of(":[]") != absl::string_view::npos) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", address, "' is not host:port: write an IPv6 host in brackets, as [::1]:9464"));
   }

@@ -23,8 +23,9 @@ TEST(ParseHostPortTest, SplitsTheForms) {
 }
 
 TEST(ParseHostPortTest, RefusesAddressesWithoutAValidPort) {
-  for (const char* bad : {"", "localhost", "localhost:", "localhost:65536", "localhost:-1", "host:9x", "[::1]",
-                          "host: 80", "host:+80", "::1", "fe80::1:9464"}) {
+  for (const char* bad :
+       {"", "localhost", "localhost:", "localhost:65536", "localhost:-1", "host:9x", "[::1]", "host: 80", "host:+80",
+        "::1", "fe80::1:9464", "[]:9464", "[localhost]:9464", "[::1]]:80", "[::1:80"}) {
     auto parsed = ParseHostPort(bad);
     ASSERT_FALSE(parsed.ok()) << bad;
     EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
