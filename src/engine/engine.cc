@@ -256,16 +256,15 @@ void Engine::Loop() {
 bool Engine::CutAtStopString(Sequence* seq, size_t before, const std::string& held) {
   if (seq->req.stop_strings.empty()) return false;
   std::string& text = seq->result.text;
-  const std::string with_held = text + held;
-  // A stop string may straddle the previous text's end.
+  // A stop string may straddle the previous text's end; only the text from
+  // there on (and what is held) is searched.
   const size_t from = before >= seq->max_stop_len ? before - seq->max_stop_len + 1 : 0;
+  const std::string tail = text.substr(std::min(from, text.size())) + held;
   size_t cut = std::string::npos;
-  for (const auto& s : seq->req.stop_strings) {
-    const size_t at = with_held.find(s, from);
-    if (at != std::string::npos) cut = std::min(cut, at);
-  }
+  for (const auto& s : seq->req.stop_strings) cut = std::min(cut, tail.find(s));
   if (cut == std::string::npos) return false;
-  text = with_held.substr(0, cut);
+  text.resize(std::min(from, text.size()));
+  text.append(tail, 0, cut);
   return true;
 }
 

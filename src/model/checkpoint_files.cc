@@ -2,6 +2,7 @@
 #include <regex>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "magma/model/random_init.h"
 
 namespace magma::model {
@@ -29,6 +30,16 @@ std::vector<std::string> CheckpointFilesIn(const std::string& dir) {
     }
   }
   return out;
+}
+
+absl::Status RemoveFiles(const std::vector<std::string>& files) {
+  for (const std::string& f : files) {
+    std::error_code ec;
+    if (!std::filesystem::remove(f, ec) && ec) {
+      return absl::InternalError(absl::StrCat("cannot remove ", f, ": ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace magma::model

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 #include <string>
@@ -29,6 +30,7 @@
 #include "magma/model/runtime.h"
 #include "magma/model/safetensors.h"
 #include "magma/tokenizer/tokenizer.h"
+#include "magma/util/file.h"
 #include "magma/util/logging.h"
 #include "magma/util/npy.h"
 #include "magma/vision/image.h"
@@ -178,12 +180,7 @@ int CmdInit() {
                                                            std::filesystem::path(old.front()).filename().string(),
                                                            "): pass --overwrite to replace them")));
   }
-  for (const auto& f : old) {
-    std::error_code ec;
-    if (!std::filesystem::remove(f, ec) && ec) {
-      return Fail(absl::InternalError(absl::StrCat("cannot remove ", f, ": ", ec.message())));
-    }
-  }
+  if (auto s = magma::model::RemoveFiles(old); !s.ok()) return Fail(s);
   auto s = magma::model::WriteRandomModel(*preset, absl::GetFlag(FLAGS_seed), absl::GetFlag(FLAGS_out));
   if (!s.ok()) return Fail(s);
   std::cout << "wrote " << preset->name << " model to " << absl::GetFlag(FLAGS_out) << "\n";
@@ -210,11 +207,9 @@ int CmdTokenize() {
   if (auto s = Require("input", absl::GetFlag(FLAGS_input)); !s.ok()) return Fail(s);
   auto tok = magma::tokenizer::LoadTokenizer(absl::GetFlag(FLAGS_model_dir));
   if (!tok.ok()) return Fail(tok.status());
-  if (std::filesystem::is_directory(absl::GetFlag(FLAGS_input))) {
-    return Fail(absl::InvalidArgumentError("cannot read " + absl::GetFlag(FLAGS_input) + ": it is a directory"));
-  }
-  std::ifstream in(absl::GetFlag(FLAGS_input));
-  if (!in) return Fail(absl::NotFoundError("cannot read " + absl::GetFlag(FLAGS_input)));
+  auto text = magma::util::ReadFile(absl::GetFlag(FLAGS_input), "input");
+  if (!text.ok()) return Fail(text.status());
+  std::istringstream in(*text);
   std::string line;
   int line_no = 0;
   while (std::getline(in, line)) {
@@ -229,7 +224,6 @@ int CmdTokenize() {
     if (!ids.ok()) return Fail(ids.status());
     std::cout << "[" << absl::StrJoin(*ids, ",") << "]\n";
   }
-  if (in.bad()) return Fail(absl::DataLossError("reading " + absl::GetFlag(FLAGS_input) + " failed"));
   return 0;
 }
 

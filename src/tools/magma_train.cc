@@ -644,10 +644,7 @@ int main(int argc, char** argv) {
       fs::remove_all(fresh, ec);
       return Fail(s);
     }
-    for (const std::string& f : old_files) {
-      if (!fs::remove(f, ec) && ec)
-        return Fail(absl::InternalError(absl::StrCat("cannot remove ", f, ": ", ec.message())));
-    }
+    if (auto s = magma::model::RemoveFiles(old_files); !s.ok()) return Fail(s);
     fs::remove_all(fs::path(dir) / "kept", ec);
     fs::remove_all(fs::path(dir) / "averaged", ec);
     std::vector<fs::path> made;

@@ -59,6 +59,10 @@ absl::Status WriteRandomModel(const Preset& preset, uint64_t seed, const std::st
 // not exist.
 std::vector<std::string> CheckpointFilesIn(const std::string& dir);
 
+// Removes `files` (as CheckpointFilesIn lists them); INTERNAL naming the
+// first that cannot be removed. Files already gone are fine.
+absl::Status RemoveFiles(const std::vector<std::string>& files);
+
 }  // namespace magma::model
 
 #endif  // MAGMA_MODEL_RANDOM_INIT_H_
