@@ -1,5 +1,8 @@
+#include <algorithm>
+#include <limits>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_replace.h"
 
@@ -102,47 +105,71 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer* tokenizer, bool skip_spe
 
 namespace {
 
-// Bytes of text before a cut that can take part in a clean-up match across
-// it: a space, at most two more characters of the pattern, and the spaces
-// between them that earlier replacements delete.
-constexpr size_t kCleanUpReach = 16;
+// The clean-up's patterns (CleanUpTokenizationSpaces) all start with a
+// space, and its replacements only delete spaces, so a pattern matches in
+// the final text only where an original space is followed by the pattern's
+// other characters, with the spaces between them deleted. Cut points are
+// judged on that over-approximation, treating every later space as one
+// that may be deleted, with two bounds that keep runs of spaces flowing:
+// - each pass deletes at most the last space of a run (its match's leading
+//   space) and, for " ' ", the first space after a quote, so a space with
+//   more than kDeletableRun spaces after it never meets a pattern's
+//   character;
+// - " ' " keeps the space right after its quote (an earlier pass deletes
+//   that space only where it is the run's only space, before . ? ! or ,,
+//   and then " ' " cannot match).
+constexpr absl::string_view kPatternTails[] = {".", "?", "!", ",", "'", "n't", "'m", "'s", "'ve", "'re"};
+constexpr size_t kDeletableRun = 16;
 
-// True when a clean-up match could start before the end of `text` and go on
-// into what follows. Every pattern starts with a space, and replacements
-// only delete spaces, so such a match starts at a space of `text` whose
-// remainder, without the later spaces the earlier replacements may delete,
-// begins one of the patterns: " ", " '", " n", " n'", " 'v" or " 'r".
-bool CleanUpMayCross(absl::string_view text) {
-  static constexpr absl::string_view kOpen[] = {" ", " '", " n", " n'", " 'v", " 'r"};
-  const size_t from = text.size() > kCleanUpReach ? text.size() - kCleanUpReach : 0;
-  for (size_t s = text.find(' ', from); s != absl::string_view::npos; s = text.find(' ', s + 1)) {
-    std::string rest = " ";
-    for (char c : text.substr(s + 1)) {
-      if (c != ' ') rest.push_back(c);
-    }
-    for (absl::string_view open : kOpen) {
-      if (rest == open) return true;
+// The longest cut of `text` that no clean-up match can cross, whatever
+// text follows, and that does not split a character. A space at s blocks
+// the cuts after it up to the end of the match it may start; a match the
+// known text has not yet completed or ruled out blocks everything after s.
+// Text before an earlier cut never matters: no match crosses that cut.
+size_t CleanCut(absl::string_view text) {
+  const size_t n = text.size();
+  constexpr size_t kOpenEnded = std::numeric_limits<size_t>::max();
+  // next[i]: the first position at or after i that is not a space (n if none).
+  std::vector<size_t> next(n + 1, n);
+  for (size_t i = n; i-- > 0;) next[i] = text[i] == ' ' ? next[i + 1] : i;
+  // reach[p]: the furthest end of a match from a space before p.
+  std::vector<size_t> reach(n + 1, 0);
+  size_t furthest = 0;
+  for (size_t s = 0; s < n; ++s) {
+    reach[s] = furthest;
+    if (text[s] != ' ' || next[s] - s - 1 > kDeletableRun) continue;
+    for (absl::string_view tail : kPatternTails) {
+      size_t at = s;  // the position of the pattern's last character matched so far
+      bool open = false, differs = false;
+      for (char c : tail) {
+        at = next[at + 1];
+        if (at == n) {
+          open = true;
+          break;
+        }
+        if (text[at] != c) {
+          differs = true;
+          break;
+        }
+      }
+      if (differs) continue;
+      size_t end = at;
+      if (!open && tail == "'") {  // " ' " ends with the space after its quote
+        if (at + 1 == n) {
+          open = true;
+        } else if (text[at + 1] != ' ') {
+          continue;
+        } else {
+          end = at + 1;
+        }
+      }
+      furthest = std::max(furthest, open ? kOpenEnded : end);
     }
   }
-  return false;
-}
-
-// The longest cut of `text` (which follows `before`) that the clean-up
-// cannot reach across and that does not split a character.
-size_t CleanCut(absl::string_view before, absl::string_view text) {
-  size_t cut = text.size();
-  while (cut > 0) {
-    if (text[cut - 1] == ' ') {  // a text that ends with a space may go on " ."
-      --cut;
-      continue;
-    }
-    if (cut == text.size() || (static_cast<unsigned char>(text[cut]) & 0xC0) != 0x80) {
-      std::string context;
-      if (cut < kCleanUpReach) context = std::string(before);
-      context.append(text.data() + (cut > kCleanUpReach ? cut - kCleanUpReach : 0), std::min(cut, kCleanUpReach));
-      if (!CleanUpMayCross(context)) return cut;
-    }
-    --cut;
+  reach[n] = furthest;
+  for (size_t cut = n; cut > 0; --cut) {
+    if (reach[cut] >= cut) continue;
+    if (cut == n || (static_cast<unsigned char>(text[cut]) & 0xC0) != 0x80) return cut;
   }
   return 0;
 }
@@ -166,10 +193,8 @@ std::string IncrementalDecoder::Push(int32_t id) {
   pending_.erase(0, used);
   if (!clean_up_) return out;
   unclean_ += out;
-  const size_t cut = CleanCut(given_tail_, unclean_);
+  const size_t cut = CleanCut(unclean_);
   if (cut == 0) return "";
-  given_tail_ += unclean_.substr(0, cut);
-  if (given_tail_.size() > kCleanUpReach) given_tail_.erase(0, given_tail_.size() - kCleanUpReach);
   out = CleanUpTokenizationSpaces(unclean_.substr(0, cut));
   unclean_.erase(0, cut);
   return out;
@@ -181,7 +206,6 @@ std::string IncrementalDecoder::Finish() {
   if (!clean_up_) return out;
   out = CleanUpTokenizationSpaces(unclean_ + out);
   unclean_.clear();
-  given_tail_.clear();
   return out;
 }
 

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include <random>
@@ -328,6 +329,51 @@ TEST(IncrementalDecoderTest, HoldsBackWhatTheCleanUpMayChange) {
   EXPECT_EQ(stream("x  ' ve"), (Pieces{"x", "", "", "", "", "", "'ve", ""}));
   EXPECT_EQ(CleanUpTokenizationSpaces("x  ' ve"), "x've");
   EXPECT_EQ((*tok)->Decode({'a', ' ', '\'', ' ', 's'}), "a's");
+  // Text that goes on past a pattern's start rules the pattern out: a loop
+  // of " n" flows, holding back only the last one.
+  EXPECT_EQ(stream(" n n n"), (Pieces{"", "", "", " n", "", " n", " n"}));
+  EXPECT_EQ(stream("Hello world"), (Pieces{"H", "e", "l", "l", "o", "", " w", "o", "r", "l", "d", ""}));
+  {
+    IncrementalDecoder dec(tok->get());
+    std::string given, loop;
+    for (int i = 0; i < 2000; ++i) {
+      given += dec.Push(' ');
+      given += dec.Push('n');
+      loop += " n";
+      ASSERT_LE(dec.Held().size(), 2u) << "after " << i + 1 << " loops";
+    }
+    EXPECT_EQ(given + dec.Finish(), loop);
+    EXPECT_EQ(CleanUpTokenizationSpaces(loop), loop);
+  }
+  // A run of spaces flows but for its last spaces, which a pattern could
+  // still reach.
+  {
+    IncrementalDecoder dec(tok->get());
+    std::string given = dec.Push('x');
+    for (int i = 0; i < 100; ++i) given += dec.Push(' ');
+    EXPECT_EQ(given, "x" + std::string(83, ' '));
+    EXPECT_EQ(dec.Held(), std::string(17, ' '));
+    given += dec.Push(',');
+    given += dec.Finish();
+    EXPECT_EQ(given, "x" + std::string(99, ' ') + ",");
+  }
+  // Every text of up to six characters from the patterns' alphabet, one
+  // character a token: the pieces add up to the one-shot clean-up.
+  const std::string letters = " 'ntvre.x";
+  std::string text;
+  std::function<void()> grow = [&] {
+    std::string joined;
+    for (const auto& p : stream(text)) joined += p;
+    ASSERT_EQ(joined, CleanUpTokenizationSpaces(text)) << nlohmann::json(text).dump();
+    if (text.size() == 6) return;
+    for (char c : letters) {
+      text.push_back(c);
+      grow();
+      text.pop_back();
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  };
+  grow();
   // Whatever the text, the pieces add up to the cleaned text.
   std::mt19937 rng(3);
   const std::string alphabet = " .?!,'ntmsvrex";

@@ -138,8 +138,7 @@ class IncrementalDecoder {
   bool clean_up_;
   bool first_ = true;
   std::string pending_;
-  std::string unclean_;     // complete text the clean-up may still change
-  std::string given_tail_;  // the end of the text given out, before clean-up
+  std::string unclean_;  // complete text the clean-up may still change
 };
 
 // Length of the longest prefix of `bytes` that ends on a character boundary
