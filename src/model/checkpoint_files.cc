@@ -1,9 +1,10 @@
+#include "magma/model/checkpoint_files.h"
+
 #include <filesystem>
 #include <regex>
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "magma/model/random_init.h"
 
 namespace magma::model {
 

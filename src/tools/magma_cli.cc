@@ -25,6 +25,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "magma/model/checkpoint_files.h"
 #include "magma/model/model.h"
 #include "magma/model/random_init.h"
 #include "magma/model/runtime.h"

@@ -32,6 +32,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "magma/agent/action_codec.h"
+#include "magma/model/checkpoint_files.h"
 #include "magma/model/kernels.h"
 #include "magma/model/model.h"
 #include "magma/model/random_init.h"
