@@ -167,11 +167,11 @@ size_t CleanCut(absl::string_view text) {
     }
   }
   reach[n] = furthest;
-  for (size_t cut = n; cut > 0; --cut) {
-    if (reach[cut] >= cut) continue;
-    if (cut == n || (static_cast<unsigned char>(text[cut]) & 0xC0) != 0x80) return cut;
-  }
-  return 0;
+  // Below the end, the longest unblocked cut lies just before the space
+  // whose match blocks the cut after it: it never splits a character.
+  size_t cut = n;
+  while (cut > 0 && reach[cut] >= cut) --cut;
+  return cut;
 }
 
 }  // namespace

@@ -266,14 +266,20 @@ TEST(PreTokenizerTest, ByteLevelBpeBoundsTheBytesPerToken) {
   EXPECT_EQ((*tok)->MaxBytesPerToken(), longest);
 }
 
+// A tokenizer without merges, whose ids 0-255 are the single bytes, and two
+// special tokens (300, 301).
+absl::Status TrainByteTokenizer(const std::string& dir) {
+  BpeTrainOptions options;
+  options.num_merges = 0;
+  options.added_tokens = {{"<|begin_of_text|>", 300, true}, {"<|end_of_text|>", 301, true}};
+  return TrainByteLevelBpe({"abc"}, options, dir);
+}
+
 TEST(IncrementalDecoderTest, HoldsBackSplitCharacters) {
   // A tokenizer whose tokens are single bytes: the Euro sign (E2 82 AC)
   // arrives in three tokens.
   testing::TempDir dir;
-  BpeTrainOptions options;
-  options.num_merges = 0;
-  options.added_tokens = {{"<|begin_of_text|>", 300, true}, {"<|end_of_text|>", 301, true}};
-  ASSERT_TRUE(TrainByteLevelBpe({"abc"}, options, dir.path()).ok());
+  ASSERT_TRUE(TrainByteTokenizer(dir.path()).ok());
   auto tok = LoadTokenizer(dir.path());
   ASSERT_TRUE(tok.ok()) << tok.status();
   IncrementalDecoder dec(tok->get());
@@ -304,10 +310,7 @@ TEST(CleanUpTest, RemovesSpacesAsHuggingFaceDoes) {
 // pattern could still reach, and never takes back what it gave.
 TEST(IncrementalDecoderTest, HoldsBackWhatTheCleanUpMayChange) {
   testing::TempDir dir;
-  BpeTrainOptions options;
-  options.num_merges = 0;
-  options.added_tokens = {{"<|begin_of_text|>", 300, true}, {"<|end_of_text|>", 301, true}};
-  ASSERT_TRUE(TrainByteLevelBpe({"abc"}, options, dir.path()).ok());
+  ASSERT_TRUE(TrainByteTokenizer(dir.path()).ok());
   testing::WriteFile(dir.File("tokenizer_config.json"), R"({"clean_up_tokenization_spaces": true})");
   auto tok = LoadTokenizer(dir.path());
   ASSERT_TRUE(tok.ok()) << tok.status();

@@ -114,9 +114,10 @@ std::string CleanUpTokenizationSpaces(std::string text);
 // Turns ids into text one token at a time for streaming: every returned
 // piece is valid UTF-8, a multi-byte character split across tokens is held
 // back until complete, and the concatenation of all pieces plus Finish()
-// equals Tokenizer::Decode of the same ids. With the space clean-up, the
-// end of the text that a clean-up pattern could still reach (" ", " '",
-// " n", " n'", " 'v", " 'r") waits for what follows.
+// equals Tokenizer::Decode of the same ids. With the space clean-up, text
+// from a space that could still start a clean-up pattern (" n" before what
+// might be "'t", a trailing space before what might be ".") waits for what
+// follows; text after it rules the pattern out or completes it.
 class IncrementalDecoder {
  public:
   // `tokenizer` must outlive the decoder. `clean_up_spaces` defaults to the
