@@ -9,9 +9,9 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "health.h"
 #include "magma/util/address.h"
 #include "magma/util/file.h"
 #include "magma/util/logging.h"
@@ -34,11 +34,12 @@ const char* ServerVersion() { return MAGMA_VERSION; }
 
 class Server::Impl {
  public:
-  explicit Impl(const ServerOptions& options) : service(options, &state, &metrics) {}
+  explicit Impl(const ServerOptions& options) : service(options, &state, &metrics), health({kAgentServiceName}) {}
   ~Impl() { StopMetrics(); }
   Metrics metrics;
   ServiceState state;
   AgentServiceImpl service;
+  HealthService health;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   std::unique_ptr<httplib::Server> http;
@@ -84,17 +85,9 @@ class Server::Impl {
     if (http) http->stop();
     if (http_thread.joinable()) http_thread.join();
   }
-
-  void SetHealth(bool serving) {
-    auto* health = server->GetHealthCheckService();
-    if (health == nullptr) return;
-    health->SetServingStatus(serving);
-    health->SetServingStatus(kAgentServiceName, serving);
-  }
 };
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& options) {
-  grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -123,11 +116,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   // Clients may ping as often as the min interval allows, even without data.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.RegisterService(&impl->service);
+  builder.RegisterService(&impl->health);
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr || impl->port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "' (address in use or invalid)"));
   }
-  impl->SetHealth(false);
   if (!options.metrics_listen.empty()) {
     if (auto s = impl->StartMetrics(options.metrics_listen); !s.ok()) {
       impl->server->Shutdown(std::chrono::system_clock::now());
@@ -149,16 +142,17 @@ int Server::metrics_port() const { return impl_->metrics_port; }
 
 void Server::SetReady(std::shared_ptr<Backend> backend) {
   impl_->state.SetReady(std::move(backend));
-  impl_->SetHealth(true);
+  impl_->health.SetServing(true);
 }
 
 void Server::BeginDrain() {
   impl_->state.SetDraining();
-  impl_->SetHealth(false);
+  impl_->health.SetServing(false);
 }
 
 void Server::Shutdown(absl::Duration deadline) {
   BeginDrain();
+  impl_->health.Shutdown();
   // Calls already accepted run on (the engine keeps decoding) until the
   // deadline, when gRPC cancels what is left; new calls are refused.
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + deadline));

@@ -67,6 +67,87 @@ TEST(ServerTest, UnknownHealthServiceIsNotFound) {
   EXPECT_EQ(f.HealthStatus("no.such.Service"), "ERROR " + std::to_string(grpc::StatusCode::NOT_FOUND));
 }
 
+using HealthResponse = grpc::health::v1::HealthCheckResponse;
+
+std::unique_ptr<grpc::ClientReader<HealthResponse>> Watch(testing::ServerFixture& f, grpc::ClientContext* ctx,
+                                                          const std::string& service) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  return grpc::health::v1::Health::NewStub(f.channel())->Watch(ctx, req);
+}
+
+std::string NextStatus(grpc::ClientReader<HealthResponse>& stream) {
+  HealthResponse resp;
+  if (!stream.Read(&resp)) return "END";
+  return HealthResponse::ServingStatus_Name(resp.status());
+}
+
+TEST(ServerTest, HealthWatchSendsEveryChangeAndEndsAtShutdown) {
+  for (const std::string service : {"", "magma.v1.AgentService"}) {
+    SCOPED_TRACE(service);
+    testing::ServerFixture f;
+    grpc::ClientContext ctx;
+    auto stream = Watch(f, &ctx, service);
+    EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
+    f.server().SetReady(TinyInfo());
+    EXPECT_EQ(NextStatus(*stream), "SERVING");
+    f.server().BeginDrain();
+    EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
+    // The open stream must not hold the shutdown to its deadline: it ends
+    // with the server's own status, not with the cancellation at the deadline.
+    f.Stop(60000);
+    EXPECT_EQ(NextStatus(*stream), "END");
+    grpc::Status st = stream->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+    EXPECT_EQ(st.error_message(), "the server is shutting down");
+  }
+}
+
+TEST(ServerTest, HealthWatchGetsTheLastChangeBeforeShutdownEnds) {
+  testing::ServerFixture f;
+  grpc::ClientContext ctx;
+  auto stream = Watch(f, &ctx, "");
+  EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
+  f.server().SetReady(TinyInfo());
+  EXPECT_EQ(NextStatus(*stream), "SERVING");
+  f.Stop(60000);  // drains (NOT_SERVING), then ends the stream
+  EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
+  EXPECT_EQ(NextStatus(*stream), "END");
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST(ServerTest, HealthWatchOfUnknownServiceStaysOpenAsUnknown) {
+  testing::ServerFixture f;
+  grpc::ClientContext ctx;
+  auto stream = Watch(f, &ctx, "no.such.Service");
+  EXPECT_EQ(NextStatus(*stream), "SERVICE_UNKNOWN");
+  f.server().SetReady(TinyInfo());
+  f.Stop(60000);
+  // No message for the change: the name stays unknown until the end.
+  EXPECT_EQ(NextStatus(*stream), "END");
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST(ServerTest, CancelledHealthWatchLeavesTheServerServing) {
+  testing::ServerFixture f;
+  {
+    grpc::ClientContext ctx;
+    auto stream = Watch(f, &ctx, "");
+    EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
+    ctx.TryCancel();
+    EXPECT_EQ(NextStatus(*stream), "END");
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  f.server().SetReady(TinyInfo());
+  EXPECT_EQ(f.HealthStatus(), "SERVING");
+  grpc::ClientContext ctx;
+  auto stream = Watch(f, &ctx, "");
+  EXPECT_EQ(NextStatus(*stream), "SERVING");
+  ctx.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
 TEST(ServerTest, ReflectionListsServices) {
   testing::ServerFixture f;
   auto names = f.ReflectionListServices();
