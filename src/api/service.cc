@@ -344,6 +344,21 @@ absl::StatusOr<int32_t> MaxTokens(int32_t requested, int32_t fallback, const Lim
   return n;
 }
 
+// Refused before tokenizing: encoding a text far larger than any context
+// only to count its tokens would hold a worker thread for seconds.
+absl::Status CheckTextBytes(size_t bytes, const Limits& limits, absl::string_view what) {
+  if (bytes > static_cast<uint64_t>(limits.max_text_bytes)) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, " has ", bytes, " bytes of text; at most ", limits.max_text_bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckInstruction(const std::string& instruction, const Limits& limits) {
+  if (instruction.empty()) return absl::InvalidArgumentError("instruction is empty");
+  return CheckTextBytes(instruction.size(), limits, "the instruction");
+}
+
 }  // namespace
 
 // ------------------------------------------------------------ state
@@ -443,6 +458,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetModelInfo(grpc::CallbackServerCon
   l->set_max_queue(info.max_queue);
   l->set_max_batch(info.max_batch);
   l->set_max_waiting_calls(options_.limits.max_waiting_calls);
+  l->set_max_text_bytes(options_.limits.max_text_bytes);
   call->Done(absl::OkStatus());
   return call;
 }
@@ -466,6 +482,11 @@ absl::StatusOr<engine::GenerationRequest> BuildTextRequest(const v1::GenerateReq
   if (req.top_logprobs() < 0 || req.top_logprobs() > 20) {
     return absl::InvalidArgumentError("top_logprobs must be in 0..20");
   }
+  size_t text_bytes = req.prompt().size() + req.system_prompt().size();
+  for (const auto& m : req.messages()) text_bytes += m.content().size();
+  for (const auto& s : req.stop()) text_bytes += s.size();
+  for (const auto& c : req.choices()) text_bytes += c.size();
+  if (auto s = CheckTextBytes(text_bytes, limits, "the request"); !s.ok()) return s;
   auto images = DecodeImages(req.images(), limits, "images");
   if (!images.ok()) return images.status();
   agent::TextTask task;
@@ -575,7 +596,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
   MAGMA_BEGIN_CALL(call, ctx);
   RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp, backend] {
     const Limits& limits = options_.limits;
-    if (req->instruction().empty()) return call->Done(absl::InvalidArgumentError("instruction is empty"));
+    if (auto s = CheckInstruction(req->instruction(), options_.limits); !s.ok()) return call->Done(s);
     if (req->elements_size() > limits.max_elements) {
       return call->Done(absl::ResourceExhaustedError(
           absl::StrCat(req->elements_size(), " elements; at most ", limits.max_elements)));
@@ -671,7 +692,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Act(grpc::CallbackServerContext* ctx
   resp->set_received_unix_ns(absl::ToUnixNanos(call->received()));
   MAGMA_BEGIN_CALL(call, ctx);
   RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp, backend] {
-    if (req->instruction().empty()) return call->Done(absl::InvalidArgumentError("instruction is empty"));
+    if (auto s = CheckInstruction(req->instruction(), options_.limits); !s.ok()) return call->Done(s);
     auto image = DecodeOne(req->image(), options_.limits, "image");
     if (!image.ok()) return call->Done(image.status());
     agent::ActTask task;
@@ -721,7 +742,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
   auto* call = new UnaryCall(ctx, "Trace", metrics_);
   MAGMA_BEGIN_CALL(call, ctx);
   RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp, backend] {
-    if (req->instruction().empty()) return call->Done(absl::InvalidArgumentError("instruction is empty"));
+    if (auto s = CheckInstruction(req->instruction(), options_.limits); !s.ok()) return call->Done(s);
     if (!v1::TraceFormat_IsValid(req->format())) return call->Done(absl::InvalidArgumentError("unknown format"));
     auto image = DecodeOne(req->image(), options_.limits, "image");
     if (!image.ok()) return call->Done(image.status());

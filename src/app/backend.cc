@@ -35,6 +35,7 @@ api::ServerOptions ServerOptionsFrom(const config::ServerConfig& c) {
   o.limits.max_elements = c.limits().max_elements();
   o.limits.max_tokens = c.limits().max_tokens();
   o.limits.max_waiting_calls = c.limits().max_waiting_calls();
+  o.limits.max_text_bytes = c.limits().max_text_bytes();
   return o;
 }
 

@@ -84,6 +84,7 @@ ServerConfig DefaultConfig() {
   l->set_max_elements(300);
   l->set_max_tokens(2048);
   l->set_max_waiting_calls(64);
+  l->set_max_text_bytes(1 << 20);
   c.set_worker_threads(2);
   return c;
 }
@@ -168,6 +169,7 @@ absl::Status Validate(const ServerConfig& c) {
   if (l.max_elements() < 0) return bad("limits.max_elements", "must be >= 0", l.max_elements());
   if (l.max_tokens() < 1) return bad("limits.max_tokens", "must be >= 1", l.max_tokens());
   if (l.max_waiting_calls() < 1) return bad("limits.max_waiting_calls", "must be >= 1", l.max_waiting_calls());
+  if (l.max_text_bytes() < 1) return bad("limits.max_text_bytes", "must be >= 1", l.max_text_bytes());
   if (c.worker_threads() < 1 || c.worker_threads() > 64) {
     return bad("worker_threads", "must be in 1..64", c.worker_threads());
   }

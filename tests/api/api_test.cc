@@ -170,6 +170,22 @@ INSTANTIATE_TEST_SUITE_P(
                       r->set_prompt(std::string(3000, 'x'));
                     },
                     grpc::RESOURCE_EXHAUSTED, "context"},
+        // Refused by its size before it is tokenized: 1 MiB by default.
+        BadGenerate{"PromptOverTextLimit", [](auto* r) { r->set_prompt(std::string((1 << 20) + 1, 'x')); },
+                    grpc::RESOURCE_EXHAUSTED, "the request has 1048577 bytes of text; at most 1048576"},
+        BadGenerate{"MessagesAndStopsOverTextLimit",
+                    [](auto* r) {
+                      r->clear_prompt();
+                      r->set_system_prompt("be brief");
+                      for (const char* role : {"user", "assistant", "user"}) {
+                        auto* m = r->add_messages();
+                        m->set_role(role);
+                        m->set_content(std::string(1 << 18, 'x'));
+                      }
+                      r->add_stop(std::string(1 << 17, 's'));
+                      r->add_choices(std::string(1 << 17, 'c'));  // 8 + 3 * 2^18 + 2^18 bytes in all
+                    },
+                    grpc::RESOURCE_EXHAUSTED, "the request has 1048584 bytes of text; at most 1048576"},
         BadGenerate{"UndecodableImage", [](auto* r) { r->add_images()->set_encoded("not an image at all"); },
                     grpc::INVALID_ARGUMENT, "images[0]"},
         BadGenerate{"NoImageSource", [](auto* r) { r->add_images(); }, grpc::INVALID_ARGUMENT, "no image"},
@@ -463,6 +479,8 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, ClickErrorTest,
     ::testing::Values(
         BadClick{"EmptyInstruction", [](auto* r) { r->clear_instruction(); }, grpc::INVALID_ARGUMENT, "instruction"},
+        BadClick{"InstructionOverTextLimit", [](auto* r) { r->set_instruction(std::string((1 << 20) + 1, 'x')); },
+                 grpc::RESOURCE_EXHAUSTED, "the instruction has 1048577 bytes of text; at most 1048576"},
         BadClick{"NaNBox", [](auto* r) { r->mutable_elements(1)->mutable_box()->set_x2(std::nan("")); },
                  grpc::INVALID_ARGUMENT, "elements[1].box"},
         BadClick{"NegativeBox", [](auto* r) { r->mutable_elements(0)->mutable_box()->set_x1(-5); },
@@ -513,6 +531,14 @@ TEST_F(ApiTest, ActErrors) {
   *req.mutable_image() = Image(Png(64, 64));
   req.set_instruction("pick");
   v1::ActResponse resp;
+  {
+    v1::ActRequest long_instruction = req;
+    long_instruction.set_instruction(std::string((1 << 20) + 1, 'x'));
+    auto ctx = Ctx();
+    grpc::Status st = stub_->Act(ctx.get(), long_instruction, &resp);
+    EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+    EXPECT_EQ(st.error_message(), "the instruction has 1048577 bytes of text; at most 1048576");
+  }
   {
     auto ctx = Ctx();
     grpc::Status st = stub_->Act(ctx.get(), req, &resp);  // two datasets, no key
@@ -813,6 +839,7 @@ TEST_F(ApiTest, ModelInfoListsTasksKeysAndLimits) {
   EXPECT_EQ(info.limits().max_batch(), 4);
   EXPECT_EQ(info.limits().max_elements(), 300);
   EXPECT_EQ(info.limits().max_waiting_calls(), 64);
+  EXPECT_EQ(info.limits().max_text_bytes(), 1 << 20);
 }
 
 // ------------------------------------------------------------ auth and concurrency

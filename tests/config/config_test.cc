@@ -83,6 +83,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadValue{"model { vision_dtype: \"fp16\" }", "model.vision_dtype"},
         BadValue{"model { weights: \"hugepages\" }", "model.weights"},
         BadValue{"limits { max_waiting_calls: 0 }", "limits.max_waiting_calls"},
+        BadValue{"limits { max_text_bytes: 0 }", "limits.max_text_bytes"},
         BadValue{"metrics_listen: \"9464\"", "metrics_listen"},
         BadValue{"metrics_listen: \"127.0.0.1:70000\"", "metrics_listen"}));
 

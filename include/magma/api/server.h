@@ -36,6 +36,9 @@ struct Limits {
   // tokenization) before they reach the engine's queue; more get
   // RESOURCE_EXHAUSTED.
   int32_t max_waiting_calls = 64;
+  // Text bytes of one call, counted before tokenizing (a prompt far longer
+  // than any context would otherwise be tokenized in full to be refused).
+  int64_t max_text_bytes = 1 << 20;
 };
 
 struct ServerOptions {
