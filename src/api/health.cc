@@ -34,7 +34,7 @@ class HealthWatch final : public grpc::ServerWriteReactor<HealthCheckResponse> {
 
   void Start(Step step) {
     if (step == Step::kWrite) StartWrite(&out_);
-    if (step == Step::kFinish) Finish(end_status_);
+    if (step == Step::kFinish) Finish(final_status_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -81,6 +81,7 @@ class HealthWatch final : public grpc::ServerWriteReactor<HealthCheckResponse> {
     }
     if (end_) {
       finished_ = true;
+      final_status_ = end_status_;  // a later OnCancel may still change end_status_
       return Step::kFinish;
     }
     return Step::kNone;
@@ -89,7 +90,7 @@ class HealthWatch final : public grpc::ServerWriteReactor<HealthCheckResponse> {
   HealthService* const service_;
   const std::string name_;
   std::mutex mu_;
-  // All guarded by mu_; out_ and end_status_ are not touched while the step
+  // All guarded by mu_; out_ and final_status_ are not touched while the step
   // that uses them is in flight.
   HealthCheckResponse::ServingStatus wanted_ = HealthCheckResponse::NOT_SERVING;
   HealthCheckResponse::ServingStatus sent_ = HealthCheckResponse::NOT_SERVING;
@@ -99,6 +100,7 @@ class HealthWatch final : public grpc::ServerWriteReactor<HealthCheckResponse> {
   bool end_ = false;
   bool finished_ = false;
   grpc::Status end_status_;
+  grpc::Status final_status_;
   HealthCheckResponse out_;
 };
 
@@ -117,9 +119,13 @@ void HealthService::SetServing(bool serving) {
     std::lock_guard<std::mutex> lock(mu_);
     if (shut_down_) return;
     serving_ = serving;
-    for (HealthWatch* watch : open_) steps.emplace_back(watch, watch->Update(StatusOfLocked(watch->name()), false));
+    for (HealthWatch* watch : open_) {
+      const HealthWatch::Step step = watch->Update(StatusOfLocked(watch->name()), false);
+      if (step != HealthWatch::Step::kNone) steps.emplace_back(watch, step);
+    }
   }
-  // A watch with a claimed step cannot reach OnDone before that step starts.
+  // A watch with a claimed step cannot reach OnDone before that step starts;
+  // the others may be gone once mu_ is released.
   for (auto& [watch, step] : steps) watch->Start(step);
 }
 
@@ -130,7 +136,10 @@ void HealthService::Shutdown() {
     if (shut_down_) return;
     shut_down_ = true;
     serving_ = false;
-    for (HealthWatch* watch : open_) steps.emplace_back(watch, watch->Update(StatusOfLocked(watch->name()), true));
+    for (HealthWatch* watch : open_) {
+      const HealthWatch::Step step = watch->Update(StatusOfLocked(watch->name()), true);
+      if (step != HealthWatch::Step::kNone) steps.emplace_back(watch, step);
+    }
   }
   for (auto& [watch, step] : steps) watch->Start(step);
 }

@@ -39,7 +39,7 @@ class Server::Impl {
   Metrics metrics;
   ServiceState state;
   AgentServiceImpl service;
-  HealthService health;
+  HealthService health;  // outlives server, whose shutdown waits for every Watch to end
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   std::unique_ptr<httplib::Server> http;
@@ -133,6 +133,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() {
+  impl_->health.Shutdown();
   if (impl_->server != nullptr) impl_->server->Shutdown(std::chrono::system_clock::now());
 }
 

@@ -129,6 +129,22 @@ TEST(ServerTest, HealthWatchOfUnknownServiceStaysOpenAsUnknown) {
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
+TEST(ServerTest, DestroyingTheServerEndsOpenHealthWatches) {
+  api::ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  auto server = api::Server::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel =
+      grpc::CreateChannel("127.0.0.1:" + std::to_string((*server)->port()), grpc::InsecureChannelCredentials());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = grpc::health::v1::Health::NewStub(channel)->Watch(&ctx, grpc::health::v1::HealthCheckRequest());
+  EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
+  server->reset();  // no Shutdown call
+  EXPECT_EQ(NextStatus(*stream), "END");
+  EXPECT_FALSE(stream->Finish().ok());
+}
+
 TEST(ServerTest, CancelledHealthWatchLeavesTheServerServing) {
   testing::ServerFixture f;
   {
