@@ -144,6 +144,7 @@ ABSL_FLAG(std::vector<std::string>, tower_dims, std::vector<std::string>({"24", 
           "New models: ConvNeXt stage widths");
 ABSL_FLAG(std::vector<std::string>, tower_depths, std::vector<std::string>({"1", "1", "2", "1"}),
           "New models: ConvNeXt blocks per stage");
+ABSL_FLAG(int, decoder_layers, 4, "New models: Llama decoder layers (1-32)");
 ABSL_FLAG(int, max_crops, 2,
           "New models: the most 224-pixel any-res crops an image is cut into (1-8; with 4 a 256-pixel tabletop "
           "frame gets 2x2 crops, four times the tower cells)");
@@ -185,8 +186,6 @@ absl::StatusOr<std::vector<int64_t>> Integers(const std::vector<std::string>& te
   return out;
 }
 
-constexpr int64_t kDecoderLayers = 4;
-
 // The architecture of the embedded model: small enough to train on two
 // cores, the same module layout as Magma-8B. The tower's stages come from
 // --tower_dims / --tower_depths (default: four stages; the shipped model has
@@ -211,7 +210,10 @@ absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   p.layer_scale_init = absl::GetFlag(FLAGS_layer_scale_init);
   p.max_crops = absl::GetFlag(FLAGS_max_crops);
   p.hidden = 256;
-  p.layers = kDecoderLayers;
+  p.layers = absl::GetFlag(FLAGS_decoder_layers);
+  if (p.layers < 1 || p.layers > 32) {
+    return absl::InvalidArgumentError(absl::StrCat("--decoder_layers must be in 1..32, not ", p.layers));
+  }
   p.heads = 4;
   p.kv_heads = 2;
   p.intermediate = 640;
@@ -628,8 +630,9 @@ int main(int argc, char** argv) {
     // A new model has the preset's layers: check the options against them,
     // and the tower flags, before anything is written (a resumed one is
     // checked on load).
-    if (auto s = magma::model::CheckTrainOptions(to, kDecoderLayers); !s.ok()) return Fail(s);
-    if (auto p = AgentPreset(0); !p.ok()) return Fail(p.status());
+    auto preset = AgentPreset(0);
+    if (!preset.ok()) return Fail(preset.status());
+    if (auto s = magma::model::CheckTrainOptions(to, preset->layers); !s.ok()) return Fail(s);
     fs::create_directories(dir);
     if (auto s = LockRun(dir); !s.ok()) return Fail(s);
     // The new model is made beside what an earlier run left (its

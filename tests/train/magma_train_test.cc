@@ -164,6 +164,28 @@ TEST(MagmaTrainTest, MaxCropsGoesIntoTheModelConfig) {
   EXPECT_EQ(pre["num_crops"], 4) << pre.dump();
 }
 
+// --decoder_layers sets the new model's decoder depth; the layer-indexed
+// supervision flags are checked against it.
+TEST(MagmaTrainTest, DecoderLayersGoIntoTheModelConfig) {
+  testing::TempDir tmp;
+  const std::string out = tmp.File("run");
+  EXPECT_EQ(RunTrain("--out " + out + " --steps 1 --decoder_layers 0" + std::string(kSmall), tmp.File("log")), 1);
+  EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --decoder_layers must be in 1..32, not 0"),
+            std::string::npos)
+      << ReadAll(tmp.File("log"));
+  EXPECT_EQ(
+      RunTrain("--out " + out + " --steps 1 --decoder_layers 2 --word_loss 0.5 --word_layer 2" + std::string(kSmall),
+               tmp.File("log")),
+      1);
+  EXPECT_NE(ReadAll(tmp.File("log")).find("word_layer 2 is not one of the 2 decoder layers"), std::string::npos)
+      << ReadAll(tmp.File("log"));
+  EXPECT_FALSE(fs::exists(out));
+  ASSERT_EQ(RunTrain("--out " + out + " --steps 1 --decoder_layers 6" + std::string(kSmall), tmp.File("log")), 0)
+      << ReadAll(tmp.File("log"));
+  const auto config = nlohmann::json::parse(ReadAll(out + "/config.json"));
+  EXPECT_EQ(config["text_config"]["num_hidden_layers"], 6);
+}
+
 TEST(MagmaTrainTest, AveragingNeedsWeightsKeptFromTheStart) {
   testing::TempDir tmp;
   const std::string out = tmp.File("run");
