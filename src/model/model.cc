@@ -684,18 +684,29 @@ int64_t MagmaModel::ImageTokenCount(int grid_rows, int grid_cols) const {
   return grid_rows * side * (grid_cols * side + 1);
 }
 
+namespace {
+
+// Mixed precision: float32 weights and activations, bfloat16 products
+// (oneDNN, float32 accumulation); gradients flow back through the casts.
+at::Tensor Bf16Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  at::Tensor y = at::linear(x.to(at::kBFloat16), w.to(at::kBFloat16)).to(at::kFloat);
+  return b.defined() ? y + b : y;
+}
+
+}  // namespace
+
 at::Tensor MagmaModel::Dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
-  if (training_ && bf16_training_matmuls_) {
-    // Mixed precision: float32 weights and activations, bfloat16 products
-    // (oneDNN, float32 accumulation); gradients flow back through the casts.
-    at::Tensor y = at::linear(x.to(at::kBFloat16), w.to(at::kBFloat16)).to(at::kFloat);
-    return b.defined() ? y + b : y;
-  }
+  if (training_ && bf16_training_matmuls_) return Bf16Linear(x, w, b);
+  return Linear(x, w, b);
+}
+
+at::Tensor MagmaModel::VisionDense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
+  if (training_ && bf16_vision_training_matmuls_) return Bf16Linear(x, w, b);
   return Linear(x, w, b);
 }
 
 bool MagmaModel::PointwiseAsConvolutions(const at::Tensor& w) const {
-  return w.scalar_type() == at::kFloat && !(training_ && bf16_training_matmuls_);
+  return w.scalar_type() == at::kFloat && !(training_ && bf16_vision_training_matmuls_);
 }
 
 at::Tensor MagmaModel::Product(const at::Tensor& a, const at::Tensor& b) const {
@@ -735,9 +746,9 @@ at::Tensor MagmaModel::Tower(const at::Tensor& input) const {
         y = at::gelu(y.permute({0, 2, 3, 1})).permute({0, 3, 1, 2});
         y = at::conv2d(y, b.fc2_w.reshape({c, -1, 1, 1}), b.fc2_b);
       } else {
-        y = Dense(y, b.fc1_w, b.fc1_b);
+        y = VisionDense(y, b.fc1_w, b.fc1_b);
         y = at::gelu(y);
-        y = Dense(y, b.fc2_w, b.fc2_b);
+        y = VisionDense(y, b.fc2_w, b.fc2_b);
         y = y.permute({0, 3, 1, 2});
       }
       x = y.mul(b.gamma.reshape({1, -1, 1, 1})) + x;
@@ -748,7 +759,7 @@ at::Tensor MagmaModel::Tower(const at::Tensor& input) const {
 
 at::Tensor MagmaModel::Project(const at::Tensor& nhwc) const {
   const Weights& w = *w_;
-  return Dense(at::gelu(Dense(nhwc, w.proj0_w, w.proj0_b)), w.proj2_w, w.proj2_b);
+  return VisionDense(at::gelu(VisionDense(nhwc, w.proj0_w, w.proj0_b)), w.proj2_w, w.proj2_b);
 }
 
 absl::StatusOr<at::Tensor> MagmaModel::VisionFeatures(const at::Tensor& crops) const {

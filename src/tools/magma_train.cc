@@ -134,6 +134,9 @@ ABSL_FLAG(bool, bf16, true,
           "Linear layers multiply in bfloat16 (float32 weights and accumulation) where the CPU has bfloat16 dot "
           "products (AVX512-BF16); elsewhere they multiply in float32, as bfloat16 is emulated there and about 20 "
           "times slower");
+ABSL_FLAG(bool, bf16_vision, true,
+          "With --bf16: the vision tower's and the projector's linears multiply in bfloat16 too (false: in "
+          "float32, and only the decoder's in bfloat16)");
 ABSL_FLAG(int64_t, profile_steps, 0,
           "Record libtorch's operator profile of this many steps (after 10 warm-up steps) into "
           "<out>/profile.json, a Chrome trace (chrome://tracing, Perfetto) with each call's input shapes");
@@ -253,6 +256,7 @@ absl::Status CreateModel(const std::string& dir, uint64_t seed) {
 // this CPU. Without native dot products libtorch emulates bfloat16 products,
 // which made a training step about 20 times slower than in float32.
 bool TrainInBf16() { return absl::GetFlag(FLAGS_bf16) && magma::model::HasAvx512Bf16(); }
+bool VisionInBf16() { return TrainInBf16() && absl::GetFlag(FLAGS_bf16_vision); }
 
 // A checkpoint's files. SaveCheckpoint writes each to "<name>.tmp", then
 // creates kCommitMark, then renames them into place and removes the mark:
@@ -305,6 +309,7 @@ absl::Status SaveCheckpoint(magma::model::MagmaModel& model, const magma::model:
                       {"warmup", absl::GetFlag(FLAGS_warmup)},
                       {"seed", absl::GetFlag(FLAGS_seed)},
                       {"bf16", TrainInBf16()},
+                      {"bf16_vision", VisionInBf16()},
                       {"train_seconds", seconds}};
   std::ofstream out(fs::path(dir) / "trainer_state.json.tmp");
   out << state.dump(2) << "\n";
@@ -694,7 +699,7 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_bf16) && !TrainInBf16()) {
     std::cout << "this CPU has no bfloat16 dot products (AVX512-BF16): linear layers multiply in float32\n";
   }
-  (*model)->SetBf16TrainingMatmuls(TrainInBf16());
+  (*model)->SetBf16TrainingMatmuls(TrainInBf16(), VisionInBf16());
   const int batch = absl::GetFlag(FLAGS_batch);
   const uint64_t data_seed = absl::GetFlag(FLAGS_seed) * 1000003;
   const auto t0 = std::chrono::steady_clock::now();

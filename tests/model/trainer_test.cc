@@ -1047,6 +1047,38 @@ TEST_F(TrainerTest, ForwardBatchMatchesForwardOfEachSequence) {
   EXPECT_EQ(model()->ForwardBatch(at::randn({2, 3})).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// bfloat16 products of the decoder and of the vision tower (with the
+// projector) are switched apart: the float32 part computes exactly what it
+// computes with no bfloat16 at all, the bfloat16 part differs a little.
+TEST_F(TrainerTest, Bf16ProductsOfDecoderAndVisionAreSwitchedApart) {
+  auto trainer = Trainer::Create(model(), Schedule(1));
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  at::manual_seed(5);
+  const at::Tensor crops = at::randn({1, 3, 64, 64});
+  const at::Tensor x = at::randn({1, 6, model()->hidden_size()});
+  auto run = [&](bool decoder, bool vision) {
+    model()->SetBf16TrainingMatmuls(decoder, vision);
+    auto features = model()->VisionFeatures(crops);
+    auto hidden = model()->ForwardBatch(x);
+    EXPECT_TRUE(features.ok() && hidden.ok());
+    model()->SetBf16TrainingMatmuls(false, false);
+    return std::make_pair(features.ok() ? features->detach() : at::Tensor(),
+                          hidden.ok() ? hidden->detach() : at::Tensor());
+  };
+  const auto f32 = run(false, false);
+  const auto decoder = run(true, false);
+  const auto vision = run(false, true);
+  ASSERT_TRUE(f32.first.defined() && decoder.first.defined() && vision.first.defined());
+  auto differs = [](const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); };
+  const double scale = f32.first.abs().max().item<double>();
+  EXPECT_EQ(differs(decoder.first, f32.first), 0.0);
+  EXPECT_GT(differs(vision.first, f32.first), 0.0);
+  EXPECT_LT(differs(vision.first, f32.first), 0.05 * scale);
+  EXPECT_EQ(differs(vision.second, f32.second), 0.0);
+  EXPECT_GT(differs(decoder.second, f32.second), 0.0);
+  EXPECT_LT(differs(decoder.second, f32.second), 0.05 * f32.second.abs().max().item<double>());
+}
+
 TEST_F(TrainerTest, ForwardBatchSpansGivesTheLogitsOfItsSpansOnly) {
   at::manual_seed(4);
   at::Tensor x = at::randn({3, 8, model()->hidden_size()});

@@ -205,8 +205,13 @@ class MagmaModel {
   const at::Tensor& captured_final_hidden() const { return captured_final_hidden_; }
   // While training, run the linear layers' products in bfloat16 (float32
   // accumulation; weights, optimizer state and everything else stay
-  // float32). Several times faster on CPUs with AVX512-BF16.
-  void SetBf16TrainingMatmuls(bool on) { bf16_training_matmuls_ = on; }
+  // float32): the decoder's (its linears and attention products) with
+  // `decoder`, the vision tower's and the projector's with `vision`.
+  // Several times faster on CPUs with AVX512-BF16.
+  void SetBf16TrainingMatmuls(bool decoder, bool vision) {
+    bf16_training_matmuls_ = decoder;
+    bf16_vision_training_matmuls_ = vision;
+  }
   // Writes the current weights as one float32 safetensors file with the
   // checkpoint's names and shapes.
   absl::Status SaveWeights(const std::string& path);
@@ -229,9 +234,12 @@ class MagmaModel {
   // The decoder over a batch from position 0, no cache: final hidden states
   // [B, T, hidden]; keeps them when capture_final_hidden_.
   at::Tensor BatchHidden(const at::Tensor& embeds) const;
-  // A linear layer; bfloat16 products while training with
+  // A linear layer of the decoder; bfloat16 products while training with
   // bf16_training_matmuls_.
   at::Tensor Dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {}) const;
+  // The same for the vision tower and the projector, with
+  // bf16_vision_training_matmuls_.
+  at::Tensor VisionDense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
   // Whether the vision blocks' linears with weights `w` run as 1x1
   // convolutions (float32 weights and products).
   bool PointwiseAsConvolutions(const at::Tensor& w) const;
@@ -254,6 +262,7 @@ class MagmaModel {
   std::unique_ptr<Weights> w_;
   bool training_ = false;
   bool bf16_training_matmuls_ = false;
+  bool bf16_vision_training_matmuls_ = false;
   std::vector<int> capture_layers_;
   // Per decoder layer (undefined where not captured).
   mutable std::vector<at::Tensor> captured_attention_, captured_head_outputs_;
