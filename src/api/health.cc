@@ -113,34 +113,24 @@ HealthService::Status HealthService::StatusOfLocked(const std::string& service) 
   return serving_ ? HealthCheckResponse::SERVING : HealthCheckResponse::NOT_SERVING;
 }
 
-void HealthService::SetServing(bool serving) {
+void HealthService::SetServing(bool serving) { Change(serving, /*shut_down=*/false); }
+
+void HealthService::Shutdown() { Change(/*serving=*/false, /*shut_down=*/true); }
+
+void HealthService::Change(bool serving, bool shut_down) {
   std::vector<std::pair<HealthWatch*, HealthWatch::Step>> steps;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (shut_down_) return;
+    shut_down_ = shut_down;
     serving_ = serving;
     for (HealthWatch* watch : open_) {
-      const HealthWatch::Step step = watch->Update(StatusOfLocked(watch->name()), false);
+      const HealthWatch::Step step = watch->Update(StatusOfLocked(watch->name()), shut_down);
       if (step != HealthWatch::Step::kNone) steps.emplace_back(watch, step);
     }
   }
   // A watch with a claimed step cannot reach OnDone before that step starts;
   // the others may be gone once mu_ is released.
-  for (auto& [watch, step] : steps) watch->Start(step);
-}
-
-void HealthService::Shutdown() {
-  std::vector<std::pair<HealthWatch*, HealthWatch::Step>> steps;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (shut_down_) return;
-    shut_down_ = true;
-    serving_ = false;
-    for (HealthWatch* watch : open_) {
-      const HealthWatch::Step step = watch->Update(StatusOfLocked(watch->name()), true);
-      if (step != HealthWatch::Step::kNone) steps.emplace_back(watch, step);
-    }
-  }
   for (auto& [watch, step] : steps) watch->Start(step);
 }
 

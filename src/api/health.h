@@ -49,6 +49,9 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
   friend class HealthWatch;
   using Status = grpc::health::v1::HealthCheckResponse::ServingStatus;
   Status StatusOfLocked(const std::string& service) const;
+  // Sets the state (for good with `shut_down`) and sends it to every open
+  // Watch; nothing after a shutdown.
+  void Change(bool serving, bool shut_down);
   void Forget(HealthWatch* watch);
 
   const std::set<std::string> services_;

@@ -596,7 +596,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
   MAGMA_BEGIN_CALL(call, ctx);
   RunOnWorker(workers_.get(), options_.limits.max_waiting_calls, call, [this, call, req, resp, backend] {
     const Limits& limits = options_.limits;
-    if (auto s = CheckInstruction(req->instruction(), options_.limits); !s.ok()) return call->Done(s);
+    if (auto s = CheckInstruction(req->instruction(), limits); !s.ok()) return call->Done(s);
     if (req->elements_size() > limits.max_elements) {
       return call->Done(absl::ResourceExhaustedError(
           absl::StrCat(req->elements_size(), " elements; at most ", limits.max_elements)));

@@ -69,12 +69,12 @@ TEST(ServerTest, UnknownHealthServiceIsNotFound) {
 
 using HealthResponse = grpc::health::v1::HealthCheckResponse;
 
-std::unique_ptr<grpc::ClientReader<HealthResponse>> Watch(testing::ServerFixture& f, grpc::ClientContext* ctx,
-                                                          const std::string& service) {
+std::unique_ptr<grpc::ClientReader<HealthResponse>> Watch(const std::shared_ptr<grpc::Channel>& channel,
+                                                          grpc::ClientContext* ctx, const std::string& service) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   grpc::health::v1::HealthCheckRequest req;
   req.set_service(service);
-  return grpc::health::v1::Health::NewStub(f.channel())->Watch(ctx, req);
+  return grpc::health::v1::Health::NewStub(channel)->Watch(ctx, req);
 }
 
 std::string NextStatus(grpc::ClientReader<HealthResponse>& stream) {
@@ -88,7 +88,7 @@ TEST(ServerTest, HealthWatchSendsEveryChangeAndEndsAtShutdown) {
     SCOPED_TRACE(service);
     testing::ServerFixture f;
     grpc::ClientContext ctx;
-    auto stream = Watch(f, &ctx, service);
+    auto stream = Watch(f.channel(), &ctx, service);
     EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
     f.server().SetReady(TinyInfo());
     EXPECT_EQ(NextStatus(*stream), "SERVING");
@@ -107,7 +107,7 @@ TEST(ServerTest, HealthWatchSendsEveryChangeAndEndsAtShutdown) {
 TEST(ServerTest, HealthWatchGetsTheLastChangeBeforeShutdownEnds) {
   testing::ServerFixture f;
   grpc::ClientContext ctx;
-  auto stream = Watch(f, &ctx, "");
+  auto stream = Watch(f.channel(), &ctx, "");
   EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
   f.server().SetReady(TinyInfo());
   EXPECT_EQ(NextStatus(*stream), "SERVING");
@@ -120,7 +120,7 @@ TEST(ServerTest, HealthWatchGetsTheLastChangeBeforeShutdownEnds) {
 TEST(ServerTest, HealthWatchOfUnknownServiceStaysOpenAsUnknown) {
   testing::ServerFixture f;
   grpc::ClientContext ctx;
-  auto stream = Watch(f, &ctx, "no.such.Service");
+  auto stream = Watch(f.channel(), &ctx, "no.such.Service");
   EXPECT_EQ(NextStatus(*stream), "SERVICE_UNKNOWN");
   f.server().SetReady(TinyInfo());
   f.Stop(60000);
@@ -137,8 +137,7 @@ TEST(ServerTest, DestroyingTheServerEndsOpenHealthWatches) {
   auto channel =
       grpc::CreateChannel("127.0.0.1:" + std::to_string((*server)->port()), grpc::InsecureChannelCredentials());
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  auto stream = grpc::health::v1::Health::NewStub(channel)->Watch(&ctx, grpc::health::v1::HealthCheckRequest());
+  auto stream = Watch(channel, &ctx, "");
   EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
   server->reset();  // no Shutdown call
   EXPECT_EQ(NextStatus(*stream), "END");
@@ -149,7 +148,7 @@ TEST(ServerTest, CancelledHealthWatchLeavesTheServerServing) {
   testing::ServerFixture f;
   {
     grpc::ClientContext ctx;
-    auto stream = Watch(f, &ctx, "");
+    auto stream = Watch(f.channel(), &ctx, "");
     EXPECT_EQ(NextStatus(*stream), "NOT_SERVING");
     ctx.TryCancel();
     EXPECT_EQ(NextStatus(*stream), "END");
@@ -158,7 +157,7 @@ TEST(ServerTest, CancelledHealthWatchLeavesTheServerServing) {
   f.server().SetReady(TinyInfo());
   EXPECT_EQ(f.HealthStatus(), "SERVING");
   grpc::ClientContext ctx;
-  auto stream = Watch(f, &ctx, "");
+  auto stream = Watch(f.channel(), &ctx, "");
   EXPECT_EQ(NextStatus(*stream), "SERVING");
   ctx.TryCancel();
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
