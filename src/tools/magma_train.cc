@@ -214,9 +214,6 @@ absl::StatusOr<magma::model::Preset> AgentPreset(int64_t vocab) {
   p.max_crops = absl::GetFlag(FLAGS_max_crops);
   p.hidden = 256;
   p.layers = absl::GetFlag(FLAGS_decoder_layers);
-  if (p.layers < 1 || p.layers > 32) {
-    return absl::InvalidArgumentError(absl::StrCat("--decoder_layers must be in 1..32, not ", p.layers));
-  }
   p.heads = 4;
   p.kv_heads = 2;
   p.intermediate = 640;
@@ -513,6 +510,10 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_max_crops) < 1 || absl::GetFlag(FLAGS_max_crops) > 8) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--max_crops must be between 1 and 8; got ", absl::GetFlag(FLAGS_max_crops))));
+  }
+  if (absl::GetFlag(FLAGS_decoder_layers) < 1 || absl::GetFlag(FLAGS_decoder_layers) > 32) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--decoder_layers must be between 1 and 32; got ", absl::GetFlag(FLAGS_decoder_layers))));
   }
   if (absl::GetFlag(FLAGS_profile_steps) < 0) return Fail(absl::InvalidArgumentError("--profile_steps must be >= 0"));
   const int64_t every = absl::GetFlag(FLAGS_checkpoint_every), average_last = absl::GetFlag(FLAGS_average_last);

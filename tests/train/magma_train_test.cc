@@ -170,7 +170,7 @@ TEST(MagmaTrainTest, DecoderLayersGoIntoTheModelConfig) {
   testing::TempDir tmp;
   const std::string out = tmp.File("run");
   EXPECT_EQ(RunTrain("--out " + out + " --steps 1 --decoder_layers 0" + std::string(kSmall), tmp.File("log")), 1);
-  EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --decoder_layers must be in 1..32, not 0"),
+  EXPECT_NE(ReadAll(tmp.File("log")).find("INVALID_ARGUMENT: --decoder_layers must be between 1 and 32; got 0"),
             std::string::npos)
       << ReadAll(tmp.File("log"));
   EXPECT_EQ(
