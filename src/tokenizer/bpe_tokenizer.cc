@@ -2,6 +2,7 @@
 
 #include "byte_level.h"
 #include "regex.h"
+#include "tokenizer_config.h"
 
 #include <algorithm>
 #include <array>
@@ -189,9 +190,7 @@ absl::Status BpeTokenizer::Init(const std::string& dir) {
   if (std::ifstream cin(config_path); cin) {
     config = json::parse(cin, nullptr, /*allow_exceptions=*/false);
     if (config.is_discarded() || !config.is_object()) return Bad(config_path, "not a JSON object");
-    if (config.contains("clean_up_tokenization_spaces") && config["clean_up_tokenization_spaces"].is_boolean()) {
-      clean_up_tokenization_spaces_ = config["clean_up_tokenization_spaces"].get<bool>();
-    }
+    ReadBoolSetting(config, "clean_up_tokenization_spaces", &clean_up_tokenization_spaces_);
     if (config.contains("added_tokens_decoder") && config["added_tokens_decoder"].is_object()) {
       for (auto it = config["added_tokens_decoder"].begin(); it != config["added_tokens_decoder"].end(); ++it) {
         int64_t key = -1;

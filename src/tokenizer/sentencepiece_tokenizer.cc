@@ -14,6 +14,7 @@
 #include "bpe_tokenizer.h"
 #include "magma/tokenizer/tokenizer.h"
 #include "spm_facade.h"
+#include "tokenizer_config.h"
 
 namespace magma::tokenizer {
 namespace {
@@ -140,11 +141,9 @@ class SentencePieceTokenizer final : public Tokenizer {
     if (cin) {
       auto config = nlohmann::json::parse(cin, nullptr, /*allow_exceptions=*/false);
       if (config.is_object()) {
-        if (config.contains("add_bos_token") && config["add_bos_token"].is_boolean()) add_bos_ = config["add_bos_token"];
-        if (config.contains("add_eos_token") && config["add_eos_token"].is_boolean()) add_eos_ = config["add_eos_token"];
-        if (config.contains("clean_up_tokenization_spaces") && config["clean_up_tokenization_spaces"].is_boolean()) {
-          clean_up_tokenization_spaces_ = config["clean_up_tokenization_spaces"].get<bool>();
-        }
+        ReadBoolSetting(config, "add_bos_token", &add_bos_);
+        ReadBoolSetting(config, "add_eos_token", &add_eos_);
+        ReadBoolSetting(config, "clean_up_tokenization_spaces", &clean_up_tokenization_spaces_);
       }
     }
     std::sort(specials_.begin(), specials_.end(),

@@ -596,6 +596,18 @@ TEST(SentencePieceTest, MatchesSpmEncode) {
   const std::string piece = (*tok)->IdToPiece(world);
   EXPECT_EQ((*tok)->TokenText(world), " " + piece.substr(space.size()));
   EXPECT_EQ((*tok)->Decode({world}), piece.substr(space.size()));
+  // tokenizer_config.json's booleans switch BOS and EOS; a setting that is
+  // not a boolean is ignored.
+  testing::WriteFile(dir.File("tokenizer_config.json"),
+                     R"({"add_bos_token": false, "add_eos_token": true, "clean_up_tokenization_spaces": "yes"})");
+  auto configured = LoadTokenizer(dir.path());
+  ASSERT_TRUE(configured.ok()) << configured.status();
+  auto plain = (*configured)->EncodeSegments({Trusted("hello world")}, /*add_special_tokens=*/true);
+  ASSERT_TRUE(plain.ok());
+  std::vector<int32_t> want = *hello;
+  want.push_back((*configured)->special_ids().eos);
+  EXPECT_EQ(*plain, want);
+  EXPECT_FALSE((*configured)->clean_up_tokenization_spaces());
 #endif
 }
 
