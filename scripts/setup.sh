@@ -17,7 +17,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto libabsl-dev
   libspdlog-dev nlohmann-json3-dev
   libsentencepiece-dev sentencepiece libpcre2-dev
-  libcpp-httplib-dev
+  libcpp-httplib-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-grpcio python3-numpy openssl
 )

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "magma/agent/path_answer.h"
 #include "magma/engine/constraint.h"
+#include "magma/util/sha256.h"
 #include "magma/vision/propose.h"
 
 namespace magma::agent {
@@ -20,14 +21,14 @@ std::shared_ptr<const vision::Crops> Crops(const TaskContext& ctx, const cv::Mat
   return std::make_shared<vision::Crops>(vision::PreprocessAnyres(rgb, ctx.anyres));
 }
 
-// A cache key for an image as the model will see it.
+// A cache key for an image as the model will see it. The cached features and
+// prompt prefixes are shared between clients, so the pixels are hashed with
+// SHA-256: no client can make its image's key equal another image's.
 std::string ContentKey(const cv::Mat& rgb, const TaskContext& ctx) {
-  uint64_t h = 1469598103934665603ull;
-  for (int y = 0; y < rgb.rows; ++y) {
-    const uint8_t* p = rgb.ptr<uint8_t>(y);
-    for (size_t i = 0; i < static_cast<size_t>(rgb.cols) * 3; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  }
-  return absl::StrCat(rgb.cols, "x", rgb.rows, "/", ctx.anyres.base, "/", ctx.anyres.max_crops, "/", h);
+  util::Sha256 h;
+  for (int y = 0; y < rgb.rows; ++y) h.Update(rgb.ptr<uint8_t>(y), static_cast<size_t>(rgb.cols) * rgb.elemSize());
+  const std::string digest = h.HexDigest();
+  return absl::StrCat(rgb.cols, "x", rgb.rows, "/", ctx.anyres.base, "/", ctx.anyres.max_crops, "/", digest);
 }
 
 absl::Status CheckInstruction(const std::string& text, const char* field) {
@@ -164,6 +165,12 @@ absl::StatusOr<TaskContext> MakeTaskContext(std::shared_ptr<const tk::Tokenizer>
 
 absl::StatusOr<engine::GenerationRequest> PrepareText(const TaskContext& ctx, const TextTask& task) {
   if (task.messages.empty()) return absl::InvalidArgumentError("no prompt or messages");
+  // Every message takes at least one token: refused before its template is
+  // built and tokenized.
+  if (ctx.context_positions > 0 && task.messages.size() > static_cast<size_t>(ctx.context_positions)) {
+    return absl::ResourceExhaustedError(absl::StrCat(task.messages.size(), " messages cannot fit the context of ",
+                                                     ctx.context_positions, " positions"));
+  }
   std::vector<tk::ChatMessage> messages;
   messages.push_back({"system", {tk::Untrusted(task.system_prompt.empty() ? tk::kMagmaSystemPrompt
                                                                           : task.system_prompt)}});
@@ -208,16 +215,17 @@ absl::StatusOr<PreparedClick> PrepareClick(const TaskContext& ctx, ClickTask tas
   if (auto s = CheckInstruction(task.instruction, "instruction"); !s.ok()) return s;
   PreparedClick p;
   if (task.boxes.empty()) {
-    auto proposed = vision::ProposeElements(task.screenshot);
+    // The proposer keeps the smallest boxes when it finds more than can be
+    // marked, wherever they are on the screen.
+    vision::ProposeOptions propose;
+    propose.max_elements = kMaxClickMarks;
+    auto proposed = vision::ProposeElements(task.screenshot, propose);
     if (!proposed.ok()) return proposed.status();
     task.boxes = *std::move(proposed);
     p.proposed = true;
   }
   if (task.boxes.size() > static_cast<size_t>(kMaxClickMarks)) {
-    if (!p.proposed) {
-      return absl::ResourceExhaustedError(absl::StrCat(task.boxes.size(), " elements; at most ", kMaxClickMarks));
-    }
-    task.boxes.resize(kMaxClickMarks);
+    return absl::ResourceExhaustedError(absl::StrCat(task.boxes.size(), " elements; at most ", kMaxClickMarks));
   }
   const vision::ImageSize size{task.screenshot.cols, task.screenshot.rows};
   p.frame = vision::ImageFrame::Identity(size);

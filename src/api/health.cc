@@ -2,6 +2,9 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
+#include "status.h"
+
 namespace magma::api {
 
 using grpc::health::v1::HealthCheckRequest;
@@ -148,7 +151,7 @@ grpc::ServerUnaryReactor* HealthService::Check(grpc::CallbackServerContext* ctx,
     status = StatusOfLocked(req->service());
   }
   if (status == HealthCheckResponse::SERVICE_UNKNOWN) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service '" + req->service() + "'"));
+    reactor->Finish(ToGrpcStatus(absl::NotFoundError(absl::StrCat("unknown service '", req->service(), "'"))));
     return reactor;
   }
   resp->set_status(status);

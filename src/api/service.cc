@@ -253,11 +253,19 @@ absl::StatusOr<vision::NormPoint> PathPointNorm(const v1::PathPoint& p, const vi
   return vision::NormPoint{x, y};
 }
 
-absl::StatusOr<std::string> EncodePng(const cv::Mat& rgb) {
+// `what` ("the overlay") names the image in the message when its PNG is
+// larger than a response may be: refused here, precisely, rather than by
+// gRPC as a message over the send limit.
+absl::StatusOr<std::string> EncodePng(const cv::Mat& rgb, int64_t max_bytes, absl::string_view what) {
   cv::Mat bgr;
   cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
   std::vector<uchar> png;
   if (!cv::imencode(".png", bgr, png)) return absl::InternalError("PNG encoding failed");
+  if (static_cast<int64_t>(png.size()) > max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, " is a PNG of ", png.size(),
+                                                     " bytes; responses hold at most ", max_bytes,
+                                                     " (grpc.max_send_message_bytes)"));
+  }
   return std::string(png.begin(), png.end());
 }
 
@@ -354,6 +362,15 @@ absl::Status CheckTextBytes(size_t bytes, const Limits& limits, absl::string_vie
   return absl::OkStatus();
 }
 
+// Equal strings, compared in a time that does not tell how long a prefix of
+// the secret a guess got right.
+bool SameSecret(absl::string_view given, absl::string_view secret) {
+  if (given.size() != secret.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < given.size(); ++i) diff |= static_cast<unsigned char>(given[i] ^ secret[i]);
+  return diff == 0;
+}
+
 absl::Status CheckInstruction(const std::string& instruction, const Limits& limits) {
   if (instruction.empty()) return absl::InvalidArgumentError("instruction is empty");
   return CheckTextBytes(instruction.size(), limits, "the instruction");
@@ -408,7 +425,9 @@ absl::Status AgentServiceImpl::Authorize(grpc::CallbackServerContext* ctx) const
   auto it = md.find("authorization");
   if (it == md.end()) return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
   const std::string value(it->second.data(), it->second.size());
-  if (value != "Bearer " + options_.bearer_token) return absl::UnauthenticatedError("invalid bearer token");
+  if (!SameSecret(value, "Bearer " + options_.bearer_token)) {
+    return absl::UnauthenticatedError("invalid bearer token");
+  }
   return absl::OkStatus();
 }
 
@@ -459,6 +478,9 @@ grpc::ServerUnaryReactor* AgentServiceImpl::GetModelInfo(grpc::CallbackServerCon
   l->set_max_batch(info.max_batch);
   l->set_max_waiting_calls(options_.limits.max_waiting_calls);
   l->set_max_text_bytes(options_.limits.max_text_bytes);
+  l->set_max_stop_strings(options_.limits.max_stop_strings);
+  l->set_max_choices(options_.limits.max_choices);
+  l->set_max_response_bytes(options_.max_send_message_bytes);
   call->Done(absl::OkStatus());
   return call;
 }
@@ -483,7 +505,7 @@ absl::StatusOr<engine::GenerationRequest> BuildTextRequest(const v1::GenerateReq
     return absl::InvalidArgumentError("top_logprobs must be in 0..20");
   }
   size_t text_bytes = req.prompt().size() + req.system_prompt().size();
-  for (const auto& m : req.messages()) text_bytes += m.content().size();
+  for (const auto& m : req.messages()) text_bytes += m.role().size() + m.content().size();
   for (const auto& s : req.stop()) text_bytes += s.size();
   for (const auto& c : req.choices()) text_bytes += c.size();
   if (auto s = CheckTextBytes(text_bytes, limits, "the request"); !s.ok()) return s;
@@ -644,7 +666,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Click(grpc::CallbackServerContext* c
       }
     }
     if (req->return_som_image()) {
-      auto png = EncodePng(p->som_image);
+      auto png = EncodePng(p->som_image, options_.max_send_message_bytes, "the SoM image");
       if (!png.ok()) return call->Done(png.status());
       resp->set_som_image_png(*std::move(png));
     }
@@ -773,8 +795,12 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
     r.max_new_tokens = std::min(r.max_new_tokens, options_.limits.max_tokens);
     r.preprocess_time = absl::Now() - call->received();
     const bool overlay = req->return_overlay();
+    // Calls end before the service goes (gRPC's shutdown waits for them),
+    // and the pool runs what was posted before it joins.
+    ThreadPool* workers = workers_.get();
+    const int64_t max_png = options_.max_send_message_bytes;
     engine::RequestCallbacks cb;
-    cb.on_done = [call, resp, p, overlay](engine::GenerationResult result) {
+    cb.on_done = [call, resp, p, overlay, workers, max_png](engine::GenerationResult result) {
       call->Generated(result.timings);
       if (!result.status.ok()) return call->Done(result.status);
       resp->set_raw_text(result.text);
@@ -787,39 +813,48 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
         return call->Done(absl::OkStatus());
       }
       const auto& frame = *p->frame;
-      cv::Mat drawn = p->model_image.clone();
-      if (p->format == agent::TraceFormat::kMagmaTom) {
-        std::vector<std::vector<vision::PixelPoint>> lines;
-        for (const auto& t : out->traces) {
-          auto* mt = resp->add_traces();
-          mt->set_mark(t.mark);
-          for (size_t i = 0; i < t.points.size(); ++i) {
-            v1::TracePoint* tp = i == 0 && t.has_start ? mt->mutable_start() : mt->add_future();
-            tp->mutable_px()->set_x(t.points[i].x);
-            tp->mutable_px()->set_y(t.points[i].y);
-            const auto n = frame.ToNorm(t.points[i]);
-            tp->mutable_norm()->set_x(n.x);
-            tp->mutable_norm()->set_y(n.y);
+      for (const auto& t : out->traces) {
+        auto* mt = resp->add_traces();
+        mt->set_mark(t.mark);
+        for (size_t i = 0; i < t.points.size(); ++i) {
+          v1::TracePoint* tp = i == 0 && t.has_start ? mt->mutable_start() : mt->add_future();
+          tp->mutable_px()->set_x(t.points[i].x);
+          tp->mutable_px()->set_y(t.points[i].y);
+          const auto n = frame.ToNorm(t.points[i]);
+          tp->mutable_norm()->set_x(n.x);
+          tp->mutable_norm()->set_y(n.y);
+        }
+      }
+      for (size_t i = 0; i < out->path.size(); ++i) {
+        auto* pp = resp->add_path();
+        pp->mutable_px()->set_x(out->path_pixels[i].x);
+        pp->mutable_px()->set_y(out->path_pixels[i].y);
+        pp->mutable_norm()->set_x(out->path[i].point.x);
+        pp->mutable_norm()->set_y(out->path[i].point.y);
+        pp->set_gripper_open(out->path[i].gripper == vision::Gripper::kOpen);
+      }
+      if (!overlay) return call->Done(absl::OkStatus());
+      // Drawing on a large image and encoding it take long: on a worker
+      // thread, so that the model thread goes on decoding the other calls.
+      auto outcome = std::make_shared<const agent::TraceOutcome>(*std::move(out));
+      workers->Post([call, resp, p, outcome, max_png] {
+        try {
+          cv::Mat drawn = p->model_image.clone();
+          if (p->format == agent::TraceFormat::kMagmaTom) {
+            std::vector<std::vector<vision::PixelPoint>> lines;
+            for (const auto& t : outcome->traces) lines.push_back(t.points);
+            (void)vision::DrawTraces(lines, *p->frame, {}, &drawn);
+          } else {
+            (void)vision::DrawPath(outcome->path, {}, &drawn);
           }
-          lines.push_back(t.points);
+          auto png = EncodePng(drawn, max_png, "the overlay");
+          if (!png.ok()) return call->Done(png.status());
+          resp->set_overlay_png(*std::move(png));
+          call->Done(absl::OkStatus());
+        } catch (const std::exception& e) {
+          call->Done(absl::InternalError(absl::StrCat("drawing the overlay failed: ", e.what())));
         }
-        if (overlay) (void)vision::DrawTraces(lines, frame, {}, &drawn);
-      } else {
-        for (size_t i = 0; i < out->path.size(); ++i) {
-          auto* pp = resp->add_path();
-          pp->mutable_px()->set_x(out->path_pixels[i].x);
-          pp->mutable_px()->set_y(out->path_pixels[i].y);
-          pp->mutable_norm()->set_x(out->path[i].point.x);
-          pp->mutable_norm()->set_y(out->path[i].point.y);
-          pp->set_gripper_open(out->path[i].gripper == vision::Gripper::kOpen);
-        }
-        if (overlay) (void)vision::DrawPath(out->path, {}, &drawn);
-      }
-      if (overlay) {
-        auto png = EncodePng(drawn);
-        if (png.ok()) resp->set_overlay_png(*std::move(png));
-      }
-      call->Done(absl::OkStatus());
+      });
     };
     SubmitUnary(call, *backend, std::move(r), std::move(cb), resp);
   });
@@ -929,7 +964,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::RenderOverlay(grpc::CallbackServerCo
         break;
     }
     if (!s.ok()) return call->Done(s);
-    auto png = EncodePng(drawn);
+    auto png = EncodePng(drawn, options_.max_send_message_bytes, "the overlay");
     if (!png.ok()) return call->Done(png.status());
     resp->set_png(*std::move(png));
     call->Done(absl::OkStatus());

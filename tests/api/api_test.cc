@@ -183,9 +183,26 @@ INSTANTIATE_TEST_SUITE_P(
                         m->set_content(std::string(1 << 18, 'x'));
                       }
                       r->add_stop(std::string(1 << 17, 's'));
-                      r->add_choices(std::string(1 << 17, 'c'));  // 8 + 3 * 2^18 + 2^18 bytes in all
+                      r->add_choices(std::string(1 << 17, 'c'));  // 8 + 17 (roles) + 3 * 2^18 + 2^18 bytes in all
                     },
-                    grpc::RESOURCE_EXHAUSTED, "the request has 1048584 bytes of text; at most 1048576"},
+                    grpc::RESOURCE_EXHAUSTED, "the request has 1048601 bytes of text; at most 1048576"},
+        // Each message takes a token at least: more than the context holds
+        // are refused before the template is built (roles count as text).
+        BadGenerate{"MoreMessagesThanTheContext",
+                    [](auto* r) {
+                      r->clear_prompt();
+                      for (int i = 0; i < 1025; ++i) r->add_messages()->set_role(i % 2 == 0 ? "user" : "assistant");
+                    },
+                    grpc::RESOURCE_EXHAUSTED, "1025 messages cannot fit the context of 1024 positions"},
+        // A message quoting what the client sent is cut to fit a status.
+        BadGenerate{"LongRoleIsQuotedInPart",
+                    [](auto* r) {
+                      r->clear_prompt();
+                      auto* m = r->add_messages();
+                      m->set_role(std::string(20000, 'r'));
+                      m->set_content("x");
+                    },
+                    grpc::INVALID_ARGUMENT, "rrr... (19"},
         BadGenerate{"UndecodableImage", [](auto* r) { r->add_images()->set_encoded("not an image at all"); },
                     grpc::INVALID_ARGUMENT, "images[0]"},
         BadGenerate{"NoImageSource", [](auto* r) { r->add_images(); }, grpc::INVALID_ARGUMENT, "no image"},
@@ -454,6 +471,31 @@ TEST_F(ApiTest, ClickProposesCandidatesWhenNoneAreSent) {
   ASSERT_TRUE(stub_->Click(ctx.get(), req, &resp).ok());
   ASSERT_GE(resp.candidates_size(), 1);
   EXPECT_EQ(resp.candidates(0).type(), "proposed");
+}
+
+// A screen with more widgets than can be marked: 20 rows of 20 buttons and a
+// bottom row of 20 smaller ones. The proposer keeps the smallest boxes, so
+// the bottom row is marked (cutting the top-to-bottom list would drop it).
+TEST_F(ApiTest, ClickOnABusyScreenMarksItsBottomRow) {
+  cv::Mat screen(660, 1000, CV_8UC3, cv::Scalar(255, 255, 255));
+  for (int r = 0; r <= 20; ++r) {
+    for (int c = 0; c < 20; ++c) {
+      const cv::Size size = r < 20 ? cv::Size(30, 18) : cv::Size(20, 12);
+      cv::rectangle(screen, cv::Rect(cv::Point(10 + c * 48, 10 + r * 30), size), cv::Scalar(40, 40, 40), cv::FILLED);
+    }
+  }
+  std::vector<uchar> png;
+  cv::imencode(".png", screen, png);
+  v1::ClickRequest req;
+  *req.mutable_screenshot() = Image(std::string(png.begin(), png.end()));
+  req.set_instruction("click the last button");
+  v1::ClickResponse resp;
+  auto ctx = Ctx();
+  ASSERT_TRUE(stub_->Click(ctx.get(), req, &resp).ok());
+  EXPECT_EQ(resp.candidates_size(), 300);
+  int bottom_row = 0;
+  for (const auto& e : resp.candidates()) bottom_row += e.box().y1() >= 605 ? 1 : 0;
+  EXPECT_EQ(bottom_row, 20);
 }
 
 struct BadClick {
@@ -827,6 +869,65 @@ TEST_F(ApiTest, RenderOverlayPathPointsAndLimits) {
       << st.error_message();
 }
 
+// Images a response carries (SoM image, overlays) that do not fit the send
+// limit are refused with a status that says so; the call's answer without
+// them still works.
+TEST_F(ApiTest, PngsOverTheSendLimitAreRefusedPrecisely) {
+  api::ServerOptions options;
+  options.max_send_message_bytes = 200000;
+  Start(options);
+  cv::Mat noise(400, 400, CV_8UC3);
+  cv::RNG rng(7);
+  rng.fill(noise, cv::RNG::UNIFORM, 0, 256);
+  std::vector<uchar> png;
+  cv::imencode(".png", noise, png);
+  ASSERT_GT(png.size(), 400000u);
+  const v1::Image image = Image(std::string(png.begin(), png.end()));
+  const std::string over = "is a PNG of ";
+  const std::string limit = " bytes; responses hold at most 200000 (grpc.max_send_message_bytes)";
+
+  v1::RenderOverlayRequest render;
+  *render.mutable_image() = image;
+  render.mutable_path()->set_answer("<ans>[(0.1, 0.2), (0.5, 0.5)]</ans>");
+  v1::RenderOverlayResponse render_resp;
+  auto ctx = Ctx();
+  grpc::Status st = stub_->RenderOverlay(ctx.get(), render, &render_resp);
+  EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("the overlay " + over), std::string::npos) << st.error_message();
+  EXPECT_NE(st.error_message().find(limit), std::string::npos) << st.error_message();
+
+  v1::TraceRequest trace;
+  *trace.mutable_image() = image;
+  trace.set_instruction("put the cup on the plate");
+  trace.set_format(v1::HAMSTER_PATH);
+  trace.set_return_overlay(true);
+  v1::TraceResponse trace_resp;
+  auto ctx2 = Ctx();
+  st = stub_->Trace(ctx2.get(), trace, &trace_resp);
+  EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("the overlay " + over), std::string::npos) << st.error_message();
+  trace.set_return_overlay(false);
+  auto ctx3 = Ctx();
+  st = stub_->Trace(ctx3.get(), trace, &trace_resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_GE(trace_resp.path_size(), 1);
+
+  v1::ClickRequest click;
+  *click.mutable_screenshot() = image;
+  click.set_instruction("click the button");
+  auto* e = click.add_elements();
+  e->mutable_box()->set_x1(10);
+  e->mutable_box()->set_y1(10);
+  e->mutable_box()->set_x2(60);
+  e->mutable_box()->set_y2(40);
+  click.set_return_som_image(true);
+  v1::ClickResponse click_resp;
+  auto ctx4 = Ctx();
+  st = stub_->Click(ctx4.get(), click, &click_resp);
+  EXPECT_EQ(st.error_code(), grpc::RESOURCE_EXHAUSTED);
+  EXPECT_NE(st.error_message().find("the SoM image " + over), std::string::npos) << st.error_message();
+}
+
 TEST_F(ApiTest, ModelInfoListsTasksKeysAndLimits) {
   v1::ModelInfo info;
   auto ctx = Ctx();
@@ -840,6 +941,9 @@ TEST_F(ApiTest, ModelInfoListsTasksKeysAndLimits) {
   EXPECT_EQ(info.limits().max_elements(), 300);
   EXPECT_EQ(info.limits().max_waiting_calls(), 64);
   EXPECT_EQ(info.limits().max_text_bytes(), 1 << 20);
+  EXPECT_EQ(info.limits().max_stop_strings(), 8);
+  EXPECT_EQ(info.limits().max_choices(), 256);
+  EXPECT_EQ(info.limits().max_response_bytes(), 32 << 20);
 }
 
 // ------------------------------------------------------------ auth and concurrency
