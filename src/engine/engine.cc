@@ -47,6 +47,9 @@ class LruCache {
     }
   }
   int64_t entries() const { return static_cast<int64_t>(lru_.size()); }
+  // Whether Put would keep a value of `bytes` under `key`: no copy need be
+  // made for it otherwise.
+  bool WouldKeep(const std::string& key, int64_t bytes) const { return bytes <= limit_ && !index_.count(key); }
 
  private:
   int64_t limit_, bytes_ = 0;
@@ -117,6 +120,8 @@ Engine::Engine(std::unique_ptr<ModelRunner> runner, std::shared_ptr<const tokeni
       options_(options),
       capacity_(runner_->slot_capacity()),
       vocab_size_(runner_->vocab_size()),
+      kv_bytes_per_position_(runner_->kv_bytes_total() /
+                             std::max<int64_t>(1, int64_t{runner_->num_slots()} * runner_->slot_capacity())),
       vision_cache_(std::make_unique<VisionCache>(options.vision_cache_bytes)),
       prefix_cache_(std::make_unique<PrefixCache>(options.prefix_cache_bytes)) {
   thread_ = std::thread([this] { Loop(); });
@@ -514,8 +519,13 @@ bool Engine::Iterate() {
     s->prefilled += n;
     if (s->save_prefix && s->prefilled == s->prefix_positions) {
       s->save_prefix = false;
-      auto saved = runner_->SavePrefix(s->slot, s->prefix_positions);
-      if (saved.ok()) prefix_cache_->Put(s->prefix_key, *saved);
+      // The snapshot is a copy of the prefix's KV: none is made when the
+      // cache would not keep it (already there, as when two calls about one
+      // image miss together, or larger than the whole cache).
+      if (prefix_cache_->WouldKeep(s->prefix_key, s->prefix_positions * kv_bytes_per_position_)) {
+        auto saved = runner_->SavePrefix(s->slot, s->prefix_positions);
+        if (saved.ok()) prefix_cache_->Put(s->prefix_key, *saved);
+      }
     }
     if (logits->empty()) return;
     s->state = Sequence::State::kDecode;
@@ -535,8 +545,7 @@ bool Engine::Iterate() {
     worked = true;
     running_.push_back(std::move(front));
     waiting_.pop_front();
-    n_waiting_ = static_cast<int64_t>(waiting_.size());
-    n_running_ = static_cast<int64_t>(running_.size());
+    PublishCounts();
     if (running_.back()->state == Sequence::State::kPrefill) prefill(running_.back().get());
   }
 
@@ -572,10 +581,18 @@ bool Engine::Iterate() {
   waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(),
                                 [](const auto& s) { return s->state == Sequence::State::kDone; }),
                  waiting_.end());
-  n_waiting_ = static_cast<int64_t>(waiting_.size());
-  n_running_ = static_cast<int64_t>(running_.size());
+  PublishCounts();
   kv_used_ = runner_->kv_bytes_used();
   return worked;
+}
+
+void Engine::PublishCounts() {
+  // Under Submit's lock: it reads both counts together, and a request
+  // moving from waiting to running between its two reads would count twice
+  // as a free place.
+  std::lock_guard<std::mutex> lock(mu_);
+  n_waiting_ = static_cast<int64_t>(waiting_.size());
+  n_running_ = static_cast<int64_t>(running_.size());
 }
 
 }  // namespace magma::engine

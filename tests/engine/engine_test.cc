@@ -426,6 +426,7 @@ TEST(EngineTest, PromptPrefixEndingWithAnImageIsReused) {
     c.WaitFor(static_cast<size_t>(i + 1));
   }
   EXPECT_EQ(fake->encodes(), 1);
+  EXPECT_EQ(fake->prefix_saves(), 1);
   EXPECT_EQ(fake->prefix_restores(), 2);
   for (int i = 1; i < 3; ++i) {
     EXPECT_EQ(c.results[i].timings.vision_cache_hits, 1);
@@ -445,6 +446,30 @@ TEST(EngineTest, PromptPrefixEndingWithAnImageIsReused) {
     r.WaitFor(static_cast<size_t>(i + 1));
     EXPECT_EQ(r.results[i].token_ids, c.results[i].token_ids) << i;
   }
+}
+
+// A prefix larger than the whole prefix cache is not copied out of the KV
+// cache only to be dropped.
+TEST(EngineTest, PrefixLargerThanTheCacheIsNotCopied) {
+  auto runner = std::make_unique<FakeRunner>(kVocab, 2, 256, Hashed());
+  FakeRunner* fake = runner.get();
+  EngineOptions o;
+  o.prefix_cache_bytes = 8;  // the fake's KV takes a byte a position: 9 do not fit
+  Engine engine(std::move(runner), nullptr, o);
+  auto crops = std::make_shared<vision::Crops>();
+  crops->grid = {1, 2};
+  crops->base = 8;
+  crops->pixels.assign(2 * 3 * 8 * 8, 0.f);
+  Collector c;
+  for (int i = 0; i < 2; ++i) {
+    auto req = Prompt({1, 2, 3, kVocab - 1, 10, 11 + i, 12}, 5, 0, 0);
+    req.images.push_back({crops, "screen"});
+    ASSERT_TRUE(engine.Submit(req, c.For(i)).ok());
+    c.WaitFor(static_cast<size_t>(i + 1));
+    EXPECT_TRUE(c.results[i].status.ok()) << c.results[i].status;
+  }
+  EXPECT_EQ(fake->prefix_saves(), 0);
+  EXPECT_EQ(fake->prefix_restores(), 0);
 }
 
 TEST(EngineTest, LongPrefillIsChunkedUnderTheBudget) {

@@ -93,6 +93,7 @@ class FakeRunner final : public engine::ModelRunner {
   }
   absl::StatusOr<std::shared_ptr<const engine::PrefixState>> SavePrefix(int slot, int64_t positions) override {
     std::lock_guard<std::mutex> lock(mu_);
+    ++prefix_saves_;
     // The fake keeps tokens, not positions: the prefix is everything up to
     // and including the last image token.
     std::vector<int32_t> t = tokens_[slot];
@@ -106,6 +107,10 @@ class FakeRunner final : public engine::ModelRunner {
   int prefix_restores() const {
     std::lock_guard<std::mutex> lock(mu_);
     return prefix_restores_;
+  }
+  int prefix_saves() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return prefix_saves_;
   }
 
   absl::StatusOr<std::vector<float>> PrefillStep(int slot, int64_t n) override {
@@ -192,6 +197,7 @@ class FakeRunner final : public engine::ModelRunner {
   std::map<int, int64_t> prompt_len_, prefilled_;
   int encodes_ = 0;
   int prefix_restores_ = 0;
+  int prefix_saves_ = 0;
   std::vector<int> batch_sizes_;
   std::vector<int64_t> prefill_chunks_;
 };

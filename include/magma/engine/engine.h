@@ -111,12 +111,15 @@ class Engine {
   // grammar or allowed set, then AfterToken.
   void SampleNext(Sequence* seq, const float* logits);
   bool Admit(Sequence* seq, int64_t* budget);
+  // Sets the waiting and running counts Submit reads, under mu_.
+  void PublishCounts();
 
   std::unique_ptr<ModelRunner> runner_;
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
   const EngineOptions options_;
   const int capacity_;
   const int32_t vocab_size_;
+  const int64_t kv_bytes_per_position_;  // of one sequence, all layers
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
