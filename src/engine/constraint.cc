@@ -359,6 +359,7 @@ class DfaConstraint final : public Constraint {
   const std::vector<int32_t>& Allowed() override;
   void Accept(int32_t id) override;
   bool Finished() const override { return finished_; }
+  bool Complete() const override;
 
  private:
   const DfaGrammar* g_;
@@ -468,6 +469,8 @@ const std::vector<int32_t>& DfaConstraint::Allowed() {
   return g_->AllowedAt(state_, first_);
 }
 
+bool DfaConstraint::Complete() const { return finished_ || g_->Accepting(state_); }
+
 void DfaConstraint::Accept(int32_t id) {
   if (g_->IsEnd(id)) {
     finished_ = true;
@@ -496,6 +499,7 @@ class SequenceConstraint final : public Constraint {
     }
   }
   bool Finished() const override { return finished_; }
+  bool Complete() const override { return remaining_ == 0; }
 
  private:
   const std::vector<int32_t>* ids_;

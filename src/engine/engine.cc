@@ -384,8 +384,14 @@ void Engine::SampleNext(Sequence* s, const float* logits) {
     // sampler skips those, so they cannot continue the answer either.
     const int32_t vocab = vocab_size_;
     if (std::none_of(allowed->begin(), allowed->end(), [vocab](int32_t id) { return id >= 0 && id < vocab; })) {
-      Finish(s, FinishReason::kError,
-             absl::FailedPreconditionError("the output grammar cannot be satisfied with this vocabulary"));
+      // A whole answer with nothing to follow it (a tokenizer with no end
+      // token) ends here, as it would with its end token.
+      if (s->constraint->Complete()) {
+        Finish(s, FinishReason::kGrammar, absl::OkStatus());
+      } else {
+        Finish(s, FinishReason::kError,
+               absl::FailedPreconditionError("the output grammar cannot be satisfied with this vocabulary"));
+      }
       return;
     }
   } else if (!s->req.allowed_token_ids.empty()) {

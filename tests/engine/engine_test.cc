@@ -216,6 +216,27 @@ TEST(EngineTest, GrammarRestrictsTheOutput) {
   EXPECT_EQ(c.results[0].finish_reason, FinishReason::kGrammar);
 }
 
+// With no end token to write (a tokenizer without EOS or end of turn), a
+// constrained answer ends once it is whole and nothing can follow.
+TEST(EngineTest, GrammarWithoutAnEndTokenEndsAtAWholeAnswer) {
+  testing::TempDir dir;
+  auto tok = ByteTokenizer(dir.path());
+  std::vector<std::string> bytes(kVocab);
+  for (int i = 0; i < 256; ++i) bytes[i] = std::string(1, static_cast<char>(i));
+  auto table = std::make_shared<TokenTable>(bytes, std::vector<int32_t>{});
+  auto grammar = CompileChoices({"Mark: 3"}, table);
+  ASSERT_TRUE(grammar.ok());
+  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 64, Spell("Mark: 9")), tok, {});
+  Collector c;
+  auto req = Prompt({1}, 30, 0, 0);
+  req.grammar = *grammar;
+  ASSERT_TRUE(engine.Submit(req, c.For(0)).ok());
+  c.WaitFor(1);
+  EXPECT_TRUE(c.results[0].status.ok()) << c.results[0].status;
+  EXPECT_EQ(c.results[0].text, "Mark: 3");
+  EXPECT_EQ(c.results[0].finish_reason, FinishReason::kGrammar);
+}
+
 TEST(EngineTest, ManyCancellationsFreeEverySlot) {
   auto runner = std::make_unique<FakeRunner>(kVocab, 4, 4096, Hashed());
   FakeRunner* fake = runner.get();

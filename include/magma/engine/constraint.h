@@ -52,6 +52,9 @@ class Constraint {
   virtual void Accept(int32_t id) = 0;
   // True once an end token was accepted (generation must stop).
   virtual bool Finished() const = 0;
+  // True when what was accepted is a whole answer, one that an end token
+  // may follow (or Finished()).
+  virtual bool Complete() const = 0;
 };
 
 // A compiled grammar; thread-safe.
