@@ -50,6 +50,7 @@ class LruCache {
   // Whether Put would keep a value of `bytes` under `key`: no copy need be
   // made for it otherwise.
   bool WouldKeep(const std::string& key, int64_t bytes) const { return bytes <= limit_ && !index_.count(key); }
+  bool Contains(const std::string& key) const { return index_.count(key) > 0; }
 
  private:
   int64_t limit_, bytes_ = 0;
@@ -401,7 +402,25 @@ void Engine::SampleNext(Sequence* s, const float* logits) {
   AfterToken(s, t.id, t);
 }
 
+int64_t Engine::EncodeCost(const Sequence& seq) const {
+  if (seq.req.images.empty()) return 0;
+  if (options_.prefix_cache_bytes > 0) {
+    size_t prefix_len = 0;
+    const std::string key = PrefixKey(seq.req, runner_->image_token_id(), &prefix_len);
+    if (!key.empty() && prefix_cache_->Contains(key)) return 0;
+  }
+  int64_t cost = 0;
+  for (const auto& img : seq.req.images) {
+    if (img.cache_key.empty() || !vision_cache_->Contains(img.cache_key)) cost += runner_->ImageTokenCount(*img.crops);
+  }
+  return cost;
+}
+
 bool Engine::Admit(Sequence* seq, int64_t* budget) {
+  // Encoding images is prefill work: images that need more than what is
+  // left of this iteration's budget wait for an iteration that starts with
+  // the whole budget (where they go first, whatever their cost).
+  if (*budget < options_.prefill_chunk_tokens && EncodeCost(*seq) > *budget) return false;
   const int slot = runner_->AllocateSlot();
   if (slot < 0) return false;  // capacity exhausted: stay queued
   seq->slot = slot;

@@ -493,6 +493,56 @@ TEST(EngineTest, PrefixLargerThanTheCacheIsNotCopied) {
   EXPECT_EQ(fake->prefix_restores(), 0);
 }
 
+// Encoding an image is prefill work: a request whose images need more than
+// the budget an iteration has left waits for the next one, instead of
+// stalling the decoding streams for a chunk and an encode together.
+TEST(EngineTest, ImageEncodingCountsAgainstThePrefillBudget) {
+  auto runner = std::make_unique<FakeRunner>(kVocab, 4, 256, Hashed());
+  FakeRunner* fake = runner.get();
+  EngineOptions o;
+  o.prefill_chunk_tokens = 10;
+  Engine engine(std::move(runner), nullptr, o);
+  Collector c;
+  // A stream that decodes all along: its steps mark the iterations.
+  fake->CloseGate();
+  ASSERT_TRUE(engine.Submit(Prompt({1, 2}, 40, 0, 0), c.For(0)).ok());
+  fake->WaitUntilBlocked();
+  // A text prompt of 25 positions (chunks of 10, 10, 5), then a request
+  // whose image takes 6 positions: more than the 5 left after the last chunk.
+  ASSERT_TRUE(engine.Submit(Prompt(std::vector<int32_t>(25, 7), 5, 0, 0), c.For(1)).ok());
+  auto crops = std::make_shared<vision::Crops>();
+  crops->grid = {1, 2};
+  crops->base = 8;
+  crops->pixels.assign(2 * 3 * 8 * 8, 0.f);
+  auto with_image = Prompt({1, kVocab - 1, 3}, 5, 0, 0);
+  with_image.images.push_back({crops, "image"});
+  ASSERT_TRUE(engine.Submit(with_image, c.For(2)).ok());
+  fake->OpenGate();
+  c.WaitFor(3);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(c.results[i].status.ok()) << c.results[i].status;
+  // Between two decode steps, prefill and encoding stay within the budget,
+  // unless the iteration starts with an encode (which cannot be split).
+  const std::vector<std::string> events = fake->events();
+  int encodes = 0;
+  std::string iteration;
+  int64_t work = 0;
+  bool starts_with_encode = false;
+  for (const std::string& e : events) {
+    if (e == "D") {
+      if (!starts_with_encode) EXPECT_LE(work, 10) << "an iteration did " << iteration;
+      iteration.clear();
+      work = 0;
+      starts_with_encode = false;
+      continue;
+    }
+    if (iteration.empty()) starts_with_encode = e[0] == 'E';
+    encodes += e[0] == 'E' ? 1 : 0;
+    iteration += e + " ";
+    work += std::stoll(e.substr(1));
+  }
+  EXPECT_EQ(encodes, 1);
+}
+
 TEST(EngineTest, LongPrefillIsChunkedUnderTheBudget) {
   auto runner = std::make_unique<FakeRunner>(kVocab, 2, 4096, Hashed());
   FakeRunner* fake = runner.get();

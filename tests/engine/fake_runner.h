@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "magma/engine/model_runner.h"
@@ -57,6 +58,7 @@ class FakeRunner final : public engine::ModelRunner {
   absl::StatusOr<std::shared_ptr<const engine::ImageFeatures>> EncodeImage(const vision::Crops& c) override {
     std::lock_guard<std::mutex> lock(mu_);
     ++encodes_;
+    events_.push_back("E" + std::to_string(3 * c.num_crops()));
     return std::shared_ptr<const engine::ImageFeatures>(std::make_shared<FakeImage>(3 * c.num_crops()));
   }
   int AllocateSlot() override {
@@ -118,6 +120,7 @@ class FakeRunner final : public engine::ModelRunner {
     {
       std::lock_guard<std::mutex> lock(mu_);
       prefill_chunks_.push_back(n);
+      events_.push_back("P" + std::to_string(n));
       prefilled_[slot] += n;
       if (prefilled_[slot] < prompt_len_[slot]) return std::vector<float>();
       tokens = tokens_[slot];
@@ -135,6 +138,7 @@ class FakeRunner final : public engine::ModelRunner {
       gate_cv_.wait(lock, [this] { return !gate_closed_; });
       blocked_ = false;
       batch_sizes_.push_back(static_cast<int>(slots.size()));
+      events_.push_back("D");
     }
     std::vector<float> out;
     for (size_t b = 0; b < slots.size(); ++b) {
@@ -183,6 +187,12 @@ class FakeRunner final : public engine::ModelRunner {
     std::lock_guard<std::mutex> lock(mu_);
     return prefill_chunks_;
   }
+  // The work in the order it was done: "P<n>" a prefill of n positions,
+  // "E<n>" an image encoded into n positions, "D" a decode step.
+  std::vector<std::string> events() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return events_;
+  }
 
  private:
   int32_t vocab_;
@@ -198,6 +208,7 @@ class FakeRunner final : public engine::ModelRunner {
   int encodes_ = 0;
   int prefix_restores_ = 0;
   int prefix_saves_ = 0;
+  std::vector<std::string> events_;
   std::vector<int> batch_sizes_;
   std::vector<int64_t> prefill_chunks_;
 };

@@ -31,8 +31,10 @@ struct EngineOptions {
   int max_queue = 64;
   // Sequences decoded together (also bounded by the runner's slots). Default 8.
   int max_batch = 8;
-  // Prompt positions processed per iteration across prefills, so that a long
-  // prompt delays running streams by at most one chunk. Default 256.
+  // Prompt positions processed per iteration across prefills and image
+  // encodes, so that a long prompt delays running streams by at most one
+  // chunk (images that need more are encoded alone in an iteration).
+  // Default 256.
   int prefill_chunk_tokens = 256;
   // Memory for cached image embeddings. Default 256 MiB.
   int64_t vision_cache_bytes = int64_t{256} << 20;
@@ -110,6 +112,12 @@ class Engine {
   // Samples the next token of `seq` from its logits [vocab] under its
   // grammar or allowed set, then AfterToken.
   void SampleNext(Sequence* seq, const float* logits);
+  // Positions of the images of `seq` that Admit would encode (none when
+  // its prefix or its images are cached).
+  int64_t EncodeCost(const Sequence& seq) const;
+  // Takes a slot and starts `seq`, encoding its images; false when it must
+  // wait (no free slot, or images that need more than `budget` when part of
+  // the iteration's budget is spent).
   bool Admit(Sequence* seq, int64_t* budget);
   // Sets the waiting and running counts Submit reads, under mu_.
   void PublishCounts();
