@@ -57,8 +57,29 @@ GenerationRequest Prompt(std::vector<int32_t> ids, int max_new, float temperatur
   return r;
 }
 
+// Blank crops on a rows x cols grid of 8-pixel tiles; the fake runner
+// encodes each crop into 3 positions.
+std::shared_ptr<vision::Crops> BlankCrops(int rows, int cols) {
+  auto crops = std::make_shared<vision::Crops>();
+  crops->grid = {rows, cols};
+  crops->base = 8;
+  crops->pixels.assign(static_cast<size_t>(rows * cols) * 3 * 8 * 8, 0.f);
+  return crops;
+}
+
 FakeRunner::Script Hashed() {
   return [](const std::vector<int32_t>& t) { return HashLogits(t, kVocab); };
+}
+
+// Submits `n` prompts about one screenshot, each after the one before has
+// ended; they differ only after the image.
+void AskAboutOneScreen(Engine* engine, const std::shared_ptr<vision::Crops>& crops, int n, Collector* c) {
+  for (int i = 0; i < n; ++i) {
+    auto req = Prompt({1, 2, 3, kVocab - 1, 10, 11 + i, 12}, 5, 0, 0);
+    req.images.push_back({crops, "screen"});
+    ASSERT_TRUE(engine->Submit(req, c->For(i)).ok());
+    c->WaitFor(static_cast<size_t>(i + 1));
+  }
 }
 
 // The same requests alone and together give the same tokens.
@@ -197,44 +218,39 @@ TEST(EngineTest, CleansUpSpacesAndFindsStopStringsInHeldText) {
   EXPECT_EQ(stopped.token_ids.size(), spelled.find('\'') + 1);
 }
 
-TEST(EngineTest, GrammarRestrictsTheOutput) {
+// The answer under CompileChoices(choices) over one-byte tokens that
+// `end_ids` may end, from a model that would rather write "Mark: 9".
+GenerationResult AnswerWithChoices(const std::vector<std::string>& choices, std::vector<int32_t> end_ids) {
   testing::TempDir dir;
   auto tok = ByteTokenizer(dir.path());
   std::vector<std::string> bytes(kVocab);
   for (int i = 0; i < 256; ++i) bytes[i] = std::string(1, static_cast<char>(i));
-  auto table = std::make_shared<TokenTable>(bytes, std::vector<int32_t>{kEos});
-  auto grammar = CompileChoices({"Mark: 3", "Mark: 17"}, table);
-  ASSERT_TRUE(grammar.ok());
-  // The script prefers "Mark: 9": the grammar must steer it to an existing mark.
+  auto grammar = CompileChoices(choices, std::make_shared<TokenTable>(bytes, std::move(end_ids)));
+  EXPECT_TRUE(grammar.ok()) << grammar.status();
+  if (!grammar.ok()) return {};
   Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 64, Spell("Mark: 9")), tok, {});
   Collector c;
   auto req = Prompt({1}, 30, 0, 0);
   req.grammar = *grammar;
-  ASSERT_TRUE(engine.Submit(req, c.For(0)).ok());
+  EXPECT_TRUE(engine.Submit(req, c.For(0)).ok());
   c.WaitFor(1);
-  EXPECT_TRUE(c.results[0].text == "Mark: 3" || c.results[0].text == "Mark: 17") << c.results[0].text;
-  EXPECT_EQ(c.results[0].finish_reason, FinishReason::kGrammar);
+  return c.results[0];
+}
+
+TEST(EngineTest, GrammarRestrictsTheOutput) {
+  // The grammar must steer the model to an existing mark.
+  const GenerationResult r = AnswerWithChoices({"Mark: 3", "Mark: 17"}, {kEos});
+  EXPECT_TRUE(r.text == "Mark: 3" || r.text == "Mark: 17") << r.text;
+  EXPECT_EQ(r.finish_reason, FinishReason::kGrammar);
 }
 
 // With no end token to write (a tokenizer without EOS or end of turn), a
 // constrained answer ends once it is whole and nothing can follow.
 TEST(EngineTest, GrammarWithoutAnEndTokenEndsAtAWholeAnswer) {
-  testing::TempDir dir;
-  auto tok = ByteTokenizer(dir.path());
-  std::vector<std::string> bytes(kVocab);
-  for (int i = 0; i < 256; ++i) bytes[i] = std::string(1, static_cast<char>(i));
-  auto table = std::make_shared<TokenTable>(bytes, std::vector<int32_t>{});
-  auto grammar = CompileChoices({"Mark: 3"}, table);
-  ASSERT_TRUE(grammar.ok());
-  Engine engine(std::make_unique<FakeRunner>(kVocab, 1, 64, Spell("Mark: 9")), tok, {});
-  Collector c;
-  auto req = Prompt({1}, 30, 0, 0);
-  req.grammar = *grammar;
-  ASSERT_TRUE(engine.Submit(req, c.For(0)).ok());
-  c.WaitFor(1);
-  EXPECT_TRUE(c.results[0].status.ok()) << c.results[0].status;
-  EXPECT_EQ(c.results[0].text, "Mark: 3");
-  EXPECT_EQ(c.results[0].finish_reason, FinishReason::kGrammar);
+  const GenerationResult r = AnswerWithChoices({"Mark: 3"}, {});
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.text, "Mark: 3");
+  EXPECT_EQ(r.finish_reason, FinishReason::kGrammar);
 }
 
 TEST(EngineTest, ManyCancellationsFreeEverySlot) {
@@ -407,10 +423,7 @@ TEST(EngineTest, VisionCacheHitsSkipEncoding) {
   auto runner = std::make_unique<FakeRunner>(kVocab, 2, 128, Hashed());
   FakeRunner* fake = runner.get();
   Engine engine(std::move(runner), nullptr, {});
-  auto crops = std::make_shared<vision::Crops>();
-  crops->grid = {2, 2};
-  crops->base = 8;
-  crops->pixels.assign(4 * 3 * 8 * 8, 0.f);
+  auto crops = BlankCrops(2, 2);
   Collector c;
   for (int i = 0; i < 3; ++i) {
     auto req = Prompt({1, kVocab - 1, 5}, 3, 0, 0);
@@ -434,18 +447,10 @@ TEST(EngineTest, PromptPrefixEndingWithAnImageIsReused) {
   EngineOptions o;
   o.prefill_chunk_tokens = 5;  // the prefix spans several chunks
   Engine engine(std::move(runner), nullptr, o);
-  auto crops = std::make_shared<vision::Crops>();
-  crops->grid = {1, 2};
-  crops->base = 8;
-  crops->pixels.assign(2 * 3 * 8 * 8, 0.f);
+  auto crops = BlankCrops(1, 2);
   Collector c;
   // Same screenshot, different questions after it.
-  for (int i = 0; i < 3; ++i) {
-    auto req = Prompt({1, 2, 3, kVocab - 1, 10, 11 + i, 12}, 5, 0, 0);
-    req.images.push_back({crops, "screen"});
-    ASSERT_TRUE(engine.Submit(req, c.For(i)).ok());
-    c.WaitFor(static_cast<size_t>(i + 1));
-  }
+  AskAboutOneScreen(&engine, crops, 3, &c);
   EXPECT_EQ(fake->encodes(), 1);
   EXPECT_EQ(fake->prefix_saves(), 1);
   EXPECT_EQ(fake->prefix_restores(), 2);
@@ -460,13 +465,8 @@ TEST(EngineTest, PromptPrefixEndingWithAnImageIsReused) {
   no_cache.vision_cache_bytes = 0;
   Engine reference(std::move(plain), nullptr, no_cache);
   Collector r;
-  for (int i = 0; i < 3; ++i) {
-    auto req = Prompt({1, 2, 3, kVocab - 1, 10, 11 + i, 12}, 5, 0, 0);
-    req.images.push_back({crops, "screen"});
-    ASSERT_TRUE(reference.Submit(req, r.For(i)).ok());
-    r.WaitFor(static_cast<size_t>(i + 1));
-    EXPECT_EQ(r.results[i].token_ids, c.results[i].token_ids) << i;
-  }
+  AskAboutOneScreen(&reference, crops, 3, &r);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(r.results[i].token_ids, c.results[i].token_ids) << i;
 }
 
 // A prefix larger than the whole prefix cache is not copied out of the KV
@@ -477,18 +477,10 @@ TEST(EngineTest, PrefixLargerThanTheCacheIsNotCopied) {
   EngineOptions o;
   o.prefix_cache_bytes = 8;  // the fake's KV takes a byte a position: 9 do not fit
   Engine engine(std::move(runner), nullptr, o);
-  auto crops = std::make_shared<vision::Crops>();
-  crops->grid = {1, 2};
-  crops->base = 8;
-  crops->pixels.assign(2 * 3 * 8 * 8, 0.f);
+  auto crops = BlankCrops(1, 2);
   Collector c;
-  for (int i = 0; i < 2; ++i) {
-    auto req = Prompt({1, 2, 3, kVocab - 1, 10, 11 + i, 12}, 5, 0, 0);
-    req.images.push_back({crops, "screen"});
-    ASSERT_TRUE(engine.Submit(req, c.For(i)).ok());
-    c.WaitFor(static_cast<size_t>(i + 1));
-    EXPECT_TRUE(c.results[i].status.ok()) << c.results[i].status;
-  }
+  AskAboutOneScreen(&engine, crops, 2, &c);
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(c.results[i].status.ok()) << c.results[i].status;
   EXPECT_EQ(fake->prefix_saves(), 0);
   EXPECT_EQ(fake->prefix_restores(), 0);
 }
@@ -510,10 +502,7 @@ TEST(EngineTest, ImageEncodingCountsAgainstThePrefillBudget) {
   // A text prompt of 25 positions (chunks of 10, 10, 5), then a request
   // whose image takes 6 positions: more than the 5 left after the last chunk.
   ASSERT_TRUE(engine.Submit(Prompt(std::vector<int32_t>(25, 7), 5, 0, 0), c.For(1)).ok());
-  auto crops = std::make_shared<vision::Crops>();
-  crops->grid = {1, 2};
-  crops->base = 8;
-  crops->pixels.assign(2 * 3 * 8 * 8, 0.f);
+  auto crops = BlankCrops(1, 2);
   auto with_image = Prompt({1, kVocab - 1, 3}, 5, 0, 0);
   with_image.images.push_back({crops, "image"});
   ASSERT_TRUE(engine.Submit(with_image, c.For(2)).ok());
