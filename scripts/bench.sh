@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh                 # model, engine, tokenizer and agent benchmarks
 #   scripts/bench.sh model|engine|tokenizer|agent|load8b|train
+#   scripts/bench.sh train --decoder_layers 6   # further magma-train flags go to the recipe
 #
 # Random checkpoints are written once into build/bench-models/ (small: 0.4 GB,
 # 1b: 2.2 GB, 8b: 17.8 GB - the 8b one only for `load8b` and the vision tower).
@@ -10,6 +11,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${MAGMA_BUILD_DIR:-$ROOT/build}"
 what="${1:-all}"
+shift || true
+if [ "$what" != train ] && [ $# -gt 0 ]; then
+  echo "bench.sh: only 'train' takes further flags" >&2
+  exit 2
+fi
 case "$what" in
   all | model | engine | tokenizer | agent | load8b | train) ;;
   *) echo "bench.sh: unknown benchmark '$what' (model, engine, tokenizer, agent, load8b or train)" >&2; exit 2 ;;
@@ -55,7 +61,8 @@ if [ "$what" = train ]; then
     --position_loss 10 --word_loss 0.5 --ground_loss 0.5 --ground_layer 0 \
     --tower_dims 16,32,64,128,192 --tower_depths 1,1,1,2,1 --eval_every 0 --checkpoint_every 1000 \
     --marks_first 20 --marks_on_things=false --mark_loss 1 --seed 6 --grip_on_the_move --offset_loss 1 \
-    --release_steps 0.5 --gripper_from_cells --gripper_from_cells_weight 1 --labels_on_text --look_loss 1 > "$out/log"
+    --release_steps 0.5 --gripper_from_cells --gripper_from_cells_weight 1 --labels_on_text --look_loss 1 \
+    --bf16_vision=false "$@" > "$out/log"
   awk '/^step (20|60)\/60 /{for (i = 1; i <= NF; ++i) if ($i == "s/step,") t[$2] = $(i - 1)}
        END {printf "train_seconds_per_step[magma-tiny recipe, batch 8, steps 21-60]: %.3f\n", (60 * t["60/60"] - 20 * t["20/60"]) / 40}' "$out/log"
   rm -rf "$out"
