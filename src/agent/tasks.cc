@@ -165,20 +165,24 @@ absl::StatusOr<TaskContext> MakeTaskContext(std::shared_ptr<const tk::Tokenizer>
 
 absl::StatusOr<engine::GenerationRequest> PrepareText(const TaskContext& ctx, const TextTask& task) {
   if (task.messages.empty()) return absl::InvalidArgumentError("no prompt or messages");
-  // Every message takes at least one token: refused before its template is
-  // built and tokenized.
-  if (ctx.context_positions > 0 && task.messages.size() > static_cast<size_t>(ctx.context_positions)) {
-    return absl::ResourceExhaustedError(absl::StrCat(task.messages.size(), " messages cannot fit the context of ",
-                                                     ctx.context_positions, " positions"));
+  size_t turns = 0;
+  for (const auto& m : task.messages) {
+    if (m.role != "user" && m.role != "assistant" && m.role != "system") {
+      return absl::InvalidArgumentError(absl::StrCat("message role '", m.role, "' must be system, user or assistant"));
+    }
+    turns += m.role == "system" ? 0 : 1;
+  }
+  // More turns than the context has positions are refused before their
+  // template is built and tokenized.
+  if (ctx.context_positions > 0 && turns > static_cast<size_t>(ctx.context_positions)) {
+    return absl::ResourceExhaustedError(absl::StrCat(turns, " user and assistant messages; at most ",
+                                                     ctx.context_positions, " (the context's positions)"));
   }
   std::vector<tk::ChatMessage> messages;
   messages.push_back({"system", {tk::Untrusted(task.system_prompt.empty() ? tk::kMagmaSystemPrompt
                                                                           : task.system_prompt)}});
   bool images_placed = task.images.empty();
   for (const auto& m : task.messages) {
-    if (m.role != "user" && m.role != "assistant" && m.role != "system") {
-      return absl::InvalidArgumentError(absl::StrCat("message role '", m.role, "' must be system, user or assistant"));
-    }
     if (m.role == "system") {
       messages[0] = m;
       continue;

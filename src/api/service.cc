@@ -838,6 +838,7 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
       // thread, so that the model thread goes on decoding the other calls.
       auto outcome = std::make_shared<const agent::TraceOutcome>(*std::move(out));
       workers->Post([call, resp, p, outcome, max_png] {
+        if (call->cancelled()) return call->Done(absl::CancelledError("the call was cancelled"));
         try {
           cv::Mat drawn = p->model_image.clone();
           if (p->format == agent::TraceFormat::kMagmaTom) {

@@ -571,7 +571,9 @@ bool Engine::Iterate() {
     running_.push_back(std::move(front));
     waiting_.pop_front();
     PublishCounts();
-    if (running_.back()->state == Sequence::State::kPrefill) prefill(running_.back().get());
+    // Images that took the rest of the budget leave the prefill to the
+    // next iteration.
+    if (budget > 0 && running_.back()->state == Sequence::State::kPrefill) prefill(running_.back().get());
   }
 
   // One batched decode step for every sequence with a pending token.

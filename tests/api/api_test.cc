@@ -193,7 +193,8 @@ INSTANTIATE_TEST_SUITE_P(
                       r->clear_prompt();
                       for (int i = 0; i < 1025; ++i) r->add_messages()->set_role(i % 2 == 0 ? "user" : "assistant");
                     },
-                    grpc::RESOURCE_EXHAUSTED, "1025 messages cannot fit the context of 1024 positions"},
+                    grpc::RESOURCE_EXHAUSTED,
+                    "1025 user and assistant messages; at most 1024 (the context's positions)"},
         // A message quoting what the client sent is cut to fit a status.
         BadGenerate{"LongRoleIsQuotedInPart",
                     [](auto* r) {
