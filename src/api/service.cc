@@ -144,26 +144,31 @@ class StreamCall final : public grpc::ServerWriteReactor<v1::GenerateStreamRespo
   grpc::Status end_;                                         // guarded by mu_
 };
 
-// Runs `job` (the call's decoding, preprocessing and submission) on a worker
-// thread. RESOURCE_EXHAUSTED at once when `max_waiting` calls already wait
-// for a worker; a call whose client left or whose deadline passed while it
-// waited ends without running its job.
-void RunOnWorker(ThreadPool* workers, int max_waiting, CallState* call, std::function<void()> job) {
-  auto run = [call, job = std::move(job)] {
+// `job` as a worker thread runs it: a call whose client left or whose
+// deadline passed while it waited ends without running it, and a library
+// exception (OpenCV on an image it cannot handle) fails the call, as
+// "<doing> failed: ...", instead of the process. Jobs throw, if at all,
+// before they answer or submit.
+std::function<void()> WorkerJob(CallState* call, const char* doing, std::function<void()> job) {
+  return [call, doing, job = std::move(job)] {
     if (call->cancelled())
       return call->Fail(absl::CancelledError("the call was cancelled while it waited for a worker"));
     if (absl::Now() > call->deadline()) {
       return call->Fail(absl::DeadlineExceededError("the call's deadline passed while it waited for a worker"));
     }
-    // A library exception (OpenCV on an image it cannot handle) fails the
-    // call instead of the process; jobs throw, if at all, before they
-    // answer or submit.
     try {
       job();
     } catch (const std::exception& e) {
-      call->Fail(absl::InternalError(absl::StrCat("preparing the request failed: ", e.what())));
+      call->Fail(absl::InternalError(absl::StrCat(doing, " failed: ", e.what())));
     }
   };
+}
+
+// Runs `job` (the call's decoding, preprocessing and submission) on a worker
+// thread, as WorkerJob says. RESOURCE_EXHAUSTED at once when `max_waiting`
+// calls already wait for a worker.
+void RunOnWorker(ThreadPool* workers, int max_waiting, CallState* call, std::function<void()> job) {
+  auto run = WorkerJob(call, "preparing the request", std::move(job));
   if (!workers->TryPost(std::move(run), static_cast<size_t>(max_waiting))) {
     call->Fail(absl::ResourceExhaustedError(
         absl::StrCat(max_waiting, " calls already wait for a worker thread (limits.max_waiting_calls); retry later")));
@@ -837,25 +842,21 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Trace(grpc::CallbackServerContext* c
       // Drawing on a large image and encoding it take long: on a worker
       // thread, so that the model thread goes on decoding the other calls.
       auto outcome = std::make_shared<const agent::TraceOutcome>(*std::move(out));
-      workers->Post([call, resp, p, outcome, max_png] {
-        if (call->cancelled()) return call->Done(absl::CancelledError("the call was cancelled"));
-        try {
-          cv::Mat drawn = p->model_image.clone();
-          if (p->format == agent::TraceFormat::kMagmaTom) {
-            std::vector<std::vector<vision::PixelPoint>> lines;
-            for (const auto& t : outcome->traces) lines.push_back(t.points);
-            (void)vision::DrawTraces(lines, *p->frame, {}, &drawn);
-          } else {
-            (void)vision::DrawPath(outcome->path, {}, &drawn);
-          }
-          auto png = EncodePng(drawn, max_png, "the overlay");
-          if (!png.ok()) return call->Done(png.status());
-          resp->set_overlay_png(*std::move(png));
-          call->Done(absl::OkStatus());
-        } catch (const std::exception& e) {
-          call->Done(absl::InternalError(absl::StrCat("drawing the overlay failed: ", e.what())));
+      // The call was admitted: its overlay is not refused for a full queue.
+      workers->Post(WorkerJob(call, "drawing the overlay", [call, resp, p, outcome, max_png] {
+        cv::Mat drawn = p->model_image.clone();
+        if (p->format == agent::TraceFormat::kMagmaTom) {
+          std::vector<std::vector<vision::PixelPoint>> lines;
+          for (const auto& t : outcome->traces) lines.push_back(t.points);
+          (void)vision::DrawTraces(lines, *p->frame, {}, &drawn);
+        } else {
+          (void)vision::DrawPath(outcome->path, {}, &drawn);
         }
-      });
+        auto png = EncodePng(drawn, max_png, "the overlay");
+        if (!png.ok()) return call->Done(png.status());
+        resp->set_overlay_png(*std::move(png));
+        call->Done(absl::OkStatus());
+      }));
     };
     SubmitUnary(call, *backend, std::move(r), std::move(cb), resp);
   });

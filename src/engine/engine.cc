@@ -85,8 +85,10 @@ struct Engine::Sequence {
   std::unique_ptr<tokenizer::IncrementalDecoder> detok;
   size_t streamed_text = 0, streamed_tokens = 0;
   size_t max_stop_len = 0;
-  // Prefix caching: the prompt up to its last image, keyed by content.
+  // Prefix caching: the prompt up to its last image (its first prefix_len
+  // ids), keyed by content; set by Submit, on the caller's thread.
   std::string prefix_key;
+  size_t prefix_len = 0;
   int64_t prefix_positions = 0;  // expanded positions of that prefix
   bool save_prefix = false;      // snapshot once the prefix is prefilled
 };
@@ -214,6 +216,9 @@ absl::StatusOr<std::shared_ptr<RequestHandle>> Engine::Submit(GenerationRequest 
   seq->cb = std::move(cb);
   seq->submitted = absl::Now();
   seq->prompt_positions = positions;
+  if (options_.prefix_cache_bytes > 0) {
+    seq->prefix_key = PrefixKey(seq->req, runner_->image_token_id(), &seq->prefix_len);
+  }
   std::shared_ptr<RequestHandle> handle;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -404,11 +409,7 @@ void Engine::SampleNext(Sequence* s, const float* logits) {
 
 int64_t Engine::EncodeCost(const Sequence& seq) const {
   if (seq.req.images.empty()) return 0;
-  if (options_.prefix_cache_bytes > 0) {
-    size_t prefix_len = 0;
-    const std::string key = PrefixKey(seq.req, runner_->image_token_id(), &prefix_len);
-    if (!key.empty() && prefix_cache_->Contains(key)) return 0;
-  }
+  if (!seq.prefix_key.empty() && prefix_cache_->Contains(seq.prefix_key)) return 0;
   int64_t cost = 0;
   for (const auto& img : seq.req.images) {
     if (img.cache_key.empty() || !vision_cache_->Contains(img.cache_key)) cost += runner_->ImageTokenCount(*img.crops);
@@ -440,13 +441,9 @@ bool Engine::Admit(Sequence* seq, int64_t* budget) {
 
   // A prompt whose prefix (up to the last image) is cached skips the images
   // and that part of the prefill.
-  size_t prefix_len = 0;
-  if (options_.prefix_cache_bytes > 0) {
-    seq->prefix_key = PrefixKey(seq->req, runner_->image_token_id(), &prefix_len);
-  }
   if (!seq->prefix_key.empty()) {
     if (auto cached = prefix_cache_->Get(seq->prefix_key)) {
-      const std::vector<int32_t> rest(seq->req.prompt_ids.begin() + static_cast<std::ptrdiff_t>(prefix_len),
+      const std::vector<int32_t> rest(seq->req.prompt_ids.begin() + static_cast<std::ptrdiff_t>(seq->prefix_len),
                                       seq->req.prompt_ids.end());
       auto positions = runner_->BeginSequence(slot, rest, {}, cached.get());
       if (!positions.ok()) {
@@ -497,7 +494,7 @@ bool Engine::Admit(Sequence* seq, int64_t* budget) {
   prompt_tokens_ += *positions;
   if (!seq->prefix_key.empty()) {
     seq->prefix_positions =
-        static_cast<int64_t>(prefix_len) - static_cast<int64_t>(seq->req.images.size()) + image_positions;
+        static_cast<int64_t>(seq->prefix_len) - static_cast<int64_t>(seq->req.images.size()) + image_positions;
     seq->save_prefix = true;
   }
   return true;
